@@ -1,0 +1,76 @@
+"""inference/cli_args.py
+
+Command-line flags shared by every front end that loads a model and generates (flag names follow the original
+scripts: `--model-path`, `--model-base`, `--conv-mode`, `--temperature`, `--top_p`, `--num_beams`,
+`--max_new_tokens`), and the engine built from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from share4v.constants import DEFAULT_CONV_MODE
+from share4v.inference.engine import GenerationParams, Share4VEngine
+from share4v.mm_utils import get_model_name_from_path
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model-path", required=True, help="checkpoint folder (or hub id)")
+    group.add_argument("--model-base", default=None, help="base LLM for LoRA / projector-only checkpoints")
+    group.add_argument("--model-name", default=None, help="kept for compatibility; loading never depends on it")
+    group.add_argument("--vision-tower", default=None, help="local CLIP tower folder overriding mm_vision_tower")
+    group.add_argument("--conv-mode", default=None, help=f"conversation template (default {DEFAULT_CONV_MODE})")
+    group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    group.add_argument("--dtype", default=None, help="float16 (CUDA default), bfloat16 or float32 (CPU default)")
+    group.add_argument("--attn-implementation", default=None, help="sdpa (default), flash_attention_2 or eager")
+    group.add_argument(
+        "--image-aspect-ratio",
+        default=None,
+        choices=["pad", "square"],
+        help="override the checkpoint's image pre-processing",
+    )
+    group.add_argument("--load-8bit", action="store_true", help="8-bit weights (bitsandbytes, CUDA)")
+    group.add_argument("--load-4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes, CUDA)")
+
+
+def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 1024) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
+    group.add_argument("--top_p", "--top-p", type=float, default=None)
+    group.add_argument("--num_beams", "--num-beams", type=int, default=1)
+    group.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=max_new_tokens)
+
+
+def generation_params(args: Any) -> GenerationParams:
+    return GenerationParams(
+        temperature=getattr(args, "temperature", 0.2),
+        top_p=getattr(args, "top_p", None),
+        num_beams=getattr(args, "num_beams", 1) or 1,
+        max_new_tokens=getattr(args, "max_new_tokens", 1024) or 1024,
+    )
+
+
+def engine_from_args(args: Any) -> Share4VEngine:
+    """Build the engine from parsed flags or any object with the same attribute names (missing ones default)."""
+    load_kwargs = {
+        key: value
+        for key, value in {
+            "vision_tower": getattr(args, "vision_tower", None),
+            "dtype": getattr(args, "dtype", None),
+            "attn_implementation": getattr(args, "attn_implementation", None),
+        }.items()
+        if value is not None
+    }
+    return Share4VEngine.from_pretrained(
+        args.model_path,
+        getattr(args, "model_base", None),
+        getattr(args, "model_name", None) or get_model_name_from_path(args.model_path),
+        conv_mode=getattr(args, "conv_mode", None),
+        device=getattr(args, "device", None),
+        image_aspect_ratio=getattr(args, "image_aspect_ratio", None),
+        load_8bit=getattr(args, "load_8bit", False),
+        load_4bit=getattr(args, "load_4bit", False),
+        **load_kwargs,
+    )

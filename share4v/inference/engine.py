@@ -1,0 +1,267 @@
+"""inference/engine.py
+
+The one generation engine every front end uses (eval_model, the chat CLI, benchmark inference, the demo, the
+server, the captioner): chat → prompt in a conversation template → tokens with image placeholders → left-padded
+batch + pixel values → `model.generate` with stop strings → text, whole or streamed.
+
+    engine = Share4VEngine.from_pretrained("checkpoints/share4v-7b")
+    [answer] = engine.generate([Chat.single("What is shown?", images=["photo.png"])])
+    for piece in engine.stream(Chat.single("Describe it.", images=["photo.png"])):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import TextIteratorStreamer
+
+from share4v.constants import DEFAULT_CONV_MODE, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from share4v.conversation import Conversation, get_conv_template
+from share4v.mm_utils import KeywordsStoppingCriteria, load_image, process_images, tokenizer_image_token
+from share4v.model.builder import load_pretrained_model
+
+STREAM_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings; `temperature` 0 means greedy."""
+
+    temperature: float = 0.2
+    top_p: float | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 1024
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.num_beams < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_beams and max_new_tokens must be >= 1")
+
+
+@dataclass
+class Chat:
+    """A conversation to continue: alternating user/assistant texts ending with a user turn, plus its images.
+
+    Images are paths, URLs, base64 data URIs or PIL images. They fill the `<image>` markers of the user texts in
+    order; with no marker at all, one `<image>\\n` per image is put in front of the first user text.
+    """
+
+    turns: list[str]
+    images: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def single(cls, query: str, images: Sequence[Any] = ()) -> Chat:
+        return cls([query], list(images))
+
+
+@dataclass
+class PreparedBatch:
+    input_ids: torch.Tensor  # [B, S], left-padded, with IMAGE_TOKEN_INDEX placeholders
+    attention_mask: torch.Tensor  # [B, S]
+    images: torch.Tensor | list[torch.Tensor] | None  # [N, 3, H, W] in placeholder order
+    stop_str: str
+
+
+class Share4VEngine:
+    """Prompting, batching, stopping and decoding around a loaded share4v model."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: torch.nn.Module,
+        image_processor: Any,
+        context_len: int = 2048,
+        conv_mode: str = DEFAULT_CONV_MODE,
+        image_aspect_ratio: str | None = None,
+    ):
+        get_conv_template(conv_mode)  # fail now on an unknown template
+        self.tokenizer = tokenizer
+        self.model = model
+        self.image_processor = image_processor
+        self.context_len = context_len
+        self.conv_mode = conv_mode
+        self.image_aspect_ratio = image_aspect_ratio
+        self.pad_token_id = next((i for i in (tokenizer.pad_token_id, tokenizer.unk_token_id) if i is not None), 0)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str,
+        model_base: str | None = None,
+        model_name: str | None = None,
+        conv_mode: str | None = None,
+        device: str | None = None,
+        image_aspect_ratio: str | None = None,
+        **load_kwargs: Any,
+    ) -> Share4VEngine:
+        """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
+        tokenizer, model, image_processor, context_len = load_pretrained_model(
+            model_path, model_base, model_name, device=device or "auto", **load_kwargs
+        )
+        return cls(tokenizer, model, image_processor, context_len, conv_mode or DEFAULT_CONV_MODE, image_aspect_ratio)
+
+    # ---- prompt building -------------------------------------------------------------------------------------
+
+    def conversation(self, chat: Chat) -> Conversation:
+        """The filled template for `chat`, with the assistant slot left open."""
+        if not chat.turns or len(chat.turns) % 2 == 0:
+            raise ValueError(
+                f"a chat needs alternating user/assistant turns ending with a user turn; got {len(chat.turns)}"
+            )
+        turns = list(chat.turns)
+        markers = sum(turn.count(DEFAULT_IMAGE_TOKEN) for turn in turns[::2])
+        if markers == 0 and chat.images:
+            turns[0] = (DEFAULT_IMAGE_TOKEN + "\n") * len(chat.images) + turns[0]
+        elif markers != len(chat.images):
+            raise ValueError(
+                f"the prompt has {markers} {DEFAULT_IMAGE_TOKEN} markers but {len(chat.images)} images were given"
+            )
+        if chat.images and self.image_processor is None:
+            raise ValueError("images were given but the model has no vision tower")
+        if getattr(self.model.config, "mm_use_im_start_end", False):
+            wrapped = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+            turns = [turn.replace(DEFAULT_IMAGE_TOKEN, wrapped) for turn in turns]
+        conv = get_conv_template(self.conv_mode)
+        for i, turn in enumerate(turns):
+            conv.append_message(conv.roles[i % 2], turn)
+        conv.append_message(conv.roles[1], None)
+        return conv
+
+    def prepare(self, chats: Sequence[Chat]) -> PreparedBatch:
+        """Tokenize and left-pad the prompts; load and pre-process all images in placeholder order."""
+        convs = [self.conversation(chat) for chat in chats]
+        rows = [tokenizer_image_token(conv.get_prompt(), self.tokenizer) for conv in convs]
+        width = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, width - len(row) :] = 1
+        images = [load_image(image) for chat in chats for image in chat.images]
+        return PreparedBatch(input_ids, attention_mask, self._pixel_values(images), convs[0].stop_str)
+
+    def _pixel_values(self, images: list[Image.Image]) -> torch.Tensor | list[torch.Tensor] | None:
+        if not images:
+            return None
+        pixels = process_images(images, self.image_processor, self.model.config, self.image_aspect_ratio)
+        tower = self.model.get_vision_tower()
+        if isinstance(pixels, list):
+            return [p.to(device=tower.device, dtype=tower.dtype) for p in pixels]
+        return pixels.to(device=tower.device, dtype=tower.dtype)
+
+    # ---- generation ------------------------------------------------------------------------------------------
+
+    def _generate_kwargs(self, batch: PreparedBatch, params: GenerationParams) -> dict[str, Any]:
+        config = copy.deepcopy(self.model.generation_config)
+        sampling = params.temperature > 0
+        config.update(
+            do_sample=sampling,
+            temperature=params.temperature if sampling else 1.0,
+            top_p=params.top_p if sampling and params.top_p is not None else 1.0,
+            num_beams=params.num_beams,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            use_cache=True,
+        )
+        device = self.model.get_input_embeddings().weight.device
+        # With images, generate() returns new tokens only, so the stop check starts at 0.
+        start_len = 0 if batch.images is not None else batch.input_ids.shape[1]
+        stopping = KeywordsStoppingCriteria([batch.stop_str], self.tokenizer, None, start_len=start_len)
+        return {
+            "inputs": batch.input_ids.to(device),
+            "attention_mask": batch.attention_mask.to(device),
+            "images": batch.images,
+            "generation_config": config,
+            "stopping_criteria": [stopping],
+        }
+
+    def _decode(self, tokens: torch.Tensor, stop_str: str) -> str:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        if stop_str and stop_str in text:
+            text = text[: text.index(stop_str)]
+        return text.strip()
+
+    @torch.inference_mode()
+    def generate(self, chats: Sequence[Chat], params: GenerationParams | None = None) -> list[str]:
+        """Answers for a batch of chats (left-padded together; equal to answering each alone)."""
+        batch = self.prepare(chats)
+        kwargs = self._generate_kwargs(batch, params or GenerationParams())
+        output = self.model.generate(**kwargs)
+        if batch.images is None:
+            output = output[:, batch.input_ids.shape[1] :]
+        return [self._decode(row, batch.stop_str) for row in output]
+
+    def stream(self, chat: Chat, params: GenerationParams | None = None) -> Iterator[str]:
+        """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns."""
+        batch = self.prepare([chat])
+        kwargs = self._generate_kwargs(batch, params or GenerationParams())
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
+        )
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs, streamer=streamer)
+            except BaseException as err:  # handed to the consumer below
+                failure.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from _stop_at(_lstrip_stream(streamer), batch.stop_str)
+        thread.join()
+        if failure:
+            raise failure[0]
+
+
+def _lstrip_stream(pieces: Iterator[str]) -> Iterator[str]:
+    started = False
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        if piece:
+            yield piece
+
+
+def _stop_at(pieces: Iterator[str], stop_str: str) -> Iterator[str]:
+    """Pass text through until `stop_str`, holding back any tail that could be its beginning; strip the end."""
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        if stop_str and stop_str in pending:
+            pending = pending[: pending.index(stop_str)]
+            break
+        keep = _longest_stop_prefix(pending, stop_str)
+        ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+        ready_body = ready.rstrip()
+        if ready_body:
+            yield ready_body
+            pending = ready[len(ready_body) :] + pending
+        else:
+            pending = ready + pending
+    for _ in pieces:  # drain so the generation thread never blocks on a full queue
+        pass
+    tail = pending.rstrip()
+    if tail:
+        yield tail
+
+
+def _longest_stop_prefix(text: str, stop_str: str) -> int:
+    for size in range(min(len(text), len(stop_str) - 1), 0, -1):
+        if stop_str.startswith(text[-size:]):
+            return size
+    return 0

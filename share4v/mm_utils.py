@@ -1,0 +1,228 @@
+"""mm_utils.py
+
+Pure helpers between raw inputs and the model: image loading and normalisation to RGB, square padding, CLIP
+pre-processing driven by `image_aspect_ratio`, tokenization of prompts holding `<image>` placeholders, keyword
+stopping for (batched) generation, and the model-name helper of the original API. No model code is imported here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import StoppingCriteria
+
+from share4v.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+URL_TIMEOUT_S = 20
+
+
+class ImageLoadError(ValueError):
+    """An image could not be read; the message names the file, URL or data that failed."""
+
+
+def _describe(source: str) -> str:
+    return source if len(source) <= 80 else source[:60] + f"... ({len(source)} chars)"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (RGBA, LA, P, L, 1, CMYK, I;16, I, F, ...) to 8-bit RGB.
+
+    High-bit-depth grayscale (`I;16*`, `I`, `F`) is rescaled to its full 0-255 range instead of being clipped.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max(initial=0))
+        if image.mode == "F":
+            full_scale = 1.0 if peak <= 1.0 else peak
+        else:
+            full_scale = 65535.0 if image.mode.startswith("I;16") or peak > 255 else 255.0
+        array = np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_image_from_base64(image: str) -> Image.Image:
+    """Decode a base64 string (optionally a `data:image/...;base64,` URI) into an RGB PIL image."""
+    payload = image.split(",", 1)[1] if image.startswith("data:") else image
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageLoadError(f"invalid base64 image data {_describe(image)!r}: {err}") from None
+    return _open_bytes(raw, f"base64 data {_describe(image)!r}")
+
+
+def _open_bytes(raw: bytes, what: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"cannot read image from {what}: {err}") from None
+
+
+def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """Load an image from a path, an http(s) URL, a base64 `data:` URI or a PIL image, as 8-bit RGB.
+
+    Raises:
+        ImageLoadError: one line naming the source when it is missing, unreadable, truncated or not an image.
+    """
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        return _load_url(source)
+    if isinstance(source, str) and source.startswith("data:"):
+        return load_image_from_base64(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ImageLoadError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"cannot read image file {path}: {err}") from None
+
+
+def _load_url(url: str) -> Image.Image:
+    import requests
+
+    try:
+        response = requests.get(url, timeout=URL_TIMEOUT_S)
+        response.raise_for_status()
+    except requests.RequestException as err:
+        raise ImageLoadError(f"cannot download image {url}: {type(err).__name__}: {err}") from None
+    return _open_bytes(response.content, f"URL {url}")
+
+
+def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
+    """Pad an image to a square of its longer side, centred, filling with `background_color`."""
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side = max(width, height)
+    result = Image.new(pil_img.mode, (side, side), background_color)
+    result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def process_images(
+    images: Sequence[Image.Image], image_processor: Any, model_cfg: Any = None, image_aspect_ratio: str | None = None
+) -> torch.Tensor | list[torch.Tensor]:
+    """Turn PIL images into CLIP pixel values as the model was trained.
+
+    `image_aspect_ratio` (default: `model_cfg.image_aspect_ratio`) of `"pad"` pads each image to a square filled with
+    the processor's mean colour before resizing; anything else resizes the shortest side and centre-crops.
+
+    Returns:
+        A tensor `[num_images, 3, H, W]` when all images end up the same size, else a list of `[3, H, W]` tensors.
+    """
+    aspect = image_aspect_ratio or getattr(model_cfg, "image_aspect_ratio", None)
+    if aspect == "pad":
+        background = tuple(int(x * 255) for x in image_processor.image_mean)
+        pixels = [
+            image_processor.preprocess(expand2square(img, background), return_tensors="pt")["pixel_values"][0]
+            for img in images
+        ]
+        if all(p.shape == pixels[0].shape for p in pixels):
+            return torch.stack(pixels, dim=0)
+        return pixels
+    return image_processor(list(images), return_tensors="pt")["pixel_values"]
+
+
+def tokenizer_image_token(
+    prompt: str, tokenizer: Any, image_token_index: int = IMAGE_TOKEN_INDEX, return_tensors: str | None = None
+) -> list[int] | torch.Tensor:
+    """Tokenize `prompt`, replacing each `<image>` by one `image_token_index` id.
+
+    Each text chunk is tokenized on its own (as the original does, so chunks get the tokenizer's prefix handling);
+    one leading BOS is kept when the tokenizer adds it.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
+    bos = tokenizer.bos_token_id
+    input_ids: list[int] = []
+    offset = 0
+    if chunks and chunks[0] and bos is not None and chunks[0][0] == bos:
+        offset = 1
+        input_ids.append(bos)
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            input_ids.append(image_token_index)
+        input_ids.extend(chunk[offset:])
+    if return_tensors is None:
+        return input_ids
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    raise ValueError(f"unsupported tensor type: {return_tensors!r} (only 'pt')")
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """`.../ShareGPT4V-7B` → `ShareGPT4V-7B`; `.../run/checkpoint-100` → `run_checkpoint-100`."""
+    parts = model_path.strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return parts[-2] + "_" + parts[-1]
+    return parts[-1].split("_")[0]
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stop each sequence once its generated text ends with one of `keywords`.
+
+    Works for batches: returns one flag per row, judged only on the tokens generated after `input_ids`.
+    `input_ids` is the prompt batch (its length marks where generation starts); pass `start_len=0` when
+    `generate` returns only new tokens (prompts given as embeddings).
+    """
+
+    def __init__(
+        self, keywords: list[str], tokenizer: Any, input_ids: torch.Tensor | None, start_len: int | None = None
+    ):
+        self.keywords = [k for k in keywords if k]
+        self.tokenizer = tokenizer
+        self.keyword_ids: list[torch.Tensor] = []
+        self.max_keyword_len = 0
+        for keyword in self.keywords:
+            ids = tokenizer(keyword).input_ids
+            if len(ids) > 1 and ids[0] == tokenizer.bos_token_id:
+                ids = ids[1:]
+            self.max_keyword_len = max(self.max_keyword_len, len(ids))
+            self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
+        if start_len is None:
+            start_len = input_ids.shape[1] if input_ids is not None else 0
+        self.start_len = start_len
+
+    def _row_done(self, row: torch.Tensor) -> bool:
+        generated = row[self.start_len :]
+        for ids in self.keyword_ids:
+            if len(ids) and generated.shape[0] >= len(ids) and torch.equal(generated[-len(ids) :].cpu(), ids):
+                return True
+        window = min(generated.shape[0], self.max_keyword_len + 3)
+        text = self.tokenizer.decode(generated[-window:], skip_special_tokens=False) if window else ""
+        return any(keyword in text for keyword in self.keywords)
+
+    def __call__(self, output_ids: torch.Tensor, scores: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        done = [self._row_done(row) for row in output_ids]
+        return torch.tensor(done, dtype=torch.bool, device=output_ids.device)
+
+
+__all__ = [
+    "ImageLoadError",
+    "KeywordsStoppingCriteria",
+    "expand2square",
+    "get_model_name_from_path",
+    "load_image",
+    "load_image_from_base64",
+    "process_images",
+    "to_rgb",
+    "tokenizer_image_token",
+]

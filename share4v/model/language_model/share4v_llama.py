@@ -1,0 +1,196 @@
+"""share4v_llama.py
+
+`Share4VConfig` and `Share4VLlamaForCausalLM`: transformers' Llama with ShareGPT4V's vision tower and projector
+(`model.vision_tower`, `model.mm_projector`), in the released checkpoint format (model_type `share4v`).
+
+The model adds one thing to Llama: `images=` in `forward` and `generate`. Images are encoded, projected and
+spliced in at the `-200` placeholders (see `share4v_arch.merge_image_features`); everything after that — attention,
+KV cache, sampling, loss — is transformers' own.
+"""
+
+from __future__ import annotations
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    LlamaPreTrainedModel,
+)
+
+from share4v.constants import IMAGE_TOKEN_INDEX
+from share4v.model.multimodal_encoder.builder import build_vision_tower
+from share4v.model.multimodal_encoder.clip_encoder import SELECT_FEATURES, CLIPVisionTower
+from share4v.model.multimodal_projector.builder import (
+    KNOWN_PROJECTOR_TYPES,
+    build_vision_projector,
+    is_known_projector_type,
+)
+from share4v.model.share4v_arch import MultimodalInputs, infer_padding_side, merge_image_features
+
+IMAGE_ASPECT_RATIOS = ("square", "pad")
+
+
+@strict
+class Share4VConfig(LlamaConfig):
+    """Llama config plus the `mm_*` keys of ShareGPT4V checkpoints; defaults are the original code's fallbacks."""
+
+    model_type = "share4v"
+
+    mm_vision_tower: str | None = None
+    mm_hidden_size: int | None = None
+    mm_projector_type: str = "linear"
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"
+    mm_use_im_start_end: bool = False
+    mm_use_im_patch_token: bool = True
+    use_mm_proj: bool | None = None
+    image_aspect_ratio: str = "square"
+    image_grid_pinpoints: list | str | None = None
+    tune_mm_mlp_adapter: bool = False
+    freeze_mm_mlp_adapter: bool = False
+    tune_entire_model: bool = False
+    tune_vision_tower: bool = False
+    mm_projector_lr: float | None = None
+    vision_tower_lr: float | None = None
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.mm_vision_tower is not None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_multimodal_keys()
+
+    def _check_multimodal_keys(self) -> None:
+        """Reject values the model could only fail on later, with a one-line error naming the key."""
+        if not is_known_projector_type(self.mm_projector_type):
+            known = ", ".join(KNOWN_PROJECTOR_TYPES)
+            raise ValueError(f"unknown mm_projector_type {self.mm_projector_type!r}; expected one of {known}")
+        if self.mm_vision_select_feature not in SELECT_FEATURES:
+            raise ValueError(
+                f"unknown mm_vision_select_feature {self.mm_vision_select_feature!r}; expected one of {SELECT_FEATURES}"
+            )
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(
+                f"unknown image_aspect_ratio {self.image_aspect_ratio!r}; expected one of {IMAGE_ASPECT_RATIOS}"
+            )
+        if self.mm_vision_tower is not None and self.mm_hidden_size is None:
+            raise ValueError("mm_vision_tower is set but mm_hidden_size (the vision feature width) is missing")
+
+
+class Share4VLlamaModel(LlamaModel):
+    """Llama decoder + (when the config names a tower) `vision_tower` and `mm_projector`."""
+
+    config_class = Share4VConfig
+
+    def __init__(self, config: Share4VConfig):
+        super().__init__(config)
+        if config.mm_vision_tower is not None:
+            self.vision_tower = build_vision_tower(config)
+            self.mm_projector = build_vision_projector(config)
+            self.post_init()  # initialise the projector like the rest of the model
+
+
+class Share4VLlamaForCausalLM(LlamaForCausalLM):
+    """Causal LM that accepts `images=` (pixel values `[N, 3, H, W]`) next to `input_ids` with `-200` placeholders."""
+
+    config_class = Share4VConfig
+    # The vision tower is loaded from `mm_vision_tower`, as in the original; tower weights found inside an LLM
+    # checkpoint (saved while it was attached) are not read.
+    _keys_to_ignore_on_load_unexpected = (r"model\.vision_tower\.",)
+
+    def __init__(self, config: Share4VConfig):
+        # Skip LlamaForCausalLM.__init__ so the decoder is built once, as a Share4VLlamaModel.
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = Share4VLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_model(self) -> Share4VLlamaModel:
+        return self.model
+
+    def get_vision_tower(self) -> CLIPVisionTower | None:
+        return getattr(self.model, "vision_tower", None)
+
+    def encode_images(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Pixel values `[N, 3, H, W]` (or a list of `[3, H, W]`) → projected features `[N, P, D]` (or a list)."""
+        if isinstance(images, (list, tuple)):
+            if all(image.shape == images[0].shape for image in images):
+                images = torch.stack(list(images))
+            else:
+                return [self.encode_images(image.unsqueeze(0))[0] for image in images]
+        features = self.model.vision_tower(images)  # [N, P, C]
+        return self.model.mm_projector(features)  # [N, P, D]
+
+    def prepare_multimodal_inputs(
+        self,
+        input_ids: torch.Tensor,
+        images: torch.Tensor | list[torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        padding_side: str | None = None,
+    ) -> MultimodalInputs:
+        """Encode `images` and splice them into `input_ids` (padding side kept from the input unless given)."""
+        if self.get_vision_tower() is None:
+            raise ValueError("images were given to a model without a vision tower (config has no mm_vision_tower)")
+        return merge_image_features(
+            input_ids,
+            self.encode_images(images),
+            self.get_input_embeddings(),
+            attention_mask=attention_mask,
+            labels=labels,
+            padding_side=padding_side or infer_padding_side(attention_mask),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        **kwargs,
+    ):
+        if images is not None and inputs_embeds is None:
+            merged = self.prepare_multimodal_inputs(input_ids, images, attention_mask, labels)
+            input_ids, inputs_embeds = None, merged.inputs_embeds
+            attention_mask, position_ids, labels = merged.attention_mask, merged.position_ids, merged.labels
+        elif input_ids is not None and input_ids.shape[-1] > 1 and bool((input_ids == IMAGE_TOKEN_INDEX).any()):
+            raise ValueError("input_ids hold <image> placeholders (-200) but no images were given")
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """transformers' `generate`, plus `images=`.
+
+        With images, the prompt is merged into embeddings (left-padded) and only the new tokens are returned;
+        without, this is plain `generate` (prompt + new tokens).
+        """
+        if images is None:
+            return super().generate(inputs, attention_mask=attention_mask, **kwargs)
+        merged = self.prepare_multimodal_inputs(inputs, images, attention_mask, padding_side="left")
+        return super().generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+
+
+AutoConfig.register("share4v", Share4VConfig, exist_ok=True)
+AutoModelForCausalLM.register(Share4VConfig, Share4VLlamaForCausalLM, exist_ok=True)

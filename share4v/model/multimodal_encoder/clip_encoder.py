@@ -1,0 +1,82 @@
+"""multimodal_encoder/clip_encoder.py
+
+`CLIPVisionTower`: transformers' `CLIPVisionModel` plus ShareGPT4V's feature selection (hidden state of
+`mm_vision_select_layer`, patch tokens only or CLS + patches). The weights are loaded after the language model,
+from the folder that `mm_vision_tower` names, exactly as the original does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPImageProcessorPil, CLIPVisionModel
+
+SELECT_FEATURES = ("patch", "cls_patch")
+
+
+class CLIPVisionTower(nn.Module):
+    """Wraps a CLIP vision encoder; `forward(images [N, 3, H, W]) -> features [N, num_patches(+1), C]`."""
+
+    def __init__(self, vision_tower: str, select_layer: int = -2, select_feature: str = "patch"):
+        super().__init__()
+        if select_feature not in SELECT_FEATURES:
+            raise ValueError(f"unknown mm_vision_select_feature {select_feature!r}; expected one of {SELECT_FEATURES}")
+        self.vision_tower_name = vision_tower
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        self.vision_tower: CLIPVisionModel | None = None
+        self.image_processor: CLIPImageProcessorPil | None = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.vision_tower is not None
+
+    def load_model(
+        self,
+        path: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
+        """Load the image processor and the frozen CLIP vision model from `path` (default: the configured name)."""
+        path = path or self.vision_tower_name
+        # The PIL backend reproduces the original (PIL bicubic) pre-processing on every machine, GPU or not.
+        self.image_processor = CLIPImageProcessorPil.from_pretrained(path)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        self.vision_tower = CLIPVisionModel.from_pretrained(path, **kwargs)
+        self.vision_tower.requires_grad_(False)
+        if device is not None:
+            self.vision_tower.to(device)
+
+    def feature_select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        features = hidden_states[self.select_layer]  # [N, 1 + P, C]
+        return features[:, 1:] if self.select_feature == "patch" else features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """No `torch.no_grad()` here on purpose: stage-1 training fine-tunes the later ViT blocks."""
+        if self.vision_tower is None:
+            raise RuntimeError(f"vision tower {self.vision_tower_name!r} is not loaded; call load_model() first")
+        outputs = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        return self.feature_select(outputs.hidden_states).to(images.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.device
+
+    @property
+    def config(self):
+        return self.vision_tower.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_patches(self) -> int:
+        return (self.config.image_size // self.config.patch_size) ** 2

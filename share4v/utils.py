@@ -1,0 +1,63 @@
+"""utils.py
+
+Small process-level helpers: the device/dtype defaults of the original loaders and rank-aware printing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger("share4v")
+
+
+def disable_torch_init() -> None:
+    """Kept for scripts written against the original API.
+
+    The original replaced `reset_parameters` of `nn.Linear`/`nn.LayerNorm` process-wide to speed up loading.
+    transformers 5 already builds models on the meta device before loading weights, so there is nothing left to
+    skip, and share4v changes no library class: this function deliberately does nothing.
+    """
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None`/"auto" → CUDA when available, else CPU; "cuda" without a GPU falls back to CPU with a warning."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("CUDA was asked for but is not available: running on the CPU instead")
+        return torch.device("cpu")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Default float16 on CUDA (as the released models were served), float32 elsewhere."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float": torch.float32,
+    }
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def get_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def rank0_print(*args) -> None:
+    if get_rank() == 0:
+        print(*args)
