@@ -206,7 +206,7 @@ class KeywordsStoppingCriteria(StoppingCriteria):
         for ids in self.keyword_ids:
             if len(ids) and generated.shape[0] >= len(ids) and torch.equal(generated[-len(ids) :].cpu(), ids):
                 return True
-        window = min(generated.shape[0], self.max_keyword_len + 3)
+        window = min(generated.shape[0], self.max_keyword_len)
         text = self.tokenizer.decode(generated[-window:], skip_special_tokens=False) if window else ""
         return any(keyword in text for keyword in self.keywords)
 

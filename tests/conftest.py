@@ -31,11 +31,6 @@ def tiny(tiny_ckpt):
     return load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
 
 
-def random_image(seed: int, size: tuple[int, int] = (70, 40)) -> Image.Image:
-    pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
 @pytest.fixture
 def examples_dir() -> Path:
     return EXAMPLES

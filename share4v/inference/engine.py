@@ -13,6 +13,8 @@ batch + pixel values → `model.generate` with stop strings → text, whole or s
 from __future__ import annotations
 
 import copy
+import queue
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import TextIteratorStreamer
+from transformers.generation.streamers import BaseStreamer
 
 from share4v.constants import DEFAULT_CONV_MODE, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 from share4v.conversation import Conversation, get_conv_template
@@ -206,9 +208,7 @@ class Share4VEngine:
         """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns."""
         batch = self.prepare([chat])
         kwargs = self._generate_kwargs(batch, params or GenerationParams())
-        streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
-        )
+        streamer = _TokenQueue(skip_first=True)
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -217,14 +217,65 @@ class Share4VEngine:
                     self.model.generate(**kwargs, streamer=streamer)
             except BaseException as err:  # handed to the consumer below
                 failure.append(err)
+            finally:
                 streamer.end()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from _stop_at(_lstrip_stream(streamer), batch.stop_str)
+        yield from _stop_at(_lstrip_stream(_stable_text(streamer, self.tokenizer)), batch.stop_str)
         thread.join()
         if failure:
             raise failure[0]
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives new token ids from `generate` (on its thread) and hands them out as an iterator."""
+
+    _END = object()
+
+    def __init__(self, skip_first: bool):
+        self.queue: queue.Queue = queue.Queue()
+        self.skip_next = skip_first  # generate() first puts the prompt
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.skip_next:
+            self.skip_next = False
+            return
+        self.queue.put(value.flatten().tolist())
+
+    def end(self) -> None:
+        self.queue.put(self._END)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while (item := self.queue.get(timeout=STREAM_TIMEOUT_S)) is not self._END:
+            yield item
+
+
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # sentencepiece byte-fallback pieces
+
+
+def _stable_text(token_batches: Iterator[list[int]], tokenizer: Any) -> Iterator[str]:
+    """Decode the growing token list and yield only text that later tokens cannot change.
+
+    A trailing run of byte-fallback tokens may still be an incomplete character (and decodes differently once the
+    run ends), and a trailing U+FFFD may be the start of a character of a byte-level BPE; both are held back.
+    """
+    tokens: list[int] = []
+    open_bytes = 0  # length of the trailing run of byte tokens
+    emitted = 0
+    for new_tokens in token_batches:
+        for token in new_tokens:
+            tokens.append(token)
+            piece = tokenizer.convert_ids_to_tokens(token)
+            open_bytes = open_bytes + 1 if isinstance(piece, str) and _BYTE_TOKEN.match(piece) else 0
+        text = tokenizer.decode(tokens[: len(tokens) - open_bytes], skip_special_tokens=True)
+        stable = len(text.rstrip("\ufffd"))
+        if stable > emitted:
+            yield text[emitted:stable]
+            emitted = stable
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if len(text) > emitted:
+        yield text[emitted:]
 
 
 def _lstrip_stream(pieces: Iterator[str]) -> Iterator[str]:

@@ -119,6 +119,10 @@ def preprocessor_config_dict(spec: TinySpec) -> dict:
     }
 
 
+def _released_tower_name(key: str) -> str:
+    return key if key.startswith("vision_model.") else "vision_model." + key
+
+
 def write_vision_tower(out_dir: Path, spec: TinySpec) -> None:
     torch.manual_seed(spec.seed + 1)
     vision_config = CLIPVisionConfig(
@@ -131,7 +135,11 @@ def write_vision_tower(out_dir: Path, spec: TinySpec) -> None:
         projection_dim=spec.vision_hidden_size,
         hidden_act="quick_gelu",
     )
-    CLIPVisionModel(vision_config).save_pretrained(out_dir)
+    model = CLIPVisionModel(vision_config)
+    model.config.save_pretrained(out_dir)
+    # Released towers store `vision_model.*` names (transformers 4.x layout); newer transformers map them on load.
+    state_dict = {_released_tower_name(k): v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state_dict, out_dir / "model.safetensors", metadata={"format": "pt"})
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(spec), indent=2) + "\n")
 
 

@@ -1,0 +1,92 @@
+"""The generation engine: prompts, batching equal to single, streaming equal to whole, stop strings."""
+
+import pytest
+import torch
+
+from share4v.constants import IMAGE_TOKEN_INDEX
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine, _stop_at
+from tests.helpers import random_image
+
+GREEDY = GenerationParams(temperature=0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    return Share4VEngine(*tiny)
+
+
+def test_prompt_puts_one_image_token_per_image_first(engine):
+    conv = engine.conversation(Chat.single("What?", [random_image(0), random_image(1)]))
+    assert conv.get_prompt().endswith("USER: <image>\n<image>\nWhat? ASSISTANT:")
+    conv = engine.conversation(Chat(["Look: <image> ok?", "Yes.", "More?"], [random_image(0)]))
+    assert conv.get_prompt().endswith("USER: Look: <image> ok? ASSISTANT: Yes.</s>USER: More? ASSISTANT:")
+
+
+def test_prompt_errors(engine):
+    with pytest.raises(ValueError, match="the prompt has 2 <image> markers but 1 images were given"):
+        engine.conversation(Chat.single("<image> vs <image>", [random_image(0)]))
+    with pytest.raises(ValueError, match="ending with a user turn"):
+        engine.conversation(Chat(["hi", "hello"]))
+    with pytest.raises(ValueError, match="unknown conversation template 'mpt'"):
+        Share4VEngine(engine.tokenizer, engine.model, engine.image_processor, conv_mode="mpt")
+
+
+def test_prepare_left_pads_and_orders_images(engine):
+    chats = [Chat.single("short", [random_image(0)]), Chat.single("a much longer question here", [random_image(1)])]
+    batch = engine.prepare(chats)
+    assert batch.attention_mask[0, 0] == 0 and batch.attention_mask[:, -1].tolist() == [1, 1]
+    assert (batch.input_ids == IMAGE_TOKEN_INDEX).sum(dim=1).tolist() == [1, 1]
+    assert batch.images.shape == (2, 3, 56, 56) and batch.stop_str == "</s>"
+
+
+def test_batch_equals_single(engine, examples_dir):
+    chats = [
+        Chat.single("What is shown?", [examples_dir / "shapes.png"]),
+        Chat.single("Describe this chart in detail, please, with numbers.", [str(examples_dir / "chart.png")]),
+        Chat.single("Text only: tell me a story."),
+        Chat(["<image> and <image>: which is brighter?", "The first.", "Why?"], [random_image(5), random_image(6)]),
+    ]
+    together = engine.generate(chats, GREEDY)
+    alone = [engine.generate([chat], GREEDY)[0] for chat in chats]
+    assert together == alone
+    assert all(isinstance(answer, str) and answer for answer in together)
+
+
+def test_stream_joins_to_generate(engine, examples_dir):
+    chat = Chat.single("What is in the picture?", [examples_dir / "sunset.png"])
+    pieces = list(engine.stream(chat, GenerationParams(temperature=0, max_new_tokens=24)))
+    assert len(pieces) > 1
+    assert "".join(pieces) == engine.generate([chat], GenerationParams(temperature=0, max_new_tokens=24))[0]
+
+
+def test_sampling_and_beams_run(engine):
+    chat = Chat.single("hi", [random_image(2)])
+    torch.manual_seed(0)
+    sampled = engine.generate([chat], GenerationParams(temperature=0.9, top_p=0.8, max_new_tokens=8))
+    beams = engine.generate([chat, chat], GenerationParams(temperature=0, num_beams=3, max_new_tokens=8))
+    assert isinstance(sampled[0], str) and beams[0] == beams[1]
+
+
+def test_stream_errors_reach_the_caller(engine):
+    with pytest.raises(ValueError, match="markers"):
+        list(engine.stream(Chat.single("<image>", [])))
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        (["Hello", " wor", "ld##", "#tail"], "Hello world"),
+        (["  lead", "ing ", "# not a stop", " end  "], "  leading # not a stop end"),
+        (["a#", "#", "b"], "a##b"),
+        (["x", "###"], "x"),
+    ],
+)
+def test_stop_at_holds_back_partial_stop_strings(pieces, expected):
+    assert "".join(_stop_at(iter(pieces), "###")) == expected
+
+
+def test_generation_params_validation():
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationParams(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationParams(top_p=0)

@@ -1,0 +1,150 @@
+"""load_pretrained_model on every kind of checkpoint folder, decided by files, not names."""
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from share4v.mm_utils import process_images, tokenizer_image_token
+from share4v.model.builder import load_pretrained_model
+from share4v.model.multimodal_encoder.builder import VisionTowerNotFoundError
+from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
+from tests.helpers import random_image
+
+HUB_TOWER = "Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12"
+
+
+def _logits(loaded, prompt="USER: <image>\nWhat? ASSISTANT:"):
+    tokenizer, model, processor, _ = loaded
+    ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
+    with torch.no_grad():
+        return model(ids, images=process_images([random_image(7)], processor, model.config)).logits
+
+
+def _load(path, base=None, **kwargs):
+    return load_pretrained_model(str(path), str(base) if base else None, None, device="cpu", **kwargs)
+
+
+def test_full_checkpoint(tiny):
+    tokenizer, model, processor, context_len = tiny
+    assert type(model).__name__ == "Share4VLlamaForCausalLM" and model.dtype == torch.float32
+    assert processor is not None and context_len == 2048
+    assert len(tokenizer) == model.config.vocab_size == 512  # no image tokens added (released config)
+    assert not model.training
+
+
+@pytest.mark.parametrize(("weight_format", "shards"), [("safetensors", 3), ("bin", 1), ("bin", 2)])
+def test_sharded_and_pickled_weights_load_the_same(tiny, tmp_path, weight_format, shards):
+    path = make_tiny_checkpoint(tmp_path / "x", weight_format=weight_format, shards=shards)
+    index = list(path.glob("*.index.json"))
+    assert len(index) == (1 if shards > 1 else 0)
+    assert torch.equal(_logits(_load(path)), _logits(tiny))
+
+
+def test_released_layout_with_hub_tower_name(tiny_ckpt, tiny, tmp_path):
+    """A folder named by nothing, a config naming its tower by hub id, the tower copied elsewhere."""
+    folder = tmp_path / "a1b2c3"
+    shutil.copytree(tiny_ckpt, folder, ignore=shutil.ignore_patterns("vision_tower"))
+    shutil.copytree(tiny_ckpt / "vision_tower", tmp_path / "my-vit")
+    config = json.loads((folder / "config.json").read_text())
+    config["mm_vision_tower"] = HUB_TOWER
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VisionTowerNotFoundError, match=rf"vision tower '{HUB_TOWER}' .* --vision-tower") as info:
+        _load(folder)
+    assert "\n" not in str(info.value)
+    loaded = _load(folder, vision_tower=str(tmp_path / "my-vit"))
+    assert torch.equal(_logits(loaded), _logits(tiny))
+
+
+def test_old_llama_typed_multimodal_config(tiny_ckpt, tiny, tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_ckpt, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"], config["architectures"] = "llama", ["LlamaForCausalLM"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = _load(folder)
+    assert loaded[2] is not None and torch.equal(_logits(loaded), _logits(tiny))
+
+
+@pytest.fixture
+def base_llm(tiny, tmp_path):
+    """A Vicuna-like text-only base: the tiny model's LLM weights under a plain llama config."""
+    tokenizer, model, _, _ = tiny
+    cfg = model.config
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+            rms_norm_eps=cfg.rms_norm_eps, max_position_embeddings=cfg.max_position_embeddings,
+        )
+    )
+    state = {k: v for k, v in model.state_dict().items() if "mm_projector" not in k and "vision_tower" not in k}
+    llama.load_state_dict(state)
+    llama.save_pretrained(tmp_path / "vicuna")
+    tokenizer.save_pretrained(tmp_path / "vicuna")
+    return tmp_path / "vicuna"
+
+
+def test_projector_only_checkpoint(tiny_ckpt, tiny, base_llm, tmp_path):
+    folder = tmp_path / "stage1-projector"
+    folder.mkdir()
+    shutil.copy(tiny_ckpt / "config.json", folder)
+    shutil.copytree(tiny_ckpt / "vision_tower", folder / "vision_tower")
+    projector = {k: v for k, v in tiny[1].state_dict().items() if "mm_projector" in k}
+    torch.save(projector, folder / "mm_projector.bin")
+    assert torch.equal(_logits(_load(folder, base_llm)), _logits(tiny))
+
+
+def test_text_only_checkpoint(base_llm):
+    tokenizer, model, processor, context_len = _load(base_llm)
+    assert processor is None and type(model).__name__ == "LlamaForCausalLM" and context_len == 2048
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="peft not installed")
+def test_lora_checkpoint_is_merged(tiny_ckpt, tiny, base_llm, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    _, reference, _, _ = _load(tiny_ckpt)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in reference.model.mm_projector.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # "trained" projector
+    peft_model = get_peft_model(reference, LoraConfig(r=4, lora_alpha=8, target_modules=r"model\.layers\.\d+\.self_attn\.[qv]_proj"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    folder = tmp_path / "share4v-lora"
+    peft_model.save_pretrained(folder)
+    shutil.copy(tiny_ckpt / "config.json", folder)
+    shutil.copytree(tiny_ckpt / "vision_tower", folder / "vision_tower")
+    non_lora = {f"base_model.model.{k}": v for k, v in reference.state_dict().items() if "mm_projector" in k}
+    torch.save(non_lora, folder / "non_lora_trainables.bin")
+    expected = _logits((tiny[0], peft_model.merge_and_unload(), tiny[2], 0))
+
+    with pytest.raises(ValueError, match="is a LoRA adapter .* pass model_base"):
+        _load(folder)
+    loaded = _load(folder, base_llm)
+    assert type(loaded[1]).__name__ == "Share4VLlamaForCausalLM"
+    assert torch.allclose(_logits(loaded), expected, atol=1e-5)
+    assert not torch.allclose(_logits(loaded), _logits(tiny), atol=1e-3)  # the adapter did change the model
+
+
+def test_clear_errors(tiny_ckpt, tmp_path, base_llm):
+    with pytest.raises(FileNotFoundError, match="no config.json in"):
+        (tmp_path / "empty").mkdir()
+        _load(tmp_path / "empty")
+    with pytest.raises(ValueError, match="holds neither a LoRA adapter"):
+        _load(tiny_ckpt, base_llm)
+    with pytest.raises(TypeError, match="unexpected arguments: \\['colour'\\]"):
+        _load(tiny_ckpt, colour="red")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+@pytest.mark.parametrize("flag", ["load_8bit", "load_4bit"])
+def test_quantized_loading_without_bitsandbytes(tiny_ckpt, flag):
+    with pytest.raises(ImportError, match=r"need bitsandbytes: pip install 'share4v\[quant\]'"):
+        load_pretrained_model(str(tiny_ckpt), None, None, device="cpu", **{flag: True})

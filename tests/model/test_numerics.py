@@ -1,0 +1,134 @@
+"""The model against an independent manual computation, KV cache vs none, batch vs single, save/load."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from share4v.constants import IMAGE_TOKEN_INDEX
+from share4v.mm_utils import process_images, tokenizer_image_token
+from share4v.model.builder import load_pretrained_model
+from tests.helpers import random_image
+
+PROMPT = "A chat. USER: <image>\nWhat is in the picture? ASSISTANT:"
+
+
+def _inputs(tiny, prompt=PROMPT, seeds=(0,)):
+    tokenizer, model, processor, _ = tiny
+    ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
+    pixels = process_images([random_image(s) for s in seeds], processor, model.config)
+    return ids, pixels
+
+
+def manual_logits(tiny_ckpt, model, ids, pixels):
+    """CLIP layer -2 without CLS → Linear-GELU-Linear → spliced at -200 → a plain transformers Llama."""
+    clip = CLIPVisionModel.from_pretrained(tiny_ckpt / "vision_tower")
+    patches = clip(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    state = model.state_dict()
+    hidden = F.linear(patches, state["model.mm_projector.0.weight"], state["model.mm_projector.0.bias"])
+    projected = F.linear(F.gelu(hidden), state["model.mm_projector.2.weight"], state["model.mm_projector.2.bias"])
+    llama_keys = {k: v for k, v in state.items() if "mm_projector" not in k and "vision_tower" not in k}
+    cfg = model.config
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads, rms_norm_eps=cfg.rms_norm_eps,
+            max_position_embeddings=cfg.max_position_embeddings,
+        )
+    )
+    llama.load_state_dict(llama_keys, strict=True)
+    position = ids[0].tolist().index(IMAGE_TOKEN_INDEX)
+    table = llama.get_input_embeddings().weight
+    embeds = torch.cat([table[ids[0, :position]], projected[0], table[ids[0, position + 1 :]]])[None]
+    return llama(inputs_embeds=embeds).logits
+
+
+@torch.no_grad()
+def test_logits_equal_manual_computation(tiny_ckpt, tiny):
+    model = tiny[1]
+    ids, pixels = _inputs(tiny)
+    logits = model(ids, images=pixels).logits
+    expected = manual_logits(tiny_ckpt, model, ids, pixels)
+    assert logits.shape == (1, ids.shape[1] - 1 + 16, model.config.vocab_size)
+    assert torch.allclose(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_loss_ignores_image_and_masked_positions(tiny):
+    model = tiny[1]
+    ids, pixels = _inputs(tiny)
+    labels = ids.clone()
+    labels[0, :5] = -100
+    labels[labels == IMAGE_TOKEN_INDEX] = -100
+    out = model(ids, images=pixels, labels=labels)
+    merged = model.prepare_multimodal_inputs(ids, pixels, labels=labels)
+    shifted_logits, shifted_labels = out.logits[0, :-1], merged.labels[0, 1:]
+    expected = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100)
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    assert (merged.labels[0] != -100).sum() == (labels[0] != -100).sum()
+
+
+@torch.no_grad()
+def test_greedy_generate_with_cache_equals_without(tiny):
+    model = tiny[1]
+    ids, pixels = _inputs(tiny)
+    cached = model.generate(ids, images=pixels, max_new_tokens=12, do_sample=False, use_cache=True)
+    uncached = model.generate(ids, images=pixels, max_new_tokens=12, do_sample=False, use_cache=False)
+    manual = ids
+    for _ in range(12):  # reference: full forward at every step, no cache at all
+        next_token = model(manual, images=pixels).logits[:, -1].argmax(-1, keepdim=True)
+        manual = torch.cat([manual, next_token], dim=1)
+    assert cached.tolist() == uncached.tolist() == manual[:, ids.shape[1] :].tolist()
+
+
+@torch.no_grad()
+def test_left_padded_batch_equals_single(tiny):
+    tokenizer, model, processor, _ = tiny
+    prompts = [
+        "USER: <image>\nWhat is this? ASSISTANT:",
+        "A much longer preamble about many things. USER: <image>\nDescribe the picture in detail please. ASSISTANT:",
+        "USER: no image here, only text ASSISTANT:",
+        "USER: <image> and <image>\ncompare ASSISTANT:",
+    ]
+    images_per_prompt = [[random_image(1)], [random_image(2, (40, 90))], [], [random_image(3), random_image(4)]]
+    rows = [tokenizer_image_token(p, tokenizer) for p in prompts]
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    flat_images = [image for images in images_per_prompt for image in images]
+    pixels = process_images(flat_images, processor, model.config)
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    batch = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
+    for i, (row, images) in enumerate(zip(rows, images_per_prompt)):
+        single_ids = torch.tensor([row])
+        if images:
+            single = model.generate(single_ids, images=process_images(images, processor, model.config), **kwargs)
+        else:
+            single = model.generate(single_ids, **kwargs)[:, len(row) :]
+        assert batch[i].tolist() == single[0].tolist(), f"row {i} differs"
+
+
+@torch.no_grad()
+def test_image_token_count_mismatch_is_loud(tiny):
+    model = tiny[1]
+    ids, pixels = _inputs(tiny, "USER: <image> <image>\nhi ASSISTANT:")
+    with pytest.raises(ValueError, match="the prompts hold 2 <image> tokens .* but 1 images were given"):
+        model(ids, images=pixels)
+    with pytest.raises(ValueError, match="no images were given"):
+        model(ids)
+
+
+@torch.no_grad()
+def test_save_load_round_trip(tiny_ckpt, tiny, tmp_path):
+    tokenizer, model, _, _ = tiny
+    ids, pixels = _inputs(tiny)
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    shutil.copytree(tiny_ckpt / "vision_tower", tmp_path / "saved" / "vision_tower")
+    _, reloaded, _, _ = load_pretrained_model(str(tmp_path / "saved"), None, None, device="cpu")
+    assert torch.equal(reloaded(ids, images=pixels).logits, model(ids, images=pixels).logits)

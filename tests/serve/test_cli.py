@@ -1,0 +1,29 @@
+"""The interactive chat CLI, driven through its stdin/stdout."""
+
+import io
+
+import pytest
+
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.serve.cli import main
+
+
+def test_chat_streams_answers_and_keeps_history(tiny_ckpt, tiny, examples_dir):
+    stdin = io.StringIO("What is this?\nAnd the colours?\n/reset\n/image nowhere.png\n/quit\nnever read\n")
+    stdout = io.StringIO()
+    args = ["--model-path", str(tiny_ckpt), "--image-file", str(examples_dir / "sunset.png"), "--temperature", "0",
+            "--max-new-tokens", "10"]
+    main(args, stdin=stdin, stdout=stdout)
+    engine = Share4VEngine(*tiny)
+    params = GenerationParams(temperature=0, max_new_tokens=10)
+    image = [examples_dir / "sunset.png"]
+    first = engine.generate([Chat(["What is this?"], image)], params)[0]
+    second = engine.generate([Chat(["What is this?", first, "And the colours?"], image)], params)[0]
+    assert stdout.getvalue() == (
+        f"ASSISTANT: {first}\nASSISTANT: {second}\n(chat cleared)\nerror: image file not found: nowhere.png\n"
+    )
+
+
+def test_chat_rejects_a_bad_image(tiny_ckpt, tmp_path):
+    with pytest.raises(SystemExit, match="error: image file not found"):
+        main(["--model-path", str(tiny_ckpt), "--image-file", str(tmp_path / "gone.jpg")], stdin=io.StringIO(""))

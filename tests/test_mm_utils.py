@@ -1,0 +1,203 @@
+import base64
+import http.server
+import io
+import socket
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from share4v.constants import IMAGE_TOKEN_INDEX
+from share4v.mm_utils import (
+    ImageLoadError,
+    KeywordsStoppingCriteria,
+    expand2square,
+    get_model_name_from_path,
+    load_image,
+    load_image_from_base64,
+    process_images,
+    tokenizer_image_token,
+)
+
+from tests.helpers import random_image
+
+
+def _png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+# ---- image loading -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("RGBA", (9, 7), (10, 20, 30, 0)),
+        lambda: Image.new("LA", (9, 7), (100, 50)),
+        lambda: Image.new("L", (9, 7), 77),
+        lambda: Image.new("1", (9, 7), 1),
+        lambda: Image.new("P", (9, 7), 3),
+        lambda: Image.new("CMYK", (9, 7), (0, 255, 255, 0)),
+        lambda: Image.fromarray(np.full((7, 9), 65535, dtype=np.uint16)),
+        lambda: Image.fromarray(np.full((7, 9), 0.5, dtype=np.float32)),
+    ],
+    ids=["RGBA", "LA", "L", "1", "P", "CMYK", "I;16", "F"],
+)
+def test_any_mode_becomes_rgb(tmp_path, make):
+    source = make()
+    path = tmp_path / "img.tiff" if source.mode in ("F", "CMYK") else tmp_path / "img.png"
+    source.save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (9, 7)
+
+
+def test_sixteen_bit_is_rescaled_not_clipped(tmp_path):
+    array = np.array([[0, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(array).save(tmp_path / "deep.png")
+    assert np.asarray(load_image(tmp_path / "deep.png"))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_cmyk_red(tmp_path):
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "red.jpg")
+    r, g, b = load_image(tmp_path / "red.jpg").getpixel((1, 1))
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageLoadError, match=r"^image file not found: .*nope\.png$"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_truncated_file(tmp_path):
+    data = _png_bytes(random_image(0), "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError, match=r"cannot read image file .*cut\.jpg"):
+        load_image(tmp_path / "cut.jpg")
+
+
+def test_not_an_image(tmp_path):
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(ImageLoadError, match=r"cannot read image file .*notes\.png") as info:
+        load_image(tmp_path / "notes.png")
+    assert "\n" not in str(info.value)
+
+
+def test_base64_and_data_uri():
+    image = random_image(1, (12, 8))
+    encoded = base64.b64encode(_png_bytes(image)).decode()
+    assert np.array_equal(np.asarray(load_image_from_base64(encoded)), np.asarray(image))
+    assert np.array_equal(np.asarray(load_image("data:image/png;base64," + encoded)), np.asarray(image))
+    with pytest.raises(ImageLoadError, match="invalid base64 image data"):
+        load_image("data:image/png;base64,@@@")
+
+
+@pytest.fixture
+def image_server():
+    payload = _png_bytes(random_image(2, (10, 6)))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/ok.png":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_ok_and_failures(image_server):
+    assert load_image(image_server + "/ok.png").size == (10, 6)
+    with pytest.raises(ImageLoadError, match=r"cannot download image http://127\.0\.0\.1:\d+/missing\.png: HTTPError"):
+        load_image(image_server + "/missing.png")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with pytest.raises(ImageLoadError, match=rf"cannot download image http://127\.0\.0\.1:{closed_port}/x\.png"):
+        load_image(f"http://127.0.0.1:{closed_port}/x.png")
+
+
+# ---- pre-processing ------------------------------------------------------------------------------------------
+
+
+def test_expand2square_centres_the_image():
+    image = Image.new("RGB", (6, 2), (255, 0, 0))
+    square = expand2square(image, (1, 2, 3))
+    assert square.size == (6, 6)
+    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((0, 2)) == (255, 0, 0)
+    assert square.getpixel((5, 3)) == (255, 0, 0) and square.getpixel((5, 4)) == (1, 2, 3)
+    tall = expand2square(Image.new("RGB", (3, 8), (0, 255, 0)), (9, 9, 9))
+    assert tall.size == (8, 8) and tall.getpixel((1, 0)) == (9, 9, 9) and tall.getpixel((2, 0)) == (0, 255, 0)
+
+
+def test_process_images_pad_vs_square(tiny):
+    _, model, processor, _ = tiny
+    image = Image.new("RGB", (112, 56), (255, 255, 255))
+    padded = process_images([image], processor, model.config)  # checkpoint says "pad"
+    cropped = process_images([image], processor, None, image_aspect_ratio="square")
+    assert padded.shape == cropped.shape == (1, 3, 56, 56)
+    mean = torch.tensor(processor.image_mean).view(3, 1)
+    std = torch.tensor(processor.image_std).view(3, 1)
+    background = (torch.tensor([int(m * 255) for m in processor.image_mean]).view(3, 1) / 255 - mean) / std
+    white = (1 - mean) / std
+    assert torch.allclose(padded[0, :, 0, :], background.expand(3, 56), atol=1e-3)  # top rows are the pad colour
+    assert torch.allclose(padded[0, :, 28, :], white.expand(3, 56), atol=1e-3)
+    assert torch.allclose(cropped[0, :, 0, :], white.expand(3, 56), atol=1e-3)  # crop keeps only the image
+
+
+def test_process_images_batches(tiny):
+    _, model, processor, _ = tiny
+    batch = process_images([random_image(3), random_image(4, (30, 90))], processor, model.config)
+    assert batch.shape == (2, 3, 56, 56)
+
+
+# ---- tokenization --------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_image_token(tiny):
+    tokenizer = tiny[0]
+    ids = tokenizer_image_token("USER: <image>\nWhat? ASSISTANT:", tokenizer)
+    before, after = tokenizer("USER: ").input_ids, tokenizer("\nWhat? ASSISTANT:").input_ids
+    assert ids == before + [IMAGE_TOKEN_INDEX] + after[1:]
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    two = tokenizer_image_token("<image><image>\nhi", tokenizer, return_tensors="pt")
+    assert two.dtype == torch.long and two.tolist()[:3] == [tokenizer.bos_token_id, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX]
+    with pytest.raises(ValueError, match="unsupported tensor type"):
+        tokenizer_image_token("hi", tokenizer, return_tensors="np")
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("Lin-Chen/ShareGPT4V-7B", "ShareGPT4V-7B"),
+        ("/ckpt/share4v-7b_pretrained_pt-1.2m/", "share4v-7b"),
+        ("runs/share4v-13b/checkpoint-500", "share4v-13b_checkpoint-500"),
+    ],
+)
+def test_get_model_name_from_path(path, name):
+    assert get_model_name_from_path(path) == name
+
+
+def test_keywords_stopping_is_per_row(tiny):
+    tokenizer = tiny[0]
+    prompt = torch.tensor([[1, 5, 6], [1, 7, 8]])
+    stop = tokenizer("###").input_ids[1:]
+    criteria = KeywordsStoppingCriteria(["###"], tokenizer, prompt)
+    plain = tokenizer("hello").input_ids[1:]
+    outputs = torch.tensor([[1, 5, 6, *plain, *stop], [1, 7, 8, *stop, *plain]])
+    assert criteria(outputs, None).tolist() == [True, False]
+    assert criteria(prompt, None).tolist() == [False, False]  # the prompt itself never counts
