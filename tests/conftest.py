@@ -8,10 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub in tests
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from share4v.model.builder import load_pretrained_model
 from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint

@@ -20,7 +20,6 @@ from share4v.mm_utils import (
     process_images,
     tokenizer_image_token,
 )
-
 from tests.helpers import random_image
 
 
@@ -172,10 +171,14 @@ def test_tokenizer_image_token(tiny):
     tokenizer = tiny[0]
     ids = tokenizer_image_token("USER: <image>\nWhat? ASSISTANT:", tokenizer)
     before, after = tokenizer("USER: ").input_ids, tokenizer("\nWhat? ASSISTANT:").input_ids
-    assert ids == before + [IMAGE_TOKEN_INDEX] + after[1:]
+    assert ids == [*before, IMAGE_TOKEN_INDEX, *after[1:]]
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
     two = tokenizer_image_token("<image><image>\nhi", tokenizer, return_tensors="pt")
-    assert two.dtype == torch.long and two.tolist()[:3] == [tokenizer.bos_token_id, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX]
+    assert two.dtype == torch.long and two.tolist()[:3] == [
+        tokenizer.bos_token_id,
+        IMAGE_TOKEN_INDEX,
+        IMAGE_TOKEN_INDEX,
+    ]
     with pytest.raises(ValueError, match="unsupported tensor type"):
         tokenizer_image_token("hi", tokenizer, return_tensors="np")
 

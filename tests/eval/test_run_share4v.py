@@ -14,8 +14,16 @@ from share4v.mm_utils import ImageLoadError
 def original_args(model_path, image_file, **overrides):
     """Exactly the fields of the original README example (no device flag: CPU is the fallback here)."""
     fields = dict(
-        model_path=str(model_path), model_base=None, model_name="weights", query="What is in the picture?",
-        conv_mode=None, image_file=str(image_file), sep=",", temperature=0, top_p=None, num_beams=1,
+        model_path=str(model_path),
+        model_base=None,
+        model_name="weights",
+        query="What is in the picture?",
+        conv_mode=None,
+        image_file=str(image_file),
+        sep=",",
+        temperature=0,
+        top_p=None,
+        num_beams=1,
         max_new_tokens=16,
     )
     return SimpleNamespace(**{**fields, **overrides})
@@ -56,9 +64,25 @@ def test_cli_reports_errors_in_one_line(tiny_ckpt, tmp_path, capsys):
 
 def test_cli_runs_as_a_module(tiny_ckpt, examples_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "share4v.eval.run_share4v", "--model-path", str(tiny_ckpt), "--image-file",
-         str(examples_dir / "shapes.png"), "--query", "What shapes?", "--temperature", "0", "--max_new_tokens", "8"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "share4v.eval.run_share4v",
+            "--model-path",
+            str(tiny_ckpt),
+            "--image-file",
+            str(examples_dir / "shapes.png"),
+            "--query",
+            "What shapes?",
+            "--temperature",
+            "0",
+            "--max_new_tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()

@@ -76,9 +76,13 @@ def base_llm(tiny, tmp_path):
     cfg = model.config
     llama = LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-            rms_norm_eps=cfg.rms_norm_eps, max_position_embeddings=cfg.max_position_embeddings,
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            rms_norm_eps=cfg.rms_norm_eps,
+            max_position_embeddings=cfg.max_position_embeddings,
         )
     )
     state = {k: v for k, v in model.state_dict().items() if "mm_projector" not in k and "vision_tower" not in k}
@@ -99,7 +103,7 @@ def test_projector_only_checkpoint(tiny_ckpt, tiny, base_llm, tmp_path):
 
 
 def test_text_only_checkpoint(base_llm):
-    tokenizer, model, processor, context_len = _load(base_llm)
+    _tokenizer, model, processor, context_len = _load(base_llm)
     assert processor is None and type(model).__name__ == "LlamaForCausalLM" and context_len == 2048
 
 
@@ -112,7 +116,9 @@ def test_lora_checkpoint_is_merged(tiny_ckpt, tiny, base_llm, tmp_path):
     with torch.no_grad():
         for p in reference.model.mm_projector.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # "trained" projector
-    peft_model = get_peft_model(reference, LoraConfig(r=4, lora_alpha=8, target_modules=r"model\.layers\.\d+\.self_attn\.[qv]_proj"))
+    peft_model = get_peft_model(
+        reference, LoraConfig(r=4, lora_alpha=8, target_modules=r"model\.layers\.\d+\.self_attn\.[qv]_proj")
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -16,7 +16,9 @@ def test_config_defaults_and_round_trip(tmp_path):
     config = Share4VConfig(**SMALL, mm_vision_tower="tower", mm_hidden_size=8, mm_projector_type="mlp2x_gelu")
     assert config.model_type == "share4v" and config.is_multimodal
     assert (config.mm_vision_select_feature, config.mm_use_im_patch_token, config.image_aspect_ratio) == (
-        "patch", True, "square",
+        "patch",
+        True,
+        "square",
     )
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from share4v.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX as IMG
+from share4v.constants import IGNORE_INDEX
+from share4v.constants import IMAGE_TOKEN_INDEX as IMG
 from share4v.model.share4v_arch import assign_images, infer_padding_side, merge_image_features
 
 D, P = 4, 3  # embedding width, image tokens per image
@@ -59,12 +60,18 @@ def test_one_image_per_row_convention_skips_blank_images(embed):
 
 def test_left_padding_input_and_output(embed):
     right = merge_image_features(
-        torch.tensor([[1, IMG, 2, 3], [1, IMG, 0, 0]]), features(2), embed,
-        attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]), padding_side="left",
+        torch.tensor([[1, IMG, 2, 3], [1, IMG, 0, 0]]),
+        features(2),
+        embed,
+        attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]),
+        padding_side="left",
     )
     left = merge_image_features(
-        torch.tensor([[1, IMG, 2, 3], [0, 0, 1, IMG]]), features(2), embed,
-        attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]]), padding_side="left",
+        torch.tensor([[1, IMG, 2, 3], [0, 0, 1, IMG]]),
+        features(2),
+        embed,
+        attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]]),
+        padding_side="left",
     )
     for out in (right, left):
         assert out.attention_mask[1].tolist() == [0, 0] + [1] * (1 + P)

@@ -33,9 +33,13 @@ def manual_logits(tiny_ckpt, model, ids, pixels):
     cfg = model.config
     llama = LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-            num_key_value_heads=cfg.num_key_value_heads, rms_norm_eps=cfg.rms_norm_eps,
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads,
+            rms_norm_eps=cfg.rms_norm_eps,
             max_position_embeddings=cfg.max_position_embeddings,
         )
     )
@@ -104,7 +108,7 @@ def test_left_padded_batch_equals_single(tiny):
     pixels = process_images(flat_images, processor, model.config)
     kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
     batch = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
-    for i, (row, images) in enumerate(zip(rows, images_per_prompt)):
+    for i, (row, images) in enumerate(zip(rows, images_per_prompt, strict=True)):
         single_ids = torch.tensor([row])
         if images:
             single = model.generate(single_ids, images=process_images(images, processor, model.config), **kwargs)

@@ -11,8 +11,16 @@ from share4v.serve.cli import main
 def test_chat_streams_answers_and_keeps_history(tiny_ckpt, tiny, examples_dir):
     stdin = io.StringIO("What is this?\nAnd the colours?\n/reset\n/image nowhere.png\n/quit\nnever read\n")
     stdout = io.StringIO()
-    args = ["--model-path", str(tiny_ckpt), "--image-file", str(examples_dir / "sunset.png"), "--temperature", "0",
-            "--max-new-tokens", "10"]
+    args = [
+        "--model-path",
+        str(tiny_ckpt),
+        "--image-file",
+        str(examples_dir / "sunset.png"),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "10",
+    ]
     main(args, stdin=stdin, stdout=stdout)
     engine = Share4VEngine(*tiny)
     params = GenerationParams(temperature=0, max_new_tokens=10)

@@ -13,19 +13,36 @@ from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
 
 def test_files_and_tensor_names(tiny_ckpt):
     names = sorted(p.name for p in tiny_ckpt.iterdir())
-    assert names == ["config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.model",
-                     "tokenizer_config.json", "vision_tower"]
+    assert names == [
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "vision_tower",
+    ]
     assert sorted(p.name for p in (tiny_ckpt / "vision_tower").iterdir()) == [
-        "config.json", "model.safetensors", "preprocessor_config.json"]
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     config = json.loads((tiny_ckpt / "config.json").read_text())
     assert config["model_type"] == "share4v" and config["architectures"] == ["Share4VLlamaForCausalLM"]
     assert config["mm_vision_tower"] == "vision_tower" and config["mm_projector_type"] == "mlp2x_gelu"
     assert (config["mm_vision_select_layer"], config["image_aspect_ratio"]) == (-2, "pad")
     with safe_open(tiny_ckpt / "model.safetensors", "pt") as weights:
         keys = set(weights.keys())
-    assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.mm_projector.0.weight",
-            "model.mm_projector.0.bias", "model.mm_projector.2.weight", "model.mm_projector.2.bias",
-            "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"} <= keys
+    assert {
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.0.bias",
+        "model.mm_projector.2.weight",
+        "model.mm_projector.2.bias",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    } <= keys
     assert not any("vision_tower" in k for k in keys)
     with safe_open(tiny_ckpt / "vision_tower" / "model.safetensors", "pt") as weights:
         assert all(k.startswith("vision_model.") for k in weights.keys())
