@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def random_image(seed: int, size: tuple[int, int] = (70, 40)) -> Image.Image:
     """A reproducible noise image of `size` (width, height)."""
     pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)
+
+
+def plain_llama_like(model) -> LlamaForCausalLM:
+    """A transformers Llama with the language weights of a share4v model (no projector, no tower)."""
+    cfg = model.config
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads,
+            rms_norm_eps=cfg.rms_norm_eps,
+            max_position_embeddings=cfg.max_position_embeddings,
+        )
+    )
+    state = {k: v for k, v in model.state_dict().items() if "mm_projector" not in k and "vision_tower" not in k}
+    llama.load_state_dict(state, strict=True)
+    return llama

@@ -204,7 +204,10 @@ def load_pretrained_model(
             model = _merge_lora(model, model_dir)
         return tokenizer, model, None, _context_len(model.config)
 
-    config = Share4VConfig.from_pretrained(model_dir)
+    try:
+        config = Share4VConfig.from_pretrained(model_dir)
+    except ValueError as err:
+        raise ValueError(f"{model_dir / 'config.json'}: {err}") from None
     tokenizer = AutoTokenizer.from_pretrained(base_dir or model_dir)
     model = Share4VLlamaForCausalLM.from_pretrained(base_dir or model_dir, config=config, **load_kwargs)
     if kind == "lora":

@@ -6,13 +6,12 @@ import shutil
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from share4v.mm_utils import process_images, tokenizer_image_token
 from share4v.model.builder import load_pretrained_model
 from share4v.model.multimodal_encoder.builder import VisionTowerNotFoundError
 from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
-from tests.helpers import random_image
+from tests.helpers import plain_llama_like, random_image
 
 HUB_TOWER = "Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12"
 
@@ -73,20 +72,7 @@ def test_old_llama_typed_multimodal_config(tiny_ckpt, tiny, tmp_path):
 def base_llm(tiny, tmp_path):
     """A Vicuna-like text-only base: the tiny model's LLM weights under a plain llama config."""
     tokenizer, model, _, _ = tiny
-    cfg = model.config
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            rms_norm_eps=cfg.rms_norm_eps,
-            max_position_embeddings=cfg.max_position_embeddings,
-        )
-    )
-    state = {k: v for k, v in model.state_dict().items() if "mm_projector" not in k and "vision_tower" not in k}
-    llama.load_state_dict(state)
+    llama = plain_llama_like(model)
     llama.save_pretrained(tmp_path / "vicuna")
     tokenizer.save_pretrained(tmp_path / "vicuna")
     return tmp_path / "vicuna"
@@ -145,6 +131,12 @@ def test_clear_errors(tiny_ckpt, tmp_path, base_llm):
         _load(tmp_path / "empty")
     with pytest.raises(ValueError, match="holds neither a LoRA adapter"):
         _load(tiny_ckpt, base_llm)
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_ckpt, bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "mm_projector_type": "mlp2x_relu"}))
+    with pytest.raises(ValueError, match=r"bad/config\.json: unknown mm_projector_type 'mlp2x_relu'"):
+        _load(bad)
     with pytest.raises(TypeError, match="unexpected arguments: \\['colour'\\]"):
         _load(tiny_ckpt, colour="red")
 

@@ -5,12 +5,12 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPVisionModel
 
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.mm_utils import process_images, tokenizer_image_token
 from share4v.model.builder import load_pretrained_model
-from tests.helpers import random_image
+from tests.helpers import plain_llama_like, random_image
 
 PROMPT = "A chat. USER: <image>\nWhat is in the picture? ASSISTANT:"
 
@@ -29,21 +29,7 @@ def manual_logits(tiny_ckpt, model, ids, pixels):
     state = model.state_dict()
     hidden = F.linear(patches, state["model.mm_projector.0.weight"], state["model.mm_projector.0.bias"])
     projected = F.linear(F.gelu(hidden), state["model.mm_projector.2.weight"], state["model.mm_projector.2.bias"])
-    llama_keys = {k: v for k, v in state.items() if "mm_projector" not in k and "vision_tower" not in k}
-    cfg = model.config
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            num_key_value_heads=cfg.num_key_value_heads,
-            rms_norm_eps=cfg.rms_norm_eps,
-            max_position_embeddings=cfg.max_position_embeddings,
-        )
-    )
-    llama.load_state_dict(llama_keys, strict=True)
+    llama = plain_llama_like(model)
     position = ids[0].tolist().index(IMAGE_TOKEN_INDEX)
     table = llama.get_input_embeddings().weight
     embeds = torch.cat([table[ids[0, :position]], projected[0], table[ids[0, position + 1 :]]])[None]
