@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import re
 from collections.abc import Callable, Iterator, Mapping
 from enum import Enum, auto
 from typing import Any
 
-from share4v.constants import DEFAULT_IMAGE_TOKEN
+from share4v.constants import DEFAULT_CONV_MODE, DEFAULT_IMAGE_TOKEN
 from share4v.mm_utils import expand2square
 
 
@@ -252,11 +253,9 @@ class _TemplateRegistry(Mapping[str, Conversation]):
     """Read-only name → template mapping whose lookups return fresh copies."""
 
     def __getitem__(self, name: str) -> Conversation:
-        try:
-            return _TEMPLATES[name].copy()
-        except KeyError:
-            known = ", ".join(sorted(_TEMPLATES))
-            raise KeyError(f"unknown conversation template {name!r}; known templates: {known}") from None
+        if name not in _TEMPLATES:
+            raise KeyError(_unknown_template(name))
+        return _TEMPLATES[name].copy()
 
     def __iter__(self) -> Iterator[str]:
         return iter(_TEMPLATES)
@@ -271,8 +270,23 @@ conv_templates: Mapping[str, Conversation] = _TemplateRegistry()
 def get_conv_template(name: str) -> Conversation:
     """A fresh copy of the template called `name`; raises ValueError listing the known names otherwise."""
     if name not in _TEMPLATES:
-        raise ValueError(f"unknown conversation template {name!r}; known templates: {', '.join(sorted(_TEMPLATES))}")
+        raise ValueError(_unknown_template(name))
     return _TEMPLATES[name].copy()
 
 
-__all__ = ["Conversation", "SeparatorStyle", "conv_templates", "get_conv_template"]
+def _unknown_template(name: str) -> str:
+    return f"unknown conversation template {name!r}; known templates: {', '.join(sorted(_TEMPLATES))}"
+
+
+def default_conv_mode(model_name: str | None) -> str:
+    """The template a model was most likely tuned with, from its name (the one use of names SPEC allows).
+
+    Llama-2-chat based models get `share4v_llama_2`; everything else (all released ShareGPT4V models were trained
+    with `--version v1`) gets `vicuna_v1`.
+    """
+    if model_name and re.search(r"llama[-_]?2", model_name, flags=re.IGNORECASE):
+        return "share4v_llama_2"
+    return DEFAULT_CONV_MODE
+
+
+__all__ = ["Conversation", "SeparatorStyle", "conv_templates", "default_conv_mode", "get_conv_template"]

@@ -65,12 +65,17 @@ def load_image_from_base64(image: str) -> Image.Image:
 
 
 def _open_bytes(raw: bytes, what: str) -> Image.Image:
+    return _open(io.BytesIO(raw), f"cannot read image from {what}")
+
+
+def _open(source: Any, failure: str) -> Image.Image:
+    """Open, fully decode (so truncation shows now) and convert to RGB; `failure` starts the error message."""
     try:
-        with Image.open(io.BytesIO(raw)) as img:
+        with Image.open(source) as img:
             img.load()
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"cannot read image from {what}: {err}") from None
+        raise ImageLoadError(f"{failure}: {err}") from None
 
 
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
@@ -88,12 +93,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     path = Path(source)
     if not path.is_file():
         raise ImageLoadError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"cannot read image file {path}: {err}") from None
+    return _open(path, f"cannot read image file {path}")
 
 
 def _load_url(url: str) -> Image.Image:
@@ -179,13 +179,14 @@ def get_model_name_from_path(model_path: str) -> str:
 class KeywordsStoppingCriteria(StoppingCriteria):
     """Stop each sequence once its generated text ends with one of `keywords`.
 
-    Works for batches: returns one flag per row, judged only on the tokens generated after `input_ids`.
-    `input_ids` is the prompt batch (its length marks where generation starts); pass `start_len=0` when
-    `generate` returns only new tokens (prompts given as embeddings).
+    Works for batches: returns one flag per row. Only generated tokens are judged: unless `start_len` is given,
+    generation is taken to start one token before the length seen at the first call (a fresh instance per
+    `generate` call), which holds whether `generate` keeps the prompt in its running sequence or, as share4v
+    models do, starts from embeddings. `input_ids` is accepted for the original signature and not needed.
     """
 
     def __init__(
-        self, keywords: list[str], tokenizer: Any, input_ids: torch.Tensor | None, start_len: int | None = None
+        self, keywords: list[str], tokenizer: Any, input_ids: torch.Tensor | None = None, start_len: int | None = None
     ):
         self.keywords = [k for k in keywords if k]
         self.tokenizer = tokenizer
@@ -197,8 +198,6 @@ class KeywordsStoppingCriteria(StoppingCriteria):
                 ids = ids[1:]
             self.max_keyword_len = max(self.max_keyword_len, len(ids))
             self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
-        if start_len is None:
-            start_len = input_ids.shape[1] if input_ids is not None else 0
         self.start_len = start_len
 
     def _row_done(self, row: torch.Tensor) -> bool:
@@ -211,6 +210,8 @@ class KeywordsStoppingCriteria(StoppingCriteria):
         return any(keyword in text for keyword in self.keywords)
 
     def __call__(self, output_ids: torch.Tensor, scores: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if self.start_len is None:
+            self.start_len = output_ids.shape[1] - 1
         done = [self._row_done(row) for row in output_ids]
         return torch.tensor(done, dtype=torch.bool, device=output_ids.device)
 

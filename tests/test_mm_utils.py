@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import sentencepiece
 import torch
 from PIL import Image
 
@@ -167,11 +168,13 @@ def test_process_images_batches(tiny):
 # ---- tokenization --------------------------------------------------------------------------------------------
 
 
-def test_tokenizer_image_token(tiny):
+def test_tokenizer_image_token(tiny_ckpt, tiny):
     tokenizer = tiny[0]
     ids = tokenizer_image_token("USER: <image>\nWhat? ASSISTANT:", tokenizer)
-    before, after = tokenizer("USER: ").input_ids, tokenizer("\nWhat? ASSISTANT:").input_ids
-    assert ids == [*before, IMAGE_TOKEN_INDEX, *after[1:]]
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tiny_ckpt / "tokenizer.model"))
+    # Golden ids from sentencepiece itself: BOS, each chunk encoded on its own (with its dummy-prefix "▁").
+    assert ids == [1, *sp.encode("USER: "), IMAGE_TOKEN_INDEX, *sp.encode("\nWhat? ASSISTANT:")]
+    assert sp.id_to_piece(ids[ids.index(IMAGE_TOKEN_INDEX) + 1]) == "▁"
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
     two = tokenizer_image_token("<image><image>\nhi", tokenizer, return_tensors="pt")
     assert two.dtype == torch.long and two.tolist()[:3] == [
@@ -197,10 +200,21 @@ def test_get_model_name_from_path(path, name):
 
 def test_keywords_stopping_is_per_row(tiny):
     tokenizer = tiny[0]
-    prompt = torch.tensor([[1, 5, 6], [1, 7, 8]])
     stop = tokenizer("###").input_ids[1:]
-    criteria = KeywordsStoppingCriteria(["###"], tokenizer, prompt)
     plain = tokenizer("hello").input_ids[1:]
+    criteria = KeywordsStoppingCriteria(["###"], tokenizer, start_len=3)
     outputs = torch.tensor([[1, 5, 6, *plain, *stop], [1, 7, 8, *stop, *plain]])
     assert criteria(outputs, None).tolist() == [True, False]
-    assert criteria(prompt, None).tolist() == [False, False]  # the prompt itself never counts
+
+
+@pytest.mark.parametrize("with_prompt", [True, False])
+def test_keywords_stopping_judges_only_generated_tokens(tiny, with_prompt):
+    """As generate calls it, step by step, whether or not its running sequence holds the prompt."""
+    tokenizer = tiny[0]
+    prompt = tokenizer("Human: hi###Assistant:").input_ids  # the prompt itself holds the keyword
+    generated = tokenizer("fine, thanks###Human").input_ids[1:]
+    start = prompt if with_prompt else []
+    criteria = KeywordsStoppingCriteria(["###"], tokenizer, torch.tensor([prompt]))
+    flags = [criteria(torch.tensor([start + generated[:n]]), None).item() for n in range(1, len(generated) + 1)]
+    stop_at = len(tokenizer("fine, thanks###").input_ids) - 1
+    assert flags[: stop_at - 1] == [False] * (stop_at - 1) and flags[stop_at - 1]

@@ -25,7 +25,7 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from share4v.constants import DEFAULT_CONV_MODE, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
-from share4v.conversation import Conversation, get_conv_template
+from share4v.conversation import Conversation, default_conv_mode, get_conv_template
 from share4v.mm_utils import KeywordsStoppingCriteria, load_image, process_images, tokenizer_image_token
 from share4v.model.builder import load_pretrained_model
 
@@ -101,7 +101,7 @@ class Share4VEngine:
         model_path: str,
         model_base: str | None = None,
         model_name: str | None = None,
-        conv_mode: str | None = None,
+        conv_mode: str | None = None,  # default: from model_name (vicuna_v1 for every released model)
         device: str | None = None,
         image_aspect_ratio: str | None = None,
         **load_kwargs: Any,
@@ -110,7 +110,8 @@ class Share4VEngine:
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path, model_base, model_name, device=device or "auto", **load_kwargs
         )
-        return cls(tokenizer, model, image_processor, context_len, conv_mode or DEFAULT_CONV_MODE, image_aspect_ratio)
+        conv_mode = conv_mode or default_conv_mode(model_name)
+        return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio)
 
     # ---- prompt building -------------------------------------------------------------------------------------
 
@@ -177,9 +178,8 @@ class Share4VEngine:
             use_cache=True,
         )
         device = self.model.get_input_embeddings().weight.device
-        # With images, generate() returns new tokens only, so the stop check starts at 0.
-        start_len = 0 if batch.images is not None else batch.input_ids.shape[1]
-        stopping = KeywordsStoppingCriteria([batch.stop_str], self.tokenizer, None, start_len=start_len)
+        # share4v's generate() starts from prompt embeddings: its running sequence holds new tokens only.
+        stopping = KeywordsStoppingCriteria([batch.stop_str], self.tokenizer, start_len=0)
         return {
             "inputs": batch.input_ids.to(device),
             "attention_mask": batch.attention_mask.to(device),
@@ -199,15 +199,16 @@ class Share4VEngine:
         """Answers for a batch of chats (left-padded together; equal to answering each alone)."""
         batch = self.prepare(chats)
         kwargs = self._generate_kwargs(batch, params or GenerationParams())
-        output = self.model.generate(**kwargs)
-        if batch.images is None:
-            output = output[:, batch.input_ids.shape[1] :]
+        output = self.model.generate(**kwargs)  # [B, new tokens]
         return [self._decode(row, batch.stop_str) for row in output]
 
     def stream(self, chat: Chat, params: GenerationParams | None = None) -> Iterator[str]:
         """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns."""
+        params = params or GenerationParams()
+        if params.num_beams > 1:
+            raise ValueError("streaming needs num_beams=1 (beam search only knows its answer at the end)")
         batch = self.prepare([chat])
-        kwargs = self._generate_kwargs(batch, params or GenerationParams())
+        kwargs = self._generate_kwargs(batch, params)
         streamer = _TokenQueue(skip_first=True)
         failure: list[BaseException] = []
 

@@ -53,7 +53,7 @@ def _local_dir(path: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=path))
-    except Exception as err:  # not a hub id, offline, not cached, ...
+    except (OSError, ValueError) as err:  # not a hub id, offline, not cached, ...
         raise FileNotFoundError(f"checkpoint {path!r} is not a local folder and could not be fetched: {err}") from None
 
 
@@ -66,7 +66,11 @@ def _load_weights_file(folder: Path, stem: str) -> dict[str, torch.Tensor] | Non
     return None
 
 
-def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: torch.device) -> dict[str, Any]:
+# The projector stays in full precision (its weights may be loaded after quantization), as does the output layer.
+_NOT_QUANTIZED = ["mm_projector", "lm_head"]
+
+
+def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     if not (load_8bit or load_4bit):
         return {}
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -74,11 +78,12 @@ def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: torch.device)
     if device.type != "cuda":
         raise ValueError("load_8bit/load_4bit need a CUDA device (bitsandbytes quantization)")
     if load_8bit:
-        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_NOT_QUANTIZED)}
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_compute_dtype=torch.float16,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=_NOT_QUANTIZED,
             bnb_4bit_use_double_quant=True,
             bnb_4bit_quant_type="nf4",
         )
@@ -134,10 +139,12 @@ def _add_image_tokens(tokenizer: Any, model: torch.nn.Module, config: Share4VCon
 def _checkpoint_kind(model_dir: Path, config: dict[str, Any], model_base: str | None) -> str:
     is_lora = (model_dir / "adapter_config.json").is_file()
     has_projector = any((model_dir / f"mm_projector.{ext}").is_file() for ext in ("bin", "safetensors"))
-    multimodal = config.get("model_type") == "share4v" or "mm_vision_tower" in config
+    multimodal = bool(config.get("mm_vision_tower"))  # a share4v config without a tower is a text-only LM
     if is_lora and model_base is None:
         raise ValueError(f"{model_dir} is a LoRA adapter (adapter_config.json); pass model_base=<the base LLM>")
     if not multimodal:
+        if model_base is not None and not is_lora:
+            raise ValueError(f"model_base was given but {model_dir} is neither a LoRA adapter nor a projector-only one")
         return "text"
     if is_lora:
         return "lora"
@@ -186,7 +193,7 @@ def load_pretrained_model(
     if kwargs:
         raise TypeError(f"load_pretrained_model got unexpected arguments: {sorted(kwargs)}")
 
-    load_kwargs: dict[str, Any] = {"dtype": dtype, **_quantization_kwargs(load_8bit, load_4bit, device)}
+    load_kwargs: dict[str, Any] = {"dtype": dtype, **_quantization_kwargs(load_8bit, load_4bit, device, dtype)}
     load_kwargs["device_map"] = device_map if device == torch.device("cuda") and device_map else {"": device}
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation

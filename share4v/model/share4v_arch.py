@@ -86,7 +86,7 @@ def merge_image_features(
         positions = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
         embed_parts, label_parts, start = [], [], 0
         for position, image_id in zip(positions, image_ids, strict=True):
-            features = image_features[image_id].to(embeds.dtype)
+            features = image_features[image_id].to(device=embeds.device, dtype=embeds.dtype)
             embed_parts += [embeds[start:position], features]
             if row_labels is not None:
                 ignore = row_labels.new_full((features.shape[0],), IGNORE_INDEX)
@@ -94,7 +94,7 @@ def merge_image_features(
             start = position + 1
         embed_parts.append(embeds[start:])
         if not positions and image_ids:  # a blank image for a text-only row: keep it in the graph (ZeRO-3)
-            embed_parts.append(image_features[image_ids[0]][:0].to(embeds.dtype))
+            embed_parts.append(image_features[image_ids[0]][:0].to(device=embeds.device, dtype=embeds.dtype))
         rows_embeds.append(torch.cat(embed_parts, dim=0))
         if row_labels is not None:
             label_parts.append(row_labels[start:])

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.num_beams != 1:
+        sys.exit("error: the chat streams its answers, which needs --num_beams 1")
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:
         first_image = load_image(args.image_file) if args.image_file else None

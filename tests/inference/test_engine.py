@@ -59,17 +59,39 @@ def test_stream_joins_to_generate(engine, examples_dir):
     assert "".join(pieces) == engine.generate([chat], GenerationParams(temperature=0, max_new_tokens=24))[0]
 
 
-def test_sampling_and_beams_run(engine):
+def test_sampling_is_seeded_and_beams_batch_like_single(engine):
     chat = Chat.single("hi", [random_image(2)])
+    params = GenerationParams(temperature=0.9, top_p=0.8, max_new_tokens=8)
     torch.manual_seed(0)
-    sampled = engine.generate([chat], GenerationParams(temperature=0.9, top_p=0.8, max_new_tokens=8))
-    beams = engine.generate([chat, chat], GenerationParams(temperature=0, num_beams=3, max_new_tokens=8))
-    assert isinstance(sampled[0], str) and beams[0] == beams[1]
+    first = engine.generate([chat], params)
+    torch.manual_seed(0)
+    assert engine.generate([chat], params) == first
+    chats = [chat, Chat.single("a different and longer question", [random_image(3)])]
+    beams = GenerationParams(temperature=0, num_beams=3, max_new_tokens=8)
+    assert engine.generate(chats, beams) == [engine.generate([c], beams)[0] for c in chats]
 
 
-def test_stream_errors_reach_the_caller(engine):
+def test_stream_errors_reach_the_caller(engine, monkeypatch):
     with pytest.raises(ValueError, match="markers"):
         list(engine.stream(Chat.single("<image>", [])))
+    with pytest.raises(ValueError, match="streaming needs num_beams=1"):
+        list(engine.stream(Chat.single("hi"), GenerationParams(num_beams=2)))
+
+    def broken_generate(**kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(engine.model, "generate", broken_generate)
+    with pytest.raises(RuntimeError, match="simulated"):
+        list(engine.stream(Chat.single("hi")))
+
+
+def test_default_conv_mode_from_name(tiny_ckpt):
+    from share4v.conversation import default_conv_mode
+
+    assert default_conv_mode("ShareGPT4V-7B") == default_conv_mode(None) == "vicuna_v1"
+    assert default_conv_mode("share4v-llama-2-13b") == "share4v_llama_2"
+    engine = Share4VEngine.from_pretrained(str(tiny_ckpt), model_name="my-llama2-run", device="cpu")
+    assert engine.conv_mode == "share4v_llama_2"
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,13 @@ def test_clear_errors(tiny_ckpt, tmp_path, base_llm):
     (bad / "config.json").write_text(json.dumps({**config, "mm_projector_type": "mlp2x_relu"}))
     with pytest.raises(ValueError, match=r"bad/config\.json: unknown mm_projector_type 'mlp2x_relu'"):
         _load(bad)
+    with pytest.raises(ValueError, match="is neither a LoRA adapter nor a projector-only one"):
+        _load(base_llm, base_llm)
+    towerless = tmp_path / "towerless"
+    shutil.copytree(tiny_ckpt, towerless)
+    (towerless / "config.json").write_text(json.dumps({**config, "mm_vision_tower": None}))
+    _, model, processor, _ = _load(towerless)
+    assert processor is None and model.get_vision_tower() is None  # a share4v LM without a tower is text-only
     with pytest.raises(TypeError, match="unexpected arguments: \\['colour'\\]"):
         _load(tiny_ckpt, colour="red")
 

@@ -16,7 +16,7 @@ def _logits(loaded):
     ids = tokenizer_image_token("USER: <image>\nWhat? ASSISTANT:", tokenizer, return_tensors="pt")[None]
     pixels = process_images([random_image(0)], processor, model.config)
     with torch.no_grad():
-        return model(ids.to(model.device), images=pixels.to(model.device, model.dtype)).logits.float().cpu()
+        return model(ids.to(model.device), images=pixels.to(model.device)).logits.float().cpu()  # float32 pixels
 
 
 def test_default_cuda_load_is_float16(tiny_ckpt):
@@ -47,3 +47,24 @@ def test_cuda_batch_equals_single(tiny_ckpt):
 def test_bfloat16_is_selectable(tiny_ckpt):
     _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, None, dtype="bfloat16")
     assert model.dtype == torch.bfloat16 and model.get_vision_tower().dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_model_split_over_two_gpus(tiny_ckpt, tiny):
+    device_map = {
+        "model.embed_tokens": 0,
+        "model.rotary_emb": 0,
+        "model.layers.0": 0,
+        "model.layers.1": 1,
+        "model.norm": 1,
+        "model.mm_projector": 1,
+        "lm_head": 1,
+    }
+    loaded = load_pretrained_model(str(tiny_ckpt), None, None, device_map=device_map, dtype="float32")
+    assert loaded[1].model.mm_projector[0].weight.device.index == 1
+    assert torch.allclose(_logits(loaded), _logits(tiny), atol=1e-4)
+    engine = Share4VEngine(*loaded)
+    answer = engine.generate([Chat.single("hi", [random_image(4)])], GenerationParams(temperature=0, max_new_tokens=6))
+    assert answer == Share4VEngine(*tiny).generate(
+        [Chat.single("hi", [random_image(4)])], GenerationParams(temperature=0, max_new_tokens=6)
+    )

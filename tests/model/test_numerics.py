@@ -64,7 +64,7 @@ def test_loss_ignores_image_and_masked_positions(tiny):
 def test_greedy_generate_with_cache_equals_without(tiny):
     model = tiny[1]
     ids, pixels = _inputs(tiny)
-    cached = model.generate(ids, images=pixels, max_new_tokens=12, do_sample=False, use_cache=True)
+    cached = model.generate(input_ids=ids, images=pixels, max_new_tokens=12, do_sample=False, use_cache=True)
     uncached = model.generate(ids, images=pixels, max_new_tokens=12, do_sample=False, use_cache=False)
     manual = ids
     for _ in range(12):  # reference: full forward at every step, no cache at all
@@ -96,10 +96,8 @@ def test_left_padded_batch_equals_single(tiny):
     batch = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
     for i, (row, images) in enumerate(zip(rows, images_per_prompt, strict=True)):
         single_ids = torch.tensor([row])
-        if images:
-            single = model.generate(single_ids, images=process_images(images, processor, model.config), **kwargs)
-        else:
-            single = model.generate(single_ids, **kwargs)[:, len(row) :]
+        pixels = process_images(images, processor, model.config) if images else None
+        single = model.generate(single_ids, images=pixels, **kwargs)  # new tokens only, with or without images
         assert batch[i].tolist() == single[0].tolist(), f"row {i} differs"
 
 
@@ -111,6 +109,8 @@ def test_image_token_count_mismatch_is_loud(tiny):
         model(ids, images=pixels)
     with pytest.raises(ValueError, match="no images were given"):
         model(ids)
+    with pytest.raises(ValueError, match="no images were given"):
+        model.generate(ids, max_new_tokens=2)
 
 
 @torch.no_grad()
@@ -122,3 +122,21 @@ def test_save_load_round_trip(tiny_ckpt, tiny, tmp_path):
     shutil.copytree(tiny_ckpt / "vision_tower", tmp_path / "saved" / "vision_tower")
     _, reloaded, _, _ = load_pretrained_model(str(tmp_path / "saved"), None, None, device="cpu")
     assert torch.equal(reloaded(ids, images=pixels).logits, model(ids, images=pixels).logits)
+
+
+@torch.no_grad()
+def test_generate_without_images_equals_plain_llama(tiny):
+    tokenizer, model, _, _ = tiny
+    ids = tokenizer("USER: tell me about the sea ASSISTANT:", return_tensors="pt").input_ids
+    ours = model.generate(ids, max_new_tokens=8, do_sample=False)
+    reference = plain_llama_like(model).generate(ids, max_new_tokens=8, do_sample=False)
+    assert ours.tolist() == reference[:, ids.shape[1] :].tolist()
+
+
+@torch.no_grad()
+def test_float32_pixels_into_a_half_precision_model(tiny_ckpt, tiny):
+    """Pixel values straight from process_images (float32) work with a bfloat16 model."""
+    ids, pixels = _inputs(tiny)
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu", dtype="bfloat16")
+    logits = model(ids, images=pixels).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()

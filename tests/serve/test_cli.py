@@ -35,3 +35,8 @@ def test_chat_streams_answers_and_keeps_history(tiny_ckpt, tiny, examples_dir):
 def test_chat_rejects_a_bad_image(tiny_ckpt, tmp_path):
     with pytest.raises(SystemExit, match="error: image file not found"):
         main(["--model-path", str(tiny_ckpt), "--image-file", str(tmp_path / "gone.jpg")], stdin=io.StringIO(""))
+
+
+def test_chat_refuses_beam_search_before_loading(tmp_path):
+    with pytest.raises(SystemExit, match="needs --num_beams 1"):
+        main(["--model-path", str(tmp_path / "nothing"), "--num_beams", "4"], stdin=io.StringIO(""))

@@ -125,8 +125,11 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
                 images = torch.stack(list(images))
             else:
                 return [self.encode_images(image.unsqueeze(0))[0] for image in images]
-        features = self.model.vision_tower(images)  # [N, P, C]
-        return self.model.mm_projector(features)  # [N, P, D]
+        features = self.model.vision_tower(images)  # [N, P, C], in the dtype of `images`
+        embed_weight = self.get_input_embeddings().weight
+        projector_params = list(self.model.mm_projector.parameters())
+        device = projector_params[0].device if projector_params else embed_weight.device
+        return self.model.mm_projector(features.to(device=device, dtype=embed_weight.dtype))  # [N, P, D]
 
     def prepare_multimodal_inputs(
         self,
@@ -180,16 +183,25 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ):
-        """transformers' `generate`, plus `images=`.
+    ) -> torch.Tensor:
+        """transformers' `generate` plus `images=`; returns only the new tokens, with or without images.
 
-        With images, the prompt is merged into embeddings (left-padded) and only the new tokens are returned;
-        without, this is plain `generate` (prompt + new tokens).
+        The prompt (`inputs`/`input_ids` with `-200` placeholders, left- or right-padded) is turned into embeddings
+        (images spliced in, re-padded on the left) and generation starts from those, as in LLaVA >= 1.2. Stopping
+        criteria therefore see the generated tokens only.
         """
-        if images is None:
-            return super().generate(inputs, attention_mask=attention_mask, **kwargs)
-        merged = self.prepare_multimodal_inputs(inputs, images, attention_mask, padding_side="left")
-        return super().generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        if inputs is None:  # the caller built the embeddings
+            return super().generate(attention_mask=attention_mask, **kwargs)
+        if images is not None:
+            merged = self.prepare_multimodal_inputs(inputs, images, attention_mask, padding_side="left")
+            inputs_embeds, attention_mask = merged.inputs_embeds, merged.attention_mask
+        elif bool((inputs == IMAGE_TOKEN_INDEX).any()):
+            raise ValueError("input_ids hold <image> placeholders (-200) but no images were given")
+        else:
+            inputs_embeds = self.get_input_embeddings()(inputs)
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
 AutoConfig.register("share4v", Share4VConfig, exist_ok=True)

@@ -10,14 +10,11 @@ error says which name was looked for and how to point at a local copy.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from share4v.model.multimodal_encoder.clip_encoder import CLIPVisionTower
-
-logger = logging.getLogger(__name__)
 
 
 class VisionTowerNotFoundError(FileNotFoundError):
@@ -38,20 +35,23 @@ def _is_tower_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def _from_hf_cache(name: str) -> Path | None:
-    """The snapshot folder of hub repo `name`: from the local cache, or downloaded unless HF_HUB_OFFLINE is set."""
-    if os.path.isabs(name) or name.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
+def _from_hf_cache(name: str) -> tuple[Path | None, str]:
+    """The snapshot folder of hub repo `name` (cache, or download unless HF_HUB_OFFLINE), or None and why not."""
+    from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(
-            repo_id=name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"], local_files_only=_offline()
+    if os.path.isabs(name) or name.count("/") != 1:
+        return None, "not a local folder"
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id=name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"], local_files_only=_offline()
+            )
         )
-    except Exception as err:  # any hub/network/validation failure means "not available here"
-        logger.debug("vision tower %s not available from the hub cache: %s", name, err)
-        return None
-    return Path(folder) if _is_tower_folder(Path(folder)) else None
+    except (OSError, ValueError) as err:  # hub, network and repo-id errors all derive from these
+        return None, f"not in the Hugging Face cache ({type(err).__name__})"
+    if not _is_tower_folder(folder):
+        return None, f"hub snapshot {folder} has no config.json"
+    return folder, ""
 
 
 def _offline() -> bool:
@@ -78,11 +78,11 @@ def resolve_vision_tower_path(
     for candidate in candidates:
         if _is_tower_folder(candidate):
             return str(candidate)
-    cached = _from_hf_cache(name)
+    cached, why_not = _from_hf_cache(name)
     if cached is not None:
         return str(cached)
     where = f" (mm_vision_tower of {checkpoint_dir}/config.json)" if checkpoint_dir is not None else ""
     raise VisionTowerNotFoundError(
-        f"vision tower {name!r}{where} was not found locally; download it and pass its folder as "
+        f"vision tower {name!r}{where} was not found: {why_not}; download it and pass its folder as "
         f"vision_tower=... (CLI: --vision-tower PATH)"
     )
