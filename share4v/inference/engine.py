@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from share4v.constants import DEFAULT_CONV_MODE, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
@@ -209,6 +210,8 @@ class Share4VEngine:
             raise ValueError("streaming needs num_beams=1 (beam search only knows its answer at the end)")
         batch = self.prepare([chat])
         kwargs = self._generate_kwargs(batch, params)
+        cancel = threading.Event()  # set when the consumer stops early: generation then stops too
+        kwargs["stopping_criteria"] = [*kwargs["stopping_criteria"], _Cancelled(cancel)]
         streamer = _TokenQueue(skip_first=True)
         failure: list[BaseException] = []
 
@@ -223,10 +226,23 @@ class Share4VEngine:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        yield from _stop_at(_lstrip_stream(_stable_text(streamer, self.tokenizer)), batch.stop_str)
-        thread.join()
+        try:
+            yield from _stop_at(_lstrip_stream(_stable_text(streamer, self.tokenizer)), batch.stop_str)
+        finally:
+            cancel.set()
+            thread.join()
         if failure:
             raise failure[0]
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops every row once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class _TokenQueue(BaseStreamer):
@@ -305,8 +321,6 @@ def _stop_at(pieces: Iterator[str], stop_str: str) -> Iterator[str]:
             pending = ready[len(ready_body) :] + pending
         else:
             pending = ready + pending
-    for _ in pieces:  # drain so the generation thread never blocks on a full queue
-        pass
     tail = pending.rstrip()
     if tail:
         yield tail

@@ -1,5 +1,7 @@
 """The generation engine: prompts, batching equal to single, streaming equal to whole, stop strings."""
 
+import time
+
 import pytest
 import torch
 
@@ -57,6 +59,14 @@ def test_stream_joins_to_generate(engine, examples_dir):
     pieces = list(engine.stream(chat, GenerationParams(temperature=0, max_new_tokens=24)))
     assert len(pieces) > 1
     assert "".join(pieces) == engine.generate([chat], GenerationParams(temperature=0, max_new_tokens=24))[0]
+
+
+def test_closing_a_stream_stops_generation(engine):
+    pieces = engine.stream(Chat.single("Tell me everything.", [random_image(9)]), GenerationParams(max_new_tokens=4000))
+    first = next(pieces)
+    started = time.monotonic()
+    pieces.close()  # e.g. the client went away: the generation thread must end, not run 4000 steps
+    assert first and time.monotonic() - started < 5
 
 
 def test_sampling_is_seeded_and_beams_batch_like_single(engine):
