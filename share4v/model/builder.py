@@ -139,7 +139,7 @@ def _add_image_tokens(tokenizer: Any, model: torch.nn.Module, config: Share4VCon
 def _checkpoint_kind(model_dir: Path, config: dict[str, Any], model_base: str | None) -> str:
     is_lora = (model_dir / "adapter_config.json").is_file()
     has_projector = any((model_dir / f"mm_projector.{ext}").is_file() for ext in ("bin", "safetensors"))
-    multimodal = bool(config.get("mm_vision_tower"))  # a share4v config without a tower is a text-only LM
+    multimodal = bool(config.get("mm_vision_tower"))  # as Share4VConfig.is_multimodal; no tower = a text-only LM
     if is_lora and model_base is None:
         raise ValueError(f"{model_dir} is a LoRA adapter (adapter_config.json); pass model_base=<the base LLM>")
     if not multimodal:
@@ -215,6 +215,7 @@ def load_pretrained_model(
         config = Share4VConfig.from_pretrained(model_dir)
     except ValueError as err:
         raise ValueError(f"{model_dir / 'config.json'}: {err}") from None
+    tower_path = resolve_vision_tower_path(config.mm_vision_tower, model_dir, vision_tower_override)  # fail early
     tokenizer = AutoTokenizer.from_pretrained(base_dir or model_dir)
     model = Share4VLlamaForCausalLM.from_pretrained(base_dir or model_dir, config=config, **load_kwargs)
     if kind == "lora":
@@ -225,7 +226,6 @@ def load_pretrained_model(
 
     _add_image_tokens(tokenizer, model, config)
     vision_tower = model.get_vision_tower()
-    tower_path = resolve_vision_tower_path(config.mm_vision_tower, model_dir, vision_tower_override)
     vision_tower.load_model(
         tower_path,
         dtype=dtype,

@@ -1,0 +1,1 @@
+"""Serving front ends (`cli`: interactive streaming chat)."""

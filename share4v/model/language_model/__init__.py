@@ -1,0 +1,1 @@
+"""Share4VConfig and Share4VLlamaForCausalLM on transformers' Llama."""

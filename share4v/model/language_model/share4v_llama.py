@@ -60,7 +60,7 @@ class Share4VConfig(LlamaConfig):
 
     @property
     def is_multimodal(self) -> bool:
-        return self.mm_vision_tower is not None
+        return bool(self.mm_vision_tower)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -79,7 +79,7 @@ class Share4VConfig(LlamaConfig):
             raise ValueError(
                 f"unknown image_aspect_ratio {self.image_aspect_ratio!r}; expected one of {IMAGE_ASPECT_RATIOS}"
             )
-        if self.mm_vision_tower is not None and self.mm_hidden_size is None:
+        if self.is_multimodal and self.mm_hidden_size is None:
             raise ValueError("mm_vision_tower is set but mm_hidden_size (the vision feature width) is missing")
 
 
@@ -90,7 +90,7 @@ class Share4VLlamaModel(LlamaModel):
 
     def __init__(self, config: Share4VConfig):
         super().__init__(config)
-        if config.mm_vision_tower is not None:
+        if config.is_multimodal:
             self.vision_tower = build_vision_tower(config)
             self.mm_projector = build_vision_projector(config)
             self.post_init()  # initialise the projector like the rest of the model

@@ -1,0 +1,1 @@
+"""The vision tower (CLIP) and where its weights are found."""
