@@ -34,7 +34,9 @@ def eval_model(args: Any) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Answer a question about images with a share4v model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m share4v.eval.run_share4v", description="Answer a question about images with a share4v model."
+    )
     add_model_args(parser)
     parser.add_argument("--image-file", default=None, help="image path/URL; several joined by --sep")
     parser.add_argument("--query", required=True, help="the question; <image> marks where images go (optional)")

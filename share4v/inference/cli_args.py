@@ -19,9 +19,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model-path", required=True, help="checkpoint folder (or hub id)")
     group.add_argument("--model-base", default=None, help="base LLM for LoRA / projector-only checkpoints")
-    group.add_argument("--model-name", default=None, help="kept for compatibility; loading never depends on it")
+    group.add_argument(
+        "--model-name", default=None, help="only picks the default --conv-mode (default: from --model-path)"
+    )
     group.add_argument("--vision-tower", default=None, help="local CLIP tower folder overriding mm_vision_tower")
-    group.add_argument("--conv-mode", default=None, help=f"conversation template (default {DEFAULT_CONV_MODE})")
+    conv_help = f"conversation template (default {DEFAULT_CONV_MODE}; share4v_llama_2 for llama-2 model names)"
+    group.add_argument("--conv-mode", default=None, help=conv_help)
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default=None, help="float16 (CUDA default), bfloat16 or float32 (CPU default)")
     group.add_argument("--attn-implementation", default=None, help="sdpa (default), flash_attention_2 or eager")

@@ -80,7 +80,9 @@ def run(session: ChatSession, stdin: TextIO, interactive: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Chat with a share4v model about an image (streaming answers).")
+    parser = argparse.ArgumentParser(
+        prog="python -m share4v.serve.cli", description="Chat with a share4v model about an image (streaming answers)."
+    )
     add_model_args(parser)
     parser.add_argument("--image-file", default=None, help="image path/URL to talk about (optional)")
     add_generation_args(parser, max_new_tokens=512)
