@@ -56,9 +56,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_image_from_base64(image: str) -> Image.Image:
     """Decode a base64 string (optionally a `data:image/...;base64,` URI) into an RGB PIL image."""
-    payload = image.split(",", 1)[1] if image.startswith("data:") else image
+    if image.startswith("data:"):
+        _header, comma, payload = image.partition(",")
+        if not comma:
+            raise ImageLoadError(f"data URI without a comma before its payload: {_describe(image)!r}")
+    else:
+        payload = image
     try:
-        raw = base64.b64decode(payload, validate=True)
+        raw = base64.b64decode("".join(payload.split()), validate=True)  # line-wrapped base64 is fine
     except (binascii.Error, ValueError) as err:
         raise ImageLoadError(f"invalid base64 image data {_describe(image)!r}: {err}") from None
     return _open_bytes(raw, f"base64 data {_describe(image)!r}")
@@ -92,7 +97,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
         return load_image_from_base64(source)
     path = Path(source)
     if not path.is_file():
-        raise ImageLoadError(f"image file not found: {path}")
+        raise ImageLoadError(f"image file not found: {_describe(str(path))}")
     return _open(path, f"cannot read image file {path}")
 
 
@@ -205,7 +210,7 @@ class KeywordsStoppingCriteria(StoppingCriteria):
         for ids in self.keyword_ids:
             if len(ids) and generated.shape[0] >= len(ids) and torch.equal(generated[-len(ids) :].cpu(), ids):
                 return True
-        window = min(generated.shape[0], self.max_keyword_len)
+        window = min(generated.shape[0], self.max_keyword_len + 2)  # a keyword may come split over more tokens
         text = self.tokenizer.decode(generated[-window:], skip_special_tokens=False) if window else ""
         return any(keyword in text for keyword in self.keywords)
 

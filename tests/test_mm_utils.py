@@ -93,6 +93,12 @@ def test_base64_and_data_uri():
     assert np.array_equal(np.asarray(load_image("data:image/png;base64," + encoded)), np.asarray(image))
     with pytest.raises(ImageLoadError, match="invalid base64 image data"):
         load_image("data:image/png;base64,@@@")
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))  # MIME-style line breaks
+    assert np.array_equal(np.asarray(load_image_from_base64(wrapped)), np.asarray(image))
+    with pytest.raises(ImageLoadError, match="data URI without a comma"):
+        load_image("data:image/png;base64")
+    with pytest.raises(ImageLoadError, match=r"image file not found: iVBOR.*\(\d+ chars\)$"):
+        load_image(encoded)  # raw base64 is not a path: the message stays short
 
 
 @pytest.fixture
@@ -201,7 +207,7 @@ def test_get_model_name_from_path(path, name):
 def test_keywords_stopping_is_per_row(tiny):
     tokenizer = tiny[0]
     stop = tokenizer("###").input_ids[1:]
-    plain = tokenizer("hello").input_ids[1:]
+    plain = tokenizer("the sky is blue and the sun is bright today").input_ids[1:]
     criteria = KeywordsStoppingCriteria(["###"], tokenizer, start_len=3)
     outputs = torch.tensor([[1, 5, 6, *plain, *stop], [1, 7, 8, *stop, *plain]])
     assert criteria(outputs, None).tolist() == [True, False]

@@ -22,10 +22,21 @@ from share4v.inference.engine import Chat
 from share4v.mm_utils import ImageLoadError, load_image
 
 
+def split_image_files(value: str | None, sep: str) -> list[str]:
+    """Split `--image-file` on `sep`, keeping a `data:<type>;base64,<payload>` URI whole."""
+    parts = [part.strip() for part in (value or "").split(sep)]
+    files: list[str] = []
+    for part in parts:
+        if files and files[-1].startswith("data:") and "," not in files[-1]:
+            files[-1] += sep + part
+        elif part:
+            files.append(part)
+    return files
+
+
 def eval_model(args: Any) -> str:
     """Load the model named by `args`, answer `args.query` about `args.image_file` (split on `args.sep`)."""
-    sep = getattr(args, "sep", ",") or ","
-    image_files = [part.strip() for part in args.image_file.split(sep) if part.strip()] if args.image_file else []
+    image_files = split_image_files(args.image_file, getattr(args, "sep", ",") or ",")
     images = [load_image(source) for source in image_files]  # fail on a bad image before loading the model
     engine = engine_from_args(args)
     [answer] = engine.generate([Chat.single(args.query, images)], generation_params(args))
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         eval_model(args)
-    except (ImageLoadError, FileNotFoundError, ValueError) as err:
+    except (ImageLoadError, FileNotFoundError, ImportError, ValueError) as err:
         sys.exit(f"error: {err}")
 
 

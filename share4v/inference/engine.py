@@ -13,6 +13,7 @@ batch + pixel values → `model.generate` with stop strings → text, whole or s
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import re
 import threading
@@ -62,9 +63,16 @@ class Chat:
     turns: list[str]
     images: list[Any] = field(default_factory=list)
 
+    def __post_init__(self):
+        if isinstance(self.turns, str):
+            self.turns = [self.turns]
+        if isinstance(self.images, (str, os.PathLike, Image.Image)):  # one image, not a sequence of them
+            self.images = [self.images]
+        self.images = list(self.images)
+
     @classmethod
-    def single(cls, query: str, images: Sequence[Any] = ()) -> Chat:
-        return cls([query], list(images))
+    def single(cls, query: str, images: Any = ()) -> Chat:
+        return cls([query], images)
 
 
 @dataclass
@@ -73,6 +81,7 @@ class PreparedBatch:
     attention_mask: torch.Tensor  # [B, S]
     images: torch.Tensor | list[torch.Tensor] | None  # [N, 3, H, W] in placeholder order
     stop_str: str
+    prompt_len: int  # longest prompt in tokens once images are spliced in
 
 
 class Share4VEngine:
@@ -152,7 +161,20 @@ class Share4VEngine:
             input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, width - len(row) :] = 1
         images = [load_image(image) for chat in chats for image in chat.images]
-        return PreparedBatch(input_ids, attention_mask, self._pixel_values(images), convs[0].stop_str)
+        image_tokens = self._image_tokens()
+        prompt_len = max(
+            len(row) + len(chat.images) * (image_tokens - 1) for row, chat in zip(rows, chats, strict=True)
+        )
+        if prompt_len >= self.context_len:
+            limit = self.context_len
+            raise ValueError(f"the prompt takes {prompt_len} tokens with its images; the context is {limit}")
+        return PreparedBatch(input_ids, attention_mask, self._pixel_values(images), convs[0].stop_str, prompt_len)
+
+    def _image_tokens(self) -> int:
+        tower = self.model.get_vision_tower() if hasattr(self.model, "get_vision_tower") else None
+        if tower is None or not tower.is_loaded:
+            return 1
+        return tower.num_patches + (1 if tower.select_feature == "cls_patch" else 0)
 
     def _pixel_values(self, images: list[Image.Image]) -> torch.Tensor | list[torch.Tensor] | None:
         if not images:
@@ -173,20 +195,23 @@ class Share4VEngine:
             temperature=params.temperature if sampling else 1.0,
             top_p=params.top_p if sampling and params.top_p is not None else 1.0,
             num_beams=params.num_beams,
-            max_new_tokens=params.max_new_tokens,
+            max_new_tokens=min(params.max_new_tokens, self.context_len - batch.prompt_len),
             pad_token_id=self.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             use_cache=True,
         )
-        device = self.model.get_input_embeddings().weight.device
-        # share4v's generate() starts from prompt embeddings: its running sequence holds new tokens only.
-        stopping = KeywordsStoppingCriteria([batch.stop_str], self.tokenizer, start_len=0)
+        embed_tokens = self.model.get_input_embeddings()
+        input_ids = batch.input_ids.to(embed_tokens.weight.device)
+        # Generation starts from prompt embeddings (share4v's generate() with images does the same), so every
+        # model returns, and the stop check sees, new tokens only.
+        prompt = {"inputs": input_ids, "images": batch.images} if batch.images is not None else {}
+        if batch.images is None:
+            prompt["inputs_embeds"] = embed_tokens(input_ids)
         return {
-            "inputs": batch.input_ids.to(device),
-            "attention_mask": batch.attention_mask.to(device),
-            "images": batch.images,
+            **prompt,
+            "attention_mask": batch.attention_mask.to(embed_tokens.weight.device),
             "generation_config": config,
-            "stopping_criteria": [stopping],
+            "stopping_criteria": [KeywordsStoppingCriteria([batch.stop_str], self.tokenizer, start_len=0)],
         }
 
     def _decode(self, tokens: torch.Tensor, stop_str: str) -> str:

@@ -232,6 +232,11 @@ def load_pretrained_model(
         device=model.get_input_embeddings().weight.device,
         attn_implementation=attn_implementation,
     )
+    if vision_tower.hidden_size != config.mm_hidden_size:
+        raise ValueError(
+            f"vision tower {tower_path} gives {vision_tower.hidden_size}-wide features but the checkpoint's "
+            f"projector takes mm_hidden_size={config.mm_hidden_size}: wrong --vision-tower?"
+        )
     model.eval()
     return tokenizer, model, vision_tower.image_processor, _context_len(config)
 

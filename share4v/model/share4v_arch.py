@@ -4,8 +4,9 @@ The image/text merge of ShareGPT4V as small pure functions.
 
 A prompt is tokenized with one `IMAGE_TOKEN_INDEX` (-200) id per image. `merge_image_features` replaces each such
 id by that image's projected features (`num_patches` rows), marks those positions `IGNORE_INDEX` in the labels, and
-re-pads the batch on the requested side. Images are matched to placeholders in reading order (row by row); a batch
-that gives one image per row, as the training collator does with blank images for text-only rows, is accepted too.
+re-pads the batch on the requested side. Images are matched to placeholders in reading order (row by row); a
+training batch (with labels) that gives one image per row, as the collator does with blank images for text-only
+rows, is accepted too.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ class MultimodalInputs:
     labels: torch.Tensor | None  # [B, L] or None
 
 
-def assign_images(image_tokens_per_row: Sequence[int], num_images: int) -> list[list[int]]:
+def assign_images(
+    image_tokens_per_row: Sequence[int], num_images: int, allow_blank_images: bool = False
+) -> list[list[int]]:
     """Which image indices fill each row's placeholders, in order.
 
+    `allow_blank_images` (training batches only) also accepts one image per row, the training collator's blank
+    image standing for a text-only row; anywhere else an image without a placeholder is an error.
+
     Raises:
-        ValueError: when the number of images fits neither convention.
+        ValueError: when the number of images fits no convention.
     """
     total = sum(image_tokens_per_row)
     if num_images == total:
@@ -41,7 +47,8 @@ def assign_images(image_tokens_per_row: Sequence[int], num_images: int) -> list[
             assignment.append(list(range(start, start + count)))
             start += count
         return assignment
-    if num_images == len(image_tokens_per_row) and all(count <= 1 for count in image_tokens_per_row):
+    one_per_row = num_images == len(image_tokens_per_row) and all(count <= 1 for count in image_tokens_per_row)
+    if allow_blank_images and one_per_row:
         return [[row] if count else [] for row, count in enumerate(image_tokens_per_row)]
     raise ValueError(
         f"image tokens and images do not match: the prompts hold {total} <image> tokens "
@@ -76,7 +83,8 @@ def merge_image_features(
         attention_mask = torch.ones_like(input_ids)
     keep = attention_mask.bool()
     is_image = input_ids == IMAGE_TOKEN_INDEX
-    assignment = assign_images((is_image & keep).sum(dim=1).tolist(), len(image_features))
+    counts = (is_image & keep).sum(dim=1).tolist()
+    assignment = assign_images(counts, len(image_features), allow_blank_images=labels is not None)
     text_embeds = embed_tokens(input_ids.masked_fill(is_image, 0))  # [B, S, D]
 
     rows_embeds, rows_labels = [], []

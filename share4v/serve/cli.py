@@ -65,7 +65,10 @@ class ChatSession:
             except ImageLoadError as err:
                 self.out.write(f"error: {err}\n")
         else:
-            self.ask(line)
+            try:
+                self.ask(line)
+            except (ValueError, RuntimeError) as err:  # e.g. the chat outgrew the context, or out of memory
+                self.out.write(f"\nerror: {err}\n")
         return True
 
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     try:
         first_image = load_image(args.image_file) if args.image_file else None
         session = ChatSession(engine_from_args(args), generation_params(args), stdout)
-    except (ImageLoadError, FileNotFoundError, ValueError) as err:
+    except (ImageLoadError, FileNotFoundError, ImportError, ValueError) as err:
         sys.exit(f"error: {err}")
     session.images = [first_image] if first_image is not None else []
     run(session, stdin, interactive=stdin.isatty())

@@ -207,7 +207,7 @@ def make_tiny_checkpoint(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m share4v.testing.make_tiny_checkpoint",
-        description=__doc__.split("\n\n")[1],
+        description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("out_dir", help="folder to write the checkpoint into (created; kept if it already holds one)")

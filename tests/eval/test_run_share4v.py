@@ -1,12 +1,14 @@
 """eval_model(args) with the original argument object, and its CLI."""
 
+import base64
+import importlib.util
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from share4v.eval.run_share4v import eval_model, main
+from share4v.eval.run_share4v import eval_model, main, split_image_files
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.mm_utils import ImageLoadError
 
@@ -91,3 +93,23 @@ def test_cli_runs_as_a_module(tiny_ckpt, examples_dir):
     ).stdout
     for flag in ("--model-path", "--image-file", "--query", "--sep", "--temperature", "--vision-tower"):
         assert flag in help_text
+
+
+def test_split_image_files_keeps_data_uris_whole():
+    uri = "data:image/png;base64,iVBORw0KGgo="
+    assert split_image_files(f"a.png, {uri},b.jpg", ",") == ["a.png", uri, "b.jpg"]
+    assert split_image_files(uri, ",") == [uri]
+    assert split_image_files("a.png;b.png", ";") == ["a.png", "b.png"]
+    assert split_image_files(None, ",") == []
+
+
+def test_cli_accepts_a_data_uri(tiny_ckpt, examples_dir, capsys):
+    uri = "data:image/png;base64," + base64.b64encode((examples_dir / "chart.png").read_bytes()).decode()
+    main(["--model-path", str(tiny_ckpt), "--image-file", uri, "--query", "hi", "--max_new_tokens", "4"])
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_cli_missing_bitsandbytes_is_one_line(tiny_ckpt):
+    with pytest.raises(SystemExit, match=r"^error: load_8bit/load_4bit need bitsandbytes"):
+        main(["--model-path", str(tiny_ckpt), "--query", "hi", "--load-8bit", "--device", "cpu"])

@@ -10,7 +10,7 @@ import torch
 from share4v.mm_utils import process_images, tokenizer_image_token
 from share4v.model.builder import load_pretrained_model
 from share4v.model.multimodal_encoder.builder import VisionTowerNotFoundError
-from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
+from share4v.testing.make_tiny_checkpoint import TinySpec, make_tiny_checkpoint
 from tests.helpers import plain_llama_like, random_image
 
 HUB_TOWER = "Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12"
@@ -144,6 +144,9 @@ def test_clear_errors(tiny_ckpt, tmp_path, base_llm):
     (towerless / "config.json").write_text(json.dumps({**config, "mm_vision_tower": None}))
     _, model, processor, _ = _load(towerless)
     assert processor is None and model.get_vision_tower() is None  # a share4v LM without a tower is text-only
+    wide = make_tiny_checkpoint(tmp_path / "wide", TinySpec(vision_hidden_size=48))
+    with pytest.raises(ValueError, match=r"gives 48-wide features but .* mm_hidden_size=32: wrong --vision-tower"):
+        _load(tiny_ckpt, vision_tower=str(wide / "vision_tower"))
     with pytest.raises(TypeError, match="unexpected arguments: \\['colour'\\]"):
         _load(tiny_ckpt, colour="red")
 

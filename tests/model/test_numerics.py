@@ -1,5 +1,6 @@
 """The model against an independent manual computation, KV cache vs none, batch vs single, save/load."""
 
+import copy
 import shutil
 
 import pytest
@@ -111,6 +112,23 @@ def test_image_token_count_mismatch_is_loud(tiny):
         model(ids)
     with pytest.raises(ValueError, match="no images were given"):
         model.generate(ids, max_new_tokens=2)
+    plain_ids = tiny[0]("USER: what is this? ASSISTANT:", return_tensors="pt").input_ids  # no placeholder
+    with pytest.raises(ValueError, match="the prompts hold 0 <image> tokens .* but 1 images were given"):
+        model.generate(plain_ids, images=pixels, max_new_tokens=2)
+
+
+@torch.no_grad()
+def test_original_style_decoding_loop_with_images_every_step(tiny):
+    """Passing images again at cached decoding steps (as 4.31-era code did) changes nothing."""
+    model = tiny[1]
+    ids, pixels = _inputs(tiny)
+    first = model(ids, images=pixels, use_cache=True)
+    next_token = first.logits[:, -1:].argmax(-1)
+    cache = first.past_key_values
+    mask = torch.ones(1, first.logits.shape[1] + 1, dtype=torch.long)
+    with_images = model(next_token, images=pixels, attention_mask=mask, past_key_values=copy.deepcopy(cache))
+    without = model(next_token, attention_mask=mask, past_key_values=cache)
+    assert torch.equal(with_images.logits, without.logits)
 
 
 @torch.no_grad()

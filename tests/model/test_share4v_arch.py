@@ -52,7 +52,9 @@ def test_several_images_per_sample_and_text_only_rows(embed):
 def test_one_image_per_row_convention_skips_blank_images(embed):
     ids = torch.tensor([[1, IMG, 2], [1, 3, 4]])
     feats = features(2)  # row 1's image is the collator's blank placeholder
-    out = merge_image_features(ids, feats, embed)
+    with pytest.raises(ValueError, match="1 <image> tokens .* but 2 images"):  # outside training: an error
+        merge_image_features(ids, feats, embed)
+    out = merge_image_features(ids, feats, embed, labels=ids.clone())
     assert torch.equal(out.inputs_embeds[0, 1 : 1 + P], feats[0])
     assert torch.equal(out.inputs_embeds[1, :3], embed(torch.tensor([1, 3, 4])))
     assert out.attention_mask[1].tolist() == [1, 1, 1] + [0] * (P - 1)
@@ -90,6 +92,9 @@ def test_mismatch_is_a_loud_error(embed):
         merge_image_features(torch.tensor([[IMG, IMG], [IMG, 1]]), features(2), embed)
     with pytest.raises(ValueError, match="but 1 images were given"):
         assign_images([0, 0], 1)
+    with pytest.raises(ValueError, match="but 2 images were given"):
+        assign_images([0, 0], 2)  # images but no placeholders: never silently dropped
+    assert assign_images([0, 0], 2, allow_blank_images=True) == [[], []]
 
 
 def test_gradients_reach_image_features(embed):

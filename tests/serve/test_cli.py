@@ -5,7 +5,7 @@ import io
 import pytest
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
-from share4v.serve.cli import main
+from share4v.serve.cli import ChatSession, main
 
 
 def test_chat_streams_answers_and_keeps_history(tiny_ckpt, tiny, examples_dir):
@@ -40,3 +40,14 @@ def test_chat_rejects_a_bad_image(tiny_ckpt, tmp_path):
 def test_chat_refuses_beam_search_before_loading(tmp_path):
     with pytest.raises(SystemExit, match="needs --num_beams 1"):
         main(["--model-path", str(tmp_path / "nothing"), "--num_beams", "4"], stdin=io.StringIO(""))
+
+
+def test_a_failing_turn_does_not_end_the_chat(tiny):
+    engine = Share4VEngine(*tiny)
+    engine.context_len = 60  # room for a short first turn only
+    out = io.StringIO()
+    session = ChatSession(engine, GenerationParams(temperature=0, max_new_tokens=4), out)
+    assert session.handle("hi")
+    assert session.handle("a much longer message " * 10)  # over the context: reported, the chat goes on
+    assert "error: the prompt takes" in out.getvalue()
+    assert session.handle("/reset") and session.turns == []

@@ -161,6 +161,9 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         **kwargs,
     ):
+        if images is not None and labels is None and input_ids is not None and input_ids.shape[-1] == 1:
+            if not bool((input_ids == IMAGE_TOKEN_INDEX).any()):
+                images = None  # a decoding step of an original-style loop: the images are already in the cache
         if images is not None and inputs_embeds is None:
             merged = self.prepare_multimodal_inputs(input_ids, images, attention_mask, labels)
             input_ids, inputs_embeds = None, merged.inputs_embeds
