@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import StoppingCriteria
@@ -79,7 +80,7 @@ def _open(source: Any, failure: str) -> Image.Image:
         with Image.open(source) as img:
             img.load()
             return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"{failure}: {err}") from None
 
 
@@ -102,8 +103,6 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
 
 
 def _load_url(url: str) -> Image.Image:
-    import requests
-
     try:
         response = requests.get(url, timeout=URL_TIMEOUT_S)
         response.raise_for_status()
