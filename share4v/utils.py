@@ -1,12 +1,11 @@
 """utils.py
 
-Small process-level helpers: the device/dtype defaults of the original loaders and rank-aware printing.
+Small process-level helpers: the device/dtype defaults of the original loaders.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
@@ -52,12 +51,3 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
-
-
-def get_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def rank0_print(*args) -> None:
-    if get_rank() == 0:
-        print(*args)
