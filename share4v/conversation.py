@@ -60,7 +60,21 @@ class Conversation:
 
     def get_prompt(self) -> str:
         """Render all messages as one prompt string; a `None` message leaves the slot open for generation."""
-        return _RENDERERS[self.sep_style](self, self._messages_for_prompt())
+        return "".join(text for text, _is_target in self.get_segments())
+
+    def get_segments(self) -> list[tuple[str, bool]]:
+        """The prompt as `(text, is_target)` pieces whose concatenation is `get_prompt()`.
+
+        A target piece is exactly what the model generates after the prompt that ends at the assistant's slot: the
+        answer with the text the template puts after it (`" A</s>"` for v1, `" A###"` for v0, `" A </s>"` for
+        llama_2, `"A\n"` for plain). Training labels keep the tokens of target pieces and mask the rest, so the
+        prompt and its masks come from one renderer.
+        """
+        return [
+            (text, is_target)
+            for text, is_target in _SEGMENTERS[self.sep_style](self, self._messages_for_prompt())
+            if text
+        ]
 
     def _messages_for_prompt(self) -> list[tuple[str, Any]]:
         messages = [(role, msg) for role, msg in self.messages]
@@ -117,50 +131,76 @@ def _text_of(message: Any) -> str:
     return message[0] if isinstance(message, tuple) else message
 
 
-def _render_single(conv: Conversation, messages: list[tuple[str, Any]]) -> str:
-    out = conv.system + conv.sep
-    for role, message in messages:
-        out += f"{role}: {_text_of(message)}{conv.sep}" if message else f"{role}:"
-    return out
+Segments = list[tuple[str, bool]]
 
 
-def _render_two(conv: Conversation, messages: list[tuple[str, Any]]) -> str:
-    seps = (conv.sep, conv.sep2)
-    out = conv.system + seps[0]
+def _segments_single(conv: Conversation, messages: list[tuple[str, Any]]) -> Segments:
+    out: Segments = [(conv.system + conv.sep, False)]
     for i, (role, message) in enumerate(messages):
-        out += f"{role}: {_text_of(message)}{seps[i % 2]}" if message else f"{role}:"
+        if not message:
+            out.append((f"{role}:", False))
+        elif i % 2 == 0:
+            out.append((f"{role}: {_text_of(message)}{conv.sep}", False))
+        else:
+            out += [(f"{role}:", False), (f" {_text_of(message)}{conv.sep}", True)]
     return out
 
 
-def _render_plain(conv: Conversation, messages: list[tuple[str, Any]]) -> str:
-    # The original has sep2=None here and would fail on an answer; the caption data format ends answers with sep.
-    seps = (conv.sep, conv.sep2 if conv.sep2 is not None else conv.sep)
-    out = conv.system
+def _segments_two(conv: Conversation, messages: list[tuple[str, Any]]) -> Segments:
+    seps = (conv.sep, conv.sep2)
+    out: Segments = [(conv.system + seps[0], False)]
+    for i, (role, message) in enumerate(messages):
+        if not message:
+            out.append((f"{role}:", False))
+        elif i % 2 == 0:
+            out.append((f"{role}: {_text_of(message)}{seps[0]}", False))
+        else:
+            out += [(f"{role}:", False), (f" {_text_of(message)}{seps[1]}", True)]
+    return out
+
+
+def _segments_plain(conv: Conversation, messages: list[tuple[str, Any]]) -> Segments:
+    # Roles are not written. The separator after a user text marks where generation starts, so it is written
+    # only when no answer follows: a training sample renders as "<image>" + caption + "\n" (the original's
+    # preprocess_plain) and a generation prompt as "<image>\nquestion\n" (the original's get_prompt; it could
+    # not render answers at all, sep2 being None).
+    answer_sep = conv.sep2 if conv.sep2 is not None else conv.sep
+    out: Segments = [(conv.system, False)]
     for i, (_role, message) in enumerate(messages):
-        if message:
-            out += _text_of(message) + seps[i % 2]
+        if not message:
+            continue
+        if i % 2 == 1:
+            out.append((_text_of(message) + answer_sep, True))
+            continue
+        answer_follows = i + 1 < len(messages) and bool(messages[i + 1][1])
+        out.append((_text_of(message) + ("" if answer_follows else conv.sep), False))
     return out
 
 
-def _render_llama_2(conv: Conversation, messages: list[tuple[str, Any]]) -> str:
+def _segments_llama_2(conv: Conversation, messages: list[tuple[str, Any]]) -> Segments:
     if not messages or not messages[0][1]:
         raise ValueError("a llama_2 prompt must start with a non-empty user message")
-    out = ""
+    out: Segments = []
     for i, (_role, message) in enumerate(messages):
         if not message:
             continue
         text = _text_of(message)
+        if i % 2 == 1:
+            out.append((f" {text} {conv.sep2}", True))
+            continue
         if i == 0 and conv.system:
             text = f"<<SYS>>\n{conv.system}\n<</SYS>>\n\n" + text
-        out += conv.sep + f"[INST] {text} [/INST]" if i % 2 == 0 else f" {text} {conv.sep2}"
-    return out.lstrip(conv.sep)
+        # The original strips the leading sep (a character set, as str.lstrip) from the finished prompt.
+        opening = conv.sep + f"[INST] {text} [/INST]"
+        out.append((opening.lstrip(conv.sep) if i == 0 else opening, False))
+    return out
 
 
-_RENDERERS: dict[SeparatorStyle, Callable[[Conversation, list[tuple[str, Any]]], str]] = {
-    SeparatorStyle.SINGLE: _render_single,
-    SeparatorStyle.TWO: _render_two,
-    SeparatorStyle.PLAIN: _render_plain,
-    SeparatorStyle.LLAMA_2: _render_llama_2,
+_SEGMENTERS: dict[SeparatorStyle, Callable[[Conversation, list[tuple[str, Any]]], Segments]] = {
+    SeparatorStyle.SINGLE: _segments_single,
+    SeparatorStyle.TWO: _segments_two,
+    SeparatorStyle.PLAIN: _segments_plain,
+    SeparatorStyle.LLAMA_2: _segments_llama_2,
 }
 
 

@@ -38,8 +38,9 @@ EXPECTED = {
     "v1_mmtag": MMTAG + " USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: What colour? ASSISTANT:",
     "share4v_v0": HUMAN + "###Human: <image>\nWhat is it?###Assistant: A cat.###Human: What colour?###Assistant:",
     "v0_mmtag": MMTAG + "###Human: <image>\nWhat is it?###Assistant: A cat.###Human: What colour?###Assistant:",
-    "plain": "<image>\nWhat is it?\nA cat.\nWhat colour?\n",
-    "v0_plain": "<image>\nWhat is it?\nA cat.\nWhat colour?\n",
+    # plain: the user separator only where generation starts (an answered turn runs straight into its answer)
+    "plain": "<image>\nWhat is it?A cat.\nWhat colour?\n",
+    "v0_plain": "<image>\nWhat is it?A cat.\nWhat colour?\n",
     "share4v_llama_2": "[INST] <<SYS>>\n" + SHARE4V_LLAMA_2 + "\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A cat. </s>"
     "<s>[INST] What colour? [/INST]",
 }
@@ -48,6 +49,50 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_two_turn_prompt_matches_spec(name):
     assert two_turns(name) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", sorted(conv_templates))
+def test_segments_concatenate_to_the_prompt(name):
+    conv = get_conv_template(name)
+    for role, message in [(0, "<image>\nWhat is it?"), (1, "A cat."), (0, "What colour?"), (1, "Black.")]:
+        conv.append_message(conv.roles[role], message)
+    segments = conv.get_segments()
+    assert "".join(text for text, _ in segments) == conv.get_prompt()
+    targets = [text for text, is_target in segments if is_target]
+    answers = ["A cat.", "Black."]
+    if name in ("default", "v0"):  # the canned few-shot answer of vicuna_v0 is an assistant turn too
+        targets = targets[1:]
+    end = conv.sep2 if conv.sep_style in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2) else conv.sep
+    assert [t.removesuffix(end).strip() for t in targets] == answers
+
+
+@pytest.mark.parametrize(
+    ("name", "targets"),
+    [
+        ("vicuna_v1", [" A cat.</s>", " Black.</s>"]),
+        ("share4v_v0", [" A cat.###", " Black.###"]),
+        ("llama_2", [" A cat. </s>", " Black. </s>"]),
+        ("plain", ["A cat.\n", "Black.\n"]),
+    ],
+)
+def test_target_is_what_follows_the_generation_prompt(name, targets):
+    """Each target piece continues exactly the prompt that ends at that assistant slot."""
+    history = []
+    for (question, answer), target in zip(
+        [("<image>\nWhat is it?", "A cat."), ("Colour?", "Black.")], targets, strict=True
+    ):
+        open_conv = get_conv_template(name)
+        for role, message in [*history, (0, question), (1, None)]:
+            open_conv.append_message(open_conv.roles[role], message)
+        history += [(0, question), (1, answer)]
+        full = get_conv_template(name)
+        for role, message in history:
+            full.append_message(full.roles[role], message)
+        full_segments = full.get_segments()
+        assert full_segments[-1] == (target, True)
+        prefix = "".join(text for text, _ in full_segments[:-1])
+        if name != "plain":  # plain writes the generation separator only when no answer follows
+            assert open_conv.get_prompt() == prefix
 
 
 def test_llama_2_uses_meta_system_prompt():

@@ -1,4 +1,4 @@
-"""Imports run one way: constants → conversation/mm_utils/utils → model → inference → eval/serve/testing."""
+"""Imports run one way: constants → conversation/mm_utils/utils → model → inference → front ends, train → data."""
 
 import ast
 from pathlib import Path
@@ -16,6 +16,7 @@ RANKS = [
     ("share4v.model.multimodal_projector", 3),
     ("share4v.model.multimodal_encoder", 3),
     ("share4v.model.share4v_arch", 4),
+    ("share4v.model.vision_setup", 4),
     ("share4v.model.language_model", 5),
     ("share4v.model.builder", 6),
     ("share4v.model", 6),
@@ -23,7 +24,9 @@ RANKS = [
     ("share4v.eval", 8),
     ("share4v.serve", 8),
     ("share4v.testing", 8),
-    ("share4v", 9),
+    ("share4v.train", 8),
+    ("share4v.data", 9),
+    ("share4v", 10),
 ]
 
 

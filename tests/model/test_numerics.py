@@ -1,11 +1,13 @@
 """The model against an independent manual computation, KV cache vs none, batch vs single, save/load."""
 
 import copy
+import json
 import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from transformers import CLIPVisionModel
 
 from share4v.constants import IMAGE_TOKEN_INDEX
@@ -137,7 +139,22 @@ def test_save_load_round_trip(tiny_ckpt, tiny, tmp_path):
     ids, pixels = _inputs(tiny)
     model.save_pretrained(tmp_path / "saved")
     tokenizer.save_pretrained(tmp_path / "saved")
-    shutil.copytree(tiny_ckpt / "vision_tower", tmp_path / "saved" / "vision_tower")
+    assert not any("vision_tower" in k for k in load_file(tmp_path / "saved" / "model.safetensors"))
+    shutil.move(tmp_path / "saved", tmp_path / "moved")  # the tower folder travels with the checkpoint
+    _, reloaded, _, _ = load_pretrained_model(str(tmp_path / "moved"), None, None, device="cpu")
+    assert torch.equal(reloaded(ids, images=pixels).logits, model(ids, images=pixels).logits)
+
+
+def test_save_pretrained_keeps_a_changed_tower(tiny_ckpt, tmp_path):
+    """A tower whose weights changed after loading (e.g. trained) is saved as it is now, not as it was loaded."""
+    tokenizer, model, image_processor, _ = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")
+    ids, pixels = _inputs((tokenizer, model, image_processor, None))
+    with torch.no_grad():
+        model.get_vision_tower().vision_tower.encoder.layers[0].mlp.fc1.weight.mul_(-1.5)
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["mm_vision_tower"] == "vision_tower"
+    assert model.config.mm_vision_tower == "vision_tower"  # restored after saving
     _, reloaded, _, _ = load_pretrained_model(str(tmp_path / "saved"), None, None, device="cpu")
     assert torch.equal(reloaded(ids, images=pixels).logits, model(ids, images=pixels).logits)
 

@@ -31,6 +31,15 @@ from share4v.model.multimodal_projector.builder import (
     is_known_projector_type,
 )
 from share4v.model.share4v_arch import MultimodalInputs, infer_padding_side, merge_image_features
+from share4v.model.vision_setup import (
+    TOWER_STATE_PREFIX,
+    initialize_vision_modules,
+    initialize_vision_tokenizer,
+    tower_state_from_model_state,
+)
+from share4v.model.vision_setup import save_vision_tower as write_vision_tower
+
+VISION_TOWER_FOLDER = "vision_tower"  # where save_pretrained writes the tower, relative to the checkpoint
 
 IMAGE_ASPECT_RATIOS = ("square", "pad")
 
@@ -95,6 +104,20 @@ class Share4VLlamaModel(LlamaModel):
             self.mm_projector = build_vision_projector(config)
             self.post_init()  # initialise the projector like the rest of the model
 
+    def get_vision_tower(self) -> CLIPVisionTower | None:
+        return getattr(self, "vision_tower", None)
+
+    def initialize_vision_modules(self, model_args, fsdp=None) -> None:
+        """The original's name: attach the tower of `model_args.vision_tower` and a projector (see vision_setup)."""
+        initialize_vision_modules(
+            self,
+            model_args.vision_tower,
+            projector_type=getattr(model_args, "mm_projector_type", "linear"),
+            select_layer=getattr(model_args, "mm_vision_select_layer", -2),
+            select_feature=getattr(model_args, "mm_vision_select_feature", "patch"),
+            pretrain_mm_mlp_adapter=getattr(model_args, "pretrain_mm_mlp_adapter", None),
+        )
+
 
 class Share4VLlamaForCausalLM(LlamaForCausalLM):
     """Causal LM that accepts `images=` (pixel values `[N, 3, H, W]`) next to `input_ids` with `-200` placeholders."""
@@ -116,7 +139,59 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         return self.model
 
     def get_vision_tower(self) -> CLIPVisionTower | None:
-        return getattr(self.model, "vision_tower", None)
+        return self.model.get_vision_tower()
+
+    def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
+        """The original's name for adding the optional image tokens (see vision_setup.initialize_vision_tokenizer)."""
+        initialize_vision_tokenizer(
+            self,
+            tokenizer,
+            mm_use_im_patch_token=getattr(model_args, "mm_use_im_patch_token", False),
+            mm_use_im_start_end=getattr(model_args, "mm_use_im_start_end", False),
+            tune_mm_mlp_adapter=getattr(model_args, "tune_mm_mlp_adapter", False),
+            pretrain_mm_mlp_adapter=getattr(model_args, "pretrain_mm_mlp_adapter", None),
+        )
+
+    def prepare_inputs_labels_for_multimodal(self, input_ids, attention_mask, past_key_values, labels, images):
+        """The original's name and return tuple `(None, attention_mask, past_key_values, inputs_embeds, labels)`.
+
+        Without images (or for a one-token decoding step) the inputs come back unchanged with `inputs_embeds`
+        None, as in the original.
+        """
+        if images is None or self.get_vision_tower() is None or input_ids.shape[1] == 1:
+            return input_ids, attention_mask, past_key_values, None, labels
+        merged = self.prepare_multimodal_inputs(input_ids, images, attention_mask, labels)
+        return None, merged.attention_mask, past_key_values, merged.inputs_embeds, merged.labels
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, save_vision_tower: bool | None = None, **kwargs):
+        """Save in the released layout: the LLM checkpoint never holds vision-tower tensors.
+
+        With `save_vision_tower` (default: whenever a tower is loaded) the tower goes to `vision_tower/` inside the
+        checkpoint and the saved config names it relatively, so the folder loads anywhere it is moved; otherwise
+        the config keeps naming the tower the model was built with. `state_dict` (e.g. gathered under ZeRO-3)
+        supplies the weights of both parts.
+        """
+        full_state = self.state_dict() if state_dict is None else state_dict
+        llm_state = {k: v for k, v in full_state.items() if not k.startswith("model.vision_tower.")}
+        tower = self.get_vision_tower()
+        if save_vision_tower is None:
+            save_vision_tower = tower is not None and tower.is_loaded
+        tower_name = self.config.mm_vision_tower
+        if save_vision_tower:
+            if tower is None or not tower.is_loaded:
+                raise ValueError("save_vision_tower=True but the model has no loaded vision tower")
+            tower_state = tower_state_from_model_state(full_state)
+            if not tower_state:  # a state_dict without the tower (e.g. gathered for the LLM only)
+                tower_state = tower_state_from_model_state(
+                    {TOWER_STATE_PREFIX + k: v for k, v in tower.vision_tower.state_dict().items()}
+                )
+            if kwargs.get("is_main_process", True):
+                write_vision_tower(tower, f"{save_directory}/{VISION_TOWER_FOLDER}", tower_state)
+            self.config.mm_vision_tower = VISION_TOWER_FOLDER
+        try:
+            super().save_pretrained(save_directory, *args, state_dict=llm_state, **kwargs)
+        finally:
+            self.config.mm_vision_tower = tower_name
 
     def encode_images(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Pixel values `[N, 3, H, W]` (or a list of `[3, H, W]`) → projected features `[N, P, D]` (or a list)."""

@@ -1,0 +1,1 @@
+"""Data tools: the training-data checker."""

@@ -1,0 +1,1 @@
+"""Two-stage ShareGPT4V training: arguments, preprocessing, data, trainable sets, optimizer groups, saving, driver."""

@@ -1,0 +1,131 @@
+"""train/arguments.py
+
+The three argument dataclasses of the original trainer (`ModelArguments`, `DataArguments`, `TrainingArguments`),
+with every flag name and default of the original, parsed by `transformers.HfArgumentParser`; plus the mapping that
+lets the original shell scripts run unchanged on transformers 5 (flags it renamed or dropped).
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import transformers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(default="facebook/opt-125m")
+    version: Optional[str] = field(
+        default="v0", metadata={"help": "conversation template: plain (stage 1), v1 (stage 2), llama_2, v0, ..."}
+    )
+    freeze_backbone: bool = field(default=False, metadata={"help": "freeze the LLM body (lm_head stays trainable)"})
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "train the projector only (alignment)"})
+    vision_tower: Optional[str] = field(default=None, metadata={"help": "CLIP vision tower folder or hub id"})
+    tune_vision_tower: bool = field(default=False, metadata={"help": "unlock the ViT (see --tune_vit_from_layer)"})
+    tune_vit_from_layer: Optional[int] = field(
+        default=-1, metadata={"help": "train ViT encoder layers >= this index (-1: the whole ViT)"}
+    )
+    tune_entire_model: bool = field(default=False, metadata={"help": "train LLM + projector + ViT (stage 1)"})
+    mm_vision_select_layer: Optional[int] = field(default=-1)
+    pretrain_mm_mlp_adapter: Optional[str] = field(
+        default=None, metadata={"help": "mm_projector.bin/.safetensors to start the projector from"}
+    )
+    mm_projector_type: Optional[str] = field(default="linear")
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=True)
+    mm_vision_select_feature: Optional[str] = field(default="patch")
+
+
+@dataclass
+class DataArguments:
+    data_path: Optional[str] = field(default=None, metadata={"help": "training data: a JSON list or JSONL file"})
+    lazy_preprocess: bool = field(default=False, metadata={"help": "accepted for the original scripts; always lazy"})
+    is_multimodal: bool = False
+    image_folder: Optional[str] = field(default=None, metadata={"help": "folder the rows' image paths start from"})
+    image_aspect_ratio: str = field(default="square", metadata={"help": "square (resize + crop) or pad"})
+    image_grid_pinpoints: Optional[str] = field(default=None)
+    strict_data: bool = field(
+        default=False,
+        metadata={
+            "help": "stop at the first bad sample (corrupt image, malformed row, answer not found) "
+            "instead of reporting and skipping it"
+        },
+    )
+    # Set by the driver, not from the command line.
+    conv_mode: str = field(default="vicuna_v1", init=False)
+    image_processor: Any = field(default=None, init=False, repr=False)
+    image_tokens_per_image: Optional[int] = field(default=None, init=False)
+    mm_use_im_start_end: bool = field(default=False, init=False)
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    cache_dir: Optional[str] = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False)
+    mpt_attn_impl: Optional[str] = field(default="triton", metadata={"help": "accepted for old scripts; unused"})
+    model_max_length: int = field(
+        default=512,
+        metadata={"help": "longest sequence, counted after images are spliced in (text + images x patches)"},
+    )
+    double_quant: bool = field(default=True, metadata={"help": "QLoRA: quantize the quantization statistics"})
+    quant_type: str = field(default="nf4", metadata={"help": "QLoRA: fp4 or nf4"})
+    bits: int = field(default=16, metadata={"help": "16 (no quantization), 8 or 4 (QLoRA, needs bitsandbytes)"})
+    lora_enable: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_weight_path: str = ""
+    lora_bias: str = "none"
+    mm_projector_lr: Optional[float] = None
+    vision_tower_lr: Optional[float] = None
+    group_by_modality_length: bool = field(default=False)
+    save_vision_tower: Optional[bool] = field(
+        default=None, metadata={"help": "write vision_tower/ into the output (default: when ViT weights trained)"}
+    )
+
+
+# Flags of transformers 4.31 (which the original scripts pass) that transformers 5 renamed or dropped.
+RENAMED_FLAGS = {
+    "--evaluation_strategy": "--eval_strategy",
+    "--no_cuda": "--use_cpu",
+    "--per_gpu_train_batch_size": "--per_device_train_batch_size",
+    "--per_gpu_eval_batch_size": "--per_device_eval_batch_size",
+    "--fp16_backend": "--half_precision_backend",
+}
+DROPPED_FLAGS = ("--overwrite_output_dir", "--logging_dir", "--save_safetensors", "--use_mps_device")
+
+
+def translate_legacy_flags(argv: list[str]) -> list[str]:
+    """Rename flags transformers 5 renamed and drop the ones it removed, with a one-line notice for each."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in RENAMED_FLAGS:
+            logger.warning("%s is called %s in transformers 5: using that", name, RENAMED_FLAGS[name])
+            out.append(RENAMED_FLAGS[name] + eq + value)
+        elif name in DROPPED_FLAGS:
+            takes_next = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            dropped = argv[i + 1] if takes_next else value
+            logger.warning("%s %s is ignored: transformers 5 has no such setting", name, dropped)
+            i += 1 if takes_next else 0
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def parse_arguments(
+    argv: Optional[list[str]] = None,
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse the command line (default `sys.argv[1:]`) into the three dataclasses."""
+    argv = translate_legacy_flags(list(sys.argv[1:] if argv is None else argv))
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args

@@ -1,0 +1,284 @@
+"""train/data.py
+
+The training data pipeline: `LazySupervisedDataset` (rows → images + input_ids + labels, one sample at a time),
+`DataCollatorForSupervisedDataset` (right-padded batches) and `make_supervised_data_module`.
+
+Every sample's length as the language model sees it (text tokens + images × image tokens) is known before the
+model runs: truncation to `model_max_length` cuts text only, never an image, and length grouping is exact. A sample
+that cannot be used (bad row, missing or corrupt image, answer not found or truncated away) is reported with its
+place and id and replaced by the next good one; `--strict_data` makes it fatal instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from share4v.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from share4v.mm_utils import ImageLoadError, load_image, process_images
+from share4v.train.preprocess import SampleError, conversation_for_training, preprocess, preprocess_multimodal
+from share4v.train.rows import BadRow, SkipReport, check_row, image_paths, read_rows, sample_id
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_SAMPLES_FILE = "skipped_samples.jsonl"
+
+
+def merged_length(input_ids: Sequence[int], image_tokens: int | None) -> int:
+    """Length once each `IMAGE_TOKEN_INDEX` becomes `image_tokens` positions (1 when unknown)."""
+    images = sum(1 for token in input_ids if token == IMAGE_TOKEN_INDEX)
+    return len(input_ids) + images * ((image_tokens or 1) - 1)
+
+
+def truncate_to_budget(
+    input_ids: list[int], labels: list[int], max_length: int, image_tokens: int | None
+) -> tuple[list[int], list[int], int]:
+    """The longest prefix whose merged length fits `max_length`; an image that does not fit whole is dropped.
+
+    Returns:
+        `(input_ids, labels, images_kept)`.
+    """
+    cost = image_tokens or 1
+    used = kept = images = 0
+    for token in input_ids:
+        step = cost if token == IMAGE_TOKEN_INDEX else 1
+        if used + step > max_length:
+            break
+        used += step
+        kept += 1
+        images += token == IMAGE_TOKEN_INDEX
+    return input_ids[:kept], labels[:kept], images
+
+
+class LazySupervisedDataset(Dataset):
+    """LLaVA-format conversations with images, tokenized for supervised training when a sample is asked for."""
+
+    def __init__(self, data_path: str, tokenizer: Any, data_args: Any, skipped_path: str | None = None):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.data_args = data_args
+        self.conv_mode = data_args.conv_mode
+        self.report = SkipReport(skipped_path)
+        self.data_path = data_path
+        rows, bad = read_rows(data_path)
+        self.list_data_dict, self.where = [], []
+        for where, row in rows:
+            try:
+                check_row(row, self.conv_mode)
+            except SampleError as err:
+                bad.append(BadRow(where, sample_id(row), str(err)))
+                continue
+            self.list_data_dict.append(row)
+            self.where.append(where)
+        for problem in bad:
+            if data_args.strict_data:
+                raise SampleError(f"bad training sample {problem} (--strict_data)")
+            self.report.skip(problem)
+        if not self.list_data_dict:
+            raise ValueError(f"{data_path}: no usable training samples ({len(bad)} bad rows)")
+        logger.info("%s: %d samples (%d bad rows left out)", data_path, len(self.list_data_dict), len(bad))
+        self._lengths: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.list_data_dict)
+
+    @property
+    def model_max_length(self) -> int:
+        return self.tokenizer.model_max_length
+
+    # ---- lengths -------------------------------------------------------------------------------------------
+
+    @property
+    def lengths(self) -> list[int]:
+        """Merged length of each sample (text + images × image tokens), capped at `model_max_length`."""
+        return [abs(length) for length in self.modality_lengths]
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """As `lengths`, positive for samples with images and negative for text-only ones."""
+        if self._lengths is None:
+            self._lengths = self._cached_lengths()
+        return self._lengths.tolist()
+
+    def _length_cache_file(self) -> Path:
+        stat = os.stat(self.data_path)
+        key = json.dumps(
+            [
+                os.path.abspath(self.data_path),
+                stat.st_size,
+                stat.st_mtime_ns,
+                self.tokenizer.name_or_path,
+                len(self.tokenizer),
+                self.conv_mode,
+                self.data_args.image_tokens_per_image,
+                self.model_max_length,
+                bool(self.data_args.is_multimodal),
+                len(self),
+            ]
+        )
+        cache_root = Path(os.environ.get("SHARE4V_CACHE", Path.home() / ".cache" / "share4v"))
+        return cache_root / "lengths" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npy")
+
+    def _cached_lengths(self) -> np.ndarray:
+        cache = self._length_cache_file()
+        if cache.is_file():
+            lengths = np.load(cache)
+            if lengths.shape == (len(self),):
+                return lengths
+        lengths = np.array([self._text_length(i) for i in tqdm(range(len(self)), desc="measuring samples")])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(staging, lengths)
+        os.replace(staging, cache)
+        return lengths
+
+    def _text_length(self, index: int) -> int:
+        row = self.list_data_dict[index]
+        has_image = bool(image_paths(row)) and self.data_args.is_multimodal
+        try:
+            prompt = conversation_for_training(self._turns(row, has_image), self.conv_mode).get_prompt()
+        except SampleError:
+            return 1  # reported and replaced when the sample is built
+
+        chunks = prompt.split(DEFAULT_IMAGE_TOKEN) if has_image else [prompt]
+        encoded = self.tokenizer(chunks)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        drop = int(bool(encoded[0]) and encoded[0][0] == bos)
+        images = len(chunks) - 1
+        length = drop + sum(len(ids) - drop for ids in encoded) + images * (self.data_args.image_tokens_per_image or 1)
+        return min(length, self.model_max_length) * (1 if has_image else -1)
+
+    # ---- samples -------------------------------------------------------------------------------------------
+
+    def _turns(self, row: dict, has_image: bool) -> list[dict]:
+        turns = copy.deepcopy(row["conversations"])
+        if has_image:
+            markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
+            count = len(image_paths(row))
+            if markers == 0:
+                first_human = next(i for i, t in enumerate(turns) if str(t.get("from")).lower() in ("human", "user"))
+                turns[first_human]["value"] = DEFAULT_IMAGE_TOKEN * count + "\n" + turns[first_human]["value"]
+            elif markers != count:
+                raise SampleError(f"{markers} {DEFAULT_IMAGE_TOKEN} markers in the text but {count} images")
+            preprocess_multimodal([turns], self.data_args)
+        return turns
+
+    def _load_images(self, row: dict) -> list[torch.Tensor]:
+        folder = self.data_args.image_folder or ""
+        images = [load_image(os.path.join(folder, path)) for path in image_paths(row)]
+        pixels = process_images(
+            images, self.data_args.image_processor, image_aspect_ratio=self.data_args.image_aspect_ratio
+        )
+        return list(pixels)
+
+    def _blank_image(self) -> torch.Tensor:
+        size = self.data_args.image_processor.crop_size
+        return torch.zeros(3, size["height"], size["width"])
+
+    def _build(self, index: int) -> dict[str, Any]:
+        row = self.list_data_dict[index]
+        has_image = bool(image_paths(row)) and self.data_args.is_multimodal
+        images = self._load_images(row) if has_image else []
+        data = preprocess([self._turns(row, has_image)], self.tokenizer, has_image=has_image, conv_mode=self.conv_mode)
+        input_ids, labels = data["input_ids"][0].tolist(), data["labels"][0].tolist()
+        full_length = merged_length(input_ids, self.data_args.image_tokens_per_image)
+        input_ids, labels, kept = truncate_to_budget(
+            input_ids, labels, self.model_max_length, self.data_args.image_tokens_per_image
+        )
+        if all(label == IGNORE_INDEX for label in labels):
+            raise SampleError(
+                f"every answer was truncated away (length {full_length} > model_max_length {self.model_max_length})"
+            )
+        images = images[:kept]
+        if self.data_args.is_multimodal and not images:
+            images = [self._blank_image()]  # text-only sample in a multimodal model: a blank image, as the original
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "images": images,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self)):
+            current = (index + attempt) % len(self)
+            try:
+                return self._build(current)
+            except (SampleError, ImageLoadError) as err:
+                bad = BadRow(self.where[current], sample_id(self.list_data_dict[current]), str(err))
+                if self.data_args.strict_data:
+                    raise SampleError(f"bad training sample {bad} (--strict_data)") from None
+                self.report.skip(bad)
+        raise RuntimeError(f"{self.data_path}: no sample could be used")
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Right-pads `input_ids` (pad = the tokenizer's pad id) and `labels` (IGNORE_INDEX) into a batch.
+
+    Images: one per row (a blank standing for a text-only row) as the original when no row has more than one,
+    else all rows' images in placeholder order. A sample longer than `model_max_length` (merged length) is cut
+    as the dataset does; samples from `LazySupervisedDataset` already fit.
+    """
+
+    tokenizer: Any
+    image_tokens_per_image: int | None = None
+
+    def __call__(self, instances: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        rows = []
+        for instance in instances:
+            ids, labels = instance["input_ids"].tolist(), instance["labels"].tolist()
+            ids, labels, kept = truncate_to_budget(
+                ids, labels, self.tokenizer.model_max_length, self.image_tokens_per_image
+            )
+            rows.append((ids, labels, kept))
+        length = max(len(ids) for ids, _, _ in rows)
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for row, (ids, row_labels, _) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            labels[row, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        if "images" in instances[0] or "image" in instances[0]:
+            batch["images"] = self._images(instances, rows)
+        return batch
+
+    @staticmethod
+    def _images(instances, rows) -> torch.Tensor | list[torch.Tensor]:
+        per_row = [list(inst["images"]) if "images" in inst else [inst["image"]] for inst in instances]
+        if all(len(images) == 1 for images in per_row):
+            images = [images[0] for images in per_row]  # one per row; rows without a placeholder hold a blank
+        else:
+            images = [image for images, (_, _, kept) in zip(per_row, rows, strict=True) for image in images[:kept]]
+        if images and all(image.shape == images[0].shape for image in images):
+            return torch.stack(images)
+        return images
+
+
+def make_supervised_data_module(tokenizer: Any, data_args: Any, training_args: Any = None) -> dict[str, Any]:
+    """`dict(train_dataset=..., eval_dataset=None, data_collator=...)` for the Trainer.
+
+    With `training_args`, skipped samples are also listed in `<output_dir>/skipped_samples.jsonl`, and sample
+    lengths for `group_by_modality_length` are measured once, by the main process first.
+    """
+    skipped = os.path.join(training_args.output_dir, SKIPPED_SAMPLES_FILE) if training_args is not None else None
+    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, skipped_path=skipped)
+    if training_args is not None and getattr(training_args, "group_by_modality_length", False):
+        with training_args.main_process_first(desc="measuring sample lengths"):
+            dataset.modality_lengths  # noqa: B018  (fills the cache the sampler reads)
+    collator = DataCollatorForSupervisedDataset(tokenizer, data_args.image_tokens_per_image)
+    return {"train_dataset": dataset, "eval_dataset": None, "data_collator": collator}

@@ -1,0 +1,180 @@
+"""train/model_setup.py
+
+Building what a training run starts from: the model (LLM + vision tower + projector, LoRA / quantized when asked),
+the tokenizer with its padding token, and the data settings the vision tower decides.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, BitsAndBytesConfig
+
+from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
+from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
+from share4v.model.vision_setup import image_tokens_per_image, initialize_vision_modules, initialize_vision_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def compute_dtype(training_args: Any) -> torch.dtype:
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+
+
+def _quantization(training_args: Any) -> dict[str, Any]:
+    if training_args.bits not in (4, 8, 16):
+        raise ValueError(f"--bits must be 4, 8 or 16, not {training_args.bits}")
+    if training_args.bits == 16:
+        return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"--bits {training_args.bits} needs bitsandbytes: pip install 'share4v[quant]'")
+    return {
+        "device_map": {"": training_args.device},
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=training_args.bits == 4,
+            load_in_8bit=training_args.bits == 8,
+            llm_int8_skip_modules=["mm_projector", "lm_head"],
+            llm_int8_threshold=6.0,
+            bnb_4bit_compute_dtype=compute_dtype(training_args),
+            bnb_4bit_use_double_quant=training_args.double_quant,
+            bnb_4bit_quant_type=training_args.quant_type,
+        ),
+    }
+
+
+def load_model(model_args: Any, training_args: Any, attn_implementation: str | None = None) -> Share4VLlamaForCausalLM:
+    """The language model of `--model_name_or_path` (a Llama/Vicuna folder or a share4v checkpoint), in fp32
+    (mixed precision and DeepSpeed keep fp32 master weights), quantized with `--bits 4/8`."""
+    path = model_args.model_name_or_path
+    if Path(path, "adapter_config.json").is_file():
+        raise ValueError(f"{path} is a LoRA adapter: merge it first (python scripts/merge_lora_weights.py --help)")
+    config_dict, _ = Share4VConfig.get_config_dict(path, cache_dir=training_args.cache_dir)
+    config = Share4VConfig.from_dict(config_dict)  # a Llama/Vicuna config gains the mm_* keys with their defaults
+    kwargs: dict[str, Any] = {"config": config, "cache_dir": training_args.cache_dir, **_quantization(training_args)}
+    kwargs["dtype"] = compute_dtype(training_args) if training_args.bits in (4, 8) else torch.float32
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = Share4VLlamaForCausalLM.from_pretrained(path, **kwargs)
+    model.config.use_cache = False
+    if training_args.bits in (4, 8):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def load_tokenizer(model_args: Any, training_args: Any, model: torch.nn.Module) -> Any:
+    """The tokenizer of `--model_name_or_path`, right-padded, with the original's pad token (unk; `[PAD]` for v0)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+    )
+    if model_args.version == "v0":
+        if tokenizer.pad_token is None:
+            old = model.get_input_embeddings().weight.shape[0]
+            tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
+                with torch.no_grad():
+                    embeddings.weight[old:] = embeddings.weight[:old].mean(dim=0, keepdim=True)
+    else:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def setup_vision(model: Share4VLlamaForCausalLM, tokenizer: Any, model_args: Any, data_args: Any, training_args: Any):
+    """Attach and load the vision tower and projector, fill the data settings, record the run in the config.
+
+    The tower is `--vision_tower`, else the one the checkpoint's config names; none means a text-only run.
+    """
+    config = model.config
+    name = model_args.vision_tower
+    tower_path = None
+    if name is None and config.mm_vision_tower:
+        tower_path = resolve_vision_tower_path(config.mm_vision_tower, model_args.model_name_or_path)
+        name = str(Path(tower_path).resolve())  # the saved config must not name a folder relative to the input
+    if name is None:
+        data_args.is_multimodal = False
+        return None
+    if data_args.image_aspect_ratio not in ("square", "pad"):
+        raise ValueError(f"--image_aspect_ratio must be square or pad, not {data_args.image_aspect_ratio!r}")
+    tower = initialize_vision_modules(
+        model.get_model(),
+        name,
+        projector_type=model_args.mm_projector_type,
+        select_layer=model_args.mm_vision_select_layer,
+        select_feature=model_args.mm_vision_select_feature,
+        pretrain_mm_mlp_adapter=model_args.pretrain_mm_mlp_adapter,
+        tower_path=tower_path,
+    )
+    data_args.is_multimodal = True
+    data_args.image_processor = tower.image_processor
+    data_args.image_tokens_per_image = image_tokens_per_image(tower)
+    data_args.mm_use_im_start_end = model_args.mm_use_im_start_end
+    for key, value in {
+        "image_aspect_ratio": data_args.image_aspect_ratio,
+        "image_grid_pinpoints": data_args.image_grid_pinpoints,
+        "tune_mm_mlp_adapter": model_args.tune_mm_mlp_adapter,
+        "tune_entire_model": model_args.tune_entire_model,
+        "freeze_mm_mlp_adapter": training_args.freeze_mm_mlp_adapter,
+        "tune_vision_tower": model_args.tune_vision_tower,
+        "mm_use_im_start_end": model_args.mm_use_im_start_end,
+        "mm_use_im_patch_token": model_args.mm_use_im_patch_token,
+        "mm_projector_lr": training_args.mm_projector_lr,
+        "vision_tower_lr": training_args.vision_tower_lr,
+    }.items():
+        setattr(config, key, value)
+    initialize_vision_tokenizer(
+        model,
+        tokenizer,
+        mm_use_im_patch_token=model_args.mm_use_im_patch_token,
+        mm_use_im_start_end=model_args.mm_use_im_start_end,
+        tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+        pretrain_mm_mlp_adapter=model_args.pretrain_mm_mlp_adapter,
+    )
+    return tower
+
+
+def llm_linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Full names of the language model's linear layers (what LoRA adapts): not the tower, projector or lm_head."""
+    decoder = model.get_model()
+    skip = {
+        id(m)
+        for part in (decoder.get_vision_tower(), getattr(decoder, "mm_projector", None))
+        if part
+        for m in part.modules()
+    }
+    head = model.get_output_embeddings()
+    return [  # bitsandbytes' quantized layers are nn.Linear subclasses
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and id(module) not in skip and module is not head
+    ]
+
+
+def apply_lora(model: Share4VLlamaForCausalLM, training_args: Any) -> torch.nn.Module:
+    """Wrap the LLM's linear layers with LoRA adapters (peft), as `--lora_*` say."""
+    if importlib.util.find_spec("peft") is None:
+        raise ImportError("--lora_enable needs peft: pip install 'share4v[lora]'")
+    from peft import LoraConfig, get_peft_model
+
+    lora_config = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        target_modules=llm_linear_module_names(model),
+        lora_dropout=training_args.lora_dropout,
+        bias=training_args.lora_bias,
+        task_type="CAUSAL_LM",
+    )
+    if training_args.bits == 16 and (training_args.bf16 or training_args.fp16):
+        model.to(compute_dtype(training_args))
+    logger.info("adding LoRA adapters (r=%d, alpha=%d)", training_args.lora_r, training_args.lora_alpha)
+    return get_peft_model(model, lora_config)

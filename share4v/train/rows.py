@@ -1,0 +1,139 @@
+"""train/rows.py
+
+Reading training rows (a JSON list or JSONL of LLaVA conversations) and telling good rows from bad ones, with a
+report of every sample that was skipped and why.
+
+A row is `{"id": str, "image": "rel/path.jpg" | [paths] (optional), "conversations": [{"from": "human"|"gpt",
+"value": str}, ...]}`. Reading never stops at a bad row: it is named (file, line or index, id) and left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from share4v.train.preprocess import SampleError, conversation_for_training
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that was left out: where it is (`file:line` or `file[index]`), its id if any, and why."""
+
+    where: str
+    sample_id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        sample = f" (id {self.sample_id})" if self.sample_id is not None else ""
+        return f"{self.where}{sample}: {self.reason}"
+
+
+def _is_jsonl(path: Path) -> bool:
+    if path.suffix == ".jsonl":
+        return True
+    with path.open("rb") as handle:
+        for line in handle:
+            stripped = line.strip()
+            if stripped:
+                return not stripped.startswith(b"[")
+    return False
+
+
+def read_rows(path: str | os.PathLike) -> tuple[list[tuple[str, Any]], list[BadRow]]:
+    """All rows of a JSON list or JSONL file as `(where, row)`, and the lines that are not JSON.
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        ValueError: when a JSON (non-JSONL) file does not parse or is not a list (one line, with the position).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data file not found: {path}")
+    if not _is_jsonl(path):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of samples, found a {type(data).__name__}")
+        return [(f"{path}[{index}]", row) for index, row in enumerate(data)], []
+    rows, bad = [], []
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                bad.append(BadRow(f"{path}:{number}", None, f"not valid JSON: {err.msg} (column {err.colno})"))
+    return rows, bad
+
+
+def sample_id(row: Any) -> str | None:
+    return str(row["id"]) if isinstance(row, dict) and "id" in row else None
+
+
+def image_paths(row: dict) -> list[str]:
+    """The row's image paths (none, one, or several)."""
+    image = row.get("image")
+    if image is None:
+        return []
+    return [image] if isinstance(image, str) else list(image)
+
+
+def check_row(row: Any, conv_mode: str) -> None:
+    """Raise `SampleError` saying what is wrong with a row's structure (images are checked when loaded)."""
+    if not isinstance(row, dict):
+        raise SampleError(f"a sample must be a JSON object, not {type(row).__name__}")
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise SampleError("missing or empty 'conversations' list")
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
+            raise SampleError(f"conversations[{index}] must be an object with 'from' and a string 'value'")
+    image = row.get("image")
+    if image is not None and not (
+        (isinstance(image, str) and image)
+        or (isinstance(image, list) and image and all(isinstance(p, str) for p in image))
+    ):
+        raise SampleError("'image' must be a non-empty path or a list of paths")
+    conversation_for_training(turns, conv_mode)
+
+
+@dataclass
+class SkipReport:
+    """Where skipped samples are told: a warning each (once per sample) and a JSONL file when `path` is set.
+
+    The file is appended to by every process (DataLoader workers, ranks), one line per sample.
+    """
+
+    path: str | None = None
+    seen: set = field(default_factory=set)
+
+    def skip(self, bad: BadRow) -> None:
+        key = (bad.where, bad.reason)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        logger.warning("skipping sample %s", bad)
+        if self.path:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"where": bad.where, "id": bad.sample_id, "reason": bad.reason}) + "\n"
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+
+    def entries(self) -> list[dict]:
+        """What the file holds (every process's skips), one dict per distinct sample and reason."""
+        if not self.path or not Path(self.path).is_file():
+            return []
+        unique = {}
+        for line in Path(self.path).read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            unique[(entry["where"], entry["reason"])] = entry
+        return list(unique.values())

@@ -1,0 +1,59 @@
+"""train/share4v_trainer.py
+
+`Share4VTrainer`: transformers' Trainer with what ShareGPT4V's recipe needs on top — the modality/length-grouped
+sampler, optimizer groups with their own learning rates for projector and ViT, and checkpoints (periodic and final)
+in the released layouts, restored completely on resume.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import Trainer
+
+from share4v.train.optim import param_groups
+from share4v.train.sampler import ModalityLengthGroupedSampler
+from share4v.train.saving import load_training_checkpoint, save_training_checkpoint
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+class Share4VTrainer(Trainer):
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not getattr(self.args, "group_by_modality_length", False) or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        return ModalityLengthGroupedSampler(
+            batch_size=self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            lengths=dataset.modality_lengths,
+            seed=self.args.seed,
+        )
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        groups = param_groups(
+            opt_model,
+            self.get_decay_parameter_names(opt_model),
+            self.args.weight_decay,
+            mm_projector_lr=getattr(self.args, "mm_projector_lr", None),
+            vision_tower_lr=getattr(self.args, "vision_tower_lr", None),
+        )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        save_training_checkpoint(self.model, output_dir, state_dict, getattr(self.args, "save_vision_tower", None))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_training_checkpoint(self.model if model is None else model, resume_from_checkpoint)

@@ -1,0 +1,102 @@
+"""train/train.py
+
+ShareGPT4V training, both stages, with the original's flags (see scripts/sharegpt4v/*.sh and docs/Training.md).
+
+    # stage 1 (one node; the SLURM scripts launch the same entry on 2 x 8 GPUs)
+    torchrun --nproc_per_node 8 share4v/train/train_mem.py --deepspeed scripts/zero3.json \\
+        --model_name_or_path lmsys/vicuna-7b-v1.5 --version plain --data_path captions.json --image_folder data \\
+        --vision_tower openai/clip-vit-large-patch14-336 --pretrain_mm_mlp_adapter mm_projector.bin \\
+        --mm_projector_type mlp2x_gelu --tune_entire_model True --tune_vit_from_layer 12 \\
+        --mm_vision_select_layer -2 --bf16 True --output_dir checkpoints/stage1 ...
+    # on the CPU, a tiny run:
+    python -m share4v.train.train --model_name_or_path checkpoints/share4v-tiny --version v1 \\
+        --data_path data.json --image_folder images --output_dir out --use_cpu True --max_steps 10
+
+The driver reads as the recipe: arguments → model → tokenizer → vision tower → LoRA → trainable set → data →
+Trainer (resuming from the last checkpoint) → save in the released layout → report skipped samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from share4v.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
+from share4v.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from share4v.train.model_setup import apply_lora, load_model, load_tokenizer, setup_vision
+from share4v.train.preprocess import conv_mode_for_version, preprocess, preprocess_multimodal
+from share4v.train.share4v_trainer import Share4VTrainer
+from share4v.train.trainable import apply_trainable, plan_from_args
+
+logger = logging.getLogger("share4v.train")
+
+
+def _configure_logging(training_args: TrainingArguments) -> None:
+    """share4v's own progress at INFO on the main process (WARNING elsewhere) unless --log_level says otherwise."""
+    level = training_args.get_process_log_level()
+    if training_args.log_level == "passive":
+        level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("share4v").setLevel(level)
+
+
+def _resume_point(training_args: TrainingArguments) -> str | bool | None:
+    """`--resume_from_checkpoint`, else True when the output folder holds a checkpoint (as the original)."""
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    if any(Path(training_args.output_dir).glob("checkpoint-*")):
+        return True
+    return None
+
+
+def train(attn_implementation: str | None = None, argv: list[str] | None = None) -> Share4VTrainer:
+    """Run one training stage from the command line `argv` (default `sys.argv[1:]`); returns the trainer."""
+    model_args, data_args, training_args = parse_arguments(argv)
+    _configure_logging(training_args)
+    data_args.conv_mode = conv_mode_for_version(model_args.version)
+
+    model = load_model(model_args, training_args, attn_implementation)
+    tokenizer = load_tokenizer(model_args, training_args, model)
+    setup_vision(model, tokenizer, model_args, data_args, training_args)
+    if training_args.lora_enable:
+        model = apply_lora(model, training_args)
+    apply_trainable(model, plan_from_args(model_args, training_args))
+
+    data_module = make_supervised_data_module(tokenizer, data_args, training_args)
+    trainer = Share4VTrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    trainer.train(resume_from_checkpoint=_resume_point(training_args))
+    trainer.save_state()
+
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    _report_skipped(data_module["train_dataset"], training_args)
+    return trainer
+
+
+def _report_skipped(dataset: LazySupervisedDataset, training_args: TrainingArguments) -> None:
+    if not training_args.should_save:
+        return
+    skipped = dataset.report.entries()
+    if skipped:
+        logger.warning(
+            "%d samples were skipped (bad rows, missing/corrupt images, answers not found or truncated away); "
+            "they are listed in %s",
+            len(skipped),
+            dataset.report.path,
+        )
+
+
+__all__ = [
+    "DataArguments",
+    "DataCollatorForSupervisedDataset",
+    "LazySupervisedDataset",
+    "ModelArguments",
+    "TrainingArguments",
+    "make_supervised_data_module",
+    "preprocess",
+    "preprocess_multimodal",
+    "train",
+]
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,127 @@
+"""train/trainable.py
+
+Which parts of the model a stage trains, as data (`TrainablePlan`), applied by one logged function.
+
+| stage (flags)                                         | LLM | lm_head | projector | ViT                  |
+|-------------------------------------------------------|-----|---------|-----------|----------------------|
+| projector alignment (`--tune_mm_mlp_adapter`)         |  -  |    -    |   train   |  -                   |
+| stage 1 (`--tune_entire_model --tune_vit_from_layer k`)| train | train |   train   | encoder layers >= k  |
+| stage 2 (default)                                     | train | train |   train   |  -                   |
+| LoRA (`--lora_enable`)                                | adapters | - |   train   | as above             |
+
+`--freeze_backbone` freezes the LLM body (not lm_head), `--freeze_mm_mlp_adapter` the projector,
+`--tune_vision_tower` unlocks the ViT without `--tune_entire_model`; `--tune_vit_from_layer -1` means the whole ViT.
+ViT layers are picked by their index in the encoder's module list, never by parsing parameter names.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainablePlan:
+    llm: bool  # the decoder body and input embeddings (with LoRA: the adapters only)
+    lm_head: bool
+    projector: bool
+    vit_from_layer: int | None  # None: frozen; -1: the whole ViT; k: encoder layers k, k+1, ...
+    lora: bool = False
+
+
+def plan_from_args(model_args: Any, training_args: Any) -> TrainablePlan:
+    """The plan the original flags describe (see the module table)."""
+    lora = bool(getattr(training_args, "lora_enable", False))
+    if model_args.tune_mm_mlp_adapter:
+        llm = lm_head = False
+    else:
+        llm, lm_head = not model_args.freeze_backbone or lora, not lora
+    projector = not getattr(training_args, "freeze_mm_mlp_adapter", False)
+    vit = None
+    if model_args.tune_entire_model:
+        if not lora:
+            llm = lm_head = projector = True
+        vit = model_args.tune_vit_from_layer
+    elif model_args.tune_vision_tower:
+        vit = model_args.tune_vit_from_layer
+    if vit is not None and vit < -1:
+        raise ValueError(f"--tune_vit_from_layer must be -1 (whole ViT) or a layer index >= 0, not {vit}")
+    return TrainablePlan(llm=llm, lm_head=lm_head, projector=projector, vit_from_layer=vit, lora=lora)
+
+
+def _numel(param: nn.Parameter) -> int:
+    return getattr(param, "ds_numel", None) or param.numel()  # ZeRO-3 partitions hold ds_numel
+
+
+def _count(params) -> tuple[int, int]:
+    params = list(params)
+    return sum(_numel(p) for p in params if p.requires_grad), sum(_numel(p) for p in params)
+
+
+def _components(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's parameters by component (works through a peft wrapper)."""
+    decoder = model.get_model()
+    tower = decoder.get_vision_tower()
+    tower_ids = {id(p) for p in tower.parameters()} if tower is not None else set()
+    projector = getattr(decoder, "mm_projector", None)
+    projector_ids = {id(p) for p in projector.parameters()} if projector is not None else set()
+    head = model.get_output_embeddings()
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    llm = [p for p in model.parameters() if id(p) not in tower_ids | projector_ids | head_ids]
+    return {
+        "llm": llm,
+        "lm_head": list(head.parameters()) if head is not None else [],
+        "projector": list(projector.parameters()) if projector is not None else [],
+        "vision_tower": list(tower.parameters()) if tower is not None else [],
+    }
+
+
+def vit_encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ViT's encoder layers, in order."""
+    return model.get_model().get_vision_tower().vision_tower.encoder.layers
+
+
+def apply_trainable(model: nn.Module, plan: TrainablePlan) -> dict[str, tuple[int, int]]:
+    """Set `requires_grad` on every parameter as `plan` says and log each component as trainable or frozen.
+
+    Returns:
+        `{component: (trainable parameters, all parameters)}`.
+    """
+    parts = _components(model)
+    model.requires_grad_(False)
+    named = dict(model.named_parameters())
+    llm_ids = {id(p) for p in parts["llm"]}
+    for name, param in named.items():
+        if id(param) in llm_ids and plan.llm and (not plan.lora or "lora_" in name):
+            param.requires_grad_(True)
+    for param in parts["lm_head"]:
+        param.requires_grad_(plan.lm_head)
+    for param in parts["projector"]:
+        param.requires_grad_(plan.projector)
+    vit_note = "frozen"
+    if plan.vit_from_layer is not None:
+        if not parts["vision_tower"]:
+            raise ValueError("the plan trains the ViT but the model has no vision tower")
+        layers = vit_encoder_layers(model)
+        if plan.vit_from_layer == -1:
+            model.get_model().get_vision_tower().requires_grad_(True)
+            vit_note = "all"
+        else:
+            if plan.vit_from_layer >= len(layers):
+                raise ValueError(f"--tune_vit_from_layer {plan.vit_from_layer}: the ViT has {len(layers)} layers")
+            for layer in layers[plan.vit_from_layer :]:
+                layer.requires_grad_(True)
+            vit_note = f"encoder layers {plan.vit_from_layer}-{len(layers) - 1}"
+    summary = {name: _count(params) for name, params in parts.items()}
+    for name, (trainable, total) in summary.items():
+        if total:
+            status = "TRAINABLE" if trainable else "Frozen"
+            extra = f", {vit_note}" if name == "vision_tower" and trainable else ""
+            extra += ", LoRA adapters" if name == "llm" and plan.lora and trainable else ""
+            logger.info("[%s] %s: %s / %s parameters%s", status, name, f"{trainable:,}", f"{total:,}", extra)
+    return summary
