@@ -96,6 +96,7 @@ RENAMED_FLAGS = {
     "--per_gpu_train_batch_size": "--per_device_train_batch_size",
     "--per_gpu_eval_batch_size": "--per_device_eval_batch_size",
     "--fp16_backend": "--half_precision_backend",
+    "--warmup_ratio": "--warmup_steps",  # transformers 5 reads a warmup_steps below 1 as a ratio
 }
 DROPPED_FLAGS = ("--overwrite_output_dir", "--logging_dir", "--save_safetensors", "--use_mps_device")
 

@@ -49,8 +49,13 @@ def _resume_point(training_args: TrainingArguments) -> str | bool | None:
     return None
 
 
-def train(attn_implementation: str | None = None, argv: list[str] | None = None) -> Share4VTrainer:
-    """Run one training stage from the command line `argv` (default `sys.argv[1:]`); returns the trainer."""
+def train(
+    attn_implementation: str | None = None, argv: list[str] | None = None, callbacks: list | None = None
+) -> Share4VTrainer:
+    """Run one training stage from the command line `argv` (default `sys.argv[1:]`); returns the trainer.
+
+    `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, early stops, tests).
+    """
     model_args, data_args, training_args = parse_arguments(argv)
     _configure_logging(training_args)
     data_args.conv_mode = conv_mode_for_version(model_args.version)
@@ -63,7 +68,9 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
     apply_trainable(model, plan_from_args(model_args, training_args))
 
     data_module = make_supervised_data_module(tokenizer, data_args, training_args)
-    trainer = Share4VTrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    trainer = Share4VTrainer(
+        model=model, processing_class=tokenizer, args=training_args, callbacks=callbacks, **data_module
+    )
     trainer.train(resume_from_checkpoint=_resume_point(training_args))
     trainer.save_state()
 

@@ -1,0 +1,99 @@
+"""Trainable sets of each stage, and the optimizer's per-component learning rates."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from share4v.model.builder import load_pretrained_model
+from share4v.train.optim import param_groups
+from share4v.train.trainable import TrainablePlan, apply_trainable, plan_from_args, vit_encoder_layers
+
+
+def model_args(**overrides):
+    defaults = dict(
+        tune_mm_mlp_adapter=False,
+        freeze_backbone=False,
+        tune_entire_model=False,
+        tune_vision_tower=False,
+        tune_vit_from_layer=-1,
+    )
+    return SimpleNamespace(**{**defaults, **overrides})
+
+
+def training_args(**overrides):
+    return SimpleNamespace(**{"lora_enable": False, "freeze_mm_mlp_adapter": False, **overrides})
+
+
+@pytest.fixture
+def model(tiny_ckpt):
+    return load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")[1]
+
+
+def trainable_names(model):
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_stage_1_trains_llm_projector_and_later_vit_layers(model, caplog):
+    plan = plan_from_args(model_args(tune_entire_model=True, tune_vit_from_layer=1), training_args())
+    assert plan == TrainablePlan(llm=True, lm_head=True, projector=True, vit_from_layer=1)
+    with caplog.at_level(logging.INFO, logger="share4v"):
+        summary = apply_trainable(model, plan)
+    tower = "model.vision_tower.vision_tower."
+    names = trainable_names(model)
+    expected_vit = {
+        f"{tower}{n}"
+        for n, _ in model.get_vision_tower().vision_tower.named_parameters()
+        if n.startswith(("encoder.layers.1.", "encoder.layers.2."))
+    }
+    assert {n for n in names if n.startswith(tower)} == expected_vit
+    everything_else = {n for n, _ in model.named_parameters() if not n.startswith(tower)}
+    assert everything_else <= names
+    assert summary["vision_tower"][0] == sum(
+        p.numel() for layer in vit_encoder_layers(model)[1:] for p in layer.parameters()
+    )
+    assert "[TRAINABLE] vision_tower" in caplog.text and "encoder layers 1-2" in caplog.text
+
+
+def test_stage_2_freezes_the_whole_vit(model):
+    apply_trainable(model, plan_from_args(model_args(), training_args()))
+    names = trainable_names(model)
+    assert not any(".vision_tower." in n for n in names)
+    assert {n for n, _ in model.named_parameters() if ".vision_tower." not in n} == names
+
+
+def test_projector_alignment_trains_the_projector_only(model):
+    apply_trainable(model, plan_from_args(model_args(tune_mm_mlp_adapter=True), training_args()))
+    assert trainable_names(model) == {n for n, _ in model.named_parameters() if ".mm_projector." in n}
+
+
+def test_whole_vit_and_freezes(model):
+    apply_trainable(model, plan_from_args(model_args(tune_vision_tower=True, freeze_backbone=True), training_args()))
+    names = trainable_names(model)
+    assert {n for n, _ in model.named_parameters() if ".vision_tower." in n} <= names
+    assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names  # freeze_backbone: body only
+    apply_trainable(model, plan_from_args(model_args(), training_args(freeze_mm_mlp_adapter=True)))
+    assert not any(".mm_projector." in n for n in trainable_names(model))
+
+
+def test_vit_layer_out_of_range(model):
+    with pytest.raises(ValueError, match="the ViT has 3 layers"):
+        apply_trainable(
+            model, plan_from_args(model_args(tune_entire_model=True, tune_vit_from_layer=3), training_args())
+        )
+
+
+@pytest.mark.parametrize(("projector_lr", "tower_lr"), [(1e-3, None), (None, 5e-4), (1e-3, 5e-4)])
+def test_projector_and_vit_learning_rates_are_independent(model, projector_lr, tower_lr):
+    apply_trainable(model, plan_from_args(model_args(tune_entire_model=True, tune_vit_from_layer=0), training_args()))
+    decay = [n for n, _ in model.named_parameters() if not n.endswith("bias") and "norm" not in n]
+    groups = param_groups(model, decay, 0.1, mm_projector_lr=projector_lr, vision_tower_lr=tower_lr)
+    lr_of = {id(p): group.get("lr") for group in groups for p in group["params"]}
+    projector = model.get_model().mm_projector.parameters()
+    tower = [p for p in model.get_vision_tower().parameters() if p.requires_grad]
+    assert {lr_of[id(p)] for p in projector} == {projector_lr}
+    assert {lr_of[id(p)] for p in tower} == {tower_lr}
+    assert lr_of[id(model.lm_head.weight)] is None  # the run's learning rate
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    bias = model.get_model().mm_projector[0].bias
+    assert next(g for g in groups if any(p is bias for p in g["params"]))["weight_decay"] == 0.0
