@@ -90,13 +90,16 @@ def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: torch.device,
     }
 
 
-def _merge_lora(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+def _merge_lora(model: torch.nn.Module, adapter_dir: Path, merge: bool = True) -> torch.nn.Module:
     if importlib.util.find_spec("peft") is None:
         raise ImportError(f"{adapter_dir} is a LoRA adapter; loading it needs peft: pip install 'share4v[lora]'")
     from peft import PeftModel
 
+    adapted = PeftModel.from_pretrained(model, str(adapter_dir))
+    if not merge:
+        return adapted
     logger.info("merging LoRA adapter %s", adapter_dir)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return adapted.merge_and_unload()
 
 
 def _load_non_lora_trainables(model: torch.nn.Module, adapter_dir: Path) -> None:
@@ -179,7 +182,8 @@ def load_pretrained_model(
         device: "cuda" (falls back to CPU with a warning when there is none), "cpu", "cuda:1", ...
         **kwargs: `dtype` / `torch_dtype` (default float16 on CUDA, float32 on CPU), `attn_implementation`
             ("sdpa" default, "flash_attention_2", "eager"), `vision_tower` (local folder of the CLIP tower,
-            overriding the config's `mm_vision_tower`), `use_flash_attn` (LLaVA-style alias).
+            overriding the config's `mm_vision_tower`), `use_flash_attn` (LLaVA-style alias), `merge_lora`
+            (default True; False keeps a LoRA checkpoint as an unmerged peft model).
 
     Returns:
         `(tokenizer, model, image_processor, context_len)`; `image_processor` is None for text-only models.
@@ -190,6 +194,7 @@ def load_pretrained_model(
     if kwargs.pop("use_flash_attn", False):
         attn_implementation = "flash_attention_2"
     vision_tower_override = kwargs.pop("vision_tower", None)
+    merge_lora = kwargs.pop("merge_lora", True)
     if kwargs:
         raise TypeError(f"load_pretrained_model got unexpected arguments: {sorted(kwargs)}")
 
@@ -208,7 +213,7 @@ def load_pretrained_model(
         tokenizer = AutoTokenizer.from_pretrained(base_dir or model_dir)
         model = AutoModelForCausalLM.from_pretrained(base_dir or model_dir, **load_kwargs)
         if base_dir is not None and (model_dir / "adapter_config.json").is_file():
-            model = _merge_lora(model, model_dir)
+            model = _merge_lora(model, model_dir, merge_lora)
         return tokenizer, model, None, _context_len(model.config)
 
     try:
@@ -220,7 +225,7 @@ def load_pretrained_model(
     model = Share4VLlamaForCausalLM.from_pretrained(base_dir or model_dir, config=config, **load_kwargs)
     if kind == "lora":
         _load_non_lora_trainables(model, model_dir)
-        model = _merge_lora(model, model_dir)
+        model = _merge_lora(model, model_dir, merge_lora)
     elif kind == "projector":
         _load_projector(model, model_dir)
 

@@ -102,13 +102,23 @@ DROPPED_FLAGS = ("--overwrite_output_dir", "--logging_dir", "--save_safetensors"
 
 
 def translate_legacy_flags(argv: list[str]) -> list[str]:
-    """Rename flags transformers 5 renamed and drop the ones it removed, with a one-line notice for each."""
+    """Rename flags transformers 5 renamed and drop the ones it removed, with a one-line notice for each.
+
+    `--report_to wandb tensorboard` (several values, as transformers 4 took them) becomes `--report_to
+    wandb,tensorboard`, which `parse_arguments` splits again.
+    """
     out: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         name, eq, value = arg.partition("=")
-        if name in RENAMED_FLAGS:
+        if arg == "--report_to":
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                values.append(argv[i + 1])
+                i += 1
+            out += [arg, ",".join(values)]
+        elif name in RENAMED_FLAGS:
             logger.warning("%s is called %s in transformers 5: using that", name, RENAMED_FLAGS[name])
             out.append(RENAMED_FLAGS[name] + eq + value)
         elif name in DROPPED_FLAGS:
@@ -129,4 +139,5 @@ def parse_arguments(
     argv = translate_legacy_flags(list(sys.argv[1:] if argv is None else argv))
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    training_args.report_to = [name for entry in training_args.report_to for name in entry.split(",") if name]
     return model_args, data_args, training_args

@@ -62,6 +62,26 @@ def truncate_to_budget(
     return input_ids[:kept], labels[:kept], images
 
 
+def sample_turns(row: dict, has_image: bool, data_args: Any) -> list[dict]:
+    """A copy of the row's turns with `<image>` markers normalised (`preprocess_multimodal`).
+
+    A row with images but no marker gets them in front of its first human turn; any other mismatch between
+    markers and images is a `SampleError`.
+    """
+    turns = copy.deepcopy(row["conversations"])
+    if not has_image:
+        return turns
+    markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
+    count = len(image_paths(row))
+    if markers == 0:
+        first_human = next((i for i, t in enumerate(turns) if str(t.get("from")).lower() in ("human", "user")), 0)
+        turns[first_human]["value"] = DEFAULT_IMAGE_TOKEN * count + "\n" + turns[first_human]["value"]
+    elif markers != count:
+        raise SampleError(f"{markers} {DEFAULT_IMAGE_TOKEN} markers in the text but {count} images")
+    preprocess_multimodal([turns], data_args)
+    return turns
+
+
 class LazySupervisedDataset(Dataset):
     """LLaVA-format conversations with images, tokenized for supervised training when a sample is asked for."""
 
@@ -163,17 +183,7 @@ class LazySupervisedDataset(Dataset):
     # ---- samples -------------------------------------------------------------------------------------------
 
     def _turns(self, row: dict, has_image: bool) -> list[dict]:
-        turns = copy.deepcopy(row["conversations"])
-        if has_image:
-            markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
-            count = len(image_paths(row))
-            if markers == 0:
-                first_human = next(i for i, t in enumerate(turns) if str(t.get("from")).lower() in ("human", "user"))
-                turns[first_human]["value"] = DEFAULT_IMAGE_TOKEN * count + "\n" + turns[first_human]["value"]
-            elif markers != count:
-                raise SampleError(f"{markers} {DEFAULT_IMAGE_TOKEN} markers in the text but {count} images")
-            preprocess_multimodal([turns], self.data_args)
-        return turns
+        return sample_turns(row, has_image, self.data_args)
 
     def _load_images(self, row: dict) -> list[torch.Tensor]:
         folder = self.data_args.image_folder or ""

@@ -88,7 +88,13 @@ def image_paths(row: dict) -> list[str]:
 
 
 def check_row(row: Any, conv_mode: str) -> None:
-    """Raise `SampleError` saying what is wrong with a row's structure (images are checked when loaded)."""
+    """Raise `SampleError` saying what is wrong with a row (images are checked when loaded)."""
+    check_row_structure(row)
+    conversation_for_training(row["conversations"], conv_mode)
+
+
+def check_row_structure(row: Any) -> None:
+    """Raise `SampleError` when a row is not `{"conversations": [{"from", "value"}...], "image"?: ...}`."""
     if not isinstance(row, dict):
         raise SampleError(f"a sample must be a JSON object, not {type(row).__name__}")
     turns = row.get("conversations")
@@ -103,7 +109,6 @@ def check_row(row: Any, conv_mode: str) -> None:
         or (isinstance(image, list) and image and all(isinstance(p, str) for p in image))
     ):
         raise SampleError("'image' must be a non-empty path or a list of paths")
-    conversation_for_training(turns, conv_mode)
 
 
 @dataclass

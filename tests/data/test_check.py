@@ -1,0 +1,64 @@
+"""The data checker names every bad row and exits non-zero; training over the same file skips and reports them."""
+
+import json
+import shutil
+
+import pytest
+
+from share4v.data.check import main
+from share4v.train.train import train
+
+
+@pytest.fixture(scope="module")
+def broken(world, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("broken")
+    shutil.copytree(world["instruct"].parent / "images", folder / "images")
+    rows = json.loads(world["instruct"].read_text())[:10]
+    (folder / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    rows[1]["image"] = "images/corrupt.png"
+    rows[2]["image"] = "images/missing.png"
+    rows[3]["conversations"] = "not a list"
+    rows[4]["conversations"][0]["value"] += " word" * 300  # every answer lies past model_max_length 256
+    rows[5]["conversations"][1]["value"] += " more" * 40  # cut inside its last answer: truncated, still trainable
+    path = folder / "data.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_checker_names_each_problem_and_fails(broken, tiny_ckpt, tmp_path, capsys):
+    report = tmp_path / "problems.jsonl"
+    code = main([
+        str(broken), "--image-folder", str(broken.parent), "--model-path", str(tiny_ckpt), "--version", "v1",
+        "--model-max-length", "256", "--report", str(report), "--workers", "2",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "token lengths (text + 16 per image)" in out  # image tokens read from the checkpoint's tower
+    findings = {e["id"]: e for e in map(json.loads, report.read_text().splitlines())}
+    assert {k: v["kind"] for k, v in findings.items()} == {
+        "instruct-1": "unreadable_image", "instruct-2": "missing_image", "instruct-3": "malformed",
+        "instruct-4": "fully_masked", "instruct-5": "truncated",
+    }  # fmt: skip
+    for sample in ("instruct-1", "instruct-2", "instruct-3", "instruct-4"):
+        assert f"(id {sample})" in out
+    assert "4 rows would be skipped by training" in out
+
+
+def test_checker_without_tokenizer_and_a_clean_file(world, capsys):
+    assert main([str(world["instruct"]), "--image-folder", str(world["instruct"].parent), "--no-decode"]) == 0
+    assert "no errors" in capsys.readouterr().out
+    assert main([str(world["instruct"].parent / "nope.json")]) == 2
+
+
+def test_training_over_the_same_file_finishes_and_reports(broken, tiny_ckpt, tmp_path):
+    out = tmp_path / "run"
+    trainer = train(argv=[
+        "--model_name_or_path", str(tiny_ckpt), "--version", "v1", "--data_path", str(broken),
+        "--image_folder", str(broken.parent), "--use_cpu", "True", "--max_steps", "6", "--save_strategy", "no",
+        "--per_device_train_batch_size", "3", "--model_max_length", "256", "--mm_projector_type", "mlp2x_gelu",
+        "--mm_vision_select_layer", "-2", "--mm_use_im_patch_token", "False", "--report_to", "none",
+        "--output_dir", str(out),
+    ])  # fmt: skip
+    assert trainer.state.global_step == 6 and (out / "model.safetensors").is_file()
+    skipped = {e["id"] for e in map(json.loads, (out / "skipped_samples.jsonl").read_text().splitlines())}
+    assert skipped == {"instruct-1", "instruct-2", "instruct-3", "instruct-4"}

@@ -1,0 +1,132 @@
+"""Arguments: every flag and default of the original, old transformers flags mapped, and the launch scripts'
+command lines parsed by the real parser with the recipe's hyper-parameters."""
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import transformers
+
+from share4v.train.arguments import (
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    parse_arguments,
+    translate_legacy_flags,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts" / "sharegpt4v"
+
+ORIGINAL_DEFAULTS = {
+    # ModelArguments
+    "model_name_or_path": "facebook/opt-125m", "version": "v0", "freeze_backbone": False,
+    "tune_mm_mlp_adapter": False, "vision_tower": None, "tune_vision_tower": False, "tune_vit_from_layer": -1,
+    "tune_entire_model": False, "mm_vision_select_layer": -1, "pretrain_mm_mlp_adapter": None,
+    "mm_projector_type": "linear", "mm_use_im_start_end": False, "mm_use_im_patch_token": True,
+    "mm_vision_select_feature": "patch",
+    # DataArguments
+    "data_path": None, "lazy_preprocess": False, "is_multimodal": False, "image_folder": None,
+    "image_aspect_ratio": "square", "image_grid_pinpoints": None,
+    # TrainingArguments additions
+    "cache_dir": None, "optim": "adamw_torch", "remove_unused_columns": False, "freeze_mm_mlp_adapter": False,
+    "mpt_attn_impl": "triton", "model_max_length": 512, "double_quant": True, "quant_type": "nf4", "bits": 16,
+    "lora_enable": False, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "lora_weight_path": "",
+    "lora_bias": "none", "mm_projector_lr": None, "vision_tower_lr": None, "group_by_modality_length": False,
+}  # fmt: skip
+
+
+def parser():
+    return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+
+
+def test_every_original_flag_with_its_default():
+    namespace = parser().parse_args([])
+    for name, default in ORIGINAL_DEFAULTS.items():
+        assert getattr(namespace, name) == default, name
+
+
+def test_legacy_flags_are_mapped_with_a_notice(caplog):
+    argv = ["--evaluation_strategy", "no", "--warmup_ratio=0.03", "--overwrite_output_dir", "--logging_dir", "x",
+            "--no_cuda", "True", "--bf16", "True"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="share4v"):
+        translated = translate_legacy_flags(argv)
+    assert translated == ["--eval_strategy", "no", "--warmup_steps=0.03", "--use_cpu", "True", "--bf16", "True"]
+    assert len(caplog.records) == 5 and all(len(r.getMessage().splitlines()) == 1 for r in caplog.records)
+    namespace = parser().parse_args(translated)
+    assert namespace.eval_strategy == "no" and namespace.warmup_steps == 0.03 and namespace.use_cpu
+
+
+def test_several_reporters(tmp_path):
+    argv = ["--report_to", "tensorboard", "wandb", "--output_dir", str(tmp_path)]
+    assert translate_legacy_flags(argv)[:2] == ["--report_to", "tensorboard,wandb"]
+    assert parse_arguments(argv)[2].report_to == ["tensorboard", "wandb"]
+    assert parse_arguments(["--output_dir", str(tmp_path)])[2].report_to == []  # reports nowhere by default
+
+
+def dry_run(script, **env):
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / script)], env={**os.environ, "DRY_RUN": "1", **env}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.splitlines()
+    entry = words.index("share4v/train/train_mem.py")
+    return words[:entry], parser().parse_args(translate_legacy_flags(words[entry + 1 :])), result.stderr
+
+
+STAGE_1 = {
+    "version": "plain", "tune_entire_model": True, "tune_vit_from_layer": 12, "mm_projector_type": "mlp2x_gelu",
+    "mm_vision_select_layer": -2, "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
+    "image_aspect_ratio": "square", "group_by_modality_length": False, "learning_rate": 2e-5,
+    "weight_decay": 0.0, "warmup_steps": 0.03, "lr_scheduler_type": "cosine", "model_max_length": 2048,
+    "num_train_epochs": 1.0, "gradient_checkpointing": True, "bf16": True, "deepspeed": "./scripts/zero3.json",
+    "report_to": "none",
+}  # fmt: skip
+STAGE_2 = {
+    **STAGE_1, "version": "v1", "tune_entire_model": False, "tune_vit_from_layer": -1, "image_aspect_ratio": "pad",
+    "group_by_modality_length": True,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("size", ["7b", "13b"])
+def test_slurm_scripts_run_the_recipe(size):
+    launcher, args, _ = dry_run(f"slurm_pretrain_{size}.sh")
+    assert launcher[:2] == ["srun", "--kill-on-bad-exit=1"] and "torchrun" in launcher
+    assert launcher[launcher.index("--nnodes") + 1] == "2" and launcher[launcher.index("--nproc_per_node") + 1] == "8"
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)  # 16 x 16 GPUs = 256
+    assert {k: getattr(args, k) for k in STAGE_1} == STAGE_1
+    assert args.model_name_or_path == f"lmsys/vicuna-{size}-v1.5"
+    assert args.vision_tower == "openai/clip-vit-large-patch14-336"
+    assert args.pretrain_mm_mlp_adapter.endswith(f"vicuna-{size}-v1.5/mm_projector.bin")
+
+    launcher, args, _ = dry_run(f"slurm_finetune_{size}.sh", REPORT_TO="wandb tensorboard")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 1)  # 8 x 16 GPUs = 128
+    assert {k: getattr(args, k) for k in STAGE_2} == {**STAGE_2, "report_to": "wandb,tensorboard"}
+    assert args.vision_tower == args.model_name_or_path + "/vision_tower"
+    assert args.output_dir == f"checkpoints/share4v-{size}"
+
+
+@pytest.mark.parametrize(
+    ("script", "gpus", "micro", "accumulation", "stage"),
+    [("local_pretrain.sh", "4", 16, 4, STAGE_1), ("local_finetune.sh", "8", 8, 2, STAGE_2),
+     ("local_finetune.sh", "2", 8, 8, STAGE_2)],
+)  # fmt: skip
+def test_local_scripts_keep_the_global_batch(script, gpus, micro, accumulation, stage):
+    launcher, args, stderr = dry_run(script, NUM_GPUS=gpus)
+    assert launcher[:4] == ["torchrun", "--standalone", "--nproc_per_node", gpus]
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (micro, accumulation)
+    assert {k: getattr(args, k) for k in stage} == stage
+    assert f"x gradient accumulation {accumulation}" in stderr
+
+
+def test_lora_script_and_indivisible_batches():
+    _, args, _ = dry_run("local_finetune_lora.sh", NUM_GPUS="8")
+    assert args.lora_enable and (args.lora_r, args.lora_alpha, args.mm_projector_lr) == (128, 256, 2e-5)
+    assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "local_finetune.sh")], env={**os.environ, "DRY_RUN": "1", "NUM_GPUS": "3"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "not a multiple of 3 GPUs" in result.stderr
