@@ -17,7 +17,9 @@ def test_ruff_is_clean():
     if ruff is None and importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed (it comes with the [dev] extra)")
     command = [ruff] if ruff else [sys.executable, "-m", "ruff"]
-    result = subprocess.run([*command, "check", "share4v", "tests"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [*command, "check", "share4v", "tests", "scripts", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -14,6 +14,7 @@ ShareGPT4V training, both stages, with the original's flags (see scripts/sharegp
 
 The driver reads as the recipe: arguments → model → tokenizer → vision tower → LoRA → trainable set → data →
 Trainer (resuming from the last checkpoint) → save in the released layout → report skipped samples.
+`build_trainer` stops before training (benchmarks and tools use it).
 """
 
 from __future__ import annotations
@@ -49,13 +50,10 @@ def _resume_point(training_args: TrainingArguments) -> str | bool | None:
     return None
 
 
-def train(
+def build_trainer(
     attn_implementation: str | None = None, argv: list[str] | None = None, callbacks: list | None = None
 ) -> Share4VTrainer:
-    """Run one training stage from the command line `argv` (default `sys.argv[1:]`); returns the trainer.
-
-    `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, early stops, tests).
-    """
+    """Everything up to the first step: arguments → model → tokenizer → vision → LoRA → trainable set → data."""
     model_args, data_args, training_args = parse_arguments(argv)
     _configure_logging(training_args)
     data_args.conv_mode = conv_mode_for_version(model_args.version)
@@ -68,15 +66,25 @@ def train(
     apply_trainable(model, plan_from_args(model_args, training_args))
 
     data_module = make_supervised_data_module(tokenizer, data_args, training_args)
-    trainer = Share4VTrainer(
+    return Share4VTrainer(
         model=model, processing_class=tokenizer, args=training_args, callbacks=callbacks, **data_module
     )
-    trainer.train(resume_from_checkpoint=_resume_point(training_args))
+
+
+def train(
+    attn_implementation: str | None = None, argv: list[str] | None = None, callbacks: list | None = None
+) -> Share4VTrainer:
+    """Run one training stage from the command line `argv` (default `sys.argv[1:]`); returns the trainer.
+
+    `callbacks` are extra `transformers.TrainerCallback`s (progress hooks, early stops, tests).
+    """
+    trainer = build_trainer(attn_implementation, argv, callbacks)
+    trainer.train(resume_from_checkpoint=_resume_point(trainer.args))
     trainer.save_state()
 
-    model.config.use_cache = True
-    trainer.save_model(training_args.output_dir)
-    _report_skipped(data_module["train_dataset"], training_args)
+    trainer.model.config.use_cache = True
+    trainer.save_model(trainer.args.output_dir)
+    _report_skipped(trainer.train_dataset, trainer.args)
     return trainer
 
 
