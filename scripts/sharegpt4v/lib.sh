@@ -25,7 +25,8 @@ launch_slurm() {
         exit 2
     fi
     echo "launching on $nodes nodes x $gpus GPUs, rendezvous at $master:$port" >&2
-    run srun --kill-on-bad-exit=1 --ntasks-per-node=1 torchrun --nnodes "$nodes" --nproc_per_node "$gpus" \
+    # srun does not pass sbatch's --cpus-per-task on to its tasks (Slurm >= 22.05): give it explicitly
+    run srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-32}" torchrun --nnodes "$nodes" --nproc_per_node "$gpus" \
         --rdzv_id "${SLURM_JOB_ID:-share4v}" --rdzv_backend c10d --rdzv_endpoint "$master:$port" \
         share4v/train/train_mem.py "$@"
 }

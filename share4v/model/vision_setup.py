@@ -27,8 +27,11 @@ from share4v.model.multimodal_projector.builder import build_vision_projector
 TOWER_STATE_PREFIX = "model.vision_tower.vision_tower."  # where a tower's weights sit in the full model's state
 
 
-def _gathered(params: list[nn.Parameter]):
-    """Full parameters under DeepSpeed ZeRO-3 (partitioned ones carry `ds_id`), else a no-op context."""
+def gathered_for_update(params: list[nn.Parameter]):
+    """Full parameters to modify under DeepSpeed ZeRO-3 (partitioned ones carry `ds_id`), else a no-op context.
+
+    Every rank must enter it; the changes made on rank 0 are kept.
+    """
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
@@ -56,7 +59,7 @@ def load_projector_weights(projector: nn.Module, path: str | Path) -> None:
     if not state:
         raise ValueError(f"{path} holds no mm_projector weights")
     params = list(projector.parameters())
-    with _gathered(params):
+    with gathered_for_update(params):
         try:
             projector.load_state_dict({k: v.to(params[0].dtype) for k, v in state.items()}, strict=True)
         except RuntimeError as err:
@@ -128,8 +131,20 @@ def load_vision_tower_weights(tower: CLIPVisionTower, folder: str | Path) -> Non
     state = read_weights(Path(folder) / "model.safetensors")
     state = {k.removeprefix("vision_model."): v for k, v in state.items()}
     params = list(tower.vision_tower.parameters())
-    with _gathered(params):
+    with gathered_for_update(params):
         tower.vision_tower.load_state_dict({k: v.to(params[0].dtype) for k, v in state.items()}, strict=True)
+
+
+def resize_embeddings_to_mean(model: nn.Module, size: int) -> None:
+    """Grow the input (and output) embeddings to `size` rows, the new rows set to the mean of the old ones."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if getattr(model.get_input_embeddings().weight, "ds_numel", None):
+        old = model.get_input_embeddings().weight.ds_shape[0]
+    model.resize_token_embeddings(size, mean_resizing=False)
+    for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if embeddings is not None:
+            with gathered_for_update([embeddings.weight]), torch.no_grad():
+                embeddings.weight[old:] = embeddings.weight[:old].mean(dim=0, keepdim=True)
 
 
 def initialize_vision_tokenizer(
@@ -152,12 +167,7 @@ def initialize_vision_tokenizer(
     new_tokens += [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN] if mm_use_im_start_end else []
     added = tokenizer.add_tokens(new_tokens, special_tokens=True) if new_tokens else 0
     if added:
-        old = model.get_input_embeddings().weight.shape[0]
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if embeddings is not None:
-                with torch.no_grad():
-                    embeddings.weight[old:] = embeddings.weight[:old].mean(dim=0, keepdim=True)
+        resize_embeddings_to_mean(model, len(tokenizer))
     if mm_use_im_start_end and tune_mm_mlp_adapter:
         model.get_input_embeddings().requires_grad_(True)
         if model.get_output_embeddings() is not None:
@@ -166,7 +176,7 @@ def initialize_vision_tokenizer(
         trained = read_weights(pretrain_mm_mlp_adapter).get("model.embed_tokens.weight")
         if trained is not None:
             weight = model.get_input_embeddings().weight
-            with torch.no_grad():
+            with gathered_for_update([weight]), torch.no_grad():
                 if trained.shape == weight.shape:
                     weight.copy_(trained)
                 elif added and trained.shape[0] == added:
@@ -185,12 +195,14 @@ def image_tokens_per_image(tower: CLIPVisionTower) -> int:
 
 
 __all__ = [
+    "gathered_for_update",
     "image_tokens_per_image",
     "initialize_vision_modules",
     "initialize_vision_tokenizer",
     "load_projector_weights",
     "load_vision_tower_weights",
     "read_weights",
+    "resize_embeddings_to_mean",
     "save_vision_tower",
     "tower_state_from_model_state",
 ]

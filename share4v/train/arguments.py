@@ -15,6 +15,16 @@ import transformers
 logger = logging.getLogger(__name__)
 
 
+# What a vision flag left unset means for a model without vision keys (the original's defaults).
+ORIGINAL_VISION_DEFAULTS = {
+    "mm_projector_type": "linear",
+    "mm_vision_select_layer": -1,
+    "mm_vision_select_feature": "patch",
+    "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": True,
+}
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(default="facebook/opt-125m")
@@ -29,14 +39,16 @@ class ModelArguments:
         default=-1, metadata={"help": "train ViT encoder layers >= this index (-1: the whole ViT)"}
     )
     tune_entire_model: bool = field(default=False, metadata={"help": "train LLM + projector + ViT (stage 1)"})
-    mm_vision_select_layer: Optional[int] = field(default=-1)
+    # The vision flags below default to None: the starting checkpoint's config value when it is a share4v one,
+    # else the original's default (linear, -1, patch, False, True).
+    mm_vision_select_layer: Optional[int] = field(default=None, metadata={"help": "ViT hidden state to use (-1)"})
     pretrain_mm_mlp_adapter: Optional[str] = field(
         default=None, metadata={"help": "mm_projector.bin/.safetensors to start the projector from"}
     )
-    mm_projector_type: Optional[str] = field(default="linear")
-    mm_use_im_start_end: bool = field(default=False)
-    mm_use_im_patch_token: bool = field(default=True)
-    mm_vision_select_feature: Optional[str] = field(default="patch")
+    mm_projector_type: Optional[str] = field(default=None, metadata={"help": "linear, mlp2x_gelu, ... (linear)"})
+    mm_use_im_start_end: Optional[bool] = field(default=None, metadata={"help": "wrap images in <im_start>/<im_end>"})
+    mm_use_im_patch_token: Optional[bool] = field(default=None, metadata={"help": "add the <im_patch> token (True)"})
+    mm_vision_select_feature: Optional[str] = field(default=None, metadata={"help": "patch or cls_patch (patch)"})
 
 
 @dataclass
@@ -45,7 +57,9 @@ class DataArguments:
     lazy_preprocess: bool = field(default=False, metadata={"help": "accepted for the original scripts; always lazy"})
     is_multimodal: bool = False
     image_folder: Optional[str] = field(default=None, metadata={"help": "folder the rows' image paths start from"})
-    image_aspect_ratio: str = field(default="square", metadata={"help": "square (resize + crop) or pad"})
+    image_aspect_ratio: Optional[str] = field(
+        default=None, metadata={"help": "square (resize + crop) or pad; default: the checkpoint's, else square"}
+    )
     image_grid_pinpoints: Optional[str] = field(default=None)
     strict_data: bool = field(
         default=False,

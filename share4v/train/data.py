@@ -12,23 +12,20 @@ place and id and replaced by the next good one; `--strict_data` makes it fatal i
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from share4v.mm_utils import ImageLoadError, load_image, process_images
-from share4v.train.preprocess import SampleError, conversation_for_training, preprocess, preprocess_multimodal
+from share4v.train.lengths import dataset_lengths
+from share4v.train.preprocess import SampleError, preprocess, preprocess_multimodal
 from share4v.train.rows import BadRow, SkipReport, check_row, image_paths, read_rows, sample_id
 
 logger = logging.getLogger(__name__)
@@ -105,7 +102,7 @@ class LazySupervisedDataset(Dataset):
         for problem in bad:
             if data_args.strict_data:
                 raise SampleError(f"bad training sample {problem} (--strict_data)")
-            self.report.skip(problem)
+            self.report.skip(problem, announce=int(os.environ.get("RANK", "0")) == 0)  # every rank finds these
         if not self.list_data_dict:
             raise ValueError(f"{data_path}: no usable training samples ({len(bad)} bad rows)")
         logger.info("%s: %d samples (%d bad rows left out)", data_path, len(self.list_data_dict), len(bad))
@@ -129,60 +126,12 @@ class LazySupervisedDataset(Dataset):
     def modality_lengths(self) -> list[int]:
         """As `lengths`, positive for samples with images and negative for text-only ones."""
         if self._lengths is None:
-            self._lengths = self._cached_lengths()
+            self._lengths = dataset_lengths(self)
         return self._lengths.tolist()
-
-    def _length_cache_file(self) -> Path:
-        stat = os.stat(self.data_path)
-        key = json.dumps(
-            [
-                os.path.abspath(self.data_path),
-                stat.st_size,
-                stat.st_mtime_ns,
-                self.tokenizer.name_or_path,
-                len(self.tokenizer),
-                self.conv_mode,
-                self.data_args.image_tokens_per_image,
-                self.model_max_length,
-                bool(self.data_args.is_multimodal),
-                len(self),
-            ]
-        )
-        cache_root = Path(os.environ.get("SHARE4V_CACHE", Path.home() / ".cache" / "share4v"))
-        return cache_root / "lengths" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npy")
-
-    def _cached_lengths(self) -> np.ndarray:
-        cache = self._length_cache_file()
-        if cache.is_file():
-            lengths = np.load(cache)
-            if lengths.shape == (len(self),):
-                return lengths
-        lengths = np.array([self._text_length(i) for i in tqdm(range(len(self)), desc="measuring samples")])
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        staging = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(staging, lengths)
-        os.replace(staging, cache)
-        return lengths
-
-    def _text_length(self, index: int) -> int:
-        row = self.list_data_dict[index]
-        has_image = bool(image_paths(row)) and self.data_args.is_multimodal
-        try:
-            prompt = conversation_for_training(self._turns(row, has_image), self.conv_mode).get_prompt()
-        except SampleError:
-            return 1  # reported and replaced when the sample is built
-
-        chunks = prompt.split(DEFAULT_IMAGE_TOKEN) if has_image else [prompt]
-        encoded = self.tokenizer(chunks)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        drop = int(bool(encoded[0]) and encoded[0][0] == bos)
-        images = len(chunks) - 1
-        length = drop + sum(len(ids) - drop for ids in encoded) + images * (self.data_args.image_tokens_per_image or 1)
-        return min(length, self.model_max_length) * (1 if has_image else -1)
 
     # ---- samples -------------------------------------------------------------------------------------------
 
-    def _turns(self, row: dict, has_image: bool) -> list[dict]:
+    def sample_turns(self, row: dict, has_image: bool) -> list[dict]:
         return sample_turns(row, has_image, self.data_args)
 
     def _load_images(self, row: dict) -> list[torch.Tensor]:
@@ -201,7 +150,9 @@ class LazySupervisedDataset(Dataset):
         row = self.list_data_dict[index]
         has_image = bool(image_paths(row)) and self.data_args.is_multimodal
         images = self._load_images(row) if has_image else []
-        data = preprocess([self._turns(row, has_image)], self.tokenizer, has_image=has_image, conv_mode=self.conv_mode)
+        data = preprocess(
+            [self.sample_turns(row, has_image)], self.tokenizer, has_image=has_image, conv_mode=self.conv_mode
+        )
         input_ids, labels = data["input_ids"][0].tolist(), data["labels"][0].tolist()
         full_length = merged_length(input_ids, self.data_args.image_tokens_per_image)
         input_ids, labels, kept = truncate_to_budget(
@@ -263,8 +214,8 @@ class DataCollatorForSupervisedDataset:
             labels[row, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        if "images" in instances[0] or "image" in instances[0]:
-            batch["images"] = self._images(instances, rows)
+        if any(instance.get("images") for instance in instances) or "image" in instances[0]:
+            batch["images"] = self._images(instances, rows)  # a text-only model's samples carry no images
         return batch
 
     @staticmethod
@@ -283,12 +234,12 @@ def make_supervised_data_module(tokenizer: Any, data_args: Any, training_args: A
     """`dict(train_dataset=..., eval_dataset=None, data_collator=...)` for the Trainer.
 
     With `training_args`, skipped samples are also listed in `<output_dir>/skipped_samples.jsonl`, and sample
-    lengths for `group_by_modality_length` are measured once, by the main process first.
+    lengths for `group_by_modality_length` are measured (or read from their cache) before training starts.
     """
     skipped = os.path.join(training_args.output_dir, SKIPPED_SAMPLES_FILE) if training_args is not None else None
     dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, skipped_path=skipped)
     if training_args is not None and getattr(training_args, "group_by_modality_length", False):
-        with training_args.main_process_first(desc="measuring sample lengths"):
-            dataset.modality_lengths  # noqa: B018  (fills the cache the sampler reads)
+        _ = training_args.device  # the process group exists from here on: ranks share the measuring
+        dataset.modality_lengths  # noqa: B018  (every rank, before the sampler needs them)
     collator = DataCollatorForSupervisedDataset(tokenizer, data_args.image_tokens_per_image)
     return {"train_dataset": dataset, "eval_dataset": None, "data_collator": collator}

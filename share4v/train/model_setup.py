@@ -16,7 +16,13 @@ from transformers import AutoTokenizer, BitsAndBytesConfig
 
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
-from share4v.model.vision_setup import image_tokens_per_image, initialize_vision_modules, initialize_vision_tokenizer
+from share4v.model.vision_setup import (
+    image_tokens_per_image,
+    initialize_vision_modules,
+    initialize_vision_tokenizer,
+    resize_embeddings_to_mean,
+)
+from share4v.train.arguments import ORIGINAL_VISION_DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +85,34 @@ def load_tokenizer(model_args: Any, training_args: Any, model: torch.nn.Module) 
     )
     if model_args.version == "v0":
         if tokenizer.pad_token is None:
-            old = model.get_input_embeddings().weight.shape[0]
             tokenizer.add_special_tokens({"pad_token": "[PAD]"})
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
-                with torch.no_grad():
-                    embeddings.weight[old:] = embeddings.weight[:old].mean(dim=0, keepdim=True)
+            resize_embeddings_to_mean(model, len(tokenizer))
     else:
         tokenizer.pad_token = tokenizer.unk_token
     return tokenizer
+
+
+def resolve_vision_flags(config: Share4VConfig, model_args: Any, data_args: Any) -> None:
+    """Fill the vision flags left unset: from a share4v checkpoint's config, else the original's defaults.
+
+    Raises:
+        ValueError: when `--mm_projector_type` names another projector than the checkpoint holds.
+    """
+    for name, default in ORIGINAL_VISION_DEFAULTS.items():
+        if getattr(model_args, name) is None:
+            setattr(model_args, name, getattr(config, name) if config.is_multimodal else default)
+    if data_args.image_aspect_ratio is None:
+        data_args.image_aspect_ratio = config.image_aspect_ratio if config.is_multimodal else "square"
+    if config.is_multimodal and model_args.mm_projector_type != config.mm_projector_type:
+        raise ValueError(
+            f"--mm_projector_type {model_args.mm_projector_type} but {model_args.model_name_or_path} holds a "
+            f"{config.mm_projector_type} projector"
+        )
+
+
+def _recorded_tower_name(name: str) -> str:
+    """What the saved config calls the tower: an absolute path for a local folder, else the name (a hub id)."""
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
 def setup_vision(model: Share4VLlamaForCausalLM, tokenizer: Any, model_args: Any, data_args: Any, training_args: Any):
@@ -96,14 +121,16 @@ def setup_vision(model: Share4VLlamaForCausalLM, tokenizer: Any, model_args: Any
     The tower is `--vision_tower`, else the one the checkpoint's config names; none means a text-only run.
     """
     config = model.config
+    resolve_vision_flags(config, model_args, data_args)
     name = model_args.vision_tower
     tower_path = None
     if name is None and config.mm_vision_tower:
         tower_path = resolve_vision_tower_path(config.mm_vision_tower, model_args.model_name_or_path)
-        name = str(Path(tower_path).resolve())  # the saved config must not name a folder relative to the input
+        name = tower_path
     if name is None:
         data_args.is_multimodal = False
         return None
+    name = _recorded_tower_name(name)  # the saved config must not name a folder relative to the working directory
     if data_args.image_aspect_ratio not in ("square", "pad"):
         raise ValueError(f"--image_aspect_ratio must be square or pad, not {data_args.image_aspect_ratio!r}")
     tower = initialize_vision_modules(

@@ -66,11 +66,12 @@ def preprocess_multimodal(sources: Sequence[list[dict]], data_args: Any) -> Sequ
 def conversation_for_training(turns: Sequence[dict], conv_mode: str) -> Conversation:
     """The template `conv_mode` filled with the LLaVA turns `[{"from": "human"|"gpt", "value": str}, ...]`.
 
-    A leading non-human turn is dropped (as the original); roles must then alternate, starting with the human.
-    The plain template keeps only the image of the first turn (the original's `preprocess_plain`).
+    A leading non-human turn is dropped (as the original); roles must then alternate, starting with the human, and
+    no turn may be empty. The plain template keeps only the images of the first turn (the original's
+    `preprocess_plain`).
 
     Raises:
-        SampleError: when the turns do not alternate or a plain sample is not (image, caption).
+        SampleError: when the turns do not alternate, a turn is empty or a plain sample is not one round.
     """
     conv = get_conv_template(conv_mode)
     conv.messages = []  # templates with canned few-shot turns (v0) train on the sample's own turns only
@@ -84,13 +85,16 @@ def conversation_for_training(turns: Sequence[dict], conv_mode: str) -> Conversa
         if role != i % 2:
             expected = "human" if i % 2 == 0 else "gpt"
             raise SampleError(f"turn {i} is from {turn.get('from')!r}, expected {expected!r} (turns must alternate)")
+        if not turn["value"].strip():
+            raise SampleError(f"turn {i} ({turn.get('from')}) is empty")
         conv.append_message(conv.roles[role], turn["value"])
     if len(turns) % 2:
         raise SampleError(f"the conversation ends with a human turn (turn {len(turns) - 1}): nothing to learn")
     if conv.sep_style is SeparatorStyle.PLAIN:
-        if len(turns) != 2 or DEFAULT_IMAGE_TOKEN not in turns[0]["value"]:
-            raise SampleError("the plain template takes exactly (image, caption) pairs: <image> turn, then caption")
-        conv.messages[0][1] = DEFAULT_IMAGE_TOKEN
+        if len(turns) != 2:
+            raise SampleError(f"the plain template takes one (image, caption) pair, not {len(turns) // 2} rounds")
+        # The caption prompt is dropped: only the images (if any) come before the caption.
+        conv.messages[0][1] = DEFAULT_IMAGE_TOKEN * turns[0]["value"].count(DEFAULT_IMAGE_TOKEN) or None
     return conv
 
 

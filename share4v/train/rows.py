@@ -111,34 +111,54 @@ def check_row_structure(row: Any) -> None:
         raise SampleError("'image' must be a non-empty path or a list of paths")
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 @dataclass
 class SkipReport:
-    """Where skipped samples are told: a warning each (once per sample) and a JSONL file when `path` is set.
-
-    The file is appended to by every process (DataLoader workers, ranks), one line per sample.
+    """Where skipped samples are told: a warning each (once per sample and process) and, when `path` is set, a
+    JSONL line. Each rank appends to its own file (`skipped_samples.jsonl`, `skipped_samples.rank1.jsonl`, ...),
+    DataLoader workers included; `entries()` reads them all.
     """
 
     path: str | None = None
     seen: set = field(default_factory=set)
 
-    def skip(self, bad: BadRow) -> None:
+    def _file(self) -> Path | None:
+        if not self.path:
+            return None
+        path = Path(self.path)
+        return path if _rank() == 0 else path.with_name(f"{path.stem}.rank{_rank()}{path.suffix}")
+
+    def skip(self, bad: BadRow, announce: bool = True) -> None:
+        """Report `bad` (logged unless `announce` is False, e.g. the same start-up finding on every rank)."""
         key = (bad.where, bad.reason)
         if key in self.seen:
             return
         self.seen.add(key)
-        logger.warning("skipping sample %s", bad)
-        if self.path:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if announce:
+            logger.warning("skipping sample %s", bad)
+        target = self._file()
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"where": bad.where, "id": bad.sample_id, "reason": bad.reason}) + "\n"
-            with open(self.path, "a", encoding="utf-8") as handle:
+            with open(target, "a", encoding="utf-8") as handle:
                 handle.write(line)
 
     def entries(self) -> list[dict]:
-        """What the file holds (every process's skips), one dict per distinct sample and reason."""
-        if not self.path or not Path(self.path).is_file():
+        """Every rank's skips, one dict per distinct sample and reason (unreadable lines are passed over)."""
+        if not self.path:
             return []
+        path = Path(self.path)
         unique = {}
-        for line in Path(self.path).read_text(encoding="utf-8").splitlines():
-            entry = json.loads(line)
-            unique[(entry["where"], entry["reason"])] = entry
+        for file in [path, *sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))]:
+            if not file.is_file():
+                continue
+            for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                    unique[(entry["where"], entry["reason"])] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
         return list(unique.values())

@@ -1,7 +1,8 @@
 """train/sampler.py
 
 `ModalityLengthGroupedSampler`: the original's `group_by_modality_length` order. Image and text-only samples are
-never mixed in a batch; within each modality, random "megabatches" of `world_size × batch_size` samples are sorted
+not mixed in a batch, except in the last one or two megabatches, which hold both modalities' leftovers. Within each
+modality, random "megabatches" of `world_size × batch_size` samples are sorted
 by length and dealt to the ranks so that each rank's batch has a similar total length; megabatches of both kinds
 are then shuffled together. The order is seeded by (seed, epoch), so a resumed run sees the same order.
 """

@@ -14,7 +14,7 @@ from transformers import Trainer
 
 from share4v.train.optim import param_groups
 from share4v.train.sampler import ModalityLengthGroupedSampler
-from share4v.train.saving import load_training_checkpoint, save_training_checkpoint
+from share4v.train.saving import is_peft_model, load_training_checkpoint, save_training_checkpoint, vit_was_trained
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -45,6 +45,20 @@ class Share4VTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _wants_tower_folder(self) -> bool:
+        wanted = getattr(self.args, "save_vision_tower", None)
+        return vit_was_trained(self.model) if wanted is None else wanted
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # For peft models under ZeRO-3, transformers gathers only the trainable weights; a vision_tower/ folder
+        # needs the frozen tower weights too, so gather everything (every rank takes part) in that case.
+        zero3 = self.is_deepspeed_enabled and self.deepspeed.config.get("zero_optimization", {}).get("stage") == 3
+        if zero3 and is_peft_model(self.model) and self._wants_tower_folder():
+            state_dict = self.accelerator.get_state_dict(self.deepspeed)
+            self._save(output_dir if output_dir is not None else self.args.output_dir, state_dict=state_dict)
+            return
+        super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

@@ -9,6 +9,7 @@ Which parts of the model a stage trains, as data (`TrainablePlan`), applied by o
 | stage 2 (default)                                     | train | train |   train   |  -                   |
 | LoRA (`--lora_enable`)                                | adapters | - |   train   | as above             |
 
+Alignment with `--mm_use_im_start_end` also trains the input embeddings (the new tokens' rows).
 `--freeze_backbone` freezes the LLM body (not lm_head), `--freeze_mm_mlp_adapter` the projector,
 `--tune_vision_tower` unlocks the ViT without `--tune_entire_model`; `--tune_vit_from_layer -1` means the whole ViT.
 ViT layers are picked by their index in the encoder's module list, never by parsing parameter names.
@@ -32,6 +33,7 @@ class TrainablePlan:
     projector: bool
     vit_from_layer: int | None  # None: frozen; -1: the whole ViT; k: encoder layers k, k+1, ...
     lora: bool = False
+    input_embeddings: bool = False  # alignment with <im_start>/<im_end>: their new embedding rows learn
 
 
 def plan_from_args(model_args: Any, training_args: Any) -> TrainablePlan:
@@ -51,7 +53,8 @@ def plan_from_args(model_args: Any, training_args: Any) -> TrainablePlan:
         vit = model_args.tune_vit_from_layer
     if vit is not None and vit < -1:
         raise ValueError(f"--tune_vit_from_layer must be -1 (whole ViT) or a layer index >= 0, not {vit}")
-    return TrainablePlan(llm=llm, lm_head=lm_head, projector=projector, vit_from_layer=vit, lora=lora)
+    embeddings = bool(model_args.tune_mm_mlp_adapter and getattr(model_args, "mm_use_im_start_end", False))
+    return TrainablePlan(llm, lm_head, projector, vit, lora, input_embeddings=embeddings)
 
 
 def _numel(param: nn.Parameter) -> int:
@@ -93,12 +96,14 @@ def apply_trainable(model: nn.Module, plan: TrainablePlan) -> dict[str, tuple[in
         `{component: (trainable parameters, all parameters)}`.
     """
     parts = _components(model)
+    # With LoRA the LLM trains what peft marked trainable: the adapters (and biases, as --lora_bias says).
+    peft_trainable = {id(p) for p in parts["llm"] if p.requires_grad} if plan.lora else set()
     model.requires_grad_(False)
-    named = dict(model.named_parameters())
-    llm_ids = {id(p) for p in parts["llm"]}
-    for name, param in named.items():
-        if id(param) in llm_ids and plan.llm and (not plan.lora or "lora_" in name):
+    for param in parts["llm"]:
+        if plan.llm and (not plan.lora or id(param) in peft_trainable):
             param.requires_grad_(True)
+    if plan.input_embeddings:
+        model.get_input_embeddings().requires_grad_(True)
     for param in parts["lm_head"]:
         param.requires_grad_(plan.lm_head)
     for param in parts["projector"]:

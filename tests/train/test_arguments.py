@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import transformers
 
+from share4v.model import Share4VConfig
 from share4v.train.arguments import (
     DataArguments,
     ModelArguments,
@@ -16,6 +17,7 @@ from share4v.train.arguments import (
     parse_arguments,
     translate_legacy_flags,
 )
+from share4v.train.model_setup import resolve_vision_flags
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts" / "sharegpt4v"
@@ -24,17 +26,22 @@ ORIGINAL_DEFAULTS = {
     # ModelArguments
     "model_name_or_path": "facebook/opt-125m", "version": "v0", "freeze_backbone": False,
     "tune_mm_mlp_adapter": False, "vision_tower": None, "tune_vision_tower": False, "tune_vit_from_layer": -1,
-    "tune_entire_model": False, "mm_vision_select_layer": -1, "pretrain_mm_mlp_adapter": None,
-    "mm_projector_type": "linear", "mm_use_im_start_end": False, "mm_use_im_patch_token": True,
-    "mm_vision_select_feature": "patch",
+    "tune_entire_model": False, "pretrain_mm_mlp_adapter": None,
     # DataArguments
     "data_path": None, "lazy_preprocess": False, "is_multimodal": False, "image_folder": None,
-    "image_aspect_ratio": "square", "image_grid_pinpoints": None,
+    "image_grid_pinpoints": None,
     # TrainingArguments additions
     "cache_dir": None, "optim": "adamw_torch", "remove_unused_columns": False, "freeze_mm_mlp_adapter": False,
     "mpt_attn_impl": "triton", "model_max_length": 512, "double_quant": True, "quant_type": "nf4", "bits": 16,
     "lora_enable": False, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "lora_weight_path": "",
     "lora_bias": "none", "mm_projector_lr": None, "vision_tower_lr": None, "group_by_modality_length": False,
+}  # fmt: skip
+
+
+# Unset, these take the starting checkpoint's value, else the original's default (see test_vision_flag_defaults).
+CHECKPOINT_OR_ORIGINAL = {
+    "mm_vision_select_layer": -1, "mm_projector_type": "linear", "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": True, "mm_vision_select_feature": "patch", "image_aspect_ratio": "square",
 }  # fmt: skip
 
 
@@ -46,6 +53,21 @@ def test_every_original_flag_with_its_default():
     namespace = parser().parse_args([])
     for name, default in ORIGINAL_DEFAULTS.items():
         assert getattr(namespace, name) == default, name
+
+
+def test_vision_flag_defaults(tiny_ckpt):
+    namespace = parser().parse_args([])
+    assert all(getattr(namespace, name) is None for name in CHECKPOINT_OR_ORIGINAL)
+    plain_llama = Share4VConfig()
+    model_args, data_args = ModelArguments(), DataArguments()
+    resolve_vision_flags(plain_llama, model_args, data_args)
+    resolved = {**vars(model_args), **vars(data_args)}
+    assert {name: resolved[name] for name in CHECKPOINT_OR_ORIGINAL} == CHECKPOINT_OR_ORIGINAL
+    model_args, data_args = ModelArguments(mm_vision_select_layer=-3), DataArguments()
+    resolve_vision_flags(Share4VConfig.from_pretrained(tiny_ckpt), model_args, data_args)
+    assert (model_args.mm_projector_type, model_args.mm_vision_select_layer, data_args.image_aspect_ratio) == (
+        "mlp2x_gelu", -3, "pad"
+    )  # fmt: skip
 
 
 def test_legacy_flags_are_mapped_with_a_notice(caplog):
@@ -79,7 +101,7 @@ def dry_run(script, **env):
 STAGE_1 = {
     "version": "plain", "tune_entire_model": True, "tune_vit_from_layer": 12, "mm_projector_type": "mlp2x_gelu",
     "mm_vision_select_layer": -2, "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
-    "image_aspect_ratio": "square", "group_by_modality_length": False, "learning_rate": 2e-5,
+    "image_aspect_ratio": None, "group_by_modality_length": False, "learning_rate": 2e-5,  # None: square from Vicuna
     "weight_decay": 0.0, "warmup_steps": 0.03, "lr_scheduler_type": "cosine", "model_max_length": 2048,
     "num_train_epochs": 1.0, "gradient_checkpointing": True, "bf16": True, "deepspeed": "./scripts/zero3.json",
     "report_to": "none",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from share4v.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from share4v.train import lengths
 from share4v.train.arguments import DataArguments
 from share4v.train.data import (
     DataCollatorForSupervisedDataset,
@@ -64,7 +65,7 @@ def test_length_cache_is_reused(tiny, world, monkeypatch):
     args = data_args(world["instruct"].parent, tiny)
     first = LazySupervisedDataset(str(world["instruct"]), tokenizer, args).modality_lengths
     second = LazySupervisedDataset(str(world["instruct"]), tokenizer, args)
-    monkeypatch.setattr(second, "_text_length", lambda index: pytest.fail("recomputed despite the cache"))
+    monkeypatch.setattr(lengths, "measure", lambda *args, **kwargs: pytest.fail("recomputed despite the cache"))
     assert second.modality_lengths == first
 
 

@@ -49,18 +49,21 @@ def _weights(folder):
     }
 
 
-@pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
-def test_zero_run_matches_plain_run_and_saves_loadable_checkpoints(world, tiny_ckpt, tmp_path, plain_run, config):
+def _deepspeed_run(config, args, tmp_path):
     env = {
         **os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "HF_HUB_OFFLINE": "1",
+        "SHARE4V_CACHE": str(tmp_path / "cache"),
     }  # fmt: skip
     command = [sys.executable, "-m", "share4v.train.train", "--deepspeed", str(REPO / "scripts" / config)]
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [*command, *_args(world, tiny_ckpt, out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = subprocess.run([*command, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
+def test_zero_run_matches_plain_run_and_saves_loadable_checkpoints(world, tiny_ckpt, tmp_path, plain_run, config):
+    out = tmp_path / "out"
+    _deepspeed_run(config, _args(world, tiny_ckpt, out), tmp_path)
     expected, got = _weights(plain_run), _weights(out)
     assert expected.keys() == got.keys()
     for key in expected:
@@ -69,3 +72,15 @@ def test_zero_run_matches_plain_run_and_saves_loadable_checkpoints(world, tiny_c
         assert not any("vision_tower" in k for k in load_file(folder / "model.safetensors"))
         _, model, _, _ = load_pretrained_model(str(folder), None, None, device="cpu")
         assert model.config.mm_vision_tower == "vision_tower"
+
+
+def test_lora_under_zero3_writes_the_whole_trained_tower(world, tiny_ckpt, tmp_path):
+    """peft under ZeRO-3 gathers only trainable weights by default; the tower folder needs the frozen ones too."""
+    out = tmp_path / "out"
+    lora = ["--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--save_strategy", "no"]
+    _deepspeed_run("zero3.json", [*_args(world, tiny_ckpt, out), *lora], tmp_path)
+    tower = load_file(out / "vision_tower" / "model.safetensors")
+    assert len(tower) == len(load_file(tiny_ckpt / "vision_tower" / "model.safetensors"))
+    assert all(v.numel() > 0 for v in tower.values())
+    _, model, _, _ = load_pretrained_model(str(out), str(tiny_ckpt), None, device="cpu")
+    assert model.config.mm_vision_tower == "vision_tower"

@@ -173,9 +173,18 @@ def test_malformed_conversations_are_sample_errors(tiny, conversation, message):
         preprocess([conversation], tiny[0], conv_mode="vicuna_v1")
 
 
-def test_plain_needs_an_image_caption_pair(tiny):
-    with pytest.raises(SampleError, match="plain template"):
-        preprocess([turns("no image", "caption")], tiny[0], has_image=True, conv_mode="plain")
+def test_plain_takes_one_round_and_text_only_captions(tiny):
+    tokenizer = tiny[0]
+    with pytest.raises(SampleError, match="one \\(image, caption\\) pair, not 2 rounds"):
+        preprocess([turns("<image>\nq", "a", "q2", "b")], tokenizer, has_image=True, conv_mode="plain")
+    out = preprocess([turns("Describe.", "Blue sky.")], tokenizer, has_image=False, conv_mode="plain")
+    ids, labels = out["input_ids"][0].tolist(), out["labels"][0].tolist()
+    assert ids == tokenizer("Blue sky.\n").input_ids and labels[1:] == ids[1:]  # all but BOS is the caption
+
+
+def test_empty_turns_are_sample_errors(tiny):
+    with pytest.raises(SampleError, match="turn 1 \\(gpt\\) is empty"):
+        preprocess([turns("q", "  ")], tiny[0], conv_mode="vicuna_v1")
 
 
 def test_leading_gpt_turn_is_dropped(tiny):

@@ -1,5 +1,6 @@
 """The recipe end to end through the entry the scripts call: projector alignment → stage 1 → stage 2 (CPU)."""
 
+import json
 import shutil
 
 import pytest
@@ -129,3 +130,40 @@ def test_stage_2_freezes_the_vit_and_loads(recipe):
     assert loaded.config.image_aspect_ratio == "pad" and loaded.config.use_cache
     expected = eval_logits(model, trainer.processing_class, processor)
     assert torch.allclose(eval_logits(loaded, tokenizer, processor), expected, atol=1e-5)
+
+
+def test_text_only_run_from_a_plain_llm(world, tmp_path):
+    """No vision tower anywhere: a language-model fine-tune through the same entry, loadable as a text model."""
+    rows = [{"id": str(i), "conversations": [{"from": "human", "value": f"Count to {i % 4 + 2}."},
+                                             {"from": "gpt", "value": " ".join(map(str, range(1, i % 4 + 3)))}]}
+            for i in range(16)]  # fmt: skip
+    data = tmp_path / "text.json"
+    data.write_text(json.dumps(rows))
+    trainer = train(argv=[
+        "--model_name_or_path", str(world["llm"]), "--version", "v1", "--data_path", str(data), "--use_cpu", "True",
+        "--max_steps", "16", "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--logging_steps", "1",
+        "--save_strategy", "no", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert clearly_lower(losses(trainer))
+    _, model, image_processor, _ = load_pretrained_model(str(tmp_path / "out"), None, None, device="cpu")
+    assert image_processor is None and model.get_vision_tower() is None
+
+
+def test_continuing_a_checkpoint_keeps_its_vision_settings(recipe, tmp_path, world):
+    """Flags left out mean the checkpoint's values (projector type, select layer, aspect ratio, image tokens)."""
+    trainer = train(argv=[
+        "--model_name_or_path", str(recipe["root"] / "stage2"), "--version", "v1",
+        "--data_path", str(world["instruct"]), "--image_folder", str(world["instruct"].parent), "--use_cpu", "True",
+        "--max_steps", "2", "--save_strategy", "no", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
+    ])  # fmt: skip
+    config = trainer.model.config
+    assert (config.mm_projector_type, config.mm_vision_select_layer, config.image_aspect_ratio) == (
+        "mlp2x_gelu", -2, "pad"
+    )  # fmt: skip
+    assert not config.mm_use_im_patch_token and config.vocab_size == 512
+    assert trainer.model.get_vision_tower().select_layer == -2
+    with pytest.raises(ValueError, match="--mm_projector_type linear but .* holds a mlp2x_gelu projector"):
+        train(argv=[
+            "--model_name_or_path", str(recipe["root"] / "stage2"), "--version", "v1", "--mm_projector_type", "linear",
+            "--data_path", str(world["instruct"]), "--use_cpu", "True", "--output_dir", str(tmp_path / "bad"),
+        ])  # fmt: skip

@@ -10,6 +10,8 @@ KV cache, sampling, loss — is transformers' own.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
@@ -38,6 +40,8 @@ from share4v.model.vision_setup import (
     tower_state_from_model_state,
 )
 from share4v.model.vision_setup import save_vision_tower as write_vision_tower
+
+logger = logging.getLogger(__name__)
 
 VISION_TOWER_FOLDER = "vision_tower"  # where save_pretrained writes the tower, relative to the checkpoint
 
@@ -177,11 +181,17 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         if save_vision_tower is None:
             save_vision_tower = tower is not None and tower.is_loaded
         tower_name = self.config.mm_vision_tower
+        if save_vision_tower and state_dict is not None and not state_dict:
+            # transformers' "nothing gathered" placeholder (ZeRO-3 without 16-bit gathering): no tower to write
+            logger.warning("no weights were gathered: the vision tower folder is not written")
+            save_vision_tower = False
         if save_vision_tower:
             if tower is None or not tower.is_loaded:
                 raise ValueError("save_vision_tower=True but the model has no loaded vision tower")
             tower_state = tower_state_from_model_state(full_state)
-            if not tower_state:  # a state_dict without the tower (e.g. gathered for the LLM only)
+            if not tower_state:  # a state dict without the tower: take the tower's own weights
+                if any(hasattr(p, "ds_id") for p in tower.parameters()):
+                    raise RuntimeError("the vision tower is partitioned (ZeRO-3): pass a state_dict that holds it")
                 tower_state = tower_state_from_model_state(
                     {TOWER_STATE_PREFIX + k: v for k, v in tower.vision_tower.state_dict().items()}
                 )
@@ -236,6 +246,8 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         **kwargs,
     ):
+        if isinstance(images, (list, tuple)) and not images:
+            images = None  # an empty image list is no images
         if images is not None and labels is None and input_ids is not None and input_ids.shape[-1] == 1:
             if not bool((input_ids == IMAGE_TOKEN_INDEX).any()):
                 images = None  # a decoding step of an original-style loop: the images are already in the cache

@@ -4,7 +4,8 @@ Builds the vision tower named by a config and finds its weights on disk.
 
 Released configs name the tower by hub id (`Lin-Chen/ShareGPT4V-7B_Pretrained_vit-large336-l12`) or by the path
 it had on the training machine. `resolve_vision_tower_path` looks, in order, at an explicit override, the path
-as written, the path relative to the checkpoint folder, and the local Hugging Face cache; when none holds it, the
+relative to the checkpoint folder (a checkpoint's own `vision_tower/` wins over a same-named folder wherever the
+program runs), the path as written, and the local Hugging Face cache; when none holds it, the
 error says which name was looked for and how to point at a local copy.
 """
 
@@ -74,7 +75,7 @@ def resolve_vision_tower_path(
         return str(override)
     candidates = [Path(name)]
     if checkpoint_dir is not None and not os.path.isabs(name):
-        candidates.append(Path(checkpoint_dir) / name)
+        candidates.insert(0, Path(checkpoint_dir) / name)
     for candidate in candidates:
         if _is_tower_folder(candidate):
             return str(candidate)
