@@ -1,5 +1,8 @@
-# scripts/sharegpt4v/lib.sh: launchers shared by the training scripts (sourced, not run).
+# scripts/sharegpt4v/lib.sh: the recipe's flags and the launchers, shared by the training scripts (sourced).
 #
+#   stage1_args SIZE / stage2_args SIZE       fill ARGS with a stage's flags (SIZE 7b or 13b; paths from the
+#                                             environment: DATA_ROOT, LLM, VISION_TOWER, PROJECTOR, STAGE1,
+#                                             SAVE_PATH, DEEPSPEED)
 #   launch_slurm ARGS...                      torchrun on every node of a SLURM allocation (c10d rendezvous)
 #   launch_local GLOBAL_BATCH MICRO ARGS...   torchrun on this node's GPUs, global batch kept by accumulation
 #
@@ -9,6 +12,73 @@
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."  # the repository root: scripts/zero*.json, share4v/train/train_mem.py
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 read -r -a REPORT_TO_ARGS <<< "${REPORT_TO:-none}"
+
+# Flags both stages share (the original scripts' values; 4.31 flag names are mapped by the trainer).
+common_args() {
+    ARGS+=(
+        --deepspeed "${DEEPSPEED:-./scripts/zero3.json}"
+        --mm_projector_type mlp2x_gelu
+        --mm_vision_select_layer -2
+        --mm_use_im_start_end False
+        --mm_use_im_patch_token False
+        --bf16 True
+        --output_dir "$SAVE_PATH"
+        --num_train_epochs 1
+        --per_device_eval_batch_size 4
+        --evaluation_strategy "no"
+        --save_strategy "steps"
+        --save_steps 50000
+        --save_total_limit 1
+        --learning_rate 2e-5
+        --weight_decay 0.
+        --warmup_ratio 0.03
+        --lr_scheduler_type "cosine"
+        --logging_steps 1
+        --tf32 True
+        --model_max_length 2048
+        --gradient_checkpointing True
+        --dataloader_num_workers 4
+        --lazy_preprocess True
+        --report_to "${REPORT_TO_ARGS[@]}"
+        --run_name "$(basename "$SAVE_PATH")"
+    )
+}
+
+# Stage 1: ShareGPT4V-PT captions; ViT layers 12-23, projector and LLM trainable; starts from Vicuna, CLIP and
+# LLaVA-1.5's pre-trained projector.
+stage1_args() {
+    local size=$1 data=${DATA_ROOT:-data}
+    SAVE_PATH=${SAVE_PATH:-checkpoints/share4v-${size}_pretrained_pt-1.2m_ft-vit-l12-mlp-llm-lr-2e-5}
+    ARGS=(
+        --model_name_or_path "${LLM:-lmsys/vicuna-${size}-v1.5}"
+        --version plain
+        --data_path "$data/sharegpt4v/share-captioner_coco_lcs_sam_1246k_1107.json"
+        --image_folder "$data"
+        --vision_tower "${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
+        --pretrain_mm_mlp_adapter
+        "${PROJECTOR:-pretrained/projector/llava-v1.5-mlp2x-336px-pretrain-vicuna-${size}-v1.5/mm_projector.bin}"
+        --tune_entire_model True
+        --tune_vit_from_layer 12
+    )
+    common_args
+}
+
+# Stage 2: the 665K instruction mix; projector and LLM trainable, stage 1's ViT frozen.
+stage2_args() {
+    local size=$1 data=${DATA_ROOT:-data}
+    STAGE1=${STAGE1:-checkpoints/share4v-${size}_pretrained_pt-1.2m_ft-vit-l12-mlp-llm-lr-2e-5}
+    SAVE_PATH=${SAVE_PATH:-checkpoints/share4v-${size}}
+    ARGS=(
+        --model_name_or_path "$STAGE1"
+        --version v1
+        --data_path "$data/sharegpt4v/sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json"
+        --image_folder "$data"
+        --vision_tower "$STAGE1/vision_tower"
+        --image_aspect_ratio pad
+        --group_by_modality_length True
+    )
+    common_args
+}
 
 run() {
     if [[ -n "${DRY_RUN:-}" ]]; then printf '%s\n' "$@"; else "$@"; fi

@@ -146,6 +146,7 @@ def test_local_scripts_keep_the_global_batch(script, gpus, micro, accumulation, 
 def test_lora_script_and_indivisible_batches():
     _, args, _ = dry_run("local_finetune_lora.sh", NUM_GPUS="8")
     assert args.lora_enable and (args.lora_r, args.lora_alpha, args.mm_projector_lr) == (128, 256, 2e-5)
+    assert args.learning_rate == 2e-4 and args.output_dir == "checkpoints/share4v-7b-lora"
     assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128
     result = subprocess.run(
         ["bash", str(SCRIPTS / "local_finetune.sh")], env={**os.environ, "DRY_RUN": "1", "NUM_GPUS": "3"},
