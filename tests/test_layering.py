@@ -14,6 +14,7 @@ RANKS = [
     ("share4v.mm_utils", 1),
     ("share4v.conversation", 2),
     ("share4v.model.multimodal_projector", 3),
+    ("share4v.model.weights_io", 3),
     ("share4v.model.multimodal_encoder", 3),
     ("share4v.model.share4v_arch", 4),
     ("share4v.model.vision_setup", 4),
@@ -25,6 +26,7 @@ RANKS = [
     ("share4v.serve", 8),
     ("share4v.testing", 8),
     ("share4v.train", 8),
+    ("share4v.convert", 8),
     ("share4v.data", 9),
     ("share4v", 10),
 ]

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from share4v.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from share4v.model.multimodal_projector.builder import build_vision_projector
+from share4v.model.weights_io import read_weights
 
 TOWER_STATE_PREFIX = "model.vision_tower.vision_tower."  # where a tower's weights sit in the full model's state
 
@@ -37,16 +38,6 @@ def gathered_for_update(params: list[nn.Parameter]):
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
     return contextlib.nullcontext()
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A `.safetensors` file, or a pickled `.bin` read with `weights_only=True`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_projector_weights(projector: nn.Module, path: str | Path) -> None:
@@ -201,7 +192,6 @@ __all__ = [
     "initialize_vision_tokenizer",
     "load_projector_weights",
     "load_vision_tower_weights",
-    "read_weights",
     "resize_embeddings_to_mean",
     "save_vision_tower",
     "tower_state_from_model_state",

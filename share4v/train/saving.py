@@ -16,7 +16,6 @@ saved config then names it relatively, so the folder loads wherever it is moved.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from share4v.model.language_model.share4v_llama import VISION_TOWER_FOLDER
 from share4v.model.vision_setup import (
     load_projector_weights,
     load_vision_tower_weights,
-    read_weights,
     save_vision_tower,
     tower_state_from_model_state,
 )
+from share4v.model.weights_io import read_model_weights, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -110,20 +109,6 @@ def save_training_checkpoint(
         base.config.mm_vision_tower = tower_name
 
 
-def _read_model_weights(folder: Path) -> dict[str, torch.Tensor]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-                state.update(read_weights(folder / shard))
-            return state
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return read_weights(folder / name)
-    raise FileNotFoundError(f"{folder} holds no model weights (model.safetensors or an index)")
-
-
 def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> None:
     """Restore the weights a `save_training_checkpoint` folder holds into `model` (for resuming).
 
@@ -144,7 +129,7 @@ def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> No
         projector_file = folder / PROJECTOR_FILE if (folder / PROJECTOR_FILE).is_file() else folder / "mm_projector.bin"
         load_projector_weights(base.get_model().mm_projector, projector_file)
     else:
-        _load_partial(base, _read_model_weights(folder), folder, complete=True)
+        _load_partial(base, read_model_weights(folder), folder, complete=True)
     if (folder / VISION_TOWER_FOLDER / "model.safetensors").is_file():
         load_vision_tower_weights(base.get_vision_tower(), folder / VISION_TOWER_FOLDER)
 

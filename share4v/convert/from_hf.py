@@ -1,0 +1,175 @@
+"""convert/from_hf.py
+
+Import a transformers llava-format checkpoint ("llava-hf", or one written by `share4v.convert.to_hf`) as a share4v
+checkpoint in the released layout — LLM folder + `vision_tower/` — that share4v's loader, training scripts and
+evaluation take as they are.
+
+    python -m share4v.convert.from_hf llava-hf/llava-1.5-7b-hf checkpoints/llava-1.5-7b-share4v
+
+A folder written by `to_hf` comes back tensor for tensor (the `<image>` rows are removed again); any other llava
+checkpoint keeps its vocabulary (share4v marks images with -200 ids, so its `<image>` token simply goes unused).
+Only CLIP vision towers with llava's Linear-GELU-Linear projector can be imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, LlavaConfig
+
+from share4v.convert.folders import check_destination, staged_folder
+from share4v.convert.llava_format import EXPORT_KEY, IMAGE_TOKEN, from_llava_names
+from share4v.model.weights_io import read_model_weights
+
+_FEATURE = {"default": "patch", "full": "cls_patch"}
+_TOWER_FOLDER = "vision_tower"
+
+
+def _llava_config(src: Path) -> LlavaConfig:
+    config_file = src / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "llava":
+        raise ValueError(f"{config_file} has model_type {model_type!r}: not a transformers llava checkpoint")
+    config = LlavaConfig.from_pretrained(src)
+    problems = []
+    if config.vision_config.model_type != "clip_vision_model":
+        problems.append(f"vision tower {config.vision_config.model_type!r} (only CLIP is supported)")
+    if config.projector_hidden_act != "gelu" or not config.multimodal_projector_bias:
+        problems.append("a projector other than Linear-GELU-Linear with biases")
+    if not isinstance(config.vision_feature_layer, int):
+        problems.append(f"several vision feature layers {config.vision_feature_layer}")
+    if config.text_config.model_type != "llama":
+        problems.append(f"language model {config.text_config.model_type!r} (only Llama is supported)")
+    if problems:
+        raise ValueError(f"{config_file} cannot be imported: " + "; ".join(problems))
+    return config
+
+
+def _image_settings(src: Path) -> dict[str, Any]:
+    """The image processor's settings, from preprocessor_config.json or processor_config.json."""
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        if (src / name).is_file():
+            settings = json.loads((src / name).read_text())
+            settings = settings.get(key, {}) if key else settings
+            if settings:
+                return settings
+    raise FileNotFoundError(f"{src} has no image processor settings (preprocessor_config.json)")
+
+
+def _tower_preprocessor(settings: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in settings.items() if k not in ("do_pad", "image_processor_type", "processor_class")}
+    return {**kept, "image_processor_type": "CLIPImageProcessor", "feature_extractor_type": "CLIPFeatureExtractor"}
+
+
+def _share4v_config(config: LlavaConfig, vocab_size: int, pad: bool) -> dict[str, Any]:
+    text = config.text_config.to_dict()
+    for key in ("model_type", "architectures", "_name_or_path", "transformers_version", "dtype"):
+        text.pop(key, None)
+    return {
+        **text,
+        "vocab_size": vocab_size,
+        "architectures": ["Share4VLlamaForCausalLM"],
+        "model_type": "share4v",
+        "mm_vision_tower": _TOWER_FOLDER,
+        "mm_hidden_size": config.vision_config.hidden_size,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": config.vision_feature_layer,
+        "mm_vision_select_feature": _FEATURE[config.vision_feature_select_strategy],
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "use_mm_proj": True,
+        "image_aspect_ratio": "pad" if pad else "square",
+        "tune_mm_mlp_adapter": False,
+        "tune_entire_model": False,
+        "freeze_mm_mlp_adapter": False,
+        "tune_vision_tower": False,
+        "use_cache": True,
+    }
+
+
+def _drop_image_token(tokenizer_dir: Path, original_vocab: int) -> None:
+    """Remove the `<image>` entry `to_hf` added from a saved tokenizer (tokenizer.json's added tokens)."""
+    path = tokenizer_dir / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data["added_tokens"] = [
+        t for t in data["added_tokens"] if not (t["content"] == IMAGE_TOKEN and t["id"] >= original_vocab)
+    ]
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def import_from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
+    """Write the share4v copy of llava checkpoint `src` to `dst` (atomically). Returns `dst`.
+
+    Raises:
+        FileNotFoundError / ValueError: naming what is missing or cannot be expressed.
+    """
+    src, dst = Path(src), Path(dst)
+    config = _llava_config(src)
+    check_destination(dst, overwrite)  # before reading gigabytes of weights
+    image_settings = _image_settings(src)
+    llm_state, tower_state = from_llava_names(read_model_weights(src))
+    export = getattr(config, EXPORT_KEY, None)
+    if export and export.get("rows_added"):
+        vocab = export["original_vocab_size"]
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            llm_state[key] = llm_state[key][:vocab]
+    vocab_size = llm_state["model.embed_tokens.weight"].shape[0]
+    projector_in = llm_state["model.mm_projector.0.weight"].shape[1]
+    if projector_in != config.vision_config.hidden_size:
+        raise ValueError(f"the projector takes {projector_in}-wide features but the vision tower gives "
+                         f"{config.vision_config.hidden_size}")  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    with staged_folder(dst, overwrite) as staging:
+        share4v_config = _share4v_config(config, vocab_size, pad=bool(image_settings.get("do_pad")))
+        (staging / "config.json").write_text(json.dumps(share4v_config, indent=2, sort_keys=True) + "\n")
+        save_file({k: v.contiguous() for k, v in llm_state.items()}, staging / "model.safetensors",
+                  metadata={"format": "pt"})  # fmt: skip
+        tokenizer.save_pretrained(staging)
+        if export and export.get("rows_added"):
+            _drop_image_token(staging, export["original_vocab_size"])
+        if (src / "generation_config.json").is_file():
+            shutil.copy(src / "generation_config.json", staging / "generation_config.json")
+        tower = staging / _TOWER_FOLDER
+        tower.mkdir()
+        vision = config.vision_config.to_dict()
+        vision.pop("_name_or_path", None)
+        (tower / "config.json").write_text(json.dumps(vision, indent=2, sort_keys=True) + "\n")
+        (tower / "preprocessor_config.json").write_text(
+            json.dumps(_tower_preprocessor(image_settings), indent=2) + "\n"
+        )
+        save_file({k: v.contiguous() for k, v in tower_state.items()}, tower / "model.safetensors",
+                  metadata={"format": "pt"})  # fmt: skip
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m share4v.convert.from_hf",
+        description="Import a transformers llava-format checkpoint as a share4v checkpoint (released layout).",
+    )
+    parser.add_argument("src", help="llava-format folder (config.json with model_type llava)")
+    parser.add_argument("dst", help="folder to write (created atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at DST")
+    args = parser.parse_args(argv)
+    try:
+        path = import_from_hf(args.src, args.dst, args.overwrite)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote the share4v checkpoint {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["import_from_hf", "main"]

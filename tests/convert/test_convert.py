@@ -1,0 +1,228 @@
+"""Interop with the transformers llava format: exact logits and greedy text in transformers' own Llava, the same
+token ids through the exported chat template, bit-exact round trips, and clear errors with nothing half-written."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from share4v.constants import IMAGE_TOKEN_INDEX
+from share4v.conversation import get_conv_template
+from share4v.convert import from_hf, to_hf
+from share4v.convert.from_hf import import_from_hf
+from share4v.convert.to_hf import export_to_hf
+from share4v.mm_utils import process_images, tokenizer_image_token
+from share4v.model.builder import load_pretrained_model
+from tests.helpers import random_image
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ckpt, tmp_path_factory):
+    return export_to_hf(tiny_ckpt, tmp_path_factory.mktemp("hf") / "share4v-tiny-hf")
+
+
+@pytest.fixture(scope="module")
+def hf_model(exported):
+    return LlavaForConditionalGeneration.from_pretrained(exported, dtype=torch.float32).eval()
+
+
+def collapse_image_tokens(ids, image_token_id):
+    """llava's run of image tokens → share4v's single -200 placeholder."""
+    out = []
+    for token in ids:
+        if token == image_token_id:
+            if not out or out[-1] != IMAGE_TOKEN_INDEX:
+                out.append(IMAGE_TOKEN_INDEX)
+        else:
+            out.append(token)
+    return out
+
+
+def our_prompt(turns):
+    conv = get_conv_template("vicuna_v1")
+    for i, turn in enumerate(turns):
+        conv.append_message(conv.roles[i % 2], turn)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+@pytest.mark.parametrize(
+    "turns",
+    [
+        ["<image>\nWhat is in the picture?"],
+        ["<image>\nWhat is in the picture?", "A red circle 12.", "And the colour of the sky?"],
+        ["<image>\n<image>\nCompare the two."],
+    ],
+    ids=["one-turn", "two-turns", "two-images"],
+)
+def test_chat_template_gives_our_token_ids(exported, tiny, turns):
+    processor = AutoProcessor.from_pretrained(exported)
+    messages = []
+    for i, turn in enumerate(turns):
+        images = turn.count("<image>")
+        text = turn.replace("<image>\n", "")
+        content = [{"type": "image"}] * images + [{"type": "text", "text": text}]
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": content})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    images = [random_image(i) for i in range(turns[0].count("<image>"))]
+    hf_ids = processor(text=text, images=images, return_tensors="pt")["input_ids"][0].tolist()
+    image_token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert hf_ids.count(image_token_id) == 16 * len(images)
+    assert collapse_image_tokens(hf_ids, image_token_id) == tokenizer_image_token(our_prompt(turns), tiny[0])
+
+
+def test_transformers_llava_gives_our_logits_and_greedy_text(exported, hf_model, tiny):
+    tokenizer, model, image_processor, _ = tiny
+    processor = AutoProcessor.from_pretrained(exported)
+    image = random_image(5, (90, 50))
+    pixels = process_images([image], image_processor, model.config)
+    assert torch.equal(processor.image_processor(images=[image], return_tensors="pt")["pixel_values"], pixels)
+    ours_ids = tokenizer_image_token(our_prompt(["<image>\nDescribe the image."]), tokenizer, return_tensors="pt")[None]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}],
+        add_generation_prompt=True,
+    )
+    encoding = processor(text=text, images=[image], return_tensors="pt")
+    with torch.no_grad():
+        ours = model(ours_ids, images=pixels).logits
+        theirs = hf_model(**encoding).logits
+    vocab = ours.shape[-1]
+    assert theirs.shape[:2] == ours.shape[:2] and theirs.shape[-1] == vocab + 1
+    assert torch.allclose(theirs[..., :vocab], ours, atol=1e-5)
+    assert torch.equal(theirs[..., vocab], theirs[..., tokenizer.unk_token_id])  # <image>'s logit ties with <unk>
+    new_ours = model.generate(ours_ids, images=pixels, max_new_tokens=12, do_sample=False)
+    new_theirs = hf_model.generate(**encoding, max_new_tokens=12, do_sample=False)[:, encoding["input_ids"].shape[1] :]
+    assert new_ours.tolist() == new_theirs.tolist()
+
+
+def test_round_trip_is_bit_exact(exported, tiny_ckpt, tmp_path):
+    back = import_from_hf(exported, tmp_path / "back")
+    for name in ("model.safetensors", "vision_tower/model.safetensors"):
+        original, again = load_file(tiny_ckpt / name), load_file(back / name)
+        assert original.keys() == again.keys()
+        assert all(torch.equal(original[k], again[k]) and original[k].dtype == again[k].dtype for k in original)
+    config, original = (
+        json.loads((back / "config.json").read_text()),
+        json.loads((tiny_ckpt / "config.json").read_text()),
+    )
+    for key in ("mm_projector_type", "mm_vision_select_layer", "mm_vision_select_feature", "image_aspect_ratio",
+                "mm_hidden_size", "vocab_size", "hidden_size", "num_hidden_layers"):  # fmt: skip
+        assert config[key] == original[key], key
+    text = "USER: hello <image> there</s> 12 ünï"
+    assert (
+        AutoTokenizer.from_pretrained(back)(text).input_ids == AutoTokenizer.from_pretrained(tiny_ckpt)(text).input_ids
+    )
+    ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 40, 41, 42]])
+    pixels = torch.randn(1, 3, 56, 56)
+    _, a, _, _ = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")
+    _, b, _, _ = load_pretrained_model(str(back), None, None, device="cpu")
+    assert torch.equal(a(ids, images=pixels).logits, b(ids, images=pixels).logits)
+
+
+@pytest.fixture(scope="module")
+def foreign_llava(tiny, tmp_path_factory):
+    """A llava-hf folder made by transformers itself (not by to_hf): square images, <image> in the vocabulary."""
+    folder = tmp_path_factory.mktemp("llava-hf") / "tiny-llava-hf"
+    tokenizer = AutoTokenizer.from_pretrained(tiny[0].name_or_path)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=56, patch_size=14, projection_dim=32)  # fmt: skip
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, initializer_range=0.1)  # fmt: skip
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=len(tokenizer) - 1,
+                         vision_feature_layer=-2, image_seq_length=16)  # fmt: skip
+    torch.manual_seed(3)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)  # fmt: skip
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_a_foreign_llava_checkpoint_imports_with_its_logits(foreign_llava, tmp_path):
+    imported = import_from_hf(foreign_llava, tmp_path / "imported")
+    tokenizer, model, image_processor, _ = load_pretrained_model(str(imported), None, None, device="cpu")
+    assert model.config.image_aspect_ratio == "square" and model.config.mm_vision_select_layer == -2
+    llava = LlavaForConditionalGeneration.from_pretrained(foreign_llava, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(foreign_llava)
+    image = random_image(7, (70, 50))
+    encoding = processor(text="USER: <image>\nWhat is it? ASSISTANT:", images=[image], return_tensors="pt")
+    pixels = process_images([image], image_processor, model.config)
+    assert torch.equal(pixels, encoding["pixel_values"])
+    ids = torch.tensor([collapse_image_tokens(encoding["input_ids"][0].tolist(), llava.config.image_token_id)])
+    with torch.no_grad():
+        assert torch.allclose(model(ids, images=pixels).logits, llava(**encoding).logits, atol=1e-5)
+    assert len(tokenizer) == model.get_input_embeddings().num_embeddings  # <image> kept, nothing resized
+
+
+def test_bad_inputs_name_the_problem_and_leave_nothing(tiny_ckpt, exported, tmp_path):
+    dst = tmp_path / "out"
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="names no vision tower"):
+        export_to_hf(tmp_path / "bert", dst)
+    with pytest.raises(ValueError, match="model_type 'bert': not a transformers llava checkpoint"):
+        import_from_hf(tmp_path / "bert", dst)
+    with pytest.raises(ValueError, match="already in the transformers llava format"):
+        export_to_hf(exported, dst)
+    moved = tmp_path / "no-tower"
+    shutil.copytree(tiny_ckpt, moved, ignore=shutil.ignore_patterns("vision_tower"))
+    with pytest.raises(FileNotFoundError, match="vision tower 'vision_tower'"):
+        export_to_hf(moved, dst)
+    other_tower = tmp_path / "wide-tower"
+    shutil.copytree(tiny_ckpt / "vision_tower", other_tower)
+    config = json.loads((other_tower / "config.json").read_text())
+    (other_tower / "config.json").write_text(json.dumps({**config, "hidden_size": 48}))
+    with pytest.raises(ValueError, match="48 wide but the checkpoint's projector takes mm_hidden_size=32"):
+        export_to_hf(tiny_ckpt, dst, vision_tower=str(other_tower))
+    linear = tmp_path / "linear"
+    shutil.copytree(tiny_ckpt, linear)
+    config = json.loads((linear / "config.json").read_text())
+    (linear / "config.json").write_text(json.dumps({**config, "mm_projector_type": "linear"}))
+    with pytest.raises(ValueError, match="'linear' cannot be written in the llava format"):
+        export_to_hf(linear, dst)
+    assert not dst.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failure_while_writing_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(to_hf, "write_safetensors_shards", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_to_hf(tiny_ckpt, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        export_to_hf(tiny_ckpt, tmp_path / "keep", overwrite=True)
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        export_to_hf(tiny_ckpt, tiny_ckpt)
+    assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_clis(tiny_ckpt, tmp_path):
+    for module in (to_hf, from_hf):
+        result = subprocess.run([sys.executable, "-m", module.__name__, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage:" in result.stdout
+    ok = subprocess.run([sys.executable, "-m", "share4v.convert.to_hf", str(tiny_ckpt), str(tmp_path / "hf")],
+                        capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0 and (tmp_path / "hf" / "config.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "share4v.convert.from_hf", str(tiny_ckpt), str(tmp_path / "x")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a transformers llava" in bad.stderr
