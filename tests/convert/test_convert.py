@@ -70,7 +70,7 @@ def our_prompt(turns):
     ids=["one-turn", "two-turns", "two-images"],
 )
 def test_chat_template_gives_our_token_ids(exported, tiny, turns):
-    processor = AutoProcessor.from_pretrained(exported)
+    processor = AutoProcessor.from_pretrained(exported, backend="pil")
     messages = []
     for i, turn in enumerate(turns):
         images = turn.count("<image>")
@@ -87,7 +87,7 @@ def test_chat_template_gives_our_token_ids(exported, tiny, turns):
 
 def test_transformers_llava_gives_our_logits_and_greedy_text(exported, hf_model, tiny):
     tokenizer, model, image_processor, _ = tiny
-    processor = AutoProcessor.from_pretrained(exported)
+    processor = AutoProcessor.from_pretrained(exported, backend="pil")
     image = random_image(5, (90, 50))
     pixels = process_images([image], image_processor, model.config)
     assert torch.equal(processor.image_processor(images=[image], return_tensors="pt")["pixel_values"], pixels)
@@ -159,7 +159,7 @@ def test_a_foreign_llava_checkpoint_imports_with_its_logits(foreign_llava, tmp_p
     tokenizer, model, image_processor, _ = load_pretrained_model(str(imported), None, None, device="cpu")
     assert model.config.image_aspect_ratio == "square" and model.config.mm_vision_select_layer == -2
     llava = LlavaForConditionalGeneration.from_pretrained(foreign_llava, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(foreign_llava)
+    processor = AutoProcessor.from_pretrained(foreign_llava, backend="pil")
     image = random_image(7, (70, 50))
     encoding = processor(text="USER: <image>\nWhat is it? ASSISTANT:", images=[image], return_tensors="pt")
     pixels = process_images([image], image_processor, model.config)
