@@ -11,19 +11,18 @@ import base64
 import binascii
 import io
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import StoppingCriteria
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-
-URL_TIMEOUT_S = 20
+from share4v.image_fetch import FetchError, fetch
 
 
 class ImageLoadError(ValueError):
@@ -38,9 +37,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode (RGBA, LA, P, L, 1, CMYK, I;16, I, F, ...) to 8-bit RGB.
 
     High-bit-depth grayscale (`I;16*`, `I`, `F`) is rescaled to its full 0-255 range instead of being clipped.
+    Transparent pixels (RGBA, LA, PA, palette transparency) are composited on white, as a viewer shows them,
+    instead of taking whatever colour hides under the alpha.
     """
     if image.mode == "RGB":
         return image
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = float(array.max(initial=0))
@@ -50,8 +54,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
             full_scale = 65535.0 if image.mode.startswith("I;16") or peak > 255 else 255.0
         array = np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
     return image.convert("RGB")
 
 
@@ -75,40 +77,46 @@ def _open_bytes(raw: bytes, what: str) -> Image.Image:
 
 
 def _open(source: Any, failure: str) -> Image.Image:
-    """Open, fully decode (so truncation shows now) and convert to RGB; `failure` starts the error message."""
+    """Open, fully decode (so truncation shows now), turn upright (EXIF orientation) and convert to RGB; `failure`
+    starts the error message."""
     try:
         with Image.open(source) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"{failure}: {err}") from None
 
 
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """Load an image from a path, an http(s) URL, a base64 `data:` URI or a PIL image, as 8-bit RGB.
+    """Load an image from a path, an http(s) URL, a base64 `data:` URI or a PIL image, as 8-bit RGB, upright.
+
+    URLs are fetched within a deadline and a size cap, and never from private or local addresses unless allowed
+    (see `share4v.image_fetch`).
 
     Raises:
         ImageLoadError: one line naming the source when it is missing, unreadable, truncated or not an image.
     """
     if isinstance(source, Image.Image):
-        return to_rgb(source)
-    if isinstance(source, str) and source.startswith(("http://", "https://")):
-        return _load_url(source)
+        return to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, str) and source.startswith("data:"):
         return load_image_from_base64(source)
+    if isinstance(source, str) and _URL_SCHEME.match(source):
+        return _load_url(source)
     path = Path(source)
     if not path.is_file():
         raise ImageLoadError(f"image file not found: {_describe(str(path))}")
     return _open(path, f"cannot read image file {path}")
 
 
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def _load_url(url: str) -> Image.Image:
     try:
-        response = requests.get(url, timeout=URL_TIMEOUT_S)
-        response.raise_for_status()
-    except requests.RequestException as err:
-        raise ImageLoadError(f"cannot download image {url}: {type(err).__name__}: {err}") from None
-    return _open_bytes(response.content, f"URL {url}")
+        body = fetch(url)
+    except FetchError as err:
+        raise ImageLoadError(str(err)) from None
+    return _open_bytes(body, f"URL {url}")
 
 
 def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
@@ -122,22 +130,59 @@ def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Im
     return result
 
 
+IMAGE_ASPECT_RATIOS = ("square", "pad")
+MAX_ASPECT_RATIO = 100  # longer side / shorter side; beyond this an image is refused (not a picture to look at)
+MAX_PAD_SIDE = 8192  # a padded square canvas larger than this is never built: the image is shrunk first
+
+
+def check_image_size(image: Image.Image, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> None:
+    """Raise `ImageLoadError` for an empty image or one of degenerate shape (work would grow with its aspect)."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ImageLoadError(f"image of size {width}x{height} has no pixels")
+    if max(width, height) / min(width, height) > max_aspect_ratio:
+        raise ImageLoadError(
+            f"image of size {width}x{height} is more than {max_aspect_ratio:g} times longer than wide; refusing it"
+        )
+
+
+def _bounded_for_padding(image: Image.Image) -> Image.Image:
+    """Shrink (bicubic) an image whose padded square would exceed `MAX_PAD_SIDE`; smaller images are untouched."""
+    side = max(image.size)
+    if side <= MAX_PAD_SIDE:
+        return image
+    scale = MAX_PAD_SIDE / side
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
 def process_images(
     images: Sequence[Image.Image], image_processor: Any, model_cfg: Any = None, image_aspect_ratio: str | None = None
 ) -> torch.Tensor | list[torch.Tensor]:
     """Turn PIL images into CLIP pixel values as the model was trained.
 
-    `image_aspect_ratio` (default: `model_cfg.image_aspect_ratio`) of `"pad"` pads each image to a square filled with
-    the processor's mean colour before resizing; anything else resizes the shortest side and centre-crops.
+    `image_aspect_ratio` (default: `model_cfg.image_aspect_ratio`, else "square") of `"pad"` pads each image to a
+    square filled with the processor's mean colour before resizing; `"square"` resizes the shortest side and
+    centre-crops. The work is bounded by the output: images of degenerate shape (aspect above `MAX_ASPECT_RATIO`)
+    are refused, and images larger than `MAX_PAD_SIDE` are shrunk before padding.
 
     Returns:
         A tensor `[num_images, 3, H, W]` when all images end up the same size, else a list of `[3, H, W]` tensors.
+
+    Raises:
+        ValueError: an unknown `image_aspect_ratio`; `ImageLoadError` for an empty or degenerate image.
     """
-    aspect = image_aspect_ratio or getattr(model_cfg, "image_aspect_ratio", None)
+    aspect = image_aspect_ratio or getattr(model_cfg, "image_aspect_ratio", None) or "square"
+    if aspect not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"unknown image_aspect_ratio {aspect!r}; expected one of {IMAGE_ASPECT_RATIOS}")
+    for image in images:
+        check_image_size(image)
     if aspect == "pad":
         background = tuple(int(x * 255) for x in image_processor.image_mean)
         pixels = [
-            image_processor.preprocess(expand2square(img, background), return_tensors="pt")["pixel_values"][0]
+            image_processor.preprocess(expand2square(_bounded_for_padding(img), background), return_tensors="pt")[
+                "pixel_values"
+            ][0]
             for img in images
         ]
         if all(p.shape == pixels[0].shape for p in pixels):
@@ -221,8 +266,10 @@ class KeywordsStoppingCriteria(StoppingCriteria):
 
 
 __all__ = [
+    "IMAGE_ASPECT_RATIOS",
     "ImageLoadError",
     "KeywordsStoppingCriteria",
+    "check_image_size",
     "expand2square",
     "get_model_name_from_path",
     "load_image",

@@ -22,10 +22,17 @@ def disable_torch_init() -> None:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None`/"auto" → CUDA when available, else CPU; "cuda" without a GPU falls back to CPU with a warning."""
+    """`None`/"auto" → CUDA when available, else CPU; "cuda" without a GPU falls back to CPU with a warning.
+
+    Raises:
+        ValueError: for a name torch does not know as a device.
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         logger.warning("CUDA was asked for but is not available: running on the CPU instead")
         return torch.device("cpu")

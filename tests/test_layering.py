@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "share4v"
 # A module may import only modules of a lower or equal rank (equal: same layer, e.g. conversation → mm_utils).
 RANKS = [
     ("share4v.constants", 0),
+    ("share4v.image_fetch", 0),
     ("share4v.utils", 1),
     ("share4v.mm_utils", 1),
     ("share4v.conversation", 2),

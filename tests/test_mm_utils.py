@@ -3,6 +3,7 @@ import http.server
 import io
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from share4v.mm_utils import (
     load_image,
     load_image_from_base64,
     process_images,
+    to_rgb,
     tokenizer_image_token,
 )
 from tests.helpers import random_image
@@ -102,7 +104,9 @@ def test_base64_and_data_uri():
 
 
 @pytest.fixture
-def image_server():
+def image_server(monkeypatch):
+    """A local HTTP server (loopback, so private addresses are allowed for these tests)."""
+    monkeypatch.setenv("SHARE4V_ALLOW_PRIVATE_URLS", "1")
     payload = _png_bytes(random_image(2, (10, 6)))
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -112,6 +116,28 @@ def image_server():
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+            elif self.path == "/drip.png":  # a byte every 0.3 s, forever
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    for _ in range(1000):
+                        self.wfile.write(b"\x89")
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                except OSError:
+                    pass
+            elif self.path == "/huge.png":  # no Content-Length, 4 MB streamed
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    for _ in range(64):
+                        self.wfile.write(b"\0" * 65536)
+                except OSError:
+                    pass
+            elif self.path == "/redirect.png":
+                self.send_response(302)
+                self.send_header("Location", "/ok.png")
+                self.end_headers()
             else:
                 self.send_error(404)
 
@@ -135,6 +161,31 @@ def test_url_ok_and_failures(image_server):
         closed_port = probe.getsockname()[1]
     with pytest.raises(ImageLoadError, match=rf"cannot download image http://127\.0\.0\.1:{closed_port}/x\.png"):
         load_image(f"http://127.0.0.1:{closed_port}/x.png")
+
+
+def test_url_deadline_size_cap_and_redirects(image_server, monkeypatch):
+    assert load_image(image_server + "/redirect.png").size == (10, 6)
+    monkeypatch.setenv("SHARE4V_URL_DEADLINE_S", "1.5")
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError, match=r"drip\.png took over 1\.5 s; gave up"):
+        load_image(image_server + "/drip.png")
+    assert time.monotonic() - started < 5
+    monkeypatch.setenv("SHARE4V_URL_MAX_BYTES", str(2**20))
+    with pytest.raises(ImageLoadError, match=r"huge\.png is over the 1048576-byte limit"):
+        load_image(image_server + "/huge.png")
+
+
+def test_private_addresses_and_other_schemes_are_refused(image_server, monkeypatch):
+    monkeypatch.delenv("SHARE4V_ALLOW_PRIVATE_URLS")
+    with pytest.raises(ImageLoadError, match=r"private or local address \(127\.0\.0\.1\); set SHARE4V_ALLOW_PRIV"):
+        load_image(image_server + "/ok.png")
+    for url in ("http://localhost/x.png", "http://[::1]/x.png", "http://10.1.2.3/x.png", "http://169.254.169.254/x"):
+        with pytest.raises(ImageLoadError, match="private or local address"):
+            load_image(url)
+    with pytest.raises(ImageLoadError, match="unsupported URL scheme 'file'"):
+        load_image("file:///etc/passwd")
+    with pytest.raises(ImageLoadError, match="unsupported URL scheme 'ftp'"):
+        load_image("ftp://example.com/x.png")
 
 
 # ---- pre-processing ------------------------------------------------------------------------------------------
@@ -224,3 +275,51 @@ def test_keywords_stopping_judges_only_generated_tokens(tiny, with_prompt):
     flags = [criteria(torch.tensor([start + generated[:n]]), None).item() for n in range(1, len(generated) + 1)]
     stop_at = len(tokenizer("fine, thanks###").input_ids) - 1
     assert flags[: stop_at - 1] == [False] * (stop_at - 1) and flags[stop_at - 1]
+
+
+# ---- hardening: orientation, transparency, degenerate shapes -------------------------------------------------
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A portrait photo stored landscape with Orientation=6 (rotate 90° clockwise) reaches the model upright."""
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 20))  # red on the stored image's left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    upright = load_image(tmp_path / "portrait.jpg")
+    assert upright.size == (20, 40)
+    assert upright.getpixel((10, 3))[0] > 200  # the red strip is now on top
+    assert load_image(Image.open(tmp_path / "portrait.jpg")).size == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_become_white(mode):
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    image.putpixel((0, 0), (0, 0, 255, 255))
+    if mode == "LA":
+        image = image.convert("LA")
+    elif mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+        image.info["transparency"] = image.getpixel((3, 3))
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.getpixel((3, 3)) == (255, 255, 255)
+    assert rgb.getpixel((0, 0)) != (255, 255, 255)
+
+
+def test_degenerate_images_are_refused_quickly(tiny):
+    _, model, processor, _ = tiny
+    with pytest.raises(ImageLoadError, match="more than 100 times longer than wide"):
+        process_images([Image.new("RGB", (30000, 1))], processor, model.config)
+    with pytest.raises(ImageLoadError, match="size 0x0 has no pixels"):
+        process_images([Image.new("RGB", (0, 0))], processor, model.config)
+    wide = Image.new("RGB", (9000, 100), (255, 255, 255))  # padded canvas bounded: shrunk to 8192 first
+    started = time.monotonic()
+    assert process_images([wide], processor, model.config).shape == (1, 3, 56, 56)
+    assert time.monotonic() - started < 10
+
+
+def test_unknown_aspect_ratio_is_an_error(tiny):
+    _, _, processor, _ = tiny
+    with pytest.raises(ValueError, match="unknown image_aspect_ratio 'bogus'"):
+        process_images([random_image(0)], processor, None, image_aspect_ratio="bogus")

@@ -37,9 +37,10 @@ def split_image_files(value: str | None, sep: str) -> list[str]:
 def eval_model(args: Any) -> str:
     """Load the model named by `args`, answer `args.query` about `args.image_file` (split on `args.sep`)."""
     image_files = split_image_files(args.image_file, getattr(args, "sep", ",") or ",")
-    images = [load_image(source) for source in image_files]  # fail on a bad image before loading the model
+    params = generation_params(args)  # fail on bad settings or a bad image before loading the model
+    images = [load_image(source) for source in image_files]
     engine = engine_from_args(args)
-    [answer] = engine.generate([Chat.single(args.query, images)], generation_params(args))
+    [answer] = engine.generate([Chat.single(args.query, images)], params)
     print(answer)
     return answer
 

@@ -47,12 +47,17 @@ def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 1
 
 
 def generation_params(args: Any) -> GenerationParams:
-    return GenerationParams(
-        temperature=getattr(args, "temperature", 0.2),
-        top_p=getattr(args, "top_p", None),
-        num_beams=getattr(args, "num_beams", 1) or 1,
-        max_new_tokens=getattr(args, "max_new_tokens", 1024) or 1024,
-    )
+    """The decoding settings of parsed flags (or any object with those names); only missing or None ones default.
+
+    Raises:
+        ValueError: for a value `GenerationParams` rejects (0 beams, 0 new tokens, NaN temperature, ...).
+    """
+    defaults = GenerationParams()
+    values = {
+        name: getattr(args, name, None) if getattr(args, name, None) is not None else getattr(defaults, name)
+        for name in ("temperature", "num_beams", "max_new_tokens")
+    }
+    return GenerationParams(top_p=getattr(args, "top_p", None), **values)
 
 
 def engine_from_args(args: Any) -> Share4VEngine:

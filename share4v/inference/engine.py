@@ -13,6 +13,7 @@ batch + pixel values → `model.generate` with stop strings → text, whole or s
 from __future__ import annotations
 
 import copy
+import math
 import os
 import queue
 import re
@@ -34,9 +35,12 @@ from share4v.model.builder import load_pretrained_model
 STREAM_TIMEOUT_S = 600.0
 
 
+GREEDY_BELOW_TEMPERATURE = 1e-3  # as the original demo: a temperature this small samples like greedy (and overflows)
+
+
 @dataclass(frozen=True)
 class GenerationParams:
-    """Decoding settings; `temperature` 0 means greedy."""
+    """Decoding settings; `temperature` 0 (or below 0.001, as the original demo) means greedy."""
 
     temperature: float = 0.2
     top_p: float | None = None
@@ -44,12 +48,20 @@ class GenerationParams:
     max_new_tokens: int = 1024
 
     def __post_init__(self):
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, not {self.temperature!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, not {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_p is not None and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.num_beams < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_beams and max_new_tokens must be >= 1")
+        for name in ("num_beams", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature >= GREEDY_BELOW_TEMPERATURE
 
 
 @dataclass
@@ -189,7 +201,7 @@ class Share4VEngine:
 
     def _generate_kwargs(self, batch: PreparedBatch, params: GenerationParams) -> dict[str, Any]:
         config = copy.deepcopy(self.model.generation_config)
-        sampling = params.temperature > 0
+        sampling = params.sampling
         config.update(
             do_sample=sampling,
             temperature=params.temperature if sampling else 1.0,

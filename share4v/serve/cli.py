@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         sys.exit("error: the chat streams its answers, which needs --num_beams 1")
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:
+        params = generation_params(args)  # bad settings fail before the model loads
         first_image = load_image(args.image_file) if args.image_file else None
-        session = ChatSession(engine_from_args(args), generation_params(args), stdout)
+        session = ChatSession(engine_from_args(args), params, stdout)
     except (ImageLoadError, FileNotFoundError, ImportError, ValueError) as err:
         sys.exit(f"error: {err}")
     session.images = [first_image] if first_image is not None else []

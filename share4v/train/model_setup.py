@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, BitsAndBytesConfig
 
+from share4v.mm_utils import IMAGE_ASPECT_RATIOS
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.vision_setup import (
@@ -131,8 +132,10 @@ def setup_vision(model: Share4VLlamaForCausalLM, tokenizer: Any, model_args: Any
         data_args.is_multimodal = False
         return None
     name = _recorded_tower_name(name)  # the saved config must not name a folder relative to the working directory
-    if data_args.image_aspect_ratio not in ("square", "pad"):
-        raise ValueError(f"--image_aspect_ratio must be square or pad, not {data_args.image_aspect_ratio!r}")
+    if data_args.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(
+            f"--image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, not {data_args.image_aspect_ratio!r}"
+        )
     tower = initialize_vision_modules(
         model.get_model(),
         name,

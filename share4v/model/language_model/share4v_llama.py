@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from share4v.constants import IMAGE_TOKEN_INDEX
+from share4v.mm_utils import IMAGE_ASPECT_RATIOS
 from share4v.model.multimodal_encoder.builder import build_vision_tower
 from share4v.model.multimodal_encoder.clip_encoder import SELECT_FEATURES, CLIPVisionTower
 from share4v.model.multimodal_projector.builder import (
@@ -44,8 +45,6 @@ from share4v.model.vision_setup import save_vision_tower as write_vision_tower
 logger = logging.getLogger(__name__)
 
 VISION_TOWER_FOLDER = "vision_tower"  # where save_pretrained writes the tower, relative to the checkpoint
-
-IMAGE_ASPECT_RATIOS = ("square", "pad")
 
 
 @strict

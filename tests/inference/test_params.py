@@ -1,0 +1,56 @@
+"""Decoding settings are validated the same way everywhere: API, CLI flags, before any model is loaded."""
+
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from share4v.inference.cli_args import generation_params
+from share4v.inference.engine import GenerationParams
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, not 0"),
+        ({"num_beams": 0}, "num_beams must be an integer >= 1, not 0"),
+        ({"temperature": math.nan}, "temperature must be a finite number"),
+        ({"temperature": math.inf}, "temperature must be a finite number"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"top_p": math.nan}, "top_p must be in"),
+    ],
+)
+def test_bad_settings_are_rejected_by_the_api_and_the_flag_reader(settings, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationParams(**settings)
+    args = SimpleNamespace(**{"temperature": 0.2, "top_p": None, "num_beams": 1, "max_new_tokens": 64, **settings})
+    with pytest.raises(ValueError, match=message):
+        generation_params(args)
+
+
+def test_missing_flags_default_and_tiny_temperatures_are_greedy():
+    params = generation_params(SimpleNamespace(temperature=None, top_p=None, num_beams=None, max_new_tokens=None))
+    assert params == GenerationParams()
+    assert not GenerationParams(temperature=1e-30).sampling and GenerationParams(temperature=0.01).sampling
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max_new_tokens", "0"], "max_new_tokens must be an integer >= 1"),
+        (["--num_beams", "0"], "num_beams must be an integer >= 1"),
+        (["--temperature", "nan"], "temperature must be a finite number"),
+        (["--device", "bogus"], "unknown device 'bogus'"),
+    ],
+)
+def test_cli_answers_bad_settings_with_one_line(tiny_ckpt, flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "share4v.eval.run_share4v", "--model-path", str(tiny_ckpt), "--query", "hi", *flags],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr
+    assert "Traceback" not in result.stderr
