@@ -43,7 +43,7 @@ def _inputs(tokenizer, image_processor, config, processor, question, seed):
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
         add_generation_prompt=True,
     )
-    theirs = processor(text=text, images=[image], return_tensors="pt").to(DEVICE)
+    theirs = processor(text=text, images=[image], add_special_tokens=False, return_tensors="pt").to(DEVICE)
     assert torch.equal(theirs["pixel_values"], pixels)
     return ours, pixels, theirs
 

@@ -14,9 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def check_destination(destination: str | Path, overwrite: bool = False) -> None:
-    """Raise `FileExistsError` unless `destination` is free, or an existing checkpoint that may be replaced."""
+def check_destination(destination: str | Path, overwrite: bool = False, sources: tuple = ()) -> None:
+    """Raise `FileExistsError` unless `destination` is free, or an existing checkpoint that may be replaced and
+    that neither holds nor lies inside any of the `sources` being read."""
     destination = Path(destination)
+    target = destination.resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise FileExistsError(f"{destination} overlaps the input {source}: write the conversion elsewhere")
     if destination.exists():
         if not overwrite:
             raise FileExistsError(f"{destination} exists; pass --overwrite to replace it")
@@ -25,17 +31,21 @@ def check_destination(destination: str | Path, overwrite: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(destination: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_folder(destination: str | Path, overwrite: bool = False, sources: tuple = ()) -> Iterator[Path]:
     """Yield an empty staging folder; on success it becomes `destination`, on failure it is removed."""
     destination = Path(destination)
-    check_destination(destination, overwrite)
+    check_destination(destination, overwrite, sources)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
         yield staging
-        if destination.exists():
-            shutil.rmtree(destination)
+        old = None
+        if destination.exists():  # move the old checkpoint aside first: a crash never leaves neither in place
+            old = destination.with_name(f".{destination.name}.replaced-{staging.name.rsplit('.', 1)[-1]}")
+            destination.rename(old)
         staging.rename(destination)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -24,8 +24,9 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, LlavaConfig
 
 from share4v.convert.folders import check_destination, staged_folder
-from share4v.convert.llava_format import EXPORT_KEY, IMAGE_TOKEN, from_llava_names
-from share4v.model.weights_io import read_model_weights
+from share4v.convert.llava_format import EXPORT_KEY, IMAGE_TOKEN, from_llava_names, is_llava_hf_config
+from share4v.mm_utils import IMAGE_ASPECT_RATIOS
+from share4v.model.weights_io import read_model_weights, write_safetensors_shards
 
 _FEATURE = {"default": "patch", "full": "cls_patch"}
 _TOWER_FOLDER = "vision_tower"
@@ -35,9 +36,13 @@ def _llava_config(src: Path) -> LlavaConfig:
     config_file = src / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "llava":
-        raise ValueError(f"{config_file} has model_type {model_type!r}: not a transformers llava checkpoint")
+    raw = json.loads(config_file.read_text())
+    if not isinstance(raw, dict) or not is_llava_hf_config(raw):
+        kind = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+        names_a_tower = isinstance(raw, dict) and raw.get("mm_vision_tower")
+        hint = " (an original LLaVA/share4v checkpoint: use share4v.convert.to_hf)" if names_a_tower else ""
+        raise ValueError(f"{config_file} ({kind!r}) has no text_config/vision_config: not a transformers llava "
+                         f"checkpoint{hint}")  # fmt: skip
     config = LlavaConfig.from_pretrained(src)
     problems = []
     if config.vision_config.model_type != "clip_vision_model":
@@ -69,7 +74,7 @@ def _tower_preprocessor(settings: dict[str, Any]) -> dict[str, Any]:
     return {**kept, "image_processor_type": "CLIPImageProcessor", "feature_extractor_type": "CLIPFeatureExtractor"}
 
 
-def _share4v_config(config: LlavaConfig, vocab_size: int, pad: bool) -> dict[str, Any]:
+def _share4v_config(config: LlavaConfig, vocab_size: int, image_aspect_ratio: str) -> dict[str, Any]:
     text = config.text_config.to_dict()
     for key in ("model_type", "architectures", "_name_or_path", "transformers_version", "dtype"):
         text.pop(key, None)
@@ -86,7 +91,7 @@ def _share4v_config(config: LlavaConfig, vocab_size: int, pad: bool) -> dict[str
         "mm_use_im_start_end": False,
         "mm_use_im_patch_token": False,
         "use_mm_proj": True,
-        "image_aspect_ratio": "pad" if pad else "square",
+        "image_aspect_ratio": image_aspect_ratio,
         "tune_mm_mlp_adapter": False,
         "tune_entire_model": False,
         "freeze_mm_mlp_adapter": False,
@@ -96,24 +101,42 @@ def _share4v_config(config: LlavaConfig, vocab_size: int, pad: bool) -> dict[str
 
 
 def _drop_image_token(tokenizer_dir: Path, original_vocab: int) -> None:
-    """Remove the `<image>` entry `to_hf` added from a saved tokenizer (tokenizer.json's added tokens)."""
+    """Remove the `<image>` token `to_hf` added from a saved tokenizer (tokenizer.json, tokenizer_config.json)."""
     path = tokenizer_dir / "tokenizer.json"
     data = json.loads(path.read_text())
     data["added_tokens"] = [
         t for t in data["added_tokens"] if not (t["content"] == IMAGE_TOKEN and t["id"] >= original_vocab)
     ]
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    config_path = tokenizer_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("processor_class", None)
+    config = {k: v for k, v in config.items() if v != IMAGE_TOKEN}  # e.g. "image_token": "<image>"
+    for key in ("extra_special_tokens", "model_specific_special_tokens"):
+        value = config.get(key)
+        if isinstance(value, dict):
+            config[key] = {k: v for k, v in value.items() if v != IMAGE_TOKEN}
+        elif isinstance(value, list):
+            config[key] = [v for v in value if v != IMAGE_TOKEN]
+    config.get("added_tokens_decoder", {}).pop(str(original_vocab), None)
+    config_path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n")
 
 
-def import_from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
+def import_from_hf(
+    src: str | Path, dst: str | Path, overwrite: bool = False, image_aspect_ratio: str | None = None
+) -> Path:
     """Write the share4v copy of llava checkpoint `src` to `dst` (atomically). Returns `dst`.
+
+    `image_aspect_ratio` (default: "pad" when the processor pads to squares, else "square") is the checkpoint's
+    pre-processing; llava-hf's own LLaVA-1.5 processors do not pad although the original model was trained with
+    `pad`.
 
     Raises:
         FileNotFoundError / ValueError: naming what is missing or cannot be expressed.
     """
     src, dst = Path(src), Path(dst)
     config = _llava_config(src)
-    check_destination(dst, overwrite)  # before reading gigabytes of weights
+    check_destination(dst, overwrite, sources=(src,))  # before reading gigabytes of weights
     image_settings = _image_settings(src)
     llm_state, tower_state = from_llava_names(read_model_weights(src))
     export = getattr(config, EXPORT_KEY, None)
@@ -127,11 +150,13 @@ def import_from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) ->
         raise ValueError(f"the projector takes {projector_in}-wide features but the vision tower gives "
                          f"{config.vision_config.hidden_size}")  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(src)
-    with staged_folder(dst, overwrite) as staging:
-        share4v_config = _share4v_config(config, vocab_size, pad=bool(image_settings.get("do_pad")))
+    aspect = image_aspect_ratio or ("pad" if image_settings.get("do_pad") else "square")
+    if aspect not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, not {aspect!r}")
+    with staged_folder(dst, overwrite, sources=(src,)) as staging:
+        share4v_config = _share4v_config(config, vocab_size, aspect)
         (staging / "config.json").write_text(json.dumps(share4v_config, indent=2, sort_keys=True) + "\n")
-        save_file({k: v.contiguous() for k, v in llm_state.items()}, staging / "model.safetensors",
-                  metadata={"format": "pt"})  # fmt: skip
+        write_safetensors_shards(llm_state, staging)
         tokenizer.save_pretrained(staging)
         if export and export.get("rows_added"):
             _drop_image_token(staging, export["original_vocab_size"])
@@ -158,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", help="llava-format folder (config.json with model_type llava)")
     parser.add_argument("dst", help="folder to write (created atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at DST")
+    parser.add_argument(
+        "--image-aspect-ratio", choices=IMAGE_ASPECT_RATIOS, help="pre-processing (default: pad if the processor pads)"
+    )
     args = parser.parse_args(argv)
     try:
-        path = import_from_hf(args.src, args.dst, args.overwrite)
+        path = import_from_hf(args.src, args.dst, args.overwrite, args.image_aspect_ratio)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -33,17 +33,30 @@ def to_llava_names(llm_state: dict[str, torch.Tensor], tower_state: dict[str, to
         projector = next((p for p in _PROJECTOR if key.startswith(p)), None)
         if projector:
             out[_PROJECTOR[projector] + key[len(projector) :]] = value
-        elif key.startswith("model.vision_tower."):
-            continue
+        elif key.startswith("model.vision_tower.") or key.endswith("rotary_emb.inv_freq"):
+            continue  # tower tensors of a model saved with its tower attached; rotary buffers of old checkpoints
         elif key.startswith("model."):
             out["language_model." + key] = value
         elif key.startswith("lm_head."):
             out["language_model." + key] = value
         else:
             raise ValueError(f"unexpected tensor {key!r} in the share4v checkpoint")
-    for key, value in tower_state.items():
-        out["vision_tower.vision_model." + key.removeprefix("vision_model.")] = value
+    for key, value in vision_weights(tower_state).items():
+        out["vision_tower.vision_model." + key] = value
     return out
+
+
+def vision_weights(tower_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A tower folder's vision weights without the `vision_model.` prefix; a whole CLIP model's text side (and
+    its projections) is dropped."""
+    if any(key.startswith("vision_model.") for key in tower_state):
+        return {k[len("vision_model.") :]: v for k, v in tower_state.items() if k.startswith("vision_model.")}
+    return dict(tower_state)
+
+
+def is_llava_hf_config(config: dict) -> bool:
+    """transformers' llava format nests the two configs; original LLaVA/share4v checkpoints name a tower instead."""
+    return "text_config" in config and "vision_config" in config
 
 
 def _hub_name(key: str) -> str:
@@ -83,11 +96,14 @@ def from_llava_names(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 def chat_template(system: str) -> str:
     """A Jinja chat template rendering share4v's `vicuna_v1` prompt (images first in a user turn).
 
-    `<image>` is written `<image> `: the tokenizer then gives the text after each image the leading "▁" that
-    share4v's per-chunk tokenization (`tokenizer_image_token`) gives it, so the token ids are the same.
+    The prompt starts with the BOS token, as share4v's do: engines that tokenize rendered chats without adding
+    special tokens (vLLM, `apply_chat_template(tokenize=True)`) get it from the template. A space follows each
+    special piece (`<s> `, `<image> `): the tokenizer then gives the text after it the leading "▁" that share4v's
+    tokenization gives the start of each chunk, so the token ids are the same.
     """
     system = system.replace("'", "\\'")
     return (
+        "{{- bos_token + ' ' -}}"
         "{%- set ns = namespace(system='" + system + "') -%}"
         "{%- if messages and messages[0]['role'] == 'system' -%}"
         "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"

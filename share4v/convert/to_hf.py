@@ -30,7 +30,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 
 from share4v.conversation import get_conv_template
 from share4v.convert.folders import check_destination, staged_folder
-from share4v.convert.llava_format import EXPORT_KEY, IMAGE_TOKEN, chat_template, to_llava_names
+from share4v.convert.llava_format import EXPORT_KEY, IMAGE_TOKEN, chat_template, is_llava_hf_config, to_llava_names
 from share4v.model.language_model.share4v_llama import Share4VConfig
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.weights_io import read_model_weights, write_safetensors_shards
@@ -45,11 +45,15 @@ def _share4v_config(src: Path) -> Share4VConfig:
     if not config_file.is_file():
         raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
     raw = json.loads(config_file.read_text())
-    if raw.get("model_type") == "llava":
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_file} is not a JSON object")
+    if is_llava_hf_config(raw):
         raise ValueError(f"{src} is already in the transformers llava format (use share4v.convert.from_hf)")
     if not raw.get("mm_vision_tower"):
         raise ValueError(f"{config_file} names no vision tower (mm_vision_tower): not a multimodal share4v checkpoint")
     config = Share4VConfig.from_pretrained(src)
+    if config.mm_use_im_start_end:
+        raise ValueError("mm_use_im_start_end checkpoints wrap images in <im_start>/<im_end>, which llava cannot")
     if config.mm_projector_type != "mlp2x_gelu":
         raise ValueError(
             f"mm_projector_type {config.mm_projector_type!r} cannot be written in the llava format "
@@ -82,6 +86,17 @@ def _image_processor(tower_path: Path, pad: bool) -> LlavaImageProcessorPil:
     return LlavaImageProcessorPil(**kwargs, do_pad=pad)
 
 
+def _for_older_readers(folder: Path) -> None:
+    """transformers 4.x reads `torch_dtype` (not `dtype`) and wants `extra_special_tokens` as a name → token map
+    (transformers 5 writes a list, which 4.x cannot load); the map also tells both where the image token is."""
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault("torch_dtype", config.get("dtype"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["extra_special_tokens"] = {"image_token": IMAGE_TOKEN}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
+
+
 def export_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = None, overwrite: bool = False) -> Path:
     """Write the llava-format copy of share4v checkpoint `src` to `dst` (atomically). Returns `dst`.
 
@@ -90,8 +105,8 @@ def export_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = No
     """
     src, dst = Path(src), Path(dst)
     config = _share4v_config(src)
-    check_destination(dst, overwrite)  # before reading gigabytes of weights
     tower_path = Path(resolve_vision_tower_path(config.mm_vision_tower, src, vision_tower))
+    check_destination(dst, overwrite, sources=(src, tower_path))  # before reading gigabytes of weights
     tower_config = CLIPVisionConfig.from_pretrained(tower_path)
     if tower_config.hidden_size != config.mm_hidden_size:
         raise ValueError(
@@ -130,11 +145,12 @@ def export_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = No
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1,
     )
-    with staged_folder(dst, overwrite) as staging:
+    with staged_folder(dst, overwrite, sources=(src, tower_path)) as staging:
         llava_config.save_pretrained(staging)
         write_safetensors_shards(to_llava_names(llm_state, tower_state), staging)
         processor.save_pretrained(staging)
         processor.image_processor.save_pretrained(staging)  # preprocessor_config.json too, for older readers
+        _for_older_readers(staging)
         if (src / "generation_config.json").is_file():
             shutil.copy(src / "generation_config.json", staging / "generation_config.json")
     return dst

@@ -52,6 +52,12 @@ def collapse_image_tokens(ids, image_token_id):
     return out
 
 
+def _attach(content, images):
+    """Chat content parts with the PIL images in the image parts."""
+    images = iter(images)
+    return [{"type": "image", "image": next(images)} if part["type"] == "image" else part for part in content]
+
+
 def our_prompt(turns):
     conv = get_conv_template("vicuna_v1")
     for i, turn in enumerate(turns):
@@ -77,12 +83,19 @@ def test_chat_template_gives_our_token_ids(exported, tiny, turns):
         text = turn.replace("<image>\n", "")
         content = [{"type": "image"}] * images + [{"type": "text", "text": text}]
         messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": content})
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
     images = [random_image(i) for i in range(turns[0].count("<image>"))]
-    hf_ids = processor(text=text, images=images, return_tensors="pt")["input_ids"][0].tolist()
+    ours = tokenizer_image_token(our_prompt(turns), tiny[0])
     image_token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
-    assert hf_ids.count(image_token_id) == 16 * len(images)
-    assert collapse_image_tokens(hf_ids, image_token_id) == tokenizer_image_token(our_prompt(turns), tiny[0])
+    # as vLLM does: render, then tokenize without adding special tokens (the template starts with <s>)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    hf_ids = processor(text=text, images=images, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    assert hf_ids.tolist().count(image_token_id) == 16 * len(images)
+    assert collapse_image_tokens(hf_ids.tolist(), image_token_id) == ours
+    # as transformers' apply_chat_template(tokenize=True) does
+    with_images = [{**m, "content": _attach(m["content"], images)} for m in messages]
+    tokenized = processor.apply_chat_template(with_images, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ids = tokenized["input_ids"][0] if isinstance(tokenized["input_ids"][0], list) else tokenized["input_ids"]
+    assert collapse_image_tokens(list(ids), image_token_id) == ours
 
 
 def test_transformers_llava_gives_our_logits_and_greedy_text(exported, hf_model, tiny):
@@ -96,7 +109,7 @@ def test_transformers_llava_gives_our_logits_and_greedy_text(exported, hf_model,
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}],
         add_generation_prompt=True,
     )
-    encoding = processor(text=text, images=[image], return_tensors="pt")
+    encoding = processor(text=text, images=[image], add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         ours = model(ours_ids, images=pixels).logits
         theirs = hf_model(**encoding).logits
@@ -176,8 +189,15 @@ def test_bad_inputs_name_the_problem_and_leave_nothing(tiny_ckpt, exported, tmp_
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="names no vision tower"):
         export_to_hf(tmp_path / "bert", dst)
-    with pytest.raises(ValueError, match="model_type 'bert': not a transformers llava checkpoint"):
+    with pytest.raises(ValueError, match="'bert'.*not a transformers llava checkpoint"):
         import_from_hf(tmp_path / "bert", dst)
+    with pytest.raises(ValueError, match="original LLaVA/share4v checkpoint: use share4v.convert.to_hf"):
+        import_from_hf(tiny_ckpt, dst)
+    with pytest.raises(FileExistsError, match="overlaps the input"):
+        export_to_hf(tiny_ckpt, tiny_ckpt, overwrite=True)
+    with pytest.raises(FileExistsError, match="overlaps the input"):
+        export_to_hf(tiny_ckpt, tiny_ckpt / "vision_tower", overwrite=True)
+    assert (tiny_ckpt / "vision_tower" / "model.safetensors").is_file() and (tiny_ckpt / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="already in the transformers llava format"):
         export_to_hf(exported, dst)
     moved = tmp_path / "no-tower"
@@ -190,6 +210,12 @@ def test_bad_inputs_name_the_problem_and_leave_nothing(tiny_ckpt, exported, tmp_
     (other_tower / "config.json").write_text(json.dumps({**config, "hidden_size": 48}))
     with pytest.raises(ValueError, match="48 wide but the checkpoint's projector takes mm_hidden_size=32"):
         export_to_hf(tiny_ckpt, dst, vision_tower=str(other_tower))
+    start_end = tmp_path / "start-end"
+    shutil.copytree(tiny_ckpt, start_end)
+    config = json.loads((start_end / "config.json").read_text())
+    (start_end / "config.json").write_text(json.dumps({**config, "mm_use_im_start_end": True}))
+    with pytest.raises(ValueError, match="<im_start>/<im_end>, which llava cannot"):
+        export_to_hf(start_end, dst)
     linear = tmp_path / "linear"
     shutil.copytree(tiny_ckpt, linear)
     config = json.loads((linear / "config.json").read_text())
@@ -211,8 +237,10 @@ def test_a_failure_while_writing_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch
     (tmp_path / "keep" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a checkpoint"):
         export_to_hf(tiny_ckpt, tmp_path / "keep", overwrite=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
     with pytest.raises(FileExistsError, match="pass --overwrite"):
-        export_to_hf(tiny_ckpt, tiny_ckpt)
+        export_to_hf(tiny_ckpt, tmp_path / "other")
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
 
 
@@ -226,3 +254,34 @@ def test_clis(tiny_ckpt, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "share4v.convert.from_hf", str(tiny_ckpt), str(tmp_path / "x")],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a transformers llava" in bad.stderr
+
+
+def test_a_whole_clip_model_as_tower_exports_its_vision_side_only(tiny_ckpt, tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    vision = json.loads((tiny_ckpt / "vision_tower" / "config.json").read_text())
+    clip = CLIPModel(CLIPConfig(vision_config=vision, text_config={"hidden_size": 16, "intermediate_size": 32,
+                                "num_hidden_layers": 1, "num_attention_heads": 2}, projection_dim=8))  # fmt: skip
+    tower_state = load_file(tiny_ckpt / "vision_tower" / "model.safetensors")
+    clip.vision_model.load_state_dict({k.removeprefix("vision_model."): v for k, v in tower_state.items()})
+    clip.save_pretrained(tmp_path / "clip")
+    shutil.copy(tiny_ckpt / "vision_tower" / "preprocessor_config.json", tmp_path / "clip")
+    exported = export_to_hf(tiny_ckpt, tmp_path / "hf", vision_tower=str(tmp_path / "clip"))
+    names = set(load_file(exported / "model.safetensors"))
+    assert not any("text_model" in n or "projection" in n or "logit_scale" in n for n in names)
+    _, info = LlavaForConditionalGeneration.from_pretrained(exported, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+
+
+def test_files_older_readers_need(exported):
+    config = json.loads((exported / "config.json").read_text())
+    assert config["torch_dtype"] == config["dtype"] == "float32"
+    tokenizer_config = json.loads((exported / "tokenizer_config.json").read_text())
+    assert tokenizer_config["extra_special_tokens"] == {"image_token": "<image>"}
+    assert (exported / "preprocessor_config.json").is_file() and (exported / "chat_template.jinja").is_file()
+    assert AutoTokenizer.from_pretrained(exported).image_token == "<image>"
+
+
+def test_import_with_another_aspect_ratio(exported, tmp_path):
+    back = import_from_hf(exported, tmp_path / "square", image_aspect_ratio="square")
+    assert json.loads((back / "config.json").read_text())["image_aspect_ratio"] == "square"
