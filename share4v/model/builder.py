@@ -15,16 +15,27 @@ The vision tower is loaded from the folder `mm_vision_tower` names, or from `vis
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from share4v.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from share4v.model.checkpoint_checks import (
+    check_select_layer,
+    check_shapes,
+    check_tokenizer,
+    check_tokenizer_files,
+    config_error,
+    looks_local,
+    pickle_error,
+    read_config,
+)
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.utils import resolve_device, resolve_dtype
@@ -34,27 +45,36 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONTEXT_LEN = 2048
 
 
-def _read_config(model_path: Path) -> dict[str, Any]:
-    config_file = model_path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no config.json in {model_path}: not a model checkpoint folder")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
-
-
 def _local_dir(path: str) -> Path:
     """A local checkpoint folder for `path` (a folder, or a hub id present in / downloadable to the HF cache)."""
-    local = Path(path)
+    local = Path(path).expanduser()
     if local.is_dir():
         return local
+    if looks_local(path):
+        raise FileNotFoundError(f"no such folder: {path}")
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=path))
     except (OSError, ValueError) as err:  # not a hub id, offline, not cached, ...
         raise FileNotFoundError(f"checkpoint {path!r} is not a local folder and could not be fetched: {err}") from None
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    check_tokenizer_files(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    check_tokenizer(tokenizer, folder)
+    return tokenizer
+
+
+def _from_pretrained(model_class: Any, folder: Path, **kwargs: Any) -> torch.nn.Module:
+    """`model_class.from_pretrained` with a refused pickle turned into one line naming the files."""
+    try:
+        return model_class.from_pretrained(folder, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise pickle_error(folder, err) from None
+    except StrictDataclassError as err:
+        raise config_error(folder / "config.json", err) from None
 
 
 def _load_weights_file(folder: Path, stem: str) -> dict[str, torch.Tensor] | None:
@@ -204,25 +224,27 @@ def load_pretrained_model(
         load_kwargs["attn_implementation"] = attn_implementation
 
     model_dir = _local_dir(model_path)
-    raw_config = _read_config(model_dir)
+    raw_config = read_config(model_dir)
     kind = _checkpoint_kind(model_dir, raw_config, model_base)
     base_dir = _local_dir(model_base) if model_base is not None else None
     logger.info("loading %s as a %s checkpoint", model_dir, kind)
 
     if kind == "text":
-        tokenizer = AutoTokenizer.from_pretrained(base_dir or model_dir)
-        model = AutoModelForCausalLM.from_pretrained(base_dir or model_dir, **load_kwargs)
+        tokenizer = _load_tokenizer(base_dir or model_dir)
+        model = _from_pretrained(AutoModelForCausalLM, base_dir or model_dir, **load_kwargs)
         if base_dir is not None and (model_dir / "adapter_config.json").is_file():
             model = _merge_lora(model, model_dir, merge_lora)
         return tokenizer, model, None, _context_len(model.config)
 
     try:
         config = Share4VConfig.from_pretrained(model_dir)
-    except ValueError as err:
-        raise ValueError(f"{model_dir / 'config.json'}: {err}") from None
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        raise config_error(model_dir / "config.json", err) from None
     tower_path = resolve_vision_tower_path(config.mm_vision_tower, model_dir, vision_tower_override)  # fail early
-    tokenizer = AutoTokenizer.from_pretrained(base_dir or model_dir)
-    model = Share4VLlamaForCausalLM.from_pretrained(base_dir or model_dir, config=config, **load_kwargs)
+    tokenizer = _load_tokenizer(base_dir or model_dir)
+    if kind == "full":
+        check_shapes(model_dir, config)
+    model = _from_pretrained(Share4VLlamaForCausalLM, base_dir or model_dir, config=config, **load_kwargs)
     if kind == "lora":
         _load_non_lora_trainables(model, model_dir)
         model = _merge_lora(model, model_dir, merge_lora)
@@ -237,6 +259,7 @@ def load_pretrained_model(
         device=model.get_input_embeddings().weight.device,
         attn_implementation=attn_implementation,
     )
+    check_select_layer(config.mm_vision_select_layer, vision_tower.config.num_hidden_layers, tower_path)
     if vision_tower.hidden_size != config.mm_hidden_size:
         raise ValueError(
             f"vision tower {tower_path} gives {vision_tower.hidden_size}-wide features but the checkpoint's "
