@@ -329,4 +329,12 @@ def default_conv_mode(model_name: str | None) -> str:
     return DEFAULT_CONV_MODE
 
 
+def __getattr__(name: str) -> Conversation:
+    """`default_conversation` for scripts written against the original: a fresh vicuna_v1 copy on every access,
+    so no caller can change what another one gets (the original reassigned a module global)."""
+    if name == "default_conversation":
+        return get_conv_template(DEFAULT_CONV_MODE)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["Conversation", "SeparatorStyle", "conv_templates", "default_conv_mode", "get_conv_template"]

@@ -78,6 +78,9 @@ class Chat:
     def __post_init__(self):
         if isinstance(self.turns, str):
             self.turns = [self.turns]
+        if not isinstance(self.turns, (list, tuple)) or not all(isinstance(turn, str) for turn in self.turns):
+            raise TypeError(f"Chat turns must be a string or a list of strings, not {self.turns!r:.80}")
+        self.turns = list(self.turns)
         if isinstance(self.images, (str, os.PathLike, Image.Image)):  # one image, not a sequence of them
             self.images = [self.images]
         self.images = list(self.images)
@@ -164,6 +167,10 @@ class Share4VEngine:
 
     def prepare(self, chats: Sequence[Chat]) -> PreparedBatch:
         """Tokenize and left-pad the prompts; load and pre-process all images in placeholder order."""
+        if isinstance(chats, Chat) or not chats:
+            raise ValueError("expected a non-empty list of Chat objects (wrap a single chat in a list)")
+        if not all(isinstance(chat, Chat) for chat in chats):
+            raise TypeError(f"expected Chat objects, got {sorted({type(c).__name__ for c in chats})}")
         convs = [self.conversation(chat) for chat in chats]
         rows = [tokenizer_image_token(conv.get_prompt(), self.tokenizer) for conv in convs]
         width = max(len(row) for row in rows)

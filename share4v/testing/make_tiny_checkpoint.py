@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,11 +187,14 @@ def make_tiny_checkpoint(
     out_dir = Path(out_dir)
     if weight_format not in ("safetensors", "bin"):
         raise ValueError(f"weight_format must be 'safetensors' or 'bin', not {weight_format!r}")
+    is_checkpoint = (out_dir / "config.json").is_file()
     if out_dir.exists() and not overwrite:
-        if (out_dir / "config.json").is_file():
+        if is_checkpoint:
             return out_dir
         if any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not a checkpoint; pass --overwrite or choose another path")
+            raise FileExistsError(f"{out_dir} exists and is not a checkpoint; choose another path")
+    if out_dir.exists() and overwrite and not is_checkpoint and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not a checkpoint (no config.json): --overwrite replaces checkpoints only")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -217,7 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at OUT_DIR")
     args = parser.parse_args(argv)
     existed = (Path(args.out_dir) / "config.json").is_file()
-    path = make_tiny_checkpoint(args.out_dir, TinySpec(seed=args.seed), args.format, args.shards, args.overwrite)
+    try:
+        path = make_tiny_checkpoint(args.out_dir, TinySpec(seed=args.seed), args.format, args.shards, args.overwrite)
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
     if existed and not args.overwrite:
         print(f"kept the existing checkpoint at {path} (pass --overwrite to rebuild it)")
     else:

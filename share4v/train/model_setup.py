@@ -15,6 +15,7 @@ import torch
 from transformers import AutoTokenizer, BitsAndBytesConfig
 
 from share4v.mm_utils import IMAGE_ASPECT_RATIOS
+from share4v.model.checkpoint_checks import looks_local
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.vision_setup import (
@@ -57,6 +58,8 @@ def load_model(model_args: Any, training_args: Any, attn_implementation: str | N
     """The language model of `--model_name_or_path` (a Llama/Vicuna folder or a share4v checkpoint), in fp32
     (mixed precision and DeepSpeed keep fp32 master weights), quantized with `--bits 4/8`."""
     path = model_args.model_name_or_path
+    if looks_local(path) and not Path(path).expanduser().is_dir():
+        raise FileNotFoundError(f"no such folder: {path} (--model_name_or_path)")
     if Path(path, "adapter_config.json").is_file():
         raise ValueError(f"{path} is a LoRA adapter: merge it first (python scripts/merge_lora_weights.py --help)")
     config_dict, _ = Share4VConfig.get_config_dict(path, cache_dir=training_args.cache_dir)

@@ -20,6 +20,7 @@ Trainer (resuming from the last checkpoint) → save in the released layout → 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from share4v.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
@@ -113,5 +114,14 @@ __all__ = [
     "train",
 ]
 
+
+def main(attn_implementation: str | None = None) -> None:
+    """The command line: a bad setting, path or file is one line and exit status 1, not a traceback."""
+    try:
+        train(attn_implementation)
+    except (ValueError, OSError, ImportError) as err:
+        sys.exit(f"error: {err}")
+
+
 if __name__ == "__main__":
-    train()
+    main()

@@ -12,7 +12,7 @@ import sys
 if __package__ in (None, ""):  # run as a script by path: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from share4v.train.train import train
+from share4v.train.train import main
 
 
 def attention_implementation() -> str:
@@ -20,4 +20,4 @@ def attention_implementation() -> str:
 
 
 if __name__ == "__main__":
-    train(attn_implementation=attention_implementation())
+    main(attn_implementation=attention_implementation())

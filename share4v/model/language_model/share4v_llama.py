@@ -10,6 +10,7 @@ KV cache, sampling, loss — is transformers' own.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -43,6 +44,10 @@ from share4v.model.vision_setup import (
 from share4v.model.vision_setup import save_vision_tower as write_vision_tower
 
 logger = logging.getLogger(__name__)
+
+# transformers renamed forward's `past_key_values` to `cache` (5.2x; the old name goes in 5.40). Callers written
+# against the original (4.31-style decoding loops) pass `past_key_values`: hand it on under the current name.
+_CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 VISION_TOWER_FOLDER = "vision_tower"  # where save_pretrained writes the tower, relative to the checkpoint
 
@@ -245,6 +250,8 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         images: torch.Tensor | list[torch.Tensor] | None = None,
         **kwargs,
     ):
+        if "past_key_values" in kwargs and _CACHE_KWARG != "past_key_values":
+            kwargs[_CACHE_KWARG] = kwargs.pop("past_key_values")
         if isinstance(images, (list, tuple)) and not images:
             images = None  # an empty image list is no images
         if images is not None and labels is None and input_ids is not None and input_ids.shape[-1] == 1:
