@@ -99,9 +99,15 @@ def save_training_checkpoint(
         save_file(_cpu({k: v for k, v in full_state.items() if k in trainable}), output_dir / NON_LORA_FILE)
     tower_name = base.config.mm_vision_tower
     if save_vision_tower_folder:
-        save_vision_tower(
-            base.get_vision_tower(), output_dir / VISION_TOWER_FOLDER, tower_state_from_model_state(plain_state)
-        )
+        tower = base.get_vision_tower()
+        tower_state = tower_state_from_model_state(plain_state)
+        expected = {"vision_model." + key for key in tower.vision_tower.state_dict()}
+        if set(tower_state) != expected:
+            raise RuntimeError(
+                f"the weights to save hold {len(tower_state)} of the vision tower's {len(expected)} tensors: "
+                "gather the whole model (ZeRO-3) before saving"
+            )
+        save_vision_tower(tower, output_dir / VISION_TOWER_FOLDER, tower_state)
         base.config.mm_vision_tower = VISION_TOWER_FOLDER
     try:
         base.config.save_pretrained(output_dir)
