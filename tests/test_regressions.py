@@ -142,6 +142,6 @@ def test_make_tiny_checkpoint_overwrite_replaces_only_checkpoints(tmp_path):
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
 
 
-def test_loader_used_by_these_tests(tiny_ckpt):
+def test_cpu_loads_in_float32_by_default(tiny_ckpt):
     _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")
     assert model.dtype is torch.float32

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from share4v.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
@@ -38,6 +37,7 @@ from share4v.model.checkpoint_checks import (
 )
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
+from share4v.model.weights_io import read_weights
 from share4v.utils import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,9 @@ def _from_pretrained(model_class: Any, folder: Path, **kwargs: Any) -> torch.nn.
 
 def _load_weights_file(folder: Path, stem: str) -> dict[str, torch.Tensor] | None:
     """`stem.safetensors` or `stem.bin` (read with weights_only=True) from `folder`, or None."""
-    if (folder / f"{stem}.safetensors").is_file():
-        return load_file(folder / f"{stem}.safetensors")
-    if (folder / f"{stem}.bin").is_file():
-        return torch.load(folder / f"{stem}.bin", map_location="cpu", weights_only=True)
+    for suffix in (".safetensors", ".bin"):
+        if (folder / f"{stem}{suffix}").is_file():
+            return read_weights(folder / f"{stem}{suffix}")
     return None
 
 
