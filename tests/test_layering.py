@@ -16,6 +16,8 @@ RANKS = [
     ("share4v.conversation", 2),
     ("share4v.model.multimodal_projector", 3),
     ("share4v.model.weights_io", 3),
+    ("share4v.model.causal_lm_loss", 3),
+    ("share4v.model.packed_attention", 3),
     ("share4v.model.multimodal_encoder", 3),
     ("share4v.model.share4v_arch", 4),
     ("share4v.model.vision_setup", 4),

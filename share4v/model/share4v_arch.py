@@ -4,9 +4,10 @@ The image/text merge of ShareGPT4V as small pure functions.
 
 A prompt is tokenized with one `IMAGE_TOKEN_INDEX` (-200) id per image. `merge_image_features` replaces each such
 id by that image's projected features (`num_patches` rows), marks those positions `IGNORE_INDEX` in the labels, and
-re-pads the batch on the requested side. Images are matched to placeholders in reading order (row by row); a
-training batch (with labels) that gives one image per row, as the collator does with blank images for text-only
-rows, is accepted too.
+re-pads the batch on the requested side — or, for training, packs the rows into one row without padding
+(`padding_side="packed"`, position ids restarting per sample, the samples' lengths kept for the attention). Images
+are matched to placeholders in reading order (row by row); a training batch (with labels) that gives one image per
+row, as the collator does with blank images for text-only rows, is accepted too.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ class MultimodalInputs:
     """What the language model consumes after the merge."""
 
     inputs_embeds: torch.Tensor  # [B, L, D]
-    attention_mask: torch.Tensor  # [B, L], long, 1 = real token
+    attention_mask: torch.Tensor | None  # [B, L], long, 1 = real token; None for a packed row
     position_ids: torch.Tensor  # [B, L]
     labels: torch.Tensor | None  # [B, L] or None
+    sequence_lengths: list[int] | None = None  # a packed row's samples, in order; None when padded
 
 
 def assign_images(
@@ -72,13 +74,14 @@ def merge_image_features(
         embed_tokens: the language model's input embedding.
         attention_mask: `[B, S]`; padding positions (0) are dropped before re-padding. Default: all ones.
         labels: `[B, S]` or None.
-        padding_side: side of the re-padding, "right" (training) or "left" (generation).
+        padding_side: side of the re-padding, "right" (training) or "left" (generation); "packed" concatenates
+            the rows into one (training; see `pack_merged`).
 
     Returns:
-        `MultimodalInputs` whose length is the longest merged row.
+        `MultimodalInputs` whose length is the longest merged row (the sum of the rows' lengths when packed).
     """
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    if padding_side not in ("left", "right", "packed"):
+        raise ValueError(f"padding_side must be 'left', 'right' or 'packed', not {padding_side!r}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     keep = attention_mask.bool()
@@ -107,7 +110,22 @@ def merge_image_features(
         if row_labels is not None:
             label_parts.append(row_labels[start:])
             rows_labels.append(torch.cat(label_parts, dim=0))
+    if padding_side == "packed":
+        return pack_merged(rows_embeds, rows_labels if labels is not None else None)
     return pad_merged(rows_embeds, rows_labels if labels is not None else None, padding_side)
+
+
+def pack_merged(rows_embeds: Sequence[torch.Tensor], rows_labels: Sequence[torch.Tensor] | None) -> MultimodalInputs:
+    """Concatenate variable-length rows `[L_i, D]` into one row `[1, sum L_i, D]` with no padding.
+
+    Position ids restart at 0 for every sample, so each sample sees the positions it would see alone; keeping the
+    samples apart in attention is the attention's job (`sequence_lengths` tells it where each one ends).
+    """
+    lengths = [row.shape[0] for row in rows_embeds]
+    embeds = torch.cat(list(rows_embeds), dim=0).unsqueeze(0)
+    position_ids = torch.cat([torch.arange(length, device=embeds.device) for length in lengths]).unsqueeze(0)
+    labels = torch.cat(list(rows_labels), dim=0).unsqueeze(0) if rows_labels is not None else None
+    return MultimodalInputs(embeds, None, position_ids, labels, sequence_lengths=lengths)
 
 
 def pad_merged(

@@ -101,6 +101,21 @@ class TrainingArguments(transformers.TrainingArguments):
     save_vision_tower: Optional[bool] = field(
         default=None, metadata={"help": "write vision_tower/ into the output (default: when ViT weights trained)"}
     )
+    pack_sequences: bool = field(
+        default=True,
+        metadata={
+            "help": "run each micro-batch as one row of its samples without padding, each sample attending only "
+            "to itself (same samples, same loss as padding; faster)"
+        },
+    )
+    fused_cross_entropy: bool = field(
+        default=True,
+        metadata={"help": "compute the loss without full-vocabulary logits (same values; less memory and time)"},
+    )
+    peak_tflops: Optional[float] = field(
+        default=None,
+        metadata={"help": "the accelerator's bf16 matmul peak, for the logged MFU (default: measured on CUDA)"},
+    )
 
 
 # Flags of transformers 4.31 (which the original scripts pass) that transformers 5 renamed or dropped.

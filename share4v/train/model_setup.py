@@ -18,6 +18,7 @@ from share4v.mm_utils import IMAGE_ASPECT_RATIOS
 from share4v.model.checkpoint_checks import looks_local
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
+from share4v.model.packed_attention import PACKED_ATTENTION
 from share4v.model.vision_setup import (
     image_tokens_per_image,
     initialize_vision_modules,
@@ -211,3 +212,19 @@ def apply_lora(model: Share4VLlamaForCausalLM, training_args: Any) -> torch.nn.M
         model.to(compute_dtype(training_args))
     logger.info("adding LoRA adapters (r=%d, alpha=%d)", training_args.lora_r, training_args.lora_alpha)
     return get_peft_model(model, lora_config)
+
+
+def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
+    """The exact speed-ups of the training step: the loss without full-vocabulary logits and, for packed
+    micro-batches on SDPA, the attention that runs each packed sample on its own (flash-attention runs them so
+    already; other implementations stay correct through transformers' packed-sequence masks, only slower)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model.fused_cross_entropy = training_args.fused_cross_entropy
+    if training_args.pack_sequences and model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(PACKED_ATTENTION)
+    logger.info(
+        "training step: %s micro-batches, loss %s full-vocabulary logits, attention %s",
+        "packed" if training_args.pack_sequences else "padded",
+        "without" if training_args.fused_cross_entropy else "with target-position",
+        model.config._attn_implementation,
+    )

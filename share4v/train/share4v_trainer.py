@@ -1,8 +1,9 @@
 """train/share4v_trainer.py
 
 `Share4VTrainer`: transformers' Trainer with what ShareGPT4V's recipe needs on top — the modality/length-grouped
-sampler, optimizer groups with their own learning rates for projector and ViT, and checkpoints (periodic and final)
-in the released layouts, restored completely on resume.
+sampler, optimizer groups with their own learning rates for projector and ViT, checkpoints (periodic and final)
+in the released layouts, restored completely on resume, packed micro-batches (`--pack_sequences`), and useful
+tokens/s and MFU in every log line.
 """
 
 from __future__ import annotations
@@ -15,11 +16,35 @@ from transformers import Trainer
 from share4v.train.optim import param_groups
 from share4v.train.sampler import ModalityLengthGroupedSampler
 from share4v.train.saving import is_peft_model, load_training_checkpoint, save_training_checkpoint, vit_was_trained
+from share4v.train.throughput import ThroughputMeter, measure_matmul_peak, sample_lengths
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
 
 class Share4VTrainer(Trainer):
+    _throughput: ThroughputMeter | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self._count_tokens(inputs)
+            if getattr(self.args, "pack_sequences", False):
+                inputs = {**inputs, "pack_sequences": True}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _count_tokens(self, inputs) -> None:
+        if self._throughput is None:
+            peak = self.args.peak_tflops * 1e12 if getattr(self.args, "peak_tflops", None) else None
+            if peak is None and self.args.device.type == "cuda":
+                peak = measure_matmul_peak(self.args.device)
+            self._throughput = ThroughputMeter(self.accelerator.unwrap_model(self.model).config, peak)
+        patches = getattr(self.data_collator, "image_tokens_per_image", None) or 1
+        self._throughput.add(sample_lengths(inputs["input_ids"], inputs["attention_mask"], patches))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._throughput is not None:
+            logs.update(self._throughput.rates())  # useful tokens/s (this process) and MFU since the last log
+        super().log(logs, start_time)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not getattr(self.args, "group_by_modality_length", False) or dataset is None:

@@ -5,7 +5,9 @@
 
 The model adds one thing to Llama: `images=` in `forward` and `generate`. Images are encoded, projected and
 spliced in at the `-200` placeholders (see `share4v_arch.merge_image_features`); everything after that — attention,
-KV cache, sampling, loss — is transformers' own.
+KV cache, sampling — is transformers' own. Training adds two exact speed-ups: `pack_sequences=True` concatenates
+the batch's samples into one row without padding (each sample attends only to itself; see `packed_attention`), and
+the loss is computed from the hidden states without full-vocabulary logits (see `causal_lm_loss`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from transformers import (
     LlamaModel,
     LlamaPreTrainedModel,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.mm_utils import IMAGE_ASPECT_RATIOS
+from share4v.model.causal_lm_loss import causal_lm_loss
 from share4v.model.multimodal_encoder.builder import build_vision_tower
 from share4v.model.multimodal_encoder.clip_encoder import SELECT_FEATURES, CLIPVisionTower
 from share4v.model.multimodal_projector.builder import (
@@ -34,6 +38,7 @@ from share4v.model.multimodal_projector.builder import (
     build_vision_projector,
     is_known_projector_type,
 )
+from share4v.model.packed_attention import PACKED_ATTENTION  # noqa: F401  (registers the implementation)
 from share4v.model.share4v_arch import MultimodalInputs, infer_padding_side, merge_image_features
 from share4v.model.vision_setup import (
     TOWER_STATE_PREFIX,
@@ -141,6 +146,9 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         self.model = Share4VLlamaModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Training loss without full-vocabulary logits (see causal_lm_loss); False computes the logits of the
+        # target positions through `lm_head` instead. Same values either way.
+        self.fused_cross_entropy = True
         self.post_init()
 
     def get_model(self) -> Share4VLlamaModel:
@@ -248,8 +256,16 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         images: torch.Tensor | list[torch.Tensor] | None = None,
+        pack_sequences: bool = False,
         **kwargs,
     ):
+        """Llama's forward plus `images=`.
+
+        `pack_sequences=True` (training; needs `input_ids`) drops the padding and runs the batch as one row of
+        concatenated samples, each attending only to itself; the loss is the padded batch's loss. With labels, when
+        packed or training with `fused_cross_entropy`, the loss comes from `causal_lm_loss` and no logits are
+        returned; otherwise it is transformers' own.
+        """
         if "past_key_values" in kwargs and _CACHE_KWARG != "past_key_values":
             kwargs[_CACHE_KWARG] = kwargs.pop("past_key_values")
         if isinstance(images, (list, tuple)) and not images:
@@ -257,12 +273,25 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         if images is not None and labels is None and input_ids is not None and input_ids.shape[-1] == 1:
             if not bool((input_ids == IMAGE_TOKEN_INDEX).any()):
                 images = None  # a decoding step of an original-style loop: the images are already in the cache
-        if images is not None and inputs_embeds is None:
-            merged = self.prepare_multimodal_inputs(input_ids, images, attention_mask, labels)
+        sequence_lengths = None
+        if pack_sequences and (input_ids is None or inputs_embeds is not None):
+            raise ValueError("pack_sequences=True needs input_ids (the batch is packed after the image merge)")
+        if (images is not None and inputs_embeds is None) or pack_sequences:
+            merged = self._merge(input_ids, images, attention_mask, labels, pack_sequences)
             input_ids, inputs_embeds = None, merged.inputs_embeds
             attention_mask, position_ids, labels = merged.attention_mask, merged.position_ids, merged.labels
+            sequence_lengths = merged.sequence_lengths
         elif input_ids is not None and input_ids.shape[-1] > 1 and bool((input_ids == IMAGE_TOKEN_INDEX).any()):
             raise ValueError("input_ids hold <image> placeholders (-200) but no images were given")
+        if sequence_lengths is not None:
+            kwargs.update(packed_attention_kwargs(sequence_lengths, inputs_embeds.device))
+            kwargs["use_cache"] = False
+        if labels is not None and (sequence_lengths is not None or (self.training and self.fused_cross_entropy)):
+            return self._forward_with_loss(
+                inputs_embeds, attention_mask, position_ids, labels, sequence_lengths, kwargs
+            )
+        if sequence_lengths is not None:
+            kwargs["logits_to_keep"] = 0  # every position's logits (the default keeps them all as well)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -271,6 +300,29 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
             labels=labels,
             **kwargs,
         )
+
+    def _merge(self, input_ids, images, attention_mask, labels, pack: bool) -> MultimodalInputs:
+        padding_side = "packed" if pack else None
+        if images is None:  # a packed text-only batch
+            return merge_image_features(input_ids, [], self.get_input_embeddings(), attention_mask, labels, "packed")
+        return self.prepare_multimodal_inputs(input_ids, images, attention_mask, labels, padding_side=padding_side)
+
+    def _forward_with_loss(self, inputs_embeds, attention_mask, position_ids, labels, sequence_lengths, kwargs):
+        """Decoder → last hidden states → `causal_lm_loss` (no full-vocabulary logits are formed)."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("logits_to_keep", None)
+        outputs = self.model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+        loss = causal_lm_loss(
+            outputs.last_hidden_state,
+            self.lm_head,
+            labels,
+            sequence_lengths=sequence_lengths,
+            num_items_in_batch=num_items_in_batch,
+            fused=self.fused_cross_entropy,
+        )
+        return CausalLMOutputWithPast(loss=loss, logits=None)
 
     @torch.no_grad()
     def generate(
@@ -298,6 +350,21 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         else:
             inputs_embeds = self.get_input_embeddings()(inputs)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+
+def packed_attention_kwargs(sequence_lengths: list[int], device: torch.device) -> dict:
+    """The boundaries of a packed row's samples, under the names transformers' attention functions read."""
+    bounds = [0]
+    for length in sequence_lengths:
+        bounds.append(bounds[-1] + length)
+    cu_seq_lens = torch.tensor(bounds, dtype=torch.int32, device=device)
+    longest = max(sequence_lengths)
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 AutoConfig.register("share4v", Share4VConfig, exist_ok=True)

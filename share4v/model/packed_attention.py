@@ -1,0 +1,101 @@
+"""packed_attention.py
+
+Attention for packed training rows: several samples concatenated into one row with no padding, each attending only
+to itself. Registered with transformers' `AttentionInterface` under `PACKED_ATTENTION`; the language model reaches
+it through the standard `attn_implementation` setting (no patching).
+
+A call that carries the samples' boundaries (`cu_seq_lens_q`, cumulative lengths, as transformers' own
+flash-attention path names them) runs causal attention per sample: PyTorch's variable-length kernel on CUDA
+(`torch.nn.attention.varlen`), else one `scaled_dot_product_attention` per sample. Every other call (padded
+batches, generation, the vision tower) is transformers' SDPA attention with its usual mask, so the implementation
+can stay set outside packed training.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # an older PyTorch: the per-sample loop serves
+    varlen_attn = None
+
+PACKED_ATTENTION = "share4v_packed_sdpa"
+
+# implementations that already keep packed samples apart given `cu_seq_lens_*` (their own varlen kernels)
+PACKING_AWARE = (PACKED_ATTENTION, "flash_attention_2", "flash_attention_3")
+
+
+def packed_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: `query/key/value` `[B, H, L, Dh]` → output `[B, L, H, Dh]`."""
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if query.shape[0] != 1:
+        raise ValueError(f"a packed batch is one row, got {query.shape[0]} rows")
+    if dropout:
+        raise ValueError("attention dropout is not supported for packed rows")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: one key/value head per group of query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    max_length = kwargs.get("max_length_q")
+    if max_length is None:
+        max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    if _varlen_kernel_serves(query):
+        output = _varlen_causal(query[0], key[0], value[0], cu_seq_lens, int(max_length), scaling)
+    else:
+        output = _causal_per_sample(query[0], key[0], value[0], cu_seq_lens, scaling)
+    return output.unsqueeze(0), None
+
+
+def _varlen_kernel_serves(query: torch.Tensor) -> bool:
+    return varlen_attn is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+
+
+def _varlen_causal(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_length: int, scale
+) -> torch.Tensor:
+    """`[H, T, Dh]` each → `[T, H, Dh]`, through PyTorch's variable-length flash kernel."""
+    q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # [T, H, Dh]
+    cu = cu.to(device=q.device, dtype=torch.int32)
+    causal = {"is_causal": True} if _VARLEN_TAKES_IS_CAUSAL else {"window_size": (-1, 0)}
+    return varlen_attn(q, k, v, cu, cu, max_length, max_length, scale=scale, **causal)
+
+
+_VARLEN_TAKES_IS_CAUSAL = varlen_attn is not None and "is_causal" in inspect.signature(varlen_attn).parameters
+
+
+def _causal_per_sample(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, scale
+) -> torch.Tensor:
+    """`[H, T, Dh]` each → `[T, H, Dh]`, one causal SDPA call per sample (CPU, fp32, older PyTorch)."""
+    bounds = cu.tolist()
+    outputs = [
+        F.scaled_dot_product_attention(
+            query[:, start:end], key[:, start:end], value[:, start:end], is_causal=True, scale=scale
+        )
+        for start, end in itertools.pairwise(bounds)
+    ]
+    return torch.cat(outputs, dim=1).transpose(0, 1)
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # unpacked calls get SDPA's masks

@@ -1,0 +1,46 @@
+"""The fast training step (packed micro-batches, loss without full logits) trains exactly as the padded recipe."""
+
+import pytest
+
+from share4v.model.packed_attention import PACKED_ATTENTION
+from share4v.train.train import train
+from tests.train.test_train import COMMON
+
+
+def run(world, output_dir, *flags):
+    return train(argv=[
+        *COMMON, "--model_name_or_path", str(world["llm"]), "--version", "v1",
+        "--data_path", str(world["instruct"]), "--image_folder", str(world["instruct"].parent),
+        "--vision_tower", str(world["tower"]), "--pretrain_mm_mlp_adapter", str(world["projector"]),
+        "--image_aspect_ratio", "pad", "--gradient_accumulation_steps", "2", "--max_steps", "4",
+        "--output_dir", str(output_dir), *flags,
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("speedups")
+    padded = run(world, root / "padded", "--pack_sequences", "False", "--fused_cross_entropy", "False")
+    fast = run(world, root / "fast")  # the defaults
+    return padded, fast
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_packed_fused_training_follows_the_padded_run(runs):
+    padded, fast = runs
+    assert fast.model.config._attn_implementation == PACKED_ATTENTION
+    assert padded.model.config._attn_implementation == "sdpa"
+    for key in ("loss", "grad_norm"):
+        expected, actual = logged(padded, key), logged(fast, key)
+        assert len(expected) == 4
+        for step, (a, b) in enumerate(zip(actual, expected, strict=True)):
+            assert abs(a - b) <= 1e-4 * abs(b), (key, step, actual, expected)
+
+
+def test_every_log_line_has_useful_tokens_per_second(runs):
+    _, fast = runs
+    rates = logged(fast, "tokens_per_second")
+    assert len(rates) == 4 and all(rate > 0 for rate in rates)
