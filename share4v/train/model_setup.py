@@ -222,9 +222,13 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
     model.fused_cross_entropy = training_args.fused_cross_entropy
     if training_args.pack_sequences and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(PACKED_ATTENTION)
+    if training_args.compile_decoder_layers:
+        for layer in model.get_model().layers:
+            layer.compile()
     logger.info(
-        "training step: %s micro-batches, loss %s full-vocabulary logits, attention %s",
+        "training step: %s micro-batches, loss %s full-vocabulary logits, attention %s%s",
         "packed" if training_args.pack_sequences else "padded",
         "without" if training_args.fused_cross_entropy else "with target-position",
         model.config._attn_implementation,
+        ", compiled decoder layers" if training_args.compile_decoder_layers else "",
     )

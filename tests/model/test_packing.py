@@ -180,3 +180,27 @@ def test_a_batch_without_targets_has_zero_loss_and_gradients():
 def test_pack_sequences_needs_input_ids(model):
     with pytest.raises(ValueError, match="pack_sequences=True needs input_ids"):
         model(inputs_embeds=torch.zeros((1, 3, model.config.hidden_size)), pack_sequences=True)
+
+
+def test_packed_attention_takes_autocast_inputs_as_sdpa_does(monkeypatch):
+    """Under autocast, rotary embeddings leave query/key in fp32 while value is bf16: all three go to bf16, so
+    that the (CUDA) flash kernel, which takes no fp32, is chosen."""
+    from share4v.model import packed_attention
+    from share4v.model.packed_attention import packed_attention_forward
+
+    seen = []
+    monkeypatch.setattr(packed_attention, "_varlen_kernel_serves", lambda query: seen.append(query.dtype) and False)
+
+    generator = torch.Generator().manual_seed(0)
+    query, key = (torch.randn((1, 2, 7, 8), generator=generator) for _ in range(2))
+    value = torch.randn((1, 2, 7, 8), generator=generator).to(torch.bfloat16)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = packed_attention_forward(None, query, key, value, None, cu_seq_lens_q=cu, max_length_q=4)
+    assert seen == [torch.bfloat16]
+    assert output.dtype == torch.bfloat16 and output.shape == (1, 7, 2, 8)
+    for start, end in ((0, 3), (3, 7)):
+        expected = F.scaled_dot_product_attention(
+            *(t[:, :, start:end].to(torch.bfloat16) for t in (query, key, value)), is_causal=True
+        )
+        torch.testing.assert_close(output[0, start:end], expected[0].transpose(0, 1), rtol=2e-2, atol=2e-2)

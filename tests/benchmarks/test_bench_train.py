@@ -1,0 +1,35 @@
+"""benchmarks/bench_train.py runs end to end at a tiny shape on the CPU, and its two models compute one loss."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_train  # noqa: E402
+
+
+def test_tiny_run_writes_results_with_equal_losses(tmp_path):
+    out = tmp_path / "train.json"
+    results = bench_train.main(
+        ["--tiny", "--micro-batch", "3", "--warmup", "1", "--steps", "1", "--max-length", "200", "--out", str(out)]
+    )
+    written = json.loads(out.read_text())
+    assert written["train_speedup"] == results["train_speedup"] > 0
+    assert written["equality"]["equal"] and written["equality"]["max_relative_difference"] < 1e-4
+    assert len(written["share4v"]["losses"]) == len(written["baseline"]["losses"]) == 2
+    # same samples, same initial weights, same optimizer: the two runs train alike, step after step
+    for ours, theirs in zip(written["share4v"]["losses"], written["baseline"]["losses"], strict=True):
+        assert abs(ours - theirs) < 1e-3 * abs(theirs)
+
+
+def test_llava_batch_expands_each_image_to_its_patches():
+    shape = bench_train.TINY
+    samples = bench_train.make_samples(4, shape, max_length=300, seed=3)
+    ours = bench_train.share4v_batch(samples, shape, "cpu")
+    theirs = bench_train.llava_batch(samples, shape, "cpu")
+    for row, sample in enumerate(samples):
+        assert int(theirs["attention_mask"][row].sum()) == bench_train.merged_length(sample, shape)
+        assert int(ours["attention_mask"][row].sum()) == len(sample.tokens)
+    assert int((theirs["labels"] != -100).sum()) == int((ours["labels"] != -100).sum())
