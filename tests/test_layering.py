@@ -25,6 +25,7 @@ RANKS = [
     ("share4v.model.builder", 6),
     ("share4v.model", 6),
     ("share4v.inference", 7),
+    ("share4v.eval.metrics", 1),  # pure scorers: standard library only (before "share4v.eval": first match wins)
     ("share4v.eval", 8),
     ("share4v.serve", 8),
     ("share4v.testing", 8),
