@@ -25,4 +25,10 @@ echo "== ZeRO-3, bf16, gradient checkpointing, micro-batch ${MICRO_BATCH:-4}, $G
 torchrun --nproc_per_node "$GPUS" benchmarks/train_zero3_7b.py run "$WORLD" --out "$OUT_DIR/train_zero3_7b.json" \
     --micro-batch "${MICRO_BATCH:-4}" --warmup "${WARMUP:-2}" --steps "${STEPS:-6}" > "$OUT_DIR/train.log" 2>&1
 echo "train exit $?"; grep -v Warning "$OUT_DIR/train.log" | tail -n 15
+if [ -n "${PADDED_TOO:-}" ]; then  # the same step, padded with full logits (transformers' own), on the same machine
+    torchrun --nproc_per_node "$GPUS" benchmarks/train_zero3_7b.py run "$WORLD" --padded \
+        --out "$OUT_DIR/train_zero3_7b-padded.json" --micro-batch "${MICRO_BATCH:-4}" --warmup "${WARMUP:-2}" \
+        --steps "${STEPS:-6}" > "$OUT_DIR/train-padded.log" 2>&1
+    echo "padded exit $?"; tail -n 1 "$OUT_DIR/train-padded.log"
+fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv

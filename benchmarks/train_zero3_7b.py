@@ -135,7 +135,16 @@ class Meter:
             self.elapsed, self.measured_tokens = now - self.start, self.tokens - self.start_tokens
 
 
-def run(root: Path, out: Path, micro_batch: int, warmup: int, steps: int, checkpointing: bool, cpu: bool) -> None:
+def run(
+    root: Path,
+    out: Path,
+    micro_batch: int,
+    warmup: int,
+    steps: int,
+    checkpointing: bool,
+    cpu: bool,
+    padded: bool = False,
+) -> None:
     import torch.distributed as dist
 
     from share4v.train.train import build_trainer
@@ -153,7 +162,7 @@ def run(root: Path, out: Path, micro_batch: int, warmup: int, steps: int, checkp
         "--gradient_accumulation_steps", "1", "--save_strategy", "no", "--learning_rate", "2e-5",
         "--weight_decay", "0.", "--warmup_steps", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "1",
         "--model_max_length", "2048", "--gradient_checkpointing", str(checkpointing), "--dataloader_num_workers", "4",
-        "--report_to", "none",
+        "--report_to", "none", "--pack_sequences", str(not padded), "--fused_cross_entropy", str(not padded),
     ]  # fmt: skip
     trainer = build_trainer(attn_implementation="sdpa", argv=argv, callbacks=[meter.callback])
     lengths = trainer.train_dataset.lengths
@@ -173,7 +182,7 @@ def run(root: Path, out: Path, micro_batch: int, warmup: int, steps: int, checkp
     result = {
         "gpu": "cpu" if cpu else torch.cuda.get_device_name(), "gpus": world, "torch": torch.__version__,
         "transformers": __import__("transformers").__version__, "deepspeed": __import__("deepspeed").__version__,
-        "micro_batch": micro_batch, "gradient_checkpointing": checkpointing, "zero_stage": 3,
+        "micro_batch": micro_batch, "gradient_checkpointing": checkpointing, "zero_stage": 3, "packed": not padded,
         "dtype": "fp32" if cpu else "bf16",
         "attention": "sdpa", "timed_steps": steps, "warmup_steps": warmup, "seconds_per_step": meter.elapsed / steps,
         "useful_tokens_per_s_per_gpu": round(per_gpu, 1),
@@ -207,12 +216,22 @@ def main() -> None:
     bench.add_argument("--steps", type=int, default=10)
     bench.add_argument("--no-checkpointing", action="store_true")
     bench.add_argument("--cpu", action="store_true", help="fp32 on the CPU (a smoke test of the script)")
+    bench.add_argument("--padded", action="store_true", help="transformers' padded step (no packing, full logits)")
     args = parser.parse_args()
     if args.command == "make-world":
         make_world(args.root, args.rows, args.layers, args.tiny)
     else:
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-        run(args.root, args.out, args.micro_batch, args.warmup, args.steps, not args.no_checkpointing, args.cpu)
+        run(
+            args.root,
+            args.out,
+            args.micro_batch,
+            args.warmup,
+            args.steps,
+            not args.no_checkpointing,
+            args.cpu,
+            args.padded,
+        )
 
 
 if __name__ == "__main__":
