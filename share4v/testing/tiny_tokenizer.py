@@ -40,11 +40,13 @@ def _corpus(seed: int, num_sentences: int = 600) -> list[str]:
     return lines
 
 
-def train_sentencepiece(seed: int = 0, vocab_size: int = 512) -> bytes:
-    """The serialized `tokenizer.model` of a Llama-like BPE sentencepiece model trained on a generated corpus."""
+def train_sentencepiece(seed: int = 0, vocab_size: int = 512, sentences: list[str] | None = None) -> bytes:
+    """The serialized `tokenizer.model` of a Llama-like BPE sentencepiece model trained on a generated corpus
+    (or on `sentences`, with the conversation templates' system prompts added)."""
+    corpus = _corpus(seed) if sentences is None else [c.system for c in conv_templates.values() if c.system] + sentences
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus(seed)),
+        sentence_iterator=iter(corpus),
         model_writer=model,
         model_type="bpe",
         vocab_size=vocab_size,

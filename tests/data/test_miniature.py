@@ -1,0 +1,85 @@
+"""The miniature recipe's scoring and bookkeeping (the learning run itself is in test_miniature_learns)."""
+
+import json
+
+import pytest
+
+from share4v.data.miniature import cell_targets, majority_baseline, score, score_table, uniform_chance
+from share4v.data.synthetic import COLOURS, SHAPES, Scene, SceneObject
+
+
+def write_bench(root, answers):
+    (root / "bench").mkdir(parents=True)
+    lines = [json.dumps({"question_id": qid, "answer": answer, "category": kind}) for qid, answer, kind in answers]
+    (root / "bench" / "answers.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def world(tmp_path):
+    return write_bench(tmp_path, [
+        ("q1", "red", "color"), ("q2", "red", "color"), ("q3", "blue", "color"),
+        ("q4", "2", "count"), ("q5", "3", "count"),
+    ])  # fmt: skip
+
+
+def test_score_is_normalised_exact_match_per_category(world):
+    predictions = [
+        {"question_id": "q1", "prediction": "Red."}, {"question_id": "q2", "prediction": "the red"},
+        {"question_id": "q3", "prediction": "green"}, {"question_id": "q4", "prediction": "two"},
+        {"question_id": "q5", "prediction": "3 circles"},
+    ]  # fmt: skip
+    scores = score(predictions, world)
+    assert scores == {"color": 2 / 3, "count": 1 / 2, "overall": 3 / 5}
+
+
+def test_majority_baseline_answers_each_categorys_most_common_answer(world):
+    scores = majority_baseline(world)
+    assert scores["color"] == 2 / 3 and scores["count"] == 1 / 2 and scores["overall"] == 3 / 5
+
+
+def test_uniform_chance_is_one_over_each_categorys_distinct_answers(world):
+    assert uniform_chance(world) == (3 * (1 / 2) + 2 * (1 / 2)) / 5
+
+
+def test_score_table_reports_mean_and_spread_over_seeds():
+    card = {"majority_baseline": {"color": 0.5, "overall": 0.5}, "runs": [
+        {"seed": 0, "arm": "detailed", "scores": {"color": 0.8, "overall": 0.6}},
+        {"seed": 1, "arm": "detailed", "scores": {"color": 0.6, "overall": 0.4}},
+        {"seed": 0, "arm": "none", "scores": {"color": 0.5, "overall": 0.5}},
+    ]}  # fmt: skip
+    table = score_table(card).splitlines()
+    assert table[0] == "| stage 1 | seeds | color | overall |"
+    assert table[2] == "| detailed captions | 2 | 70.0 ± 10.0 | 50.0 ± 10.0 |"
+    assert table[3] == "| none (projector only) | 1 | 50.0 ± 0.0 | 50.0 ± 0.0 |"
+    assert table[4] == "| majority answer | - | 50.0 | 50.0 |"
+
+
+def test_cell_targets_name_each_cells_shape_and_colour():
+    colours = list(COLOURS)
+    scene = Scene(
+        objects=(SceneObject(SHAPES[1], colours[2], "small", 4), SceneObject(SHAPES[0], colours[0], "large", 8)),
+        background="white", text=None, image_size=144, seed=0,
+    )  # fmt: skip
+    targets = cell_targets(scene)
+    assert targets[4] == 1 + 1 * len(colours) + 2 and targets[8] == 1 and targets.count(0) == 7
+
+
+def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
+    """World → pre-trained ViT and LLM → alignment → stage 1 (detailed) → stage 2 → benchmark → card (seconds)."""
+    from share4v.data.miniature import Recipe, reproduce
+
+    card = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())
+    assert [run["arm"] for run in card["runs"]] == ["detailed", "none"]
+    assert list(card["runs"][0]["losses"]) == ["align", "stage1-detailed", "stage2-detailed"]
+    assert list(card["runs"][1]["losses"]) == ["align", "stage2-none"]
+    for run in card["runs"]:
+        assert 0.0 <= run["scores"]["overall"] <= 1.0 and all(run["losses"].values())
+        answers = (tmp_path / "seed0" / f"stage2-{run['arm']}" / "bench_answers.jsonl").read_text().splitlines()
+        questions = (tmp_path / "seed0" / "world" / "bench" / "questions.jsonl").read_text().splitlines()
+        assert len(answers) == len(questions) > 0
+    assert json.loads((tmp_path / "score_card.json").read_text())["runs"][1]["scores"] == card["runs"][1]["scores"]
+    assert "| none (projector only) | 1 |" in (tmp_path / "score_card.md").read_text()
+    # a second call finds every stage done and runs nothing again
+    again = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())
+    assert again["runs"] == card["runs"]
