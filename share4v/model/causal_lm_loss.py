@@ -46,8 +46,9 @@ def causal_lm_loss(
 ) -> torch.Tensor:
     """Next-token cross-entropy of `hidden_states` `[B, L, D]` against `labels` `[B, L]`.
 
-    `fused=False` (or an output projection partitioned by DeepSpeed ZeRO-3, whose weight exists only inside its
-    own forward) calls `lm_head` on the target positions and takes the cross-entropy of those logits.
+    `fused=False` calls `lm_head` on the target positions and takes the cross-entropy of those logits; so do an
+    output projection whose weight exists whole only inside its own forward (DeepSpeed ZeRO-3, offload hooks) and
+    fp16 autocast (whose gradients, formed before the loss scale applies, would underflow).
     """
     targets = shift_targets(labels, sequence_lengths).flatten()
     rows = torch.nonzero(targets != IGNORE_INDEX).flatten()
@@ -55,11 +56,22 @@ def causal_lm_loss(
     denominator = num_items_in_batch if num_items_in_batch is not None else max(rows.numel(), 1)
     if isinstance(denominator, torch.Tensor):
         denominator = denominator.to(hidden.device)
-    partitioned = hasattr(lm_head.weight, "ds_id")
-    if not fused or partitioned or lm_head.bias is not None:
+    if not (fused and _reads_weight_directly(lm_head) and _compute_dtype(hidden) != torch.float16):
         logits = lm_head(hidden).float()
         return F.cross_entropy(logits, targets, reduction="sum") / denominator
     return linear_cross_entropy(hidden, lm_head.weight, targets) * (rows.numel() / denominator)
+
+
+def _reads_weight_directly(lm_head: torch.nn.Module) -> bool:
+    """Whether `lm_head.weight` is the whole weight outside `lm_head`'s own forward: a plain `nn.Linear` without
+    bias or hooks (DeepSpeed ZeRO-3 partitions it and gathers it in hooks; accelerate offload and LoRA wrap it)."""
+    return (
+        type(lm_head) is torch.nn.Linear
+        and lm_head.bias is None
+        and not hasattr(lm_head.weight, "ds_id")
+        and not hasattr(lm_head, "_hf_hook")
+        and not (lm_head._forward_hooks or lm_head._forward_pre_hooks)
+    )
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -70,6 +82,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     """
     if hidden.shape[0] == 0:  # no target in the batch: a zero that keeps the graph
         return hidden.sum() * 0.0 + weight.sum() * 0.0
+    if not torch.is_grad_enabled():  # the value alone, without the gradient work
+        dtype = _compute_dtype(hidden)
+        loss, _, _ = _chunked_loss(hidden.to(dtype), weight.to(dtype), targets, False, False)
+        return loss / hidden.shape[0]
     return _LinearCrossEntropy.apply(hidden, weight, targets)
 
 
@@ -80,36 +96,42 @@ def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return tensor.dtype
 
 
+def _chunked_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, want_hidden: bool, want_weight: bool):
+    """Summed cross-entropy of `h @ w.T` a chunk of rows at a time, with the gradients of the mean loss."""
+    rows, vocabulary = h.shape[0], w.shape[0]
+    chunk = max(1, LOGITS_PER_CHUNK // vocabulary)
+    grad_hidden = torch.empty_like(h) if want_hidden else None
+    grad_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_weight else None
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    for start in range(0, rows, chunk):
+        h_chunk, t_chunk = h[start : start + chunk], targets[start : start + chunk]
+        logits = (h_chunk @ w.T).float()  # [c, V]
+        log_norm = torch.logsumexp(logits, dim=-1)
+        loss += (log_norm - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
+        if not (want_hidden or want_weight):
+            continue
+        grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
+        grad_logits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
+        grad_logits = grad_logits.div_(rows).to(h.dtype)  # d(mean loss)/d(logits)
+        if want_hidden:
+            grad_hidden[start : start + chunk] = grad_logits @ w
+        if want_weight:
+            grad_weight += (grad_logits.T @ h_chunk).float()
+    return loss, grad_hidden, grad_weight
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and both gradients chunk by chunk; backward only scales them."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         dtype = _compute_dtype(hidden)
-        h, w = hidden.to(dtype), weight.to(dtype)
-        rows, vocabulary = h.shape[0], w.shape[0]
-        chunk = max(1, LOGITS_PER_CHUNK // vocabulary)
-        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(h) if want_hidden else None
-        grad_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_weight else None
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        for start in range(0, rows, chunk):
-            h_chunk, t_chunk = h[start : start + chunk], targets[start : start + chunk]
-            logits = (h_chunk @ w.T).float()  # [c, V]
-            log_norm = torch.logsumexp(logits, dim=-1)
-            loss += (log_norm - logits.gather(1, t_chunk[:, None]).squeeze(1)).sum()
-            if not (want_hidden or want_weight):
-                continue
-            grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
-            grad_logits[torch.arange(len(t_chunk), device=h.device), t_chunk] -= 1.0
-            grad_logits = grad_logits.div_(rows).to(dtype)  # d(mean loss)/d(logits)
-            if want_hidden:
-                grad_hidden[start : start + chunk] = grad_logits @ w
-            if want_weight:
-                grad_weight += (grad_logits.T @ h_chunk).float()
+        loss, grad_hidden, grad_weight = _chunked_loss(
+            hidden.to(dtype), weight.to(dtype), targets, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
-        return loss / rows
+        return loss / hidden.shape[0]
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):

@@ -60,7 +60,7 @@ def packed_attention_forward(
     max_length = kwargs.get("max_length_q")
     if max_length is None:
         max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
-    if _varlen_kernel_serves(query):
+    if _varlen_kernel_serves(query, scaling):
         output = _varlen_causal(query[0], key[0], value[0], cu_seq_lens, int(max_length), scaling)
     else:
         output = _causal_per_sample(query[0], key[0], value[0], cu_seq_lens, scaling)
@@ -77,10 +77,6 @@ def _as_autocast_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(tensor.to(dtype) for tensor in tensors)
 
 
-def _varlen_kernel_serves(query: torch.Tensor) -> bool:
-    return varlen_attn is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
-
-
 @torch.compiler.disable  # inside compiled decoder layers the kernel runs as is (a graph break, no tracing into it)
 def _varlen_causal(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor, max_length: int, scale
@@ -88,11 +84,20 @@ def _varlen_causal(
     """`[H, T, Dh]` each → `[T, H, Dh]`, through PyTorch's variable-length flash kernel."""
     q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # [T, H, Dh]
     cu = cu.to(device=q.device, dtype=torch.int32)
-    causal = {"is_causal": True} if _VARLEN_TAKES_IS_CAUSAL else {"window_size": (-1, 0)}
-    return varlen_attn(q, k, v, cu, cu, max_length, max_length, scale=scale, **causal)
+    options = {"is_causal": True} if "is_causal" in _VARLEN_PARAMETERS else {"window_size": (-1, 0)}
+    if scale is not None and "scale" in _VARLEN_PARAMETERS:
+        options["scale"] = scale  # else the default, which `_varlen_kernel_serves` checked it equals
+    return varlen_attn(q, k, v, cu, cu, max_length, max_length, **options)
 
 
-_VARLEN_TAKES_IS_CAUSAL = varlen_attn is not None and "is_causal" in inspect.signature(varlen_attn).parameters
+_VARLEN_PARAMETERS = inspect.signature(varlen_attn).parameters if varlen_attn is not None else {}
+
+
+def _varlen_kernel_serves(query: torch.Tensor, scale: float | None = None) -> bool:
+    """The CUDA kernel takes fp16/bf16 only; older releases of it take no `scale` (then only the default)."""
+    if varlen_attn is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return "scale" in _VARLEN_PARAMETERS or scale is None or abs(scale - query.shape[-1] ** -0.5) < 1e-12
 
 
 def _causal_per_sample(

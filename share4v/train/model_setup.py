@@ -18,7 +18,7 @@ from share4v.mm_utils import IMAGE_ASPECT_RATIOS
 from share4v.model.checkpoint_checks import looks_local
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
-from share4v.model.packed_attention import PACKED_ATTENTION
+from share4v.model.packed_attention import PACKED_ATTENTION, PACKING_AWARE
 from share4v.model.vision_setup import (
     image_tokens_per_image,
     initialize_vision_modules,
@@ -222,6 +222,12 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
     model.fused_cross_entropy = training_args.fused_cross_entropy
     if training_args.pack_sequences and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(PACKED_ATTENTION)
+    if training_args.pack_sequences and model.config._attn_implementation not in PACKING_AWARE:
+        logger.warning(
+            "--pack_sequences with %s attention: correct, but each micro-batch gets a [tokens, tokens] mask; "
+            "sdpa or flash-attention run packed samples without one",
+            model.config._attn_implementation,
+        )
     if training_args.compile_decoder_layers:
         for layer in model.get_model().layers:
             layer.compile()

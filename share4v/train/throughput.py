@@ -3,7 +3,10 @@
 Useful tokens and model FLOPs of a training step, for the tokens/s and MFU the trainer logs and the benchmark
 reports. Useful tokens are the language model's positions that hold a sample (text + image patches), never padding;
 FLOPs are those of the language model on those tokens (forward + backward: 6 per parameter per token, plus causal
-attention), the frozen or trained vision tower not counted.
+attention), the frozen or trained vision tower not counted. That is the usual model-FLOPs convention: it counts the
+weight gradients of every LLM layer and the output projection at every position, so it overstates the work of a
+frozen or LoRA-tuned LLM (up to 1.5x) and slightly that of the loss computed only at target positions. MFU is taken
+against the bf16 matmul rate measured on the device (not the datasheet's), so it reads higher than against a spec.
 """
 
 from __future__ import annotations

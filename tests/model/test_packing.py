@@ -189,7 +189,8 @@ def test_packed_attention_takes_autocast_inputs_as_sdpa_does(monkeypatch):
     from share4v.model.packed_attention import packed_attention_forward
 
     seen = []
-    monkeypatch.setattr(packed_attention, "_varlen_kernel_serves", lambda query: seen.append(query.dtype) and False)
+    record = lambda query, scale: seen.append(query.dtype) and False  # noqa: E731
+    monkeypatch.setattr(packed_attention, "_varlen_kernel_serves", record)
 
     generator = torch.Generator().manual_seed(0)
     query, key = (torch.randn((1, 2, 7, 8), generator=generator) for _ in range(2))
@@ -204,3 +205,46 @@ def test_packed_attention_takes_autocast_inputs_as_sdpa_does(monkeypatch):
             *(t[:, :, start:end].to(torch.bfloat16) for t in (query, key, value)), is_causal=True
         )
         torch.testing.assert_close(output[0, start:end], expected[0].transpose(0, 1), rtol=2e-2, atol=2e-2)
+
+
+def test_training_mode_without_images_or_packing_gives_transformers_loss(model):
+    """The fused loss on a plain (unpacked, image-free) batch: no merge ran, the ids go to the decoder."""
+    batch = make_batch(model)
+    text_only = {
+        "input_ids": batch["input_ids"][2:],
+        "labels": batch["labels"][2:],
+        "attention_mask": batch["attention_mask"][2:],
+    }
+    model.eval()
+    with torch.no_grad():
+        expected = model(**text_only).loss
+    model.train()
+    model.fused_cross_entropy = True
+    with torch.no_grad():
+        torch.testing.assert_close(model(**text_only).loss, expected)
+
+
+def test_the_fused_loss_steps_aside_where_it_cannot_read_the_weight_or_would_underflow(monkeypatch):
+    import share4v.model.causal_lm_loss as loss_module
+
+    calls = []
+    monkeypatch.setattr(loss_module, "linear_cross_entropy", lambda *a: calls.append(1) or torch.zeros(()))
+    hidden, labels = torch.randn((1, 6, 8)), torch.randint(0, 20, (1, 6))
+    plain = torch.nn.Linear(8, 20, bias=False)
+    causal_lm_loss(hidden, plain, labels)
+    assert calls == [1]
+    hooked = torch.nn.Linear(8, 20, bias=False)
+    hooked.register_forward_pre_hook(lambda module, args: None)  # e.g. DeepSpeed's gather, an offload hook
+    causal_lm_loss(hidden, hooked, labels)
+    with torch.autocast("cpu", dtype=torch.float16):
+        causal_lm_loss(hidden, plain, labels)
+    assert calls == [1]
+
+
+def test_linear_cross_entropy_without_gradients_gives_the_same_value():
+    generator = torch.Generator().manual_seed(2)
+    hidden, weight = torch.randn((9, 16), generator=generator), torch.randn((30, 16), generator=generator)
+    targets = torch.randint(0, 30, (9,), generator=generator)
+    with torch.no_grad():
+        value = linear_cross_entropy(hidden, weight, targets)
+    torch.testing.assert_close(value, F.cross_entropy(F.linear(hidden, weight), targets))

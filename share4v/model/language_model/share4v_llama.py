@@ -38,7 +38,7 @@ from share4v.model.multimodal_projector.builder import (
     build_vision_projector,
     is_known_projector_type,
 )
-from share4v.model.packed_attention import PACKED_ATTENTION  # noqa: F401  (registers the implementation)
+from share4v.model.packed_attention import PACKED_ATTENTION  # importing it registers the implementation
 from share4v.model.share4v_arch import MultimodalInputs, infer_padding_side, merge_image_features
 from share4v.model.vision_setup import (
     TOWER_STATE_PREFIX,
@@ -146,9 +146,10 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         self.model = Share4VLlamaModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        # Training loss without full-vocabulary logits (see causal_lm_loss); False computes the logits of the
-        # target positions through `lm_head` instead. Same values either way.
-        self.fused_cross_entropy = True
+        # With labels in training: the loss without full-vocabulary logits (see causal_lm_loss; no logits are
+        # returned). Off by default, so outside training loops get transformers' outputs; the trainer turns it on
+        # (--fused_cross_entropy). Same loss either way.
+        self.fused_cross_entropy = False
         self.post_init()
 
     def get_model(self) -> Share4VLlamaModel:
@@ -286,12 +287,14 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         if sequence_lengths is not None:
             kwargs.update(packed_attention_kwargs(sequence_lengths, inputs_embeds.device))
             kwargs["use_cache"] = False
+            if self.config._attn_implementation == PACKED_ATTENTION:
+                # the attention reads the samples' bounds; an empty 4-D mask keeps transformers from building the
+                # [T, T] packed-sequence mask it would otherwise make (and keep alive under checkpointing)
+                attention_mask = torch.ones((1, 1, 0, 0), dtype=torch.bool, device=inputs_embeds.device)
         if labels is not None and (sequence_lengths is not None or (self.training and self.fused_cross_entropy)):
             return self._forward_with_loss(
-                inputs_embeds, attention_mask, position_ids, labels, sequence_lengths, kwargs
+                input_ids, inputs_embeds, attention_mask, position_ids, labels, sequence_lengths, kwargs
             )
-        if sequence_lengths is not None:
-            kwargs["logits_to_keep"] = 0  # every position's logits (the default keeps them all as well)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -307,12 +310,18 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
             return merge_image_features(input_ids, [], self.get_input_embeddings(), attention_mask, labels, "packed")
         return self.prepare_multimodal_inputs(input_ids, images, attention_mask, labels, padding_side=padding_side)
 
-    def _forward_with_loss(self, inputs_embeds, attention_mask, position_ids, labels, sequence_lengths, kwargs):
+    def _forward_with_loss(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, labels, sequence_lengths, kwargs
+    ):
         """Decoder → last hidden states → `causal_lm_loss` (no full-vocabulary logits are formed)."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         kwargs.pop("logits_to_keep", None)
         outputs = self.model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            input_ids=input_ids if inputs_embeds is None else None,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **kwargs,
         )
         loss = causal_lm_loss(
             outputs.last_hidden_state,
