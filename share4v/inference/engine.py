@@ -8,6 +8,10 @@ batch + pixel values → `model.generate` with stop strings → text, whole or s
     [answer] = engine.generate([Chat.single("What is shown?", images=["photo.png"])])
     for piece in engine.stream(Chat.single("Describe it.", images=["photo.png"])):
         print(piece, end="")
+
+For batch work and serving, the same in three steps: `encode(chat) -> Request` (CPU only, picklable, see
+`share4v.inference.requests`; a bad image fails only its own request), `collate(requests)` and `run(batch)`, whose
+results are `Completion`s (text, token ids, finish reason, token counts). `complete(chats)` does all three.
 """
 
 from __future__ import annotations
@@ -27,9 +31,17 @@ from PIL import Image
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from share4v.constants import DEFAULT_CONV_MODE, DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from share4v.constants import DEFAULT_CONV_MODE
 from share4v.conversation import Conversation, default_conv_mode, get_conv_template
-from share4v.mm_utils import KeywordsStoppingCriteria, load_image, process_images, tokenizer_image_token
+from share4v.inference.requests import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Completion,
+    Request,
+    RequestEncoder,
+    stack_pixels,
+)
+from share4v.mm_utils import KeywordsStoppingCriteria
 from share4v.model.builder import load_pretrained_model
 
 STREAM_TIMEOUT_S = 600.0
@@ -97,6 +109,7 @@ class PreparedBatch:
     images: torch.Tensor | list[torch.Tensor] | None  # [N, 3, H, W] in placeholder order
     stop_str: str
     prompt_len: int  # longest prompt in tokens once images are spliced in
+    prompt_tokens: list[int] = field(default_factory=list)  # each row's prompt length with its images
 
 
 class Share4VEngine:
@@ -140,54 +153,55 @@ class Share4VEngine:
 
     # ---- prompt building -------------------------------------------------------------------------------------
 
+    @property
+    def encoder(self) -> RequestEncoder:
+        """What `encode` uses: template, tokenizer and image pre-processing, without the model (picklable)."""
+        return RequestEncoder(
+            tokenizer=self.tokenizer,
+            image_processor=self.image_processor,
+            conv_mode=self.conv_mode,
+            image_aspect_ratio=self.image_aspect_ratio
+            or getattr(self.model.config, "image_aspect_ratio", None)
+            or "square",
+            image_tokens=self._image_tokens(),
+            max_positions=self.context_len,
+            wrap_image_tokens=bool(getattr(self.model.config, "mm_use_im_start_end", False)),
+        )
+
     def conversation(self, chat: Chat) -> Conversation:
         """The filled template for `chat`, with the assistant slot left open."""
-        if not chat.turns or len(chat.turns) % 2 == 0:
-            raise ValueError(
-                f"a chat needs alternating user/assistant turns ending with a user turn; got {len(chat.turns)}"
-            )
-        turns = list(chat.turns)
-        markers = sum(turn.count(DEFAULT_IMAGE_TOKEN) for turn in turns[::2])
-        if markers == 0 and chat.images:
-            turns[0] = (DEFAULT_IMAGE_TOKEN + "\n") * len(chat.images) + turns[0]
-        elif markers != len(chat.images):
-            raise ValueError(
-                f"the prompt has {markers} {DEFAULT_IMAGE_TOKEN} markers but {len(chat.images)} images were given"
-            )
-        if chat.images and self.image_processor is None:
-            raise ValueError("images were given but the model has no vision tower")
-        if getattr(self.model.config, "mm_use_im_start_end", False):
-            wrapped = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-            turns = [turn.replace(DEFAULT_IMAGE_TOKEN, wrapped) for turn in turns]
-        conv = get_conv_template(self.conv_mode)
-        for i, turn in enumerate(turns):
-            conv.append_message(conv.roles[i % 2], turn)
-        conv.append_message(conv.roles[1], None)
-        return conv
+        return self.encoder.conversation(chat.turns, len(chat.images))
+
+    def encode(self, chat: Chat) -> Request:
+        """`chat` → `Request` (CPU work only); a chat that cannot be encoded carries its `error` instead of raising."""
+        return self.encoder.encode(chat)
 
     def prepare(self, chats: Sequence[Chat]) -> PreparedBatch:
-        """Tokenize and left-pad the prompts; load and pre-process all images in placeholder order."""
+        """Tokenize and left-pad the prompts; load and pre-process all images in placeholder order (raises on the
+        first chat that cannot be encoded)."""
         if isinstance(chats, Chat) or not chats:
             raise ValueError("expected a non-empty list of Chat objects (wrap a single chat in a list)")
         if not all(isinstance(chat, Chat) for chat in chats):
             raise TypeError(f"expected Chat objects, got {sorted({type(c).__name__ for c in chats})}")
-        convs = [self.conversation(chat) for chat in chats]
-        rows = [tokenizer_image_token(conv.get_prompt(), self.tokenizer) for conv in convs]
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, width - len(row) :] = 1
-        images = [load_image(image) for chat in chats for image in chat.images]
-        image_tokens = self._image_tokens()
-        prompt_len = max(
-            len(row) + len(chat.images) * (image_tokens - 1) for row, chat in zip(rows, chats, strict=True)
-        )
-        if prompt_len >= self.context_len:
-            limit = self.context_len
-            raise ValueError(f"the prompt takes {prompt_len} tokens with its images; the context is {limit}")
-        return PreparedBatch(input_ids, attention_mask, self._pixel_values(images), convs[0].stop_str, prompt_len)
+        encoder = self.encoder
+        return self.collate([encoder._encode(chat) for chat in chats])
+
+    def collate(self, requests: Sequence[Request]) -> PreparedBatch:
+        """Left-pad encoded requests (none of them failed) into one batch, images moved to the vision tower."""
+        failed = [request.error for request in requests if request.error is not None]
+        if failed or not requests:
+            raise ValueError(f"cannot batch requests that failed to encode: {failed[0]}" if failed else "no requests")
+        width = max(len(request.prompt_ids) for request in requests)
+        input_ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, request in enumerate(requests):
+            input_ids[i, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids, dtype=torch.long)
+            attention_mask[i, width - len(request.prompt_ids) :] = 1
+        prompt_len = max(request.prompt_tokens for request in requests)
+        return PreparedBatch(
+            input_ids, attention_mask, self._on_tower(stack_pixels(list(requests))), requests[0].stop_str, prompt_len,
+            [request.prompt_tokens for request in requests],
+        )  # fmt: skip
 
     def _image_tokens(self) -> int:
         tower = self.model.get_vision_tower() if hasattr(self.model, "get_vision_tower") else None
@@ -195,10 +209,9 @@ class Share4VEngine:
             return 1
         return tower.num_patches + (1 if tower.select_feature == "cls_patch" else 0)
 
-    def _pixel_values(self, images: list[Image.Image]) -> torch.Tensor | list[torch.Tensor] | None:
-        if not images:
+    def _on_tower(self, pixels: torch.Tensor | list[torch.Tensor] | None) -> torch.Tensor | list[torch.Tensor] | None:
+        if pixels is None:
             return None
-        pixels = process_images(images, self.image_processor, self.model.config, self.image_aspect_ratio)
         tower = self.model.get_vision_tower()
         if isinstance(pixels, list):
             return [p.to(device=tower.device, dtype=tower.dtype) for p in pixels]
@@ -242,10 +255,42 @@ class Share4VEngine:
     @torch.inference_mode()
     def generate(self, chats: Sequence[Chat], params: GenerationParams | None = None) -> list[str]:
         """Answers for a batch of chats (left-padded together; equal to answering each alone)."""
-        batch = self.prepare(chats)
-        kwargs = self._generate_kwargs(batch, params or GenerationParams())
+        return [completion.text for completion in self.run(self.prepare(chats), params)]
+
+    @torch.inference_mode()
+    def run(self, batch: PreparedBatch, params: GenerationParams | None = None) -> list[Completion]:
+        """Generate for a collated batch: one `Completion` per row."""
+        params = params or GenerationParams()
+        kwargs = self._generate_kwargs(batch, params)
         output = self.model.generate(**kwargs)  # [B, new tokens]
-        return [self._decode(row, batch.stop_str) for row in output]
+        max_new_tokens = kwargs["generation_config"].max_new_tokens
+        return [
+            self._completion(row, batch.stop_str, prompt_tokens, max_new_tokens)
+            for row, prompt_tokens in zip(output.tolist(), batch.prompt_tokens, strict=True)
+        ]
+
+    def complete(self, chats: Sequence[Chat], params: GenerationParams | None = None) -> list[Completion]:
+        """`encode` → `collate` → `run` for `chats`, in order; a chat that cannot be encoded (a corrupt image,
+        a prompt past the context) gets a Completion with `finish_reason` "error" and its reason, and the others
+        are answered."""
+        requests = [self.encode(chat) for chat in chats]
+        good = [request for request in requests if request.error is None]
+        answers = iter(self.run(self.collate(good), params) if good else [])
+        return [next(answers) if request.error is None else Completion.failed(request) for request in requests]
+
+    def _completion(self, tokens: list[int], stop_str: str, prompt_tokens: int, max_new_tokens: int) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        ended = eos in tokens
+        if ended:
+            tokens = tokens[: tokens.index(eos)]
+        else:
+            while tokens and tokens[-1] == self.pad_token_id:
+                tokens = tokens[:-1]  # a row stopped (by its stop string) before the longest one
+        raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        stopped = ended or bool(stop_str and stop_str in raw) or len(tokens) < max_new_tokens
+        text = self._decode(torch.tensor(tokens, dtype=torch.long), stop_str)
+        reason = FINISH_STOP if stopped else FINISH_LENGTH
+        return Completion(text, tokens, reason, prompt_tokens, len(tokens))
 
     def stream(self, chat: Chat, params: GenerationParams | None = None) -> Iterator[str]:
         """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns."""

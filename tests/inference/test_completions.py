@@ -1,0 +1,90 @@
+"""encode → collate → run: per-request Completions (finish reason, token counts), per-request errors, picklable
+requests that DataLoader workers can build."""
+
+import pickle
+
+import pytest
+import torch
+
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.inference.requests import FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, Request
+from tests.helpers import random_image
+
+GREEDY = GenerationParams(temperature=0, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    return Share4VEngine(*tiny)
+
+
+def chats():
+    return [
+        Chat.single("What is this?", [random_image(1)]),
+        Chat.single("Tell me a story."),
+        Chat.single("Compare them.", [random_image(2), random_image(3, (30, 90))]),
+    ]
+
+
+def test_completions_carry_the_texts_of_generate_and_their_token_counts(engine):
+    completions = engine.complete(chats(), GREEDY)
+    assert [c.text for c in completions] == engine.generate(chats(), GREEDY)
+    patches = engine._image_tokens()
+    for completion, chat in zip(completions, chats(), strict=True):
+        assert completion.error is None and completion.finish_reason in (FINISH_STOP, FINISH_LENGTH)
+        assert completion.completion_tokens == len(completion.token_ids) <= GREEDY.max_new_tokens
+        text_tokens = len(engine.encode(chat).prompt_ids)
+        assert completion.prompt_tokens == text_tokens + len(chat.images) * (patches - 1)
+        if completion.finish_reason == FINISH_LENGTH:
+            assert completion.completion_tokens == GREEDY.max_new_tokens
+        assert (
+            engine.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+            .strip()
+            .startswith(completion.text[:3])
+        )
+
+
+def test_finish_reason_and_token_ids_from_the_generated_row(engine):
+    eos, pad = engine.tokenizer.eos_token_id, engine.pad_token_id
+    stopped = engine._completion([7, 8, eos, pad, pad], "</s>", prompt_tokens=10, max_new_tokens=5)
+    assert (stopped.token_ids, stopped.finish_reason, stopped.completion_tokens) == ([7, 8], FINISH_STOP, 2)
+    cut = engine._completion([7, 8, 9, 10, 11], "</s>", prompt_tokens=10, max_new_tokens=5)
+    assert (cut.token_ids, cut.finish_reason, cut.prompt_tokens) == ([7, 8, 9, 10, 11], FINISH_LENGTH, 10)
+    early = engine._completion([7, 8, pad, pad, pad], "###", prompt_tokens=10, max_new_tokens=5)
+    assert (early.token_ids, early.finish_reason) == ([7, 8], FINISH_STOP)  # another row ran on; this one had stopped
+
+
+def test_a_corrupt_image_fails_its_own_request_only(engine, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    batch = [*chats(), Chat.single("And this?", [str(broken)])]
+    completions = engine.complete(batch, GREEDY)
+    assert completions[3].finish_reason == FINISH_ERROR and "broken.png" in completions[3].error
+    assert completions[3].text == "" and completions[3].completion_tokens == 0
+    assert [c.text for c in completions[:3]] == engine.generate(chats(), GREEDY)
+    with pytest.raises(ValueError, match="broken.png"):  # generate() keeps raising, as before
+        engine.generate(batch, GREEDY)
+
+
+def test_a_prompt_past_the_context_is_that_requests_error(engine):
+    long = Chat.single("word " * (engine.context_len + 10))
+    request = engine.encode(long)
+    assert request.error is not None and "the context is" in request.error
+    completions = engine.complete([long, Chat.single("hi")], GREEDY)
+    assert completions[0].finish_reason == FINISH_ERROR and completions[1].finish_reason != FINISH_ERROR
+    with pytest.raises(ValueError, match="failed to encode"):
+        engine.collate([request])
+
+
+def test_requests_are_built_in_dataloader_workers(engine):
+    encoder = pickle.loads(pickle.dumps(engine.encoder))  # no model inside: a worker can hold it
+    loader = torch.utils.data.DataLoader(
+        chats(), batch_size=3, num_workers=1, collate_fn=lambda c: [encoder.encode(x) for x in c]
+    )
+    (requests,) = list(loader)
+    assert all(isinstance(r, Request) and r.error is None for r in requests)
+    local = [engine.encode(chat) for chat in chats()]
+    assert [r.prompt_ids for r in requests] == [r.prompt_ids for r in local]
+    assert torch.equal(requests[2].pixel_values, local[2].pixel_values)
+    completions = engine.run(engine.collate(requests), GREEDY)
+    assert [c.text for c in completions] == engine.generate(chats(), GREEDY)
