@@ -17,6 +17,7 @@ results are `Completion`s (text, token ids, finish reason, token counts). `compl
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import queue
@@ -43,6 +44,8 @@ from share4v.inference.requests import (
 )
 from share4v.mm_utils import KeywordsStoppingCriteria
 from share4v.model.builder import load_pretrained_model
+
+logger = logging.getLogger(__name__)
 
 STREAM_TIMEOUT_S = 600.0
 
@@ -128,7 +131,10 @@ class Share4VEngine:
         self.tokenizer = tokenizer
         self.model = model
         self.image_processor = image_processor
-        self.context_len = context_len
+        self.context_len = context_len  # what the checkpoint was trained at: longer prompts + answers get a warning
+        # the hard limit: the model's position embeddings (released configs: 4096), else the training context
+        self.max_positions = getattr(model.config, "max_position_embeddings", None) or context_len
+        self._warned_past_context = False
         self.conv_mode = conv_mode
         self.image_aspect_ratio = image_aspect_ratio
         self.pad_token_id = next((i for i in (tokenizer.pad_token_id, tokenizer.unk_token_id) if i is not None), 0)
@@ -164,7 +170,7 @@ class Share4VEngine:
             or getattr(self.model.config, "image_aspect_ratio", None)
             or "square",
             image_tokens=self._image_tokens(),
-            max_positions=self.context_len,
+            max_positions=self.max_positions,
             wrap_image_tokens=bool(getattr(self.model.config, "mm_use_im_start_end", False)),
         )
 
@@ -227,7 +233,7 @@ class Share4VEngine:
             temperature=params.temperature if sampling else 1.0,
             top_p=params.top_p if sampling and params.top_p is not None else 1.0,
             num_beams=params.num_beams,
-            max_new_tokens=min(params.max_new_tokens, self.context_len - batch.prompt_len),
+            max_new_tokens=self._max_new_tokens(batch, params),
             pad_token_id=self.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             use_cache=True,
@@ -245,6 +251,21 @@ class Share4VEngine:
             "generation_config": config,
             "stopping_criteria": [KeywordsStoppingCriteria([batch.stop_str], self.tokenizer, start_len=0)],
         }
+
+    def _max_new_tokens(self, batch: PreparedBatch, params: GenerationParams) -> int:
+        """`params.max_new_tokens`, capped where prompt + answer reach the model's positions; a warning (once) when
+        they pass the context the checkpoint was trained at."""
+        budget = min(params.max_new_tokens, self.max_positions - batch.prompt_len)
+        if batch.prompt_len + budget > self.context_len and not self._warned_past_context:
+            self._warned_past_context = True
+            logger.warning(
+                "prompt (%d tokens) + up to %d new tokens pass the %d-token context this checkpoint was trained at; "
+                "answers may degrade past it",
+                batch.prompt_len,
+                budget,
+                self.context_len,
+            )
+        return budget
 
     def _decode(self, tokens: torch.Tensor, stop_str: str) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()

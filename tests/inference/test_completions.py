@@ -88,3 +88,20 @@ def test_requests_are_built_in_dataloader_workers(engine):
     assert torch.equal(requests[2].pixel_values, local[2].pixel_values)
     completions = engine.run(engine.collate(requests), GREEDY)
     assert [c.text for c in completions] == engine.generate(chats(), GREEDY)
+
+
+def test_the_limit_is_the_models_positions_and_past_the_trained_context_only_warns(tiny, caplog):
+    engine = Share4VEngine(*tiny)
+    assert engine.max_positions == engine.model.config.max_position_embeddings > engine.context_len
+    chat = Chat.single("Describe the picture in a few words.", [random_image(5)])
+    prompt_tokens = engine.encode(chat).prompt_tokens
+    engine.context_len = prompt_tokens + 2  # a checkpoint trained at a shorter context
+    with caplog.at_level("WARNING", logger="share4v.inference.engine"):
+        (completion,) = engine.complete([chat], GREEDY)
+    assert completion.error is None and "context this checkpoint was trained at" in caplog.text
+    engine.max_positions = prompt_tokens + 3  # prompt + answer are capped at the model's positions
+    (capped,) = engine.complete([chat], GenerationParams(temperature=0, max_new_tokens=50))
+    assert capped.completion_tokens <= 3
+    engine.max_positions = prompt_tokens
+    (refused,) = engine.complete([chat], GREEDY)
+    assert refused.finish_reason == FINISH_ERROR and "the context is" in refused.error

@@ -142,8 +142,10 @@ def test_context_length_is_enforced(tiny, examples_dir):
     assert chat.images == [str(examples_dir / "shapes.png")]
     roomy = Share4VEngine(tokenizer, model, processor, context_len=2048).prepare([chat])
     assert roomy.prompt_len == roomy.input_ids.shape[1] - 1 + 16
-    tight = Share4VEngine(tokenizer, model, processor, context_len=roomy.prompt_len + 5)
+    tight = Share4VEngine(tokenizer, model, processor)
+    tight.max_positions = roomy.prompt_len + 5  # the hard limit is the model's positions (config: 4096)
     kwargs = tight._generate_kwargs(tight.prepare([chat]), GenerationParams(max_new_tokens=100))
     assert kwargs["generation_config"].max_new_tokens == 5
+    tight.max_positions = 20
     with pytest.raises(ValueError, match=rf"the prompt takes {roomy.prompt_len} tokens .* the context is 20"):
-        Share4VEngine(tokenizer, model, processor, context_len=20).prepare([chat])
+        tight.prepare([chat])

@@ -44,7 +44,7 @@ def test_chat_refuses_beam_search_before_loading(tmp_path):
 
 def test_a_failing_turn_does_not_end_the_chat(tiny):
     engine = Share4VEngine(*tiny)
-    engine.context_len = 60  # room for a short first turn only
+    engine.max_positions = 60  # room for a short first turn only
     out = io.StringIO()
     session = ChatSession(engine, GenerationParams(temperature=0, max_new_tokens=4), out)
     assert session.handle("hi")
