@@ -1,0 +1,66 @@
+"""eval/eval_pope.py: POPE scores per category from an answer file, as LLaVA-1.5's scorer prints them.
+
+    python -m share4v.eval.eval_pope --annotation-dir playground/data/eval/pope/coco \
+        --question-file playground/data/eval/pope/llava_pope_test.jsonl --result-file answers/pope/merge.jsonl
+
+The annotation folder holds `coco_pope_<category>.json` (JSON lines with `question_id` and `label` yes/no); the
+question file gives each question's `category`; the result file holds the model's answers (`question_id`, `text`).
+Free-text answers are read as yes/no by `share4v.eval.metrics.pope_parse_answer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from share4v.eval.jsonl import read_jsonl
+from share4v.eval.metrics import pope_scores
+
+ANNOTATION_PREFIX = "coco_pope_"
+
+
+def score_pope(annotation_dir: str | Path, question_file: str | Path, result_file: str | Path) -> dict[str, dict]:
+    """Scores per category (those present in the question file and the annotation folder)."""
+    questions = read_jsonl(question_file, ("question_id", "category"))
+    answers = {row["question_id"]: row["text"] for row in read_jsonl(result_file, ("question_id", "text"))}
+    scores = {}
+    for category in sorted({row["category"] for row in questions}):
+        annotation = Path(annotation_dir) / f"{ANNOTATION_PREFIX}{category}.json"
+        labels = {row["question_id"]: row["label"] for row in read_jsonl(annotation, ("question_id", "label"))}
+        ids = [row["question_id"] for row in questions if row["category"] == category and row["question_id"] in answers]
+        unlabelled = [qid for qid in ids if qid not in labels]
+        if unlabelled:
+            raise ValueError(f"{annotation}: no label for question_id {unlabelled[0]!r}")
+        if ids:
+            scores[category] = pope_scores([answers[qid] for qid in ids], [labels[qid] for qid in ids])
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotation-dir", required=True, help="folder of coco_pope_<category>.json files")
+    parser.add_argument("--question-file", required=True, help="questions (JSON lines with question_id, category)")
+    parser.add_argument("--result-file", required=True, help="answers (JSON lines with question_id, text)")
+    args = parser.parse_args(argv)
+    try:
+        scores = score_pope(args.annotation_dir, args.question_file, args.result_file)
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    for category, result in scores.items():
+        print(f"Category: {category}, # samples: {result['tp'] + result['fp'] + result['tn'] + result['fn']}")
+        print("TP\tFP\tTN\tFN\t")
+        print(f"{result['tp']}\t{result['fp']}\t{result['tn']}\t{result['fn']}")
+        print(f"Accuracy: {result['accuracy']:.4f}")
+        print(f"Precision: {result['precision']:.4f}")
+        print(f"Recall: {result['recall']:.4f}")
+        print(f"F1 score: {result['f1']:.4f}")
+        print(f"Yes ratio: {result['yes_ratio']:.4f}")
+        print("====================================")
+    if scores:
+        print(f"Average F1: {sum(r['f1'] for r in scores.values()) / len(scores):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The scorer command lines over fixture files in the benchmarks' own formats."""
+
+import json
+
+import pytest
+
+from share4v.eval import eval_pope, eval_textvqa
+
+
+def write_lines(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def pope(tmp_path):
+    (tmp_path / "coco").mkdir()
+    write_lines(tmp_path / "coco" / "coco_pope_random.json", [
+        {"question_id": 1, "label": "yes"}, {"question_id": 2, "label": "no"},
+        {"question_id": 3, "label": "yes"}, {"question_id": 4, "label": "no"},
+    ])  # fmt: skip
+    write_lines(tmp_path / "coco" / "coco_pope_popular.json", [{"question_id": 5, "label": "no"}])
+    questions = write_lines(tmp_path / "questions.jsonl", [
+        {"question_id": i, "category": "random"} for i in (1, 2, 3, 4)] + [{"question_id": 5, "category": "popular"}
+    ])  # fmt: skip
+    answers = write_lines(tmp_path / "answers.jsonl", [
+        {"question_id": 1, "text": "Yes, there is."}, {"question_id": 2, "text": "There is no dog."},
+        {"question_id": 3, "text": "No."}, {"question_id": 4, "text": "Yes"}, {"question_id": 5, "text": "no"},
+    ])  # fmt: skip
+    return tmp_path / "coco", questions, answers
+
+
+def test_pope_scores_each_category(pope, capsys):
+    scores = eval_pope.score_pope(*pope)
+    assert scores["random"]["tp"] == 1 and scores["random"]["fp"] == 1 and scores["random"]["fn"] == 1
+    assert scores["random"]["accuracy"] == 0.5 and scores["popular"]["accuracy"] == 1.0
+    assert eval_pope.main(["--annotation-dir", str(pope[0]), "--question-file", str(pope[1]),
+                           "--result-file", str(pope[2])]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Category: random, # samples: 4" in out and "Accuracy: 0.5000" in out
+
+
+def test_pope_bad_input_is_one_line(pope, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "yes"}\nnot json\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: not JSON"):
+        eval_pope.main(["--annotation-dir", str(pope[0]), "--question-file", str(pope[1]),
+                        "--result-file", str(tmp_path / "bad.jsonl")])  # fmt: skip
+
+
+def test_textvqa_matches_by_image_and_question_and_scores_soft_accuracy(tmp_path, capsys):
+    annotations = tmp_path / "TextVQA_0.5.1_val.json"
+    annotations.write_text(json.dumps({"data": [
+        {"image_id": "a1", "question": "What brand is it?", "answers": ["nokia"] * 2 + ["samsung"] * 8},
+        {"image_id": "b2", "question": "What number is shown?", "answers": ["12"] * 10},
+    ]}))  # fmt: skip
+    results = write_lines(tmp_path / "merge.jsonl", [
+        {"question_id": "a1", "prompt": "What brand is it?\nReference OCR token: NOKIA\nAnswer the question using a "
+         "single word or phrase.", "text": "Nokia"},
+        {"question_id": "b2", "prompt": "What number is shown?\nAnswer the question using a single word or phrase.",
+         "text": "twelve"},
+    ])  # fmt: skip
+    result = eval_textvqa.score_textvqa(annotations, results)
+    # nokia: 2 of 10 agree -> each leave-one-out subset has 1 or 2 matches: (8 * 2/3 + 2 * 1/3) / 10 = 0.6
+    assert result["count"] == 2 and result["accuracy"] == pytest.approx((0.6 + 0.0) / 2)
+    assert eval_textvqa.main(["--annotation-file", str(annotations), "--result-file", str(results)]) == 0
+    assert "Accuracy: 30.00%" in capsys.readouterr().out
+
+
+def test_textvqa_question_from_the_prompt_formats():
+    assert eval_textvqa.question_from_prompt("OCR tokens: a b Question: What is it? Short answer:") == "what is it?"
+    assert eval_textvqa.question_from_prompt("Reference OCR token: X\nWhy?\nAnswer briefly.") == "why?"
+    with pytest.raises(ValueError, match="cannot find the question"):
+        eval_textvqa.question_from_prompt("one\ntwo\nthree\nfour")
