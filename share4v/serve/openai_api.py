@@ -1,0 +1,211 @@
+"""serve/openai_api.py
+
+An OpenAI-compatible HTTP API over the generation engine: `POST /v1/chat/completions` (whole or streamed as
+server-sent events) with `image_url` parts, `GET /v1/models`, `GET /health`.
+
+    pip install 'share4v[serve]'
+    python -m share4v.serve.openai_api --model-path checkpoints/share4v-7b --port 8000
+    # then any OpenAI client: base_url="http://127.0.0.1:8000/v1"
+
+Listens on 127.0.0.1 unless `--host` says otherwise. Requests over the limits are answered with 4xx and a one-line
+message: body size (413), image pixels (413), `max_tokens` (400), concurrent requests (429). Images: `data:` URLs
+always; http(s) only with `--allow-remote-images`; local paths only under `--allowed-image-dir`. One model serves
+every request, one generation at a time (requests wait their turn up to the concurrency limit). `usage` counts come
+from the engine: prompt tokens with each image's patches, completion tokens generated.
+"""
+
+import argparse
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from share4v.inference.cli_args import add_model_args, engine_from_args
+from share4v.inference.engine import GenerationParams, Share4VEngine
+from share4v.inference.requests import FINISH_ERROR
+from share4v.serve.openai_messages import ImagePolicy, RequestError, chat_from_messages
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 32 * 2**20
+    max_tokens: int = 2048  # the most a request may ask for
+    default_max_tokens: int = 512
+    max_concurrent: int = 8  # requests in the server at once (generating or waiting); more get 429
+
+
+def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = None, images: ImagePolicy | None = None):
+    """The FastAPI application serving `engine` under `model_name` (default limits and image rules unless given).
+    (No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at run time.)"""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    limits, images = limits or Limits(), images or ImagePolicy()
+    app = FastAPI(title="share4v", docs_url=None, redoc_url=None)
+    generation = threading.Lock()  # one generation at a time on the one model
+    admitted = threading.BoundedSemaphore(limits.max_concurrent)
+
+    def error(status: int, message: str) -> JSONResponse:
+        kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "share4v"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return error(413, f"request body over {limits.max_body_bytes} bytes")
+        body = await request.body()
+        if len(body) > limits.max_body_bytes:
+            return error(413, f"request body over {limits.max_body_bytes} bytes")
+        if not admitted.acquire(blocking=False):
+            return error(429, f"more than {limits.max_concurrent} requests at once; try again shortly")
+        try:
+            payload = _parse_body(body)
+            params = _params(payload, limits)
+            chat = await run_in_threadpool(chat_from_messages, payload.get("messages"), images)  # loads images
+        except RequestError as err:
+            admitted.release()
+            return error(err.status, str(err))
+        if payload.get("stream"):
+            return StreamingResponse(
+                _released_after(_stream(engine, chat, params, model_name, generation), admitted),
+                media_type="text/event-stream",
+            )
+        try:
+            completion = await run_in_threadpool(_complete, engine, chat, params, generation)
+        finally:
+            admitted.release()
+        if completion.finish_reason == FINISH_ERROR:
+            return error(400, completion.error)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
+                         "finish_reason": completion.finish_reason}],
+            "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+                      "total_tokens": completion.prompt_tokens + completion.completion_tokens},
+        }  # fmt: skip
+
+    return app
+
+
+def _parse_body(body: bytes) -> dict:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"the request body is not JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    return payload
+
+
+def _params(payload: dict, limits: Limits) -> GenerationParams:
+    """Decoding settings of the request (`temperature`, `top_p`, `max_tokens` / `max_completion_tokens`)."""
+    if payload.get("n", 1) != 1:
+        raise RequestError(400, "only n=1 is supported")
+    default = min(limits.default_max_tokens, limits.max_tokens)
+    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens", default))
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise RequestError(400, f"max_tokens must be a positive integer, not {max_tokens!r}")
+    if max_tokens > limits.max_tokens:
+        raise RequestError(400, f"max_tokens {max_tokens} is over this server's limit of {limits.max_tokens}")
+    defaults = GenerationParams()
+    try:
+        return GenerationParams(
+            temperature=payload.get("temperature", defaults.temperature),
+            top_p=payload.get("top_p", defaults.top_p),
+            max_new_tokens=max_tokens,
+        )
+    except (TypeError, ValueError) as err:
+        raise RequestError(400, str(err)) from None
+
+
+def _complete(engine: Share4VEngine, chat, params: GenerationParams, generation: threading.Lock):
+    with generation:
+        return engine.complete([chat], params)[0]
+
+
+def _stream(engine: Share4VEngine, chat, params, model_name: str, generation: threading.Lock) -> Iterator[str]:
+    """Server-sent events: a role chunk, content chunks, a final chunk with the finish reason, `[DONE]`."""
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}  # fmt: skip
+        return f"data: {json.dumps(body)}\n\n"
+
+    request = engine.encode(chat)
+    if request.error is not None:
+        yield f"data: {json.dumps({'error': {'message': request.error, 'type': 'invalid_request_error'}})}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    yield chunk({"role": "assistant", "content": ""})
+    pieces = []
+    with generation:
+        for piece in engine.stream(chat, params):
+            pieces.append(piece)
+            yield chunk({"content": piece})
+    generated = len(engine.tokenizer("".join(pieces), add_special_tokens=False).input_ids)
+    yield chunk({}, "length" if generated >= params.max_new_tokens else "stop")
+    yield "data: [DONE]\n\n"
+
+
+def _released_after(events: Iterator[str], admitted: threading.BoundedSemaphore) -> Iterator[str]:
+    try:
+        yield from events
+    finally:
+        admitted.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_args(parser)
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--served-model-name", default=None, help="the id clients use (default: the folder name)")
+    server.add_argument("--max-tokens-limit", type=int, default=Limits.max_tokens, help="largest max_tokens accepted")
+    server.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20, help="request body limit")
+    server.add_argument("--max-image-pixels", type=int, default=ImagePolicy.max_pixels, help="per image")
+    server.add_argument("--max-concurrent", type=int, default=Limits.max_concurrent, help="requests at once")
+    server.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
+    server.add_argument("--allowed-image-dir", type=Path, default=None, help="serve local image paths under this")
+    args = parser.parse_args(argv)
+    try:
+        import uvicorn
+    except ImportError:
+        raise SystemExit("error: the server needs FastAPI and uvicorn: pip install 'share4v[serve]'") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        engine = engine_from_args(args)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    name = args.served_model_name or Path(args.model_path.rstrip("/")).name
+    limits = Limits(int(args.max_body_mb * 2**20), args.max_tokens_limit, min(512, args.max_tokens_limit),
+                    args.max_concurrent)  # fmt: skip
+    images = ImagePolicy(args.allow_remote_images, args.allowed_image_dir, args.max_image_pixels)
+    uvicorn.run(create_app(engine, name, limits, images), host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

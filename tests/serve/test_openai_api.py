@@ -1,0 +1,129 @@
+"""The OpenAI-compatible server: answers equal the engine's, usage from its token counts, streaming, image sources
+and request limits (through FastAPI's test client, no network)."""
+
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.serve.openai_api import Limits, create_app
+from share4v.serve.openai_messages import ImagePolicy
+from tests.helpers import random_image
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    return Share4VEngine(*tiny)
+
+
+def client(engine, limits=None, images=None):
+    return TestClient(create_app(engine, "share4v-tiny", limits, images))
+
+
+def data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def request_body(parts, **extra):
+    return {"model": "share4v-tiny", "messages": [{"role": "user", "content": parts}], "temperature": 0,
+            "max_tokens": 8, **extra}  # fmt: skip
+
+
+def test_health_and_models(engine):
+    with client(engine) as http:
+        assert http.get("/health").json()["status"] == "ok"
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["share4v-tiny"]
+
+
+def test_an_answer_with_an_image_equals_the_engines_and_counts_its_tokens(engine):
+    image = random_image(3)
+    parts = [{"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": "What is this?"}]
+    with client(engine) as http:
+        response = http.post("/v1/chat/completions", json=request_body(parts))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    [expected] = engine.complete(
+        [Chat(["<image>\nWhat is this?"], [image])], GenerationParams(temperature=0, max_new_tokens=8)
+    )
+    assert body["choices"][0]["message"]["content"] == expected.text
+    assert body["choices"][0]["finish_reason"] == expected.finish_reason
+    assert body["usage"] == {"prompt_tokens": expected.prompt_tokens, "completion_tokens": expected.completion_tokens,
+                             "total_tokens": expected.prompt_tokens + expected.completion_tokens}  # fmt: skip
+
+
+def test_streamed_deltas_join_to_the_whole_answer(engine):
+    body = request_body("Tell me about shapes.")
+    with client(engine) as http:
+        whole = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+        with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+            events = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == whole
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_image_sources_follow_the_servers_rules(engine, tmp_path):
+    inside = tmp_path / "allowed"
+    inside.mkdir()
+    random_image(4).save(inside / "a.png")
+    random_image(5).save(tmp_path / "b.png")
+
+    def ask(http, url):
+        return http.post("/v1/chat/completions", json=request_body([{"type": "image_url", "image_url": {"url": url}},
+                                                                    {"type": "text", "text": "Hi"}]))  # fmt: skip
+
+    with client(engine) as http:
+        assert ask(http, "http://example.com/x.png").status_code == 400
+        assert "allowed-image-dir" in ask(http, str(inside / "a.png")).json()["error"]["message"]
+    with client(engine, images=ImagePolicy(allowed_dir=inside)) as http:
+        assert ask(http, str(inside / "a.png")).status_code == 200
+        assert ask(http, f"file://{inside / 'a.png'}").status_code == 200
+        assert "outside the allowed" in ask(http, str(tmp_path / "b.png")).json()["error"]["message"]
+        assert "outside the allowed" in ask(http, str(inside / ".." / "b.png")).json()["error"]["message"]
+        broken = ask(http, "data:image/png;base64,bm90IGFuIGltYWdl")
+        assert broken.status_code == 400 and "image could not be read" in broken.json()["error"]["message"]
+    with client(engine, images=ImagePolicy(max_pixels=100)) as http:
+        assert ask(http, data_url(random_image(6))).status_code == 413
+
+
+def test_request_limits_are_4xx_with_a_message(engine):
+    with client(engine, limits=Limits(max_body_bytes=2000, max_tokens=16, max_concurrent=1)) as http:
+        assert http.post("/v1/chat/completions", json=request_body("x" * 3000)).status_code == 413
+        over = http.post("/v1/chat/completions", json=request_body("hi", max_tokens=17))
+        assert over.status_code == 400 and "over this server's limit of 16" in over.json()["error"]["message"]
+        assert http.post("/v1/chat/completions", content=b"{not json").status_code == 400
+        turns = {"model": "m", "messages": [{"role": "assistant", "content": "hi"}]}
+        assert "user turn belongs" in http.post("/v1/chat/completions", json=turns).json()["error"]["message"]
+        assert http.post("/v1/chat/completions", json=request_body("hi", n=2)).status_code == 400
+        assert http.post("/v1/chat/completions", json=request_body("hi", temperature=-1)).status_code == 400
+
+
+def test_more_concurrent_requests_than_allowed_get_429(engine):
+    app = create_app(engine, "share4v-tiny", Limits(max_concurrent=1))
+    with TestClient(app) as http:
+        body = {**request_body("Tell me a story."), "stream": True, "max_tokens": 8}
+        with http.stream("POST", "/v1/chat/completions", json=body) as first:
+            lines = first.iter_lines()
+            next(lines)  # the first request is inside the server
+            second = http.post("/v1/chat/completions", json=request_body("hi"))
+            assert second.status_code == 429 and second.json()["error"]["type"] == "rate_limit_error"
+            assert [line for line in lines if line][-1] == "data: [DONE]"
+        assert http.post("/v1/chat/completions", json=request_body("hi")).status_code == 200  # released
+
+
+def test_help_shows_the_defaults():
+    result = subprocess.run(
+        [sys.executable, "-m", "share4v.serve.openai_api", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "127.0.0.1" in result.stdout and "--allow-remote-images" in result.stdout
