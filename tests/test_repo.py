@@ -18,7 +18,10 @@ def test_ruff_is_clean():
         pytest.skip("ruff is not installed (it comes with the [dev] extra)")
     command = [ruff] if ruff else [sys.executable, "-m", "ruff"]
     result = subprocess.run(
-        [*command, "check", "share4v", "tests", "scripts", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+        [*command, "check", "share4v", "tests", "scripts", "benchmarks", "tools"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

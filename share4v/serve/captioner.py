@@ -1,0 +1,208 @@
+"""serve/captioner.py
+
+Captioning a data set the ShareGPT4V-PT way, with a share4v model, built to survive anything: images are decoded in
+DataLoader workers (a corrupt, truncated, empty, odd-mode or huge image becomes a line in the errors file with its
+reason, never a stopped job), each batch's captions are appended to a JSON-lines file and flushed, and a rerun skips
+every image already captioned or already found bad — kill it at any point and run it again. The command line is
+`tools/share-cap_batch_infer.py`.
+
+Inputs: a JSON list of paths, a JSON-lines file (strings or objects with "image"), or a folder (searched
+recursively for image files). Sharding: `num_chunks` / `chunk_idx` (or torchrun's RANK / WORLD_SIZE) give each
+process every n-th image and its own output files; `merge` writes the final JSON — the original's list of
+`{path: caption}` objects — from all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.inference.requests import Request, RequestEncoder
+
+DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def list_images(source: str | Path) -> list[str]:
+    """The image paths named by `source`: a folder (recursive, sorted), a JSON list or a JSON-lines file."""
+    source = Path(source)
+    if source.is_dir():
+        return sorted(str(p) for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    text = source.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text)
+        if not isinstance(rows, list):
+            raise ValueError(f"{source}: expected a JSON list of image paths")
+    except json.JSONDecodeError:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{source}:{number}: not JSON ({err.msg})") from None
+    images = []
+    for number, row in enumerate(rows, start=1):
+        image = row.get("image") if isinstance(row, dict) else row
+        if not isinstance(image, str):
+            raise ValueError(f"{source}: entry {number} names no image path (a string, or an object with 'image')")
+        images.append(image)
+    return images
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where one shard writes: captions (JSON lines), errors (JSON lines)."""
+
+    captions: Path
+    errors: Path
+
+    @classmethod
+    def for_shard(cls, save_path: str | Path, num_chunks: int, chunk_idx: int) -> Outputs:
+        stem = str(save_path) if num_chunks == 1 else f"{save_path}.{chunk_idx}-of-{num_chunks}"
+        return cls(Path(f"{stem}.jsonl"), Path(f"{stem}.errors.jsonl"))
+
+    def done(self) -> set[str]:
+        """Images this shard already captioned or found bad (a torn last line from a kill is ignored)."""
+        seen = set()
+        for path in (self.captions, self.errors):
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        seen.add(json.loads(line)["image"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue
+        return seen
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Encodes (loads, checks, pre-processes) one image per item, in whichever process the DataLoader puts it."""
+
+    def __init__(self, images: list[str], encoder: RequestEncoder, prompt: str):
+        self.images, self.encoder, self.prompt = images, encoder, prompt
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[str, Request]:
+        path = self.images[index]
+        return path, self.encoder.encode(Chat.single(self.prompt, [path]))
+
+
+def caption_images(
+    engine: Share4VEngine,
+    images: list[str],
+    outputs: Outputs,
+    params: GenerationParams,
+    prompt: str = DEFAULT_PROMPT,
+    batch_size: int = 4,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Caption every image of `images` not yet in `outputs`; returns counts of `captioned`, `failed`, `skipped`."""
+    done = outputs.done()
+    todo = [image for image in dict.fromkeys(images) if image not in done]
+    loader = torch.utils.data.DataLoader(
+        _Encoded(todo, engine.encoder, prompt), batch_size=batch_size, num_workers=num_workers, collate_fn=list
+    )
+    counts = {"captioned": 0, "failed": 0, "skipped": len(images) - len(todo)}
+    outputs.captions.parent.mkdir(parents=True, exist_ok=True)
+    for path in (outputs.captions, outputs.errors):
+        _end_torn_line(path)
+    bar = tqdm(total=len(todo), unit="img", desc="captioning", disable=not progress or None, smoothing=0.1)
+    with outputs.captions.open("a", encoding="utf-8") as captions, outputs.errors.open("a", encoding="utf-8") as errors:
+        for batch in loader:
+            good = [(path, request) for path, request in batch if request.error is None]
+            for path, request in batch:
+                if request.error is not None:
+                    errors.write(json.dumps({"image": path, "error": request.error}) + "\n")
+                    counts["failed"] += 1
+            if good:
+                completions = engine.run(engine.collate([request for _, request in good]), params)
+                for (path, _), completion in zip(good, completions, strict=True):
+                    captions.write(json.dumps({"image": path, "caption": completion.text}) + "\n")
+                counts["captioned"] += len(good)
+            captions.flush()
+            errors.flush()
+            bar.update(len(batch))
+    bar.close()
+    return counts
+
+
+def _end_torn_line(path: Path) -> None:
+    """A kill can leave a last line without its newline: end it, so the next line appended stays whole."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
+def merge(save_path: str | Path, num_chunks: int) -> Path:
+    """Write the final `save_path` JSON (the original's `[{path: caption}, ...]`) from every shard's captions,
+    atomically."""
+    rows = []
+    for chunk in range(num_chunks):
+        outputs = Outputs.for_shard(save_path, num_chunks, chunk)
+        if not outputs.captions.is_file():
+            raise FileNotFoundError(f"shard {chunk} of {num_chunks} has no captions file: {outputs.captions}")
+        for line in outputs.captions.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill; that image is captioned again on the next run
+            rows.append({row["image"]: row["caption"]})
+    save_path = Path(save_path)
+    save_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=save_path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
+        json.dump(rows, f, indent=4, ensure_ascii=False)
+    os.replace(f.name, save_path)
+    return save_path
+
+
+def shard(images: list[str], num_chunks: int, chunk_idx: int) -> list[str]:
+    """Every `num_chunks`-th image starting at `chunk_idx` (so shards stay balanced whatever the order)."""
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx must be in [0, {num_chunks}), not {chunk_idx}")
+    return images[chunk_idx::num_chunks]
+
+
+def rate(counts: dict[str, int], seconds: float) -> str:
+    done = counts["captioned"] + counts["failed"]
+    return f"{done / max(seconds, 1e-9):.2f} images/s"
+
+
+def run(args) -> dict[str, int]:
+    """The command line's job (see tools/share-cap_batch_infer.py)."""
+    num_chunks = int(os.environ.get("WORLD_SIZE", args.num_chunks)) if args.num_chunks == 1 else args.num_chunks
+    chunk_idx = int(os.environ.get("RANK", args.chunk_idx)) if args.num_chunks == 1 else args.chunk_idx
+    images = shard(list_images(args.images_file), num_chunks, chunk_idx)
+    from share4v.inference.cli_args import engine_from_args, generation_params
+
+    engine = engine_from_args(args)
+    outputs = Outputs.for_shard(args.save_path, num_chunks, chunk_idx)
+    start = time.perf_counter()
+    counts = caption_images(engine, images, outputs, generation_params(args), args.prompt, args.batch_size,
+                            args.num_workers)  # fmt: skip
+    print(f"{counts['captioned']} captioned, {counts['failed']} failed ({outputs.errors}), {counts['skipped']} "
+          f"already done; {rate(counts, time.perf_counter() - start)}")  # fmt: skip
+    if num_chunks == 1:
+        merge(args.save_path, 1)
+    return counts
+
+
+def iter_captions(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(image, caption) pairs of a final captions JSON."""
+    for row in json.loads(Path(path).read_text(encoding="utf-8")):
+        yield from row.items()

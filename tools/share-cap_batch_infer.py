@@ -1,0 +1,62 @@
+"""Caption a folder or list of images with a share4v model (the ShareGPT4V-PT way), resumable and fault tolerant.
+
+    python tools/share-cap_batch_infer.py --model-path checkpoints/share4v-7b --images-file images_to_describe.json \
+        --save-path captions.json --batch-size 4
+
+Writes captions.json.jsonl as it goes (one {"image", "caption"} per line, flushed per batch), bad images with their
+reason to captions.json.errors.jsonl, and at the end captions.json as the original's [{path: caption}, ...] list.
+Rerun the same command after any interruption: finished images are skipped. Several GPUs: one process per GPU with
+--num-chunks N --chunk-idx i (or torchrun), then once more with --merge to write the final JSON.
+ShareCaptioner itself (InternLM-XComposer remote code, the original's --model-name Lin-Chen/ShareCaptioner) is not
+run by this tool: it needs code from the hub (trust_remote_code), which share4v does not execute.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from share4v.inference.cli_args import add_generation_args, add_model_args
+from share4v.serve.captioner import DEFAULT_PROMPT, merge, run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_model_args(p)
+    add_generation_args(p, max_new_tokens=500)
+    p.set_defaults(temperature=0.0)  # captions for a data set: deterministic unless asked otherwise
+    job = p.add_argument_group("job")
+    job.add_argument("--images-file", default="images_to_describe.json",
+                     help="JSON list of paths, JSON lines, or a folder (default: %(default)s)")  # fmt: skip
+    job.add_argument("--save-path", default="captions.json", help="final JSON (default: %(default)s)")
+    job.add_argument("--batch-size", type=int, default=4, help="images per generation batch (default: %(default)s)")
+    job.add_argument(
+        "--prompt", default=DEFAULT_PROMPT, help="instruction given with each image (default: %(default)r)"
+    )
+    job.add_argument("--num-workers", type=int, default=2, help="image-decoding processes (default: %(default)s)")
+    job.add_argument("--num-chunks", type=int, default=1, help="shards over processes (default: %(default)s)")
+    job.add_argument("--chunk-idx", type=int, default=0, help="this process's shard (default: %(default)s)")
+    several = "accepted for the original's scripts; use --num-chunks or torchrun for several GPUs"
+    job.add_argument("--num_gpus", "--num-gpus", type=int, default=1, help=several)
+    job.add_argument("--merge", action="store_true", help="only write --save-path from the shards' captions")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.merge:
+            print(f"wrote {merge(args.save_path, args.num_chunks)}")
+            return 0
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, not {args.batch_size}")
+        run(args)
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
