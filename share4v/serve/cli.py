@@ -5,7 +5,7 @@ Interactive chat about an image in the terminal, answers streamed as they are ge
     python -m share4v.serve.cli --model-path checkpoints/share4v-7b --image-file examples/sunset.png
 
 At the prompt: type a message; `/image PATH` starts a new chat about another image, `/reset` clears the chat,
-`/quit` (or an empty line / end of input) leaves.
+`/help` lists the commands, `/quit` (or end of input, Ctrl-D) leaves. An empty line does nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from share4v.conversation import get_conv_template
 from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.mm_utils import ImageLoadError, load_image
+
+COMMANDS = "commands: /image PATH (a new chat about another image), /reset, /help, /quit (or Ctrl-D)"
+KNOWN_COMMANDS = ("/image", "/reset", "/help", "/quit")
 
 
 class ChatSession:
@@ -53,9 +56,13 @@ class ChatSession:
     def handle(self, line: str) -> bool:
         """Act on one input line; False when the user wants to leave."""
         line = line.strip()
-        if not line or line == "/quit":
+        if line == "/quit":
             return False
-        if line == "/reset":
+        if not line:
+            return True
+        if line == "/help":
+            self.out.write(COMMANDS + "\n")
+        elif line == "/reset":
             self.turns = []
             self.out.write("(chat cleared)\n")
         elif line.startswith("/image"):
@@ -64,6 +71,8 @@ class ChatSession:
                 self.out.write("(new chat about this image)\n")
             except ImageLoadError as err:
                 self.out.write(f"error: {err}\n")
+        elif line.startswith("/") and line.split()[0] not in KNOWN_COMMANDS:
+            self.out.write(f"unknown command {line.split()[0]}; /help lists the commands\n")
         else:
             try:
                 self.ask(line)
@@ -84,7 +93,9 @@ def run(session: ChatSession, stdin: TextIO, interactive: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m share4v.serve.cli", description="Chat with a share4v model about an image (streaming answers)."
+        prog="python -m share4v.serve.cli",
+        description="Chat with a share4v model about an image (streaming answers).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(parser)
     parser.add_argument("--image-file", default=None, help="image path/URL to talk about (optional)")
@@ -105,6 +116,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     except (ImageLoadError, FileNotFoundError, ImportError, ValueError) as err:
         sys.exit(f"error: {err}")
     session.images = [first_image] if first_image is not None else []
+    name = args.model_name or args.model_path.rstrip("/").rsplit("/", 1)[-1]
+    stdout.write(f"share4v chat with {name}; {COMMANDS}\n")
     run(session, stdin, interactive=stdin.isatty())
 
 

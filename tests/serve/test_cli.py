@@ -5,11 +5,13 @@ import io
 import pytest
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
-from share4v.serve.cli import ChatSession, main
+from share4v.serve.cli import COMMANDS, ChatSession, main
 
 
 def test_chat_streams_answers_and_keeps_history(tiny_ckpt, tiny, examples_dir):
-    stdin = io.StringIO("What is this?\nAnd the colours?\n/reset\n/image nowhere.png\n/quit\nnever read\n")
+    stdin = io.StringIO(
+        "What is this?\n\nAnd the colours?\n/help\n/what\n/reset\n/image nowhere.png\n/quit\nnever read\n"
+    )
     stdout = io.StringIO()
     args = [
         "--model-path",
@@ -28,8 +30,10 @@ def test_chat_streams_answers_and_keeps_history(tiny_ckpt, tiny, examples_dir):
     first = engine.generate([Chat(["What is this?"], image)], params)[0]
     second = engine.generate([Chat(["What is this?", first, "And the colours?"], image)], params)[0]
     assert stdout.getvalue() == (
-        f"ASSISTANT: {first}\nASSISTANT: {second}\n(chat cleared)\nerror: image file not found: nowhere.png\n"
-    )
+        f"share4v chat with {tiny_ckpt.name}; {COMMANDS}\n"
+        f"ASSISTANT: {first}\nASSISTANT: {second}\n{COMMANDS}\nunknown command /what; /help lists the commands\n"
+        "(chat cleared)\nerror: image file not found: nowhere.png\n"
+    )  # an empty line and /help reach no model; the banner names the model and the commands
 
 
 def test_chat_rejects_a_bad_image(tiny_ckpt, tmp_path):
