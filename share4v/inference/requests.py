@@ -89,8 +89,8 @@ class RequestEncoder:
         Request with its `error` (the one-line reason) rather than an exception."""
         try:
             return self._encode(chat)
-        except (ValueError, OSError) as err:  # ImageLoadError is a ValueError
-            return Request(error=str(err))
+        except Exception as err:  # whatever one chat's text or images raise stays that chat's error
+            return Request(error=str(err) or type(err).__name__)
 
     def _encode(self, chat: Any) -> Request:
         conv = self.conversation(list(chat.turns), len(chat.images))

@@ -17,10 +17,10 @@ from the engine: prompt tokens with each image's patches, completion tokens gene
 import argparse
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,27 +69,34 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
             return error(413, f"request body over {limits.max_body_bytes} bytes")
-        body = await request.body()
-        if len(body) > limits.max_body_bytes:
-            return error(413, f"request body over {limits.max_body_bytes} bytes")
+        body = bytearray()
+        async for piece in request.stream():  # chunked uploads too: stop reading past the limit
+            body += piece
+            if len(body) > limits.max_body_bytes:
+                return error(413, f"request body over {limits.max_body_bytes} bytes")
         if not admitted.acquire(blocking=False):
             return error(429, f"more than {limits.max_concurrent} requests at once; try again shortly")
+        handed_to_stream = False
         try:
-            payload = _parse_body(body)
+            payload = await run_in_threadpool(_parse_body, bytes(body))
             params = _params(payload, limits)
             chat = await run_in_threadpool(chat_from_messages, payload.get("messages"), images)  # loads images
-        except RequestError as err:
-            admitted.release()
-            return error(err.status, str(err))
-        if payload.get("stream"):
-            return StreamingResponse(
-                _released_after(_stream(engine, chat, params, model_name, generation), admitted),
-                media_type="text/event-stream",
-            )
-        try:
+            encoded = await run_in_threadpool(engine.encode, chat)
+            if encoded.error is not None:
+                return error(400, encoded.error)
+            if payload.get("stream") is True:
+                stream = _EventStream(engine, chat, params, model_name, generation, admitted)
+                handed_to_stream = True
+                return StreamingResponse(stream.events(), media_type="text/event-stream", background=stream.close)
             completion = await run_in_threadpool(_complete, engine, chat, params, generation)
+        except RequestError as err:
+            return error(err.status, str(err))
+        except Exception as err:  # anything else is still one request's failure, never the server's
+            logger.exception("request failed")
+            return error(500, f"internal error: {type(err).__name__}")
         finally:
-            admitted.release()
+            if not handed_to_stream:
+                admitted.release()
         if completion.finish_reason == FINISH_ERROR:
             return error(400, completion.error)
         return {
@@ -109,8 +116,8 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
 def _parse_body(body: bytes) -> dict:
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(400, f"the request body is not JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, huge integers, deep nesting
+        raise RequestError(400, f"the request body is not usable JSON: {type(err).__name__}") from None
     if not isinstance(payload, dict):
         raise RequestError(400, "the request body must be a JSON object")
     return payload
@@ -118,6 +125,7 @@ def _parse_body(body: bytes) -> dict:
 
 def _params(payload: dict, limits: Limits) -> GenerationParams:
     """Decoding settings of the request (`temperature`, `top_p`, `max_tokens` / `max_completion_tokens`)."""
+    payload = {key: value for key, value in payload.items() if value is not None}  # null means "not given"
     if payload.get("n", 1) != 1:
         raise RequestError(400, "only n=1 is supported")
     default = min(limits.default_max_tokens, limits.max_tokens)
@@ -142,36 +150,65 @@ def _complete(engine: Share4VEngine, chat, params: GenerationParams, generation:
         return engine.complete([chat], params)[0]
 
 
-def _stream(engine: Share4VEngine, chat, params, model_name: str, generation: threading.Lock) -> Iterator[str]:
-    """Server-sent events: a role chunk, content chunks, a final chunk with the finish reason, `[DONE]`."""
-    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+class _EventStream:
+    """One streamed answer as server-sent events: a role chunk, content chunks, a final chunk with the finish
+    reason, `[DONE]`. Generation runs in its own thread and holds the model's lock only while generating (the pieces
+    wait in a queue), so a slow reader delays nobody else. `close` (the response's background task, which runs
+    even when the client went away) stops generation and frees the request's slot."""
 
-    def chunk(delta: dict, finish_reason: str | None = None) -> str:
-        body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model_name,
+    _END = object()
+
+    def __init__(self, engine, chat, params, model_name: str, generation: threading.Lock, admitted) -> None:
+        self.engine, self.chat, self.params, self.model_name = engine, chat, params, model_name
+        self.generation, self.admitted = generation, admitted
+        self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        self.pieces: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.closed = False
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None) -> str:
+        body = {"id": self.ident, "object": "chat.completion.chunk", "created": self.created, "model": self.model_name,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}  # fmt: skip
         return f"data: {json.dumps(body)}\n\n"
 
-    request = engine.encode(chat)
-    if request.error is not None:
-        yield f"data: {json.dumps({'error': {'message': request.error, 'type': 'invalid_request_error'}})}\n\n"
+    def _generate(self) -> None:
+        try:
+            with self.generation:
+                answer = self.engine.stream(self.chat, self.params)
+                try:
+                    for piece in answer:
+                        if self.stop.is_set():
+                            break
+                        self.pieces.put(piece)
+                finally:
+                    answer.close()  # stops the engine's generation thread
+        except Exception as err:  # reported to the client as an error event
+            self.pieces.put(err)
+        finally:
+            self.pieces.put(self._END)
+
+    async def events(self):
+        from starlette.concurrency import run_in_threadpool
+
+        threading.Thread(target=self._generate, daemon=True).start()
+        yield self._chunk({"role": "assistant", "content": ""})
+        text = []
+        while (item := await run_in_threadpool(self.pieces.get)) is not self._END:
+            if isinstance(item, Exception):
+                yield f"data: {json.dumps({'error': {'message': str(item), 'type': 'server_error'}})}\n\n"
+                break
+            text.append(item)
+            yield self._chunk({"content": item})
+        else:
+            generated = len(self.engine.tokenizer("".join(text), add_special_tokens=False).input_ids)
+            yield self._chunk({}, "length" if generated >= self.params.max_new_tokens else "stop")
         yield "data: [DONE]\n\n"
-        return
-    yield chunk({"role": "assistant", "content": ""})
-    pieces = []
-    with generation:
-        for piece in engine.stream(chat, params):
-            pieces.append(piece)
-            yield chunk({"content": piece})
-    generated = len(engine.tokenizer("".join(pieces), add_special_tokens=False).input_ids)
-    yield chunk({}, "length" if generated >= params.max_new_tokens else "stop")
-    yield "data: [DONE]\n\n"
 
-
-def _released_after(events: Iterator[str], admitted: threading.BoundedSemaphore) -> Iterator[str]:
-    try:
-        yield from events
-    finally:
-        admitted.release()
+    async def close(self) -> None:
+        self.stop.set()
+        if not self.closed:
+            self.closed = True
+            self.admitted.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--max-tokens-limit", type=int, default=Limits.max_tokens, help="largest max_tokens accepted")
     server.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20, help="request body limit")
     server.add_argument("--max-image-pixels", type=int, default=ImagePolicy.max_pixels, help="per image")
+    server.add_argument("--max-images", type=int, default=ImagePolicy.max_images, help="images per request")
     server.add_argument("--max-concurrent", type=int, default=Limits.max_concurrent, help="requests at once")
     server.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
     server.add_argument("--allowed-image-dir", type=Path, default=None, help="serve local image paths under this")
@@ -202,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     name = args.served_model_name or Path(args.model_path.rstrip("/")).name
     limits = Limits(int(args.max_body_mb * 2**20), args.max_tokens_limit, min(512, args.max_tokens_limit),
                     args.max_concurrent)  # fmt: skip
-    images = ImagePolicy(args.allow_remote_images, args.allowed_image_dir, args.max_image_pixels)
+    if args.max_concurrent < 1:
+        raise SystemExit("error: --max-concurrent must be at least 1")
+    images = ImagePolicy(args.allow_remote_images, args.allowed_image_dir, args.max_image_pixels, args.max_images)
     uvicorn.run(create_app(engine, name, limits, images), host=args.host, port=args.port)
     return 0
 

@@ -11,6 +11,8 @@ message. Every refusal is a `RequestError` with the HTTP status to answer with.
 
 from __future__ import annotations
 
+import base64
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from PIL import Image
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.inference.engine import Chat
-from share4v.mm_utils import ImageLoadError, load_image
+from share4v.mm_utils import load_image
 
 
 class RequestError(ValueError):
@@ -36,6 +38,7 @@ class ImagePolicy:
     allow_remote: bool = False
     allowed_dir: Path | None = None
     max_pixels: int = 4096 * 4096
+    max_images: int = 8  # per request
 
 
 def chat_from_messages(messages: Any, policy: ImagePolicy) -> Chat:
@@ -54,12 +57,16 @@ def chat_from_messages(messages: Any, policy: ImagePolicy) -> Chat:
         text, message_images = _content(message.get("content"), index, policy, message["role"] == "user")
         turns.append(text)
         images += message_images
+        if len(images) > policy.max_images:
+            raise RequestError(400, f"more than {policy.max_images} images in one request")
     if not turns or len(turns) % 2 == 0:
         raise RequestError(400, "the messages must end with a user turn")
     return Chat(turns, images)
 
 
 def _content(content: Any, index: int, policy: ImagePolicy, images_allowed: bool) -> tuple[str, list[Image.Image]]:
+    if content is None and not images_allowed:
+        return "", []  # an assistant turn with no text
     if isinstance(content, str):
         return content, []
     if not isinstance(content, list):
@@ -81,31 +88,56 @@ def _content(content: Any, index: int, policy: ImagePolicy, images_allowed: bool
 
 
 def load_checked_image(url: str, policy: ImagePolicy) -> Image.Image:
-    """The image at `url` if `policy` allows its source and size."""
-    scheme = urlparse(url).scheme.lower()
-    if scheme == "data":
-        source = url
-    elif scheme in ("http", "https"):
-        if not policy.allow_remote:
-            raise RequestError(400, "remote image URLs are not accepted (start the server with --allow-remote-images)")
-        source = url
-    else:
-        source = _allowed_local_path(unquote(urlparse(url).path) if scheme == "file" else url, policy)
+    """The image at `url` if `policy` allows its source and size (checked from the header, before decoding)."""
+    if url != url.strip() or any(ord(ch) < 32 for ch in url):
+        raise RequestError(400, "image URL with surrounding spaces or control characters")
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
     try:
-        image = load_image(source)
-    except (ImageLoadError, OSError) as err:
+        if scheme == "data":
+            _, comma, payload = url.partition(",")
+            if not comma or ";base64" not in url[: url.index(",")].lower():
+                raise RequestError(400, "image data URL must be base64 (data:image/...;base64,...)")
+            data = base64.b64decode(payload, validate=True)
+            _check_pixels(Image.open(io.BytesIO(data)), policy)
+            image = load_image(Image.open(io.BytesIO(data)))
+        elif scheme in ("http", "https"):
+            if not policy.allow_remote:
+                raise RequestError(
+                    400, "remote image URLs are not accepted (start the server with --allow-remote-images)"
+                )
+            if not parsed.netloc:
+                raise RequestError(400, f"image URL without a host: {url[:80]!r}")
+            image = load_image(url)
+        else:
+            if scheme == "file" and parsed.netloc not in ("", "localhost"):
+                raise RequestError(400, "file:// image URLs must name a local file")
+            path = _allowed_local_path(unquote(parsed.path) if scheme == "file" else url, policy)
+            _check_pixels(Image.open(path), policy)
+            image = load_image(path)
+    except RequestError:
+        raise
+    except Exception as err:  # whatever a damaged file or a bad URL raises: this request's error, one line
         raise RequestError(400, f"image could not be read: {err}") from None
+    _check_pixels(image, policy)
+    return image
+
+
+def _check_pixels(image: Image.Image, policy: ImagePolicy) -> None:
     if image.width * image.height > policy.max_pixels:
         raise RequestError(
             413, f"image of {image.width}x{image.height} pixels is over the limit of {policy.max_pixels}"
         )
-    return image
 
 
 def _allowed_local_path(path: str, policy: ImagePolicy) -> str:
+    """`path` (relative ones inside the allowed folder) if it lies inside the allowed folder, links resolved."""
     if policy.allowed_dir is None:
         raise RequestError(400, "local image paths are not accepted (start the server with --allowed-image-dir)")
-    resolved = Path(path).resolve()
-    if not resolved.is_relative_to(policy.allowed_dir.resolve()):
+    root = policy.allowed_dir.resolve()
+    resolved = (root / path).resolve()  # an absolute `path` replaces root
+    if not resolved.is_relative_to(root):
         raise RequestError(400, f"image path {path!r} is outside the allowed image folder")
+    if not resolved.is_file():
+        raise RequestError(400, f"image file not found: {path!r}")
     return str(resolved)

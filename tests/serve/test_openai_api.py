@@ -127,3 +127,64 @@ def test_help_shows_the_defaults():
         [sys.executable, "-m", "share4v.serve.openai_api", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "127.0.0.1" in result.stdout and "--allow-remote-images" in result.stdout
+
+
+def test_failed_requests_never_keep_their_slot(engine, tmp_path):
+    with client(engine, limits=Limits(max_concurrent=1)) as http:
+        assert http.post("/v1/chat/completions", content=b"[" * 100000).status_code == 400  # nesting too deep
+        assert http.post("/v1/chat/completions", content=b"1" * 5000).status_code == 400  # an integer too long
+        nul = request_body([{"type": "image_url", "image_url": {"url": "a\x00b.png"}}, {"type": "text", "text": "x"}])
+        assert http.post("/v1/chat/completions", json=nul).status_code == 400
+        assert http.post("/v1/chat/completions", json=request_body("hi", max_tokens=None)).status_code == 200
+
+
+def test_a_stream_left_early_frees_its_slot_and_the_model(engine):
+    """What the server does when a client goes away: the response's background task closes the stream, which frees
+    the slot and stops generation (never started, or mid-answer), so the model's lock comes back."""
+    import asyncio
+    import threading
+
+    from share4v.serve.openai_api import _EventStream
+
+    chat = Chat.single("Tell me a long story.")
+    params = GenerationParams(temperature=0, max_new_tokens=200)
+    lock, slots = threading.Lock(), threading.BoundedSemaphore(1)
+
+    async def leave_after(events_read: int) -> None:
+        assert slots.acquire(blocking=False)
+        stream = _EventStream(engine, chat, params, "m", lock, slots)
+        events = stream.events()
+        for _ in range(events_read):
+            await events.__anext__()
+        await events.aclose()
+        await stream.close()
+
+    for events_read in (0, 3):  # never iterated; left mid-answer
+        asyncio.run(leave_after(events_read))
+        assert slots.acquire(blocking=False), "the slot was not given back"
+        slots.release()
+        assert lock.acquire(timeout=10), "generation kept the model's lock"
+        lock.release()
+
+
+def test_chunked_bodies_images_per_request_and_local_paths(engine, tmp_path):
+    random_image(7).save(tmp_path / "c.png")
+
+    def chunks():
+        yield b'{"messages": "' + b"x" * 3000
+
+    with client(
+        engine, limits=Limits(max_body_bytes=2000), images=ImagePolicy(allowed_dir=tmp_path, max_images=2)
+    ) as http:
+        assert http.post("/v1/chat/completions", content=chunks()).status_code == 413  # no Content-Length
+        relative = [{"type": "image_url", "image_url": {"url": "c.png"}}, {"type": "text", "text": "Hi"}]
+        assert http.post("/v1/chat/completions", json=request_body(relative)).status_code == 200
+        three = [{"type": "image_url", "image_url": {"url": "c.png"}}] * 3
+        assert (
+            "more than 2 images"
+            in http.post("/v1/chat/completions", json=request_body(three)).json()["error"]["message"]
+        )
+        remote_file = [{"type": "image_url", "image_url": {"url": "file://otherhost/c.png"}}]
+        assert http.post("/v1/chat/completions", json=request_body(remote_file)).status_code == 400
+        spaced = [{"type": "image_url", "image_url": {"url": " data:image/png;base64,AAAA"}}]
+        assert http.post("/v1/chat/completions", json=request_body(spaced)).status_code == 400
