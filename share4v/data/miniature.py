@@ -59,7 +59,7 @@ class Recipe:
     tower_steps: int = 600
     llm_steps: int = 200
     align_steps: int = 100
-    stage1_steps: int = 200
+    stage1_steps: int = 600
     stage2_steps: int = 300
     learning_rate: float = 1e-3
 
