@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from share4v.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from share4v.convert.llava_format import to_llava_names
+from share4v.testing.make_tiny_checkpoint import TinySpec, preprocessor_config_dict
 from share4v.train.throughput import measure_matmul_peak, training_flops
 
 
@@ -248,11 +249,8 @@ def save_tower(shape: Shape, folder: Path, device) -> None:
     torch.manual_seed(1)
     with torch.device(device):
         CLIPVisionModel(config).to(torch.bfloat16).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": shape.image_size, "width": shape.image_size}, "do_center_crop": True,
-        "do_normalize": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": {"shortest_edge": shape.image_size},
-    }))  # fmt: skip
+    spec = TinySpec(image_size=shape.image_size, patch_size=shape.patch)
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(spec)))
 
 
 def check_packed_attention(device) -> dict:

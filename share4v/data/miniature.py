@@ -33,7 +33,7 @@ from tqdm import tqdm
 from share4v.data.synthetic import COLOURS, SHAPES, Scene, write_world
 from share4v.eval.metrics import vqa_normalize
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
-from share4v.testing.make_tiny_checkpoint import CLIP_MEAN, CLIP_STD
+from share4v.testing.make_tiny_checkpoint import CLIP_MEAN, CLIP_STD, TinySpec, preprocessor_config_dict
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
 from share4v.train.train import train
 
@@ -177,11 +177,8 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int) -> 
         optimizer.zero_grad()
     logger.info("pre-trained ViT: final cell loss %.3f", loss.item())
     tower.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": recipe.image_size, "width": recipe.image_size}, "do_center_crop": True,
-        "do_normalize": True, "do_resize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-        "resample": 3, "size": {"shortest_edge": recipe.image_size},
-    }))  # fmt: skip
+    spec = TinySpec(image_size=recipe.image_size, patch_size=recipe.patch_size)
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(spec)))
     return out
 
 
