@@ -1,11 +1,14 @@
 """utils.py
 
-Small process-level helpers: the device/dtype defaults of the original loaders.
+Small process-level helpers: the device/dtype defaults of the original loaders, and repairing an append-only
+JSON-lines output after a kill.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 
@@ -58,3 +61,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
+
+
+def end_torn_line(path: str | Path) -> None:
+    """A kill can leave an appended JSON-lines file's last line without its newline: end it, so that the next
+    line appended stays whole (the torn line itself is skipped by readers)."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
+from share4v.utils import end_torn_line
 
 DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -119,7 +120,7 @@ def caption_images(
     counts = {"captioned": 0, "failed": 0, "skipped": len(images) - len(todo)}
     outputs.captions.parent.mkdir(parents=True, exist_ok=True)
     for path in (outputs.captions, outputs.errors):
-        _end_torn_line(path)
+        end_torn_line(path)
     bar = tqdm(total=len(todo), unit="img", desc="captioning", disable=not progress or None, smoothing=0.1)
     with outputs.captions.open("a", encoding="utf-8") as captions, outputs.errors.open("a", encoding="utf-8") as errors:
         for batch in loader:
@@ -138,15 +139,6 @@ def caption_images(
             bar.update(len(batch))
     bar.close()
     return counts
-
-
-def _end_torn_line(path: Path) -> None:
-    """A kill can leave a last line without its newline: end it, so the next line appended stays whole."""
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
 
 
 def merge(save_path: str | Path, num_chunks: int) -> Path:

@@ -1,0 +1,117 @@
+"""eval/answer_loop.py
+
+The one loop every benchmark's inference runs through: questions in, one JSON line per answer out.
+
+- Chunking as the original scripts use it (`--num-chunks/--chunk-idx`: contiguous chunks of ceil(n / chunks)).
+- Resume: question ids already in the answers file are skipped, so a killed run continues where it stopped; each
+  answer is appended and flushed as soon as its batch is done (a line torn by a kill is ended first).
+- Batches (`--batch-size`) are left-padded by the engine; greedy answers equal batch-size-1 answers.
+- Images are loaded and pre-processed in DataLoader workers (the engine's `RequestEncoder`); a question whose image
+  is missing or broken is reported with its id in `<answers>.errors.jsonl` and skipped (`strict` makes it fatal).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.inference.requests import Request, RequestEncoder
+from share4v.utils import end_torn_line
+
+
+def chunk(items: Sequence[Any], num_chunks: int, chunk_idx: int) -> list[Any]:
+    """The `chunk_idx`-th of `num_chunks` contiguous chunks of ceil(len / num_chunks) items (the original's split)."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx must be in [0, --num-chunks), got {chunk_idx} of {num_chunks}")
+    size = math.ceil(len(items) / num_chunks) if items else 0
+    return list(items[chunk_idx * size : (chunk_idx + 1) * size])
+
+
+@dataclass(frozen=True)
+class Question:
+    """One benchmark question as the engine takes it, plus what its answer line repeats."""
+
+    question_id: Any
+    prompt: str  # the text given to the model ("<image>\n" marks the image)
+    images: tuple[str, ...] = ()
+
+
+class _Encoded(torch.utils.data.Dataset):
+    def __init__(self, questions: list[Question], encoder: RequestEncoder):
+        self.questions, self.encoder = questions, encoder
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, index: int) -> tuple[Question, Request]:
+        question = self.questions[index]
+        return question, self.encoder.encode(Chat.single(question.prompt, list(question.images)))
+
+
+def answered_ids(answers_file: Path) -> set[str]:
+    """Question ids already answered (as strings; a torn last line is ignored)."""
+    done = set()
+    if answers_file.is_file():
+        for line in answers_file.read_text(encoding="utf-8").splitlines():
+            try:
+                done.add(str(json.loads(line)["question_id"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def answer_questions(
+    engine: Share4VEngine,
+    questions: list[Question],
+    answers_file: str | Path,
+    params: GenerationParams,
+    model_id: str,
+    batch_size: int = 1,
+    num_workers: int = 2,
+    strict: bool = False,
+    extra_fields: Callable[[Question], dict] | None = None,
+) -> dict[str, int]:
+    """Answer every question not yet in `answers_file`; returns counts of `answered`, `failed`, `skipped`.
+
+    Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}` plus `extra_fields`.
+    """
+    answers_file = Path(answers_file)
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    errors_file = answers_file.with_name(answers_file.name + ".errors.jsonl")
+    done = answered_ids(answers_file)
+    todo = [question for question in questions if str(question.question_id) not in done]
+    for path in (answers_file, errors_file):
+        end_torn_line(path)
+    counts = {"answered": 0, "failed": 0, "skipped": len(questions) - len(todo)}
+    loader = torch.utils.data.DataLoader(
+        _Encoded(todo, engine.encoder), batch_size=batch_size, num_workers=num_workers, collate_fn=list
+    )
+    with answers_file.open("a", encoding="utf-8") as out, errors_file.open("a", encoding="utf-8") as errors:
+        for batch in tqdm(loader, total=len(loader), unit="batch", desc="answering", disable=None):
+            good = [(question, request) for question, request in batch if request.error is None]
+            for question, request in batch:
+                if request.error is not None:
+                    if strict:
+                        raise ValueError(f"question {question.question_id!r}: {request.error} (--strict)")
+                    errors.write(json.dumps({"question_id": question.question_id, "error": request.error}) + "\n")
+                    counts["failed"] += 1
+            if good:
+                completions = engine.run(engine.collate([request for _, request in good]), params)
+                for (question, _), completion in zip(good, completions, strict=True):
+                    row = {"question_id": question.question_id, "prompt": question.prompt, "text": completion.text,
+                           "answer_id": uuid.uuid4().hex[:22], "model_id": model_id, "metadata": {}}  # fmt: skip
+                    row.update(extra_fields(question) if extra_fields else {})
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                counts["answered"] += len(good)
+            out.flush()
+            errors.flush()
+    return counts

@@ -1,0 +1,92 @@
+"""eval/model_vqa_loader.py: answers to a JSON-lines question file (VQAv2, GQA, VizWiz, TextVQA, MME, SEED, POPE).
+
+    python -m share4v.eval.model_vqa_loader --model-path checkpoints/share4v-7b \
+        --question-file playground/data/eval/gqa/share4v_gqa_testdev_balanced.jsonl \
+        --image-folder playground/data/eval/gqa/images --answers-file answers/gqa/merge.jsonl \
+        --temperature 0 --conv-mode share4v_v1 --batch-size 16
+
+Question lines: `{"question_id", "image", "text", ...}`; the prompt is `"<image>\\n" + text` (no image: the text).
+Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}`, appended and flushed per
+batch; a rerun skips answered ids. A malformed question line or a missing image is listed with its line or id in
+`<answers-file>.errors.jsonl` and skipped (`--strict`: the run stops there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from share4v.eval.answer_loop import Question, answer_questions, chunk
+from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
+from share4v.mm_utils import get_model_name_from_path
+
+
+def read_questions(question_file: str | Path, image_folder: str | Path | None, strict: bool) -> tuple[list, list]:
+    """(questions, problems): unusable lines become problems (`{"line", "error"}`) unless `strict`."""
+    path = Path(question_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such question file: {path}")
+    questions, problems = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("text"), str):
+                raise ValueError("needs question_id and text")
+        except ValueError as err:
+            if strict:
+                raise ValueError(f"{path}:{number}: {err} (--strict)") from None
+            problems.append({"line": number, "error": str(err)})
+            continue
+        image = row.get("image")
+        images = (str(Path(image_folder or ".") / image),) if image else ()
+        prompt = ("<image>\n" + row["text"]) if image else row["text"]
+        questions.append(Question(row["question_id"], prompt, images))
+    return questions, problems
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_args(parser)
+    add_generation_args(parser, max_new_tokens=128)
+    parser.set_defaults(conv_mode="share4v_v1")
+    parser.add_argument("--image-folder", default="", help="folder the question file's image paths are relative to")
+    parser.add_argument("--question-file", required=True, help="JSON lines: question_id, image, text")
+    parser.add_argument("--answers-file", required=True, help="JSON lines written here (appended; reruns resume)")
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="the chunk this process answers")
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per generation batch")
+    parser.add_argument("--num-workers", type=int, default=4, help="image-loading processes")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad question or image")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = generation_params(args)
+        questions, problems = read_questions(args.question_file, args.image_folder, args.strict)
+        questions = chunk(questions, args.num_chunks, args.chunk_idx)
+        if problems:
+            errors = Path(args.answers_file + ".errors.jsonl")
+            errors.parent.mkdir(parents=True, exist_ok=True)
+            with errors.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps({"question_file": args.question_file, **p}) + "\n" for p in problems)
+            print(f"{len(problems)} unusable question lines listed in {errors}", file=sys.stderr)
+        engine = engine_from_args(args)
+        model_id = args.model_name or get_model_name_from_path(args.model_path)
+        counts = answer_questions(engine, questions, args.answers_file, params, model_id, args.batch_size,
+                                  args.num_workers, args.strict)  # fmt: skip
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The answer-file loop behind model_vqa_loader: batched equals single, resume without duplicates or gaps, bad
+questions and images reported with their id and skipped, the original's chunking."""
+
+import json
+
+import pytest
+
+from share4v.eval import model_vqa_loader
+from share4v.eval.answer_loop import Question, answer_questions, chunk
+from share4v.inference.engine import GenerationParams, Share4VEngine
+from tests.helpers import random_image
+
+GREEDY = GenerationParams(temperature=0, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    return Share4VEngine(*tiny)
+
+
+@pytest.fixture
+def bench(tmp_path):
+    for index in range(5):
+        random_image(index).save(tmp_path / f"{index}.png")
+    rows = [{"question_id": f"q{i}", "image": f"{i}.png", "text": f"What is in picture {i}?"} for i in range(5)]
+    rows.append({"question_id": "q5", "image": "missing.png", "text": "And here?"})
+    rows.append({"question_id": "q6", "text": "A question without an image?"})
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(3, "{not json")
+    (tmp_path / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def answers(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_batched_answers_equal_single_and_bad_input_is_reported(engine, bench, tmp_path):
+    questions, problems = model_vqa_loader.read_questions(bench / "questions.jsonl", bench, strict=False)
+    assert problems == [{"line": 4, "error": problems[0]["error"]}] and len(questions) == 7
+    batched, single = tmp_path / "batched.jsonl", tmp_path / "single.jsonl"
+    counts = answer_questions(engine, questions, batched, GREEDY, "tiny", batch_size=4, num_workers=1)
+    answer_questions(engine, questions, single, GREEDY, "tiny", batch_size=1, num_workers=0)
+    assert counts == {"answered": 6, "failed": 1, "skipped": 0}
+    assert {r["question_id"]: r["text"] for r in answers(batched)} == {
+        r["question_id"]: r["text"] for r in answers(single)
+    }
+    row = answers(batched)[0]
+    assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+    assert row["prompt"].startswith("<image>\n") and row["model_id"] == "tiny"
+    [error] = answers(tmp_path / "batched.jsonl.errors.jsonl")
+    assert error["question_id"] == "q5" and "missing.png" in error["error"]
+    with pytest.raises(ValueError, match="q5"):
+        answer_questions(engine, questions, tmp_path / "strict.jsonl", GREEDY, "tiny", strict=True, num_workers=0)
+
+
+def test_a_killed_run_resumes_without_duplicates_or_gaps(engine, bench, tmp_path, monkeypatch):
+    questions = [Question(f"q{i}", f"<image>\nWhat is in picture {i}?", (str(bench / f"{i}.png"),)) for i in range(5)]
+    out = tmp_path / "answers.jsonl"
+    real_run, calls = engine.run, {"n": 0}
+
+    def killed_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", killed_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        answer_questions(engine, questions, out, GREEDY, "tiny", batch_size=2, num_workers=0)
+    with out.open("a") as f:
+        f.write('{"question_id": "q4", "te')  # torn by the kill
+    monkeypatch.setattr(engine, "run", real_run)
+    counts = answer_questions(engine, questions, out, GREEDY, "tiny", batch_size=2, num_workers=0)
+    assert counts["skipped"] == 2 and counts["answered"] == 3
+    whole = [line for line in out.read_text().splitlines() if line.endswith("}")]
+    ids = [json.loads(line)["question_id"] for line in whole]
+    assert sorted(ids) == [f"q{i}" for i in range(5)]
+
+
+def test_chunks_are_the_originals_contiguous_ceil_split():
+    items = list(range(10))
+    assert [chunk(items, 3, i) for i in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="--chunk-idx"):
+        chunk(items, 3, 3)
+
+
+def test_command_line_end_to_end(tiny_ckpt, bench, tmp_path, capsys):
+    out = tmp_path / "cli.jsonl"
+    args = ["--model-path", str(tiny_ckpt), "--question-file", str(bench / "questions.jsonl"), "--image-folder",
+            str(bench), "--answers-file", str(out), "--temperature", "0", "--max_new_tokens", "3", "--batch-size", "3",
+            "--num-workers", "0", "--num-chunks", "2", "--chunk-idx", "0"]  # fmt: skip
+    assert model_vqa_loader.main(args) == 0
+    assert [row["question_id"] for row in answers(out)] == ["q0", "q1", "q2", "q3"]
+    assert "1 unusable question lines" in capsys.readouterr().err
