@@ -93,3 +93,19 @@ def test_command_line_end_to_end(tiny_ckpt, bench, tmp_path, capsys):
     assert model_vqa_loader.main(args) == 0
     assert [row["question_id"] for row in answers(out)] == ["q0", "q1", "q2", "q3"]
     assert "1 unusable question lines" in capsys.readouterr().err
+
+
+def test_model_vqa_takes_the_same_files_with_long_answers_by_default(tiny_ckpt, bench, tmp_path, monkeypatch):
+    from share4v.eval import model_vqa
+
+    seen = {}
+    monkeypatch.setattr(model_vqa_loader, "main", lambda argv, parser: seen.update(vars(parser.parse_args(argv))))
+    model_vqa.main(["--model-path", "x", "--question-file", "q", "--answers-file", "a"])
+    assert seen["max_new_tokens"] == 1024 and seen["conv_mode"] == "share4v_v1"
+    monkeypatch.undo()
+    out = tmp_path / "vqa.jsonl"
+    args = ["--model-path", str(tiny_ckpt), "--question-file", str(bench / "questions.jsonl"), "--image-folder",
+            str(bench), "--answers-file", str(out), "--temperature", "0", "--max_new_tokens", "3",
+            "--num-workers", "0"]  # fmt: skip
+    assert model_vqa.main(args) == 0
+    assert len(answers(out)) == 6
