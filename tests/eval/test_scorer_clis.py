@@ -71,3 +71,27 @@ def test_textvqa_question_from_the_prompt_formats():
     assert eval_textvqa.question_from_prompt("Reference OCR token: X\nWhy?\nAnswer briefly.") == "why?"
     with pytest.raises(ValueError, match="cannot find the question"):
         eval_textvqa.question_from_prompt("one\ntwo\nthree\nfour")
+
+
+def test_science_qa_accuracy_and_img_accuracy(tmp_path, capsys):
+    from share4v.eval import eval_science_qa
+
+    problems = {
+        "1": {"choices": ["cat", "dog"], "answer": 1, "image": "image.png"},
+        "2": {"choices": ["red", "blue", "green"], "answer": 0, "image": None},
+        "3": {"choices": ["yes", "no"], "answer": 0, "image": "image.png"},
+        "4": {"choices": ["a", "b"], "answer": 0, "image": None},  # not in the test split
+    }
+    (tmp_path / "problems.json").write_text(json.dumps(problems))
+    (tmp_path / "pid_splits.json").write_text(json.dumps({"test": ["1", "2", "3"]}))
+    answers = write_lines(tmp_path / "merge.jsonl", [
+        {"question_id": "1", "text": "The answer is B."}, {"question_id": "2", "text": "A"},
+        {"question_id": "3", "text": "(A)"},  # the original scorer does not read this form: wrong
+    ])  # fmt: skip
+    result = eval_science_qa.score_science_qa(tmp_path, answers)
+    assert result["count"] == 3 and result["accuracy"] == pytest.approx(2 / 3)
+    assert result["img_count"] == 2 and result["img_accuracy"] == pytest.approx(1 / 2)
+    assert eval_science_qa.main(["--base-dir", str(tmp_path), "--result-file", str(answers),
+                                 "--output-result", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    assert "IMG-Accuracy: 50.00%" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["img_accuracy"] == pytest.approx(0.5)
