@@ -1,11 +1,12 @@
 """utils.py
 
-Small process-level helpers: the device/dtype defaults of the original loaders, and repairing an append-only
-JSON-lines output after a kill.
+Small process-level helpers: the device/dtype defaults of the original loaders, and reading and repairing an
+append-only JSON-lines output after a kill.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -72,3 +73,15 @@ def end_torn_line(path: str | Path) -> None:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 f.write(b"\n")
+
+
+def values_in_jsonl(path: str | Path, key: str) -> set[str]:
+    """The `key` values (as strings) of an append-only JSON-lines output; a line torn by a kill is ignored."""
+    path, values = Path(path), set()
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                values.add(str(json.loads(line)[key]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return values

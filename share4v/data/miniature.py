@@ -354,7 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few minutes per arm; too short to learn much")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     recipe = Recipe.quick() if args.quick else Recipe()
     card = reproduce(args.out, args.seeds, args.arms, recipe)
     print(score_table(card), end="")

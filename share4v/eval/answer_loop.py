@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
-from share4v.utils import end_torn_line
+from share4v.utils import end_torn_line, values_in_jsonl
 
 
 def chunk(items: Sequence[Any], num_chunks: int, chunk_idx: int) -> list[Any]:
@@ -57,18 +57,6 @@ class _Encoded(torch.utils.data.Dataset):
         return question, self.encoder.encode(Chat.single(question.prompt, list(question.images)))
 
 
-def answered_ids(answers_file: Path) -> set[str]:
-    """Question ids already answered (as strings; a torn last line is ignored)."""
-    done = set()
-    if answers_file.is_file():
-        for line in answers_file.read_text(encoding="utf-8").splitlines():
-            try:
-                done.add(str(json.loads(line)["question_id"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
-
-
 def answer_questions(
     engine: Share4VEngine,
     questions: list[Question],
@@ -87,7 +75,7 @@ def answer_questions(
     answers_file = Path(answers_file)
     answers_file.parent.mkdir(parents=True, exist_ok=True)
     errors_file = answers_file.with_name(answers_file.name + ".errors.jsonl")
-    done = answered_ids(answers_file)
+    done = values_in_jsonl(answers_file, "question_id")
     todo = [question for question in questions if str(question.question_id) not in done]
     for path in (answers_file, errors_file):
         end_torn_line(path)

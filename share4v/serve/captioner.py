@@ -18,7 +18,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
-from share4v.utils import end_torn_line
+from share4v.utils import end_torn_line, values_in_jsonl
 
 DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -76,15 +75,7 @@ class Outputs:
 
     def done(self) -> set[str]:
         """Images this shard already captioned or found bad (a torn last line from a kill is ignored)."""
-        seen = set()
-        for path in (self.captions, self.errors):
-            if path.is_file():
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        seen.add(json.loads(line)["image"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue
-        return seen
+        return values_in_jsonl(self.captions, "image") | values_in_jsonl(self.errors, "image")
 
 
 class _Encoded(torch.utils.data.Dataset):
@@ -192,9 +183,3 @@ def run(args) -> dict[str, int]:
     if num_chunks == 1:
         merge(args.save_path, 1)
     return counts
-
-
-def iter_captions(path: str | Path) -> Iterator[tuple[str, str]]:
-    """(image, caption) pairs of a final captions JSON."""
-    for row in json.loads(Path(path).read_text(encoding="utf-8")):
-        yield from row.items()

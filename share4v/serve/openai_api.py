@@ -26,7 +26,6 @@ from pathlib import Path
 
 from share4v.inference.cli_args import add_model_args, engine_from_args
 from share4v.inference.engine import GenerationParams, Share4VEngine
-from share4v.inference.requests import FINISH_ERROR
 from share4v.serve.openai_messages import ImagePolicy, RequestError, chat_from_messages
 
 logger = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
                 stream = _EventStream(engine, chat, params, model_name, generation, admitted)
                 handed_to_stream = True
                 return StreamingResponse(stream.events(), media_type="text/event-stream", background=stream.close)
-            completion = await run_in_threadpool(_complete, engine, chat, params, generation)
+            completion = await run_in_threadpool(_complete, engine, encoded, params, generation)
         except RequestError as err:
             return error(err.status, str(err))
         except Exception as err:  # anything else is still one request's failure, never the server's
@@ -97,8 +96,6 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
         finally:
             if not handed_to_stream:
                 admitted.release()
-        if completion.finish_reason == FINISH_ERROR:
-            return error(400, completion.error)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -145,9 +142,10 @@ def _params(payload: dict, limits: Limits) -> GenerationParams:
         raise RequestError(400, str(err)) from None
 
 
-def _complete(engine: Share4VEngine, chat, params: GenerationParams, generation: threading.Lock):
+def _complete(engine: Share4VEngine, request, params: GenerationParams, generation: threading.Lock):
+    """Generate for an already encoded request (its images were loaded and checked in the handler)."""
     with generation:
-        return engine.complete([chat], params)[0]
+        return engine.run(engine.collate([request]), params)[0]
 
 
 class _EventStream:
