@@ -4,7 +4,8 @@ The one loop every benchmark's inference runs through: questions in, one JSON li
 
 - Chunking as the original scripts use it (`--num-chunks/--chunk-idx`: contiguous chunks of ceil(n / chunks)).
 - Resume: question ids already in the answers file are skipped, so a killed run continues where it stopped; each
-  answer is appended and flushed as soon as its batch is done (a line torn by a kill is ended first).
+  answer is appended and flushed as soon as its batch is done (a line torn by a kill is ended first). Where one id
+  has several answers (MMBench's rounds), `resume_by` names the answer-line fields that together identify one.
 - Batches (`--batch-size`) are left-padded by the engine; greedy answers equal batch-size-1 answers.
 - Images are loaded and pre-processed in DataLoader workers (the engine's `RequestEncoder`); a question whose image
   is missing or broken is reported with its id in `<answers>.errors.jsonl` and skipped (`strict` makes it fatal).
@@ -15,8 +16,8 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
-from share4v.utils import end_torn_line, values_in_jsonl
+from share4v.utils import end_torn_line
 
 
 def chunk(items: Sequence[Any], num_chunks: int, chunk_idx: int) -> list[Any]:
@@ -42,7 +43,8 @@ class Question:
 
     question_id: Any
     prompt: str  # the text given to the model ("<image>\n" marks the image)
-    images: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()  # paths, or base64 `data:` URIs (decoded in the workers)
+    fields: dict[str, Any] = field(default_factory=dict)  # added to its answer line (may replace "prompt")
 
 
 class _Encoded(torch.utils.data.Dataset):
@@ -66,17 +68,20 @@ def answer_questions(
     batch_size: int = 1,
     num_workers: int = 2,
     strict: bool = False,
-    extra_fields: Callable[[Question], dict] | None = None,
+    resume_by: Sequence[str] = ("question_id",),
+    answer_field: str = "text",
 ) -> dict[str, int]:
     """Answer every question not yet in `answers_file`; returns counts of `answered`, `failed`, `skipped`.
 
-    Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}` plus `extra_fields`.
+    Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}` updated with the
+    question's `fields`; the answer goes under `answer_field` ("text" unless a benchmark's format says otherwise).
+    A question counts as answered when a line with its `resume_by` values (from its id and `fields`) is there.
     """
     answers_file = Path(answers_file)
     answers_file.parent.mkdir(parents=True, exist_ok=True)
     errors_file = answers_file.with_name(answers_file.name + ".errors.jsonl")
-    done = values_in_jsonl(answers_file, "question_id")
-    todo = [question for question in questions if str(question.question_id) not in done]
+    done = _answered(answers_file, resume_by)
+    todo = [question for question in questions if _key(question, resume_by) not in done]
     for path in (answers_file, errors_file):
         end_torn_line(path)
     counts = {"answered": 0, "failed": 0, "skipped": len(questions) - len(todo)}
@@ -90,16 +95,41 @@ def answer_questions(
                 if request.error is not None:
                     if strict:
                         raise ValueError(f"question {question.question_id!r}: {request.error} (--strict)")
-                    errors.write(json.dumps({"question_id": question.question_id, "error": request.error}) + "\n")
+                    line = {**_identity(question, resume_by), "error": request.error}
+                    errors.write(json.dumps(line, ensure_ascii=False) + "\n")
                     counts["failed"] += 1
             if good:
                 completions = engine.run(engine.collate([request for _, request in good]), params)
                 for (question, _), completion in zip(good, completions, strict=True):
-                    row = {"question_id": question.question_id, "prompt": question.prompt, "text": completion.text,
-                           "answer_id": uuid.uuid4().hex[:22], "model_id": model_id, "metadata": {}}  # fmt: skip
-                    row.update(extra_fields(question) if extra_fields else {})
+                    row = {"question_id": question.question_id, "prompt": question.prompt,
+                           answer_field: completion.text, "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
+                           "metadata": {}}  # fmt: skip
+                    row.update(question.fields)
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 counts["answered"] += len(good)
             out.flush()
             errors.flush()
     return counts
+
+
+def _identity(question: Question, names: Sequence[str]) -> dict[str, Any]:
+    """The `names` fields of the question's answer line: what tells its answer apart from the others."""
+    values = {"question_id": question.question_id, **question.fields}
+    return {name: values.get(name) for name in names}
+
+
+def _key(question: Question, names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(str(value) for value in _identity(question, names).values())
+
+
+def _answered(answers_file: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
+    """The `names` values (as strings) of every whole line of an append-only answers file (a torn one is skipped)."""
+    keys = set()
+    if answers_file.is_file():
+        for line in answers_file.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                keys.add(tuple(str(row[name]) for name in names))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return keys

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from share4v.eval.jsonl import read_jsonl
 from share4v.eval.metrics import pope_scores
+from share4v.eval.scores import write_scores
 
 ANNOTATION_PREFIX = "coco_pope_"
 
@@ -37,14 +38,33 @@ def score_pope(annotation_dir: str | Path, question_file: str | Path, result_fil
     return scores
 
 
+def pope_summary(scores: dict[str, dict]) -> dict[str, float]:
+    """The score file's numbers, in percent: the mean over categories of accuracy, precision, recall, F1 and yes
+    ratio (POPE papers report the mean F1), then `<category>/<metric>` for each category."""
+    metrics = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    summary = {metric: 100 * sum(result[metric] for result in scores.values()) / len(scores) for metric in metrics}
+    for category, result in scores.items():
+        summary.update({f"{category}/{metric}": 100 * result[metric] for metric in metrics})
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotation-dir", required=True, help="folder of coco_pope_<category>.json files")
     parser.add_argument("--question-file", required=True, help="questions (JSON lines with question_id, category)")
     parser.add_argument("--result-file", required=True, help="answers (JSON lines with question_id, text)")
+    parser.add_argument(
+        "--scores-file",
+        default=None,
+        help="score file to write: means over the categories, and each category's (default: none)",
+    )
     args = parser.parse_args(argv)
     try:
         scores = score_pope(args.annotation_dir, args.question_file, args.result_file)
+        if args.scores_file:
+            if not scores:
+                raise ValueError(f"{args.result_file}: no answered question of {args.question_file} to score")
+            write_scores(args.scores_file, "pope", pope_summary(scores), source=args.result_file)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     for category, result in scores.items():
@@ -59,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print("====================================")
     if scores:
         print(f"Average F1: {sum(r['f1'] for r in scores.values()) / len(scores):.4f}")
+    if args.scores_file:
+        print(f"wrote {args.scores_file}")
     return 0
 
 

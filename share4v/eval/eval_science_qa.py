@@ -19,6 +19,7 @@ from pathlib import Path
 
 from share4v.eval.jsonl import read_jsonl
 from share4v.eval.metrics import scienceqa_accuracy, scienceqa_extract_letter
+from share4v.eval.scores import write_scores
 from share4v.eval.submission import write_json
 
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-file", default=None, help="per-question results (JSON) to write")
     parser.add_argument("--output-result", default=None, help="the scores (JSON) to write")
     parser.add_argument("--split", default="test", help="which pid_splits.json list to score (default: %(default)s)")
+    parser.add_argument("--scores-file", default=None, help="score file to write, in percent (default: none)")
     args = parser.parse_args(argv)
     try:
         result = score_science_qa(args.base_dir, args.result_file, args.split)
@@ -68,11 +70,18 @@ def main(argv: list[str] | None = None) -> int:
             write_json(result["per_question"], args.output_file)
         if args.output_result:
             write_json({k: v for k, v in result.items() if k != "per_question"}, args.output_result)
+        if args.scores_file:
+            scores = {"accuracy": 100 * result["accuracy"], "count": result["count"], "img_count": result["img_count"]}
+            if result["img_accuracy"] is not None:
+                scores["img_accuracy"] = 100 * result["img_accuracy"]
+            write_scores(args.scores_file, "sqa", scores, source=args.result_file)
     except (OSError, ValueError, KeyError) as err:
         sys.exit(f"error: {err}")
     print(f"Total: {result['count']}, Accuracy: {100 * result['accuracy']:.2f}%")
     if result["img_accuracy"] is not None:
         print(f"IMG-Accuracy: {100 * result['img_accuracy']:.2f}% ({result['img_count']} questions with an image)")
+    if args.scores_file:
+        print(f"wrote {args.scores_file}")
     return 0
 
 

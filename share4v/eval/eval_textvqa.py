@@ -18,6 +18,7 @@ from pathlib import Path
 
 from share4v.eval.jsonl import read_jsonl
 from share4v.eval.metrics import vqa_accuracy
+from share4v.eval.scores import write_scores
 
 OCR_PREFIX = "Reference OCR token:"
 
@@ -61,12 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotation-file", required=True, help="TextVQA_0.5.1_val.json")
     parser.add_argument("--result-file", required=True, help="answers (JSON lines with question_id, prompt, text)")
+    parser.add_argument("--scores-file", default=None, help="score file to write (default: none)")
     args = parser.parse_args(argv)
     try:
         result = score_textvqa(args.annotation_file, args.result_file)
+        print(f"Samples: {result['count']}\nAccuracy: {100 * result['accuracy']:.2f}%")
+        if args.scores_file:
+            scores = {"accuracy": 100 * result["accuracy"], "count": result["count"]}
+            print(f"wrote {write_scores(args.scores_file, 'textvqa', scores, source=args.result_file)}")
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
-    print(f"Samples: {result['count']}\nAccuracy: {100 * result['accuracy']:.2f}%")
     return 0
 
 

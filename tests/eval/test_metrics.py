@@ -290,6 +290,8 @@ def test_seed_scores_strict_and_tolerant():
         ("(B)", 4, True, "B"),  # ...but the lenient mode does
         ("B) sunny", 4, True, "B"),
         ("Because it rains", 4, True, None),  # a capital opening a word is no letter
+        ("", 4, False, None),  # unanswered
+        ("AB", 4, False, None),  # not one letter
     ],
 )
 def test_scienceqa_extract_letter(text, num_choices, lenient, expected):

@@ -44,7 +44,7 @@ def scienceqa_extract_letter(text: str, num_choices: int, lenient: bool = False)
         lenient: also accept the extra opening forms above.
     """
     letters = string.ascii_uppercase[:num_choices]
-    if text in string.ascii_uppercase[:5]:  # the original's option list is A-E
+    if len(text) == 1 and text in string.ascii_uppercase[:5]:  # the original's option list is A-E
         letter = text
     elif len(text) >= 3 and text[0] in string.ascii_uppercase[:5] and text[1:3] == ". ":
         letter = text[0]

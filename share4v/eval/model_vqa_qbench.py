@@ -1,0 +1,130 @@
+"""eval/model_vqa_qbench.py: answers to Q-Bench's LLVisionQA (low-level visual perception, multiple choice).
+
+    python -m share4v.eval.model_vqa_qbench --model-path checkpoints/share4v-7b \
+        --image-folder playground/data/eval/qbench/images_llvisionqa \
+        --questions-file playground/data/eval/qbench/llvisionqa_dev.json \
+        --answers-file answers/qbench/share4v-7b.jsonl --conv-mode share4v_v1 --lang en
+
+The questions file is a JSON list of records `{"img_path", "question", "candidates": [...], "correct_ans"?,
+"type"?, "concern"?, ...}`. The prompt is the question, `"\\nChoose between one of the options as follows:\\n"`
+(`--lang zh`: in Chinese; the original's Chinese prompt began with a stray backslash where a newline was meant, here
+it is the newline), and one `"A. candidate\\n"` line per candidate. Decoding is greedy unless `--temperature` says
+otherwise.
+
+Differences from the original, which loaded the model in 8-bit and wrote all records as one JSON file at the end:
+`--load-8bit` is there but not forced (it needs CUDA and bitsandbytes), and each answer is appended as soon as it is
+made, one JSON line per question: the input record with `"response"` added, plus `question_id` (the record's
+position in the questions file, what a rerun uses to skip answered records), `prompt`, `answer_id`, `model_id` and
+`metadata`. Score them with `share4v.eval.metrics.qbench_accuracy`. An unusable record or a missing image is listed
+with its position in `<answers-file>.errors.jsonl` and skipped (`--strict`: the run stops there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+import sys
+from pathlib import Path
+from typing import Any
+
+from share4v.constants import DEFAULT_IMAGE_TOKEN
+from share4v.eval.answer_loop import Question, answer_questions, chunk
+from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
+from share4v.mm_utils import get_model_name_from_path
+
+PROMPT_HEADER = {
+    "en": "\nChoose between one of the options as follows:\n",
+    "zh": "\n在下列选项中选择一个:\n",
+}
+ANSWER_FIELD = "response"
+
+
+def read_questions(
+    questions_file: str | Path, image_folder: str | Path | None, lang: str = "en", strict: bool = False
+) -> tuple[list[Question], list[dict]]:
+    """(questions, problems): an unusable record becomes a problem (`{"entry", "error"}`) unless `strict`.
+
+    Raises:
+        FileNotFoundError / ValueError: no such file, not a JSON list, or (with `strict`) a bad record.
+    """
+    path = Path(questions_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such questions file: {path}")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    questions, problems = [], []
+    for position, record in enumerate(records):
+        try:
+            questions.append(_question(position, record, image_folder, lang))
+        except ValueError as err:
+            if strict:
+                raise ValueError(f"{path}[{position}]: {err} (--strict)") from None
+            problems.append({"entry": position, "error": str(err)})
+    return questions, problems
+
+
+def _question(position: int, record: Any, image_folder: str | Path | None, lang: str) -> Question:
+    if not isinstance(record, dict):
+        raise ValueError(f"expected an object, got {type(record).__name__}")
+    for name, kind in (("img_path", str), ("question", str), ("candidates", list)):
+        if not isinstance(record.get(name), kind) or not record[name]:
+            raise ValueError(f"record {position}: {name!r} missing or empty")
+    candidates = record["candidates"]
+    if len(candidates) > len(string.ascii_uppercase):
+        raise ValueError(f"record {position}: {len(candidates)} candidates, at most 26 can be lettered")
+    message = record["question"] + PROMPT_HEADER[lang]
+    letters = string.ascii_uppercase[: len(candidates)]
+    message += "".join(f"{letter}. {candidate}\n" for letter, candidate in zip(letters, candidates, strict=True))
+    fields = {key: value for key, value in record.items() if key not in (ANSWER_FIELD, "question_id")}
+    image = str(Path(image_folder or ".") / record["img_path"])
+    return Question(position, DEFAULT_IMAGE_TOKEN + "\n" + message, (image,), fields)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_args(parser)
+    add_generation_args(parser, max_new_tokens=1024)
+    parser.set_defaults(conv_mode="share4v_v1", temperature=0.0)
+    parser.add_argument("--image-folder", default="", help="folder the records' img_path are relative to")
+    parser.add_argument("--questions-file", "--question-file", required=True, help="LLVisionQA JSON list")
+    parser.add_argument("--answers-file", required=True, help="JSON lines written here (appended; reruns resume)")
+    parser.add_argument("--lang", default="en", choices=sorted(PROMPT_HEADER), help="language of the prompt")
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="the chunk this process answers")
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per generation batch")
+    parser.add_argument("--num-workers", type=int, default=4, help="image-loading processes")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad record or image")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = generation_params(args)
+        questions, problems = read_questions(args.questions_file, args.image_folder, args.lang, args.strict)
+        questions = chunk(questions, args.num_chunks, args.chunk_idx)
+        if problems:
+            errors = Path(args.answers_file + ".errors.jsonl")
+            errors.parent.mkdir(parents=True, exist_ok=True)
+            with errors.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps({"questions_file": args.questions_file, **p}) + "\n" for p in problems)
+            print(f"{len(problems)} unusable records listed in {errors}", file=sys.stderr)
+        engine = engine_from_args(args)
+        model_id = args.model_name or get_model_name_from_path(args.model_path)
+        counts = answer_questions(engine, questions, args.answers_file, params, model_id, args.batch_size,
+                                  args.num_workers, args.strict, answer_field=ANSWER_FIELD)  # fmt: skip
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
