@@ -2,7 +2,7 @@
 
 Command-line flags shared by every front end that loads a model and generates (flag names follow the original
 scripts: `--model-path`, `--model-base`, `--conv-mode`, `--temperature`, `--top_p`, `--num_beams`,
-`--max_new_tokens`), and the engine built from them.
+`--max_new_tokens`; `--compile-decode` is share4v's), and the engine built from them.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--load-8bit", action="store_true", help="8-bit weights (bitsandbytes, CUDA)")
     group.add_argument("--load-4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes, CUDA)")
+    group.add_argument(
+        "--compile-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode with a static KV cache and a compiled step (default: off for now, see the engine's "
+        "COMPILE_DECODE_BY_DEFAULT; the first batch of each shape compiles)",
+    )
 
 
 def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 1024) -> None:
@@ -80,5 +87,6 @@ def engine_from_args(args: Any) -> Share4VEngine:
         image_aspect_ratio=getattr(args, "image_aspect_ratio", None),
         load_8bit=getattr(args, "load_8bit", False),
         load_4bit=getattr(args, "load_4bit", False),
+        compile_decode=getattr(args, "compile_decode", None),
         **load_kwargs,
     )

@@ -12,10 +12,33 @@ batch + pixel values → `model.generate` with stop strings → text, whole or s
 For batch work and serving, the same in three steps: `encode(chat) -> Request` (CPU only, picklable, see
 `share4v.inference.requests`; a bad image fails only its own request), `collate(requests)` and `run(batch)`, whose
 results are `Completion`s (text, token ids, finish reason, token counts). `complete(chats)` does all three.
+
+Decoding speed (`compile_decode`; off by default until measured on a GPU, see `COMPILE_DECODE_BY_DEFAULT`): the
+engine hands `generate` a pre-allocated `StaticCache` of its own and a `CompileConfig`, so transformers compiles the
+one-token decode step (inductor, "reduce-overhead": CUDA graphs) and runs the prompt (images spliced in) eagerly. Greedy
+answers are those of the dynamic-cache path up to floating-point rounding of the compiled kernels (equal on the
+fp32 CPU tests). Stopping needs no text: the templates of the released models end answers with the
+end-of-sequence token, which transformers checks on the device; only a stop string that is not that token is
+matched in decoded text, every step.
+
+What compiles and what re-records, so callers can keep one graph busy:
+- The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
+  `benchmarks/bench_generate.py` reports it as `compile_s`).
+- The cache length is the longest prompt + `max_new_tokens`, rounded up to a multiple of `CACHE_BUCKET`
+  (256) positions and capped at the model's positions, so prompts of different lengths share one graph. The
+  engine keeps one cache: a batch of another size or bucket allocates a new one. torch compiles a static graph
+  for the first shape and, at the second distinct batch size or bucket, one graph with those sizes dynamic
+  (batch size 1 keeps its own); after that a new shape only records a new CUDA graph (a few decode steps' time).
+- Sampling settings and prompt contents change nothing; beam search (`num_beams` > 1) takes the dynamic cache.
+- CUDA graphs are recorded per thread, so every generation runs on the engine's one decoding thread; concurrent
+  callers are served one after another.
+- A cache that would not fit in free device memory is not allocated: that batch takes the dynamic cache.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
 import logging
 import math
@@ -23,14 +46,16 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria
+from transformers import CompileConfig, StaticCache, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
+from transformers.generation.utils import ALL_CACHE_NAMES
 
 from share4v.constants import DEFAULT_CONV_MODE
 from share4v.conversation import Conversation, default_conv_mode, get_conv_template
@@ -48,6 +73,12 @@ from share4v.model.builder import load_pretrained_model
 logger = logging.getLogger(__name__)
 
 STREAM_TIMEOUT_S = 600.0
+# Off until benchmarks/bench_generate.py has checked the compiled decode on a GPU (it has run on CPU only): then on
+# by default where `_compiles_by_default` holds.
+COMPILE_DECODE_BY_DEFAULT = False
+CACHE_BUCKET = 256  # static KV caches are sized in multiples of this many positions (see the module docstring)
+CACHE_MEMORY_FRACTION = 0.8  # a new static cache may take at most this share of the device's free memory
+_CACHE_KWARG = ALL_CACHE_NAMES[0]  # generate()'s keyword for a cache: past_key_values (5.1x), cache (5.2x)
 
 
 GREEDY_BELOW_TEMPERATURE = 1e-3  # as the original demo: a temperature this small samples like greedy (and overflows)
@@ -116,7 +147,13 @@ class PreparedBatch:
 
 
 class Share4VEngine:
-    """Prompting, batching, stopping and decoding around a loaded share4v model."""
+    """Prompting, batching, stopping and decoding around a loaded share4v model.
+
+    `compile_decode`: decode with a static KV cache and a compiled step (True: transformers' default
+    `CompileConfig`, on any device; a `CompileConfig`: that one), or with transformers' dynamic cache, eagerly
+    (False). None (the default): `COMPILE_DECODE_BY_DEFAULT` and the model sits on one CUDA device without quantized
+    weights.
+    """
 
     def __init__(
         self,
@@ -126,6 +163,7 @@ class Share4VEngine:
         context_len: int = 2048,
         conv_mode: str = DEFAULT_CONV_MODE,
         image_aspect_ratio: str | None = None,
+        compile_decode: bool | CompileConfig | None = None,
     ):
         get_conv_template(conv_mode)  # fail now on an unknown template
         self.tokenizer = tokenizer
@@ -138,6 +176,12 @@ class Share4VEngine:
         self.conv_mode = conv_mode
         self.image_aspect_ratio = image_aspect_ratio
         self.pad_token_id = next((i for i in (tokenizer.pad_token_id, tokenizer.unk_token_id) if i is not None), 0)
+        if compile_decode is None:
+            compile_decode = COMPILE_DECODE_BY_DEFAULT and _compiles_by_default(model)
+        self.compile_decode = compile_decode
+        self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
+        self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
+        self._decoder: _DecodeThread | None = None
 
     @classmethod
     def from_pretrained(
@@ -148,6 +192,7 @@ class Share4VEngine:
         conv_mode: str | None = None,  # default: from model_name (vicuna_v1 for every released model)
         device: str | None = None,
         image_aspect_ratio: str | None = None,
+        compile_decode: bool | CompileConfig | None = None,
         **load_kwargs: Any,
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
@@ -155,7 +200,7 @@ class Share4VEngine:
             model_path, model_base, model_name, device=device or "auto", **load_kwargs
         )
         conv_mode = conv_mode or default_conv_mode(model_name)
-        return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio)
+        return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio, compile_decode)
 
     # ---- prompt building -------------------------------------------------------------------------------------
 
@@ -228,12 +273,13 @@ class Share4VEngine:
     def _generate_kwargs(self, batch: PreparedBatch, params: GenerationParams) -> dict[str, Any]:
         config = copy.deepcopy(self.model.generation_config)
         sampling = params.sampling
+        max_new_tokens = self._max_new_tokens(batch, params)
         config.update(
             do_sample=sampling,
             temperature=params.temperature if sampling else 1.0,
             top_p=params.top_p if sampling and params.top_p is not None else 1.0,
             num_beams=params.num_beams,
-            max_new_tokens=self._max_new_tokens(batch, params),
+            max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             use_cache=True,
@@ -245,12 +291,92 @@ class Share4VEngine:
         prompt = {"inputs": input_ids, "images": batch.images} if batch.images is not None else {}
         if batch.images is None:
             prompt["inputs_embeds"] = embed_tokens(input_ids)
-        return {
+        kwargs = {
             **prompt,
             "attention_mask": batch.attention_mask.to(embed_tokens.weight.device),
             "generation_config": config,
-            "stopping_criteria": [KeywordsStoppingCriteria([batch.stop_str], self.tokenizer, start_len=0)],
+            "stopping_criteria": self._stopping_criteria(batch.stop_str),
         }
+        # a checkpoint whose generation_config names a cache implementation keeps it (generate takes one or the other)
+        if self.compile_decode and params.num_beams == 1 and self.model.generation_config.cache_implementation is None:
+            cache = self._static_cache(batch.input_ids.shape[0], batch.prompt_len + max_new_tokens)
+            if cache is not None:  # generate() compiles the decode step for a cache that can be compiled
+                config.update(cache_implementation=None, compile_config=self._compile_config())
+                kwargs[_CACHE_KWARG] = cache
+        return kwargs
+
+    def _stopping_criteria(self, stop_str: str) -> list[StoppingCriteria]:
+        """Nothing when the stop string is the end-of-sequence token (generate stops rows on its id, on the device,
+        and `_decode` cuts a stop string spelled out in pieces); else the text check, which decodes every step."""
+        eos = getattr(self.tokenizer, "eos_token", None)
+        if not stop_str or (stop_str == eos and self.tokenizer.eos_token_id is not None):
+            return []
+        return [KeywordsStoppingCriteria([stop_str], self.tokenizer, start_len=0)]
+
+    def _static_cache(self, batch_size: int, positions: int) -> StaticCache | None:
+        """The engine's KV cache for `batch_size` rows of `positions` rounded up to `CACHE_BUCKET` (capped at the
+        model's positions): the one it holds when the shape matches, else a new one (None: it would not fit)."""
+        length = min(-(-positions // CACHE_BUCKET) * CACHE_BUCKET, max(self.max_positions, positions))
+        if self._cache_shape != (batch_size, length):
+            self._cache = self._cache_shape = None  # let the old one go before sizing the new one
+            if not self._cache_fits(batch_size, length):
+                return None
+            with torch.inference_mode():  # as generation runs: its position counter must not need a recompile
+                self._cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._cache_shape = (batch_size, length)
+        return self._cache
+
+    def _cache_fits(self, batch_size: int, length: int) -> bool:
+        """Whether keys and values for `batch_size` x `length` positions take at most `CACHE_MEMORY_FRACTION` of
+        the device memory free now (a CPU model: always)."""
+        weight = self.model.get_input_embeddings().weight
+        if weight.device.type != "cuda":
+            return True
+        text = self.model.config.get_text_config(decoder=True)
+        heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        need = 2 * text.num_hidden_layers * batch_size * heads * head_dim * length * weight.element_size()
+        free, _ = torch.cuda.mem_get_info(weight.device)
+        free += torch.cuda.memory_reserved(weight.device) - torch.cuda.memory_allocated(weight.device)
+        if need <= CACHE_MEMORY_FRACTION * free:
+            return True
+        logger.warning(
+            "a static KV cache of %d x %d positions (%.1f GiB) does not fit in %.1f GiB free: this batch decodes "
+            "with the dynamic cache",
+            batch_size,
+            length,
+            need / 2**30,
+            free / 2**30,
+        )
+        return False
+
+    def _compile_config(self) -> CompileConfig:
+        if isinstance(self.compile_decode, CompileConfig):
+            config = self.compile_decode
+        else:
+            config = CompileConfig()  # transformers' defaults: inductor, "reduce-overhead" (CUDA graphs)
+        if self.model.device.type != "cuda":
+            config = copy.copy(config)
+            config._compile_all_devices = True  # generate() compiles on CUDA only unless told so
+        return config
+
+    def _generate(self, kwargs: dict[str, Any], streamer: BaseStreamer | None = None) -> Future:
+        """Start `model.generate(**kwargs)` on the engine's decoding thread (CUDA graphs are recorded per thread);
+        the future gives its output `[B, new tokens]`."""
+
+        def job() -> torch.Tensor:
+            device = self.model.device
+            on_gpu = device.type == "cuda"  # a new thread starts on cuda:0: make the model's device current
+            with torch.inference_mode(), torch.cuda.device(device) if on_gpu else contextlib.nullcontext():
+                if (cache := kwargs.get(_CACHE_KWARG)) is not None:
+                    cache.reset()  # positions from 0, keys and values zeroed, the same memory (no re-recording)
+                    if on_gpu:
+                        _cuda_graph_thread_state()
+                return self.model.generate(**kwargs, streamer=streamer)
+
+        if self._decoder is None:
+            self._decoder = _DecodeThread()
+        return self._decoder.submit(job)
 
     def _max_new_tokens(self, batch: PreparedBatch, params: GenerationParams) -> int:
         """`params.max_new_tokens`, capped where prompt + answer reach the model's positions; a warning (once) when
@@ -283,7 +409,7 @@ class Share4VEngine:
         """Generate for a collated batch: one `Completion` per row."""
         params = params or GenerationParams()
         kwargs = self._generate_kwargs(batch, params)
-        output = self.model.generate(**kwargs)  # [B, new tokens]
+        output = self._generate(kwargs).result()  # [B, new tokens]
         max_new_tokens = kwargs["generation_config"].max_new_tokens
         return [
             self._completion(row, batch.stop_str, prompt_tokens, max_new_tokens)
@@ -323,26 +449,59 @@ class Share4VEngine:
         cancel = threading.Event()  # set when the consumer stops early: generation then stops too
         kwargs["stopping_criteria"] = [*kwargs["stopping_criteria"], _Cancelled(cancel)]
         streamer = _TokenQueue(skip_first=True)
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.model.generate(**kwargs, streamer=streamer)
-            except BaseException as err:  # handed to the consumer below
-                failure.append(err)
-            finally:
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
+        done = self._generate(kwargs, streamer)
+        done.add_done_callback(lambda _: streamer.end())  # also when generate fails before its first token
         try:
             yield from _stop_at(_lstrip_stream(_stable_text(streamer, self.tokenizer)), batch.stop_str)
         finally:
             cancel.set()
-            thread.join()
-        if failure:
-            raise failure[0]
+            error = done.exception()  # waits for generation to end
+        if error is not None:
+            raise error
+
+
+def _compiles_by_default(model: torch.nn.Module) -> bool:
+    """Static cache + compiled decode where it pays and is safe: all weights on one CUDA device, none quantized."""
+    devices = {parameter.device for parameter in model.parameters()}
+    on_one_gpu = len(devices) == 1 and next(iter(devices)).type == "cuda"
+    return on_one_gpu and getattr(model, "hf_quantizer", None) is None
+
+
+def _cuda_graph_thread_state() -> None:
+    """Set up the per-thread state of torch's CUDA-graph trees in this thread, as torch does itself since
+    pytorch/pytorch#184357 (2.13 has it, 2.11 not): before, only the thread that imported them had it, and compiled
+    code run in any other thread failed an assertion (pytorch/pytorch#123177)."""
+    from torch._inductor import cudagraph_trees
+
+    if not hasattr(cudagraph_trees, "_initialize_tls") and not hasattr(cudagraph_trees.local, "tree_manager_locks"):
+        cudagraph_trees.local.tree_manager_containers = {}
+        cudagraph_trees.local.tree_manager_locks = collections.defaultdict(threading.Lock)
+
+
+class _DecodeThread:
+    """One thread that runs the engine's generations in turn (a daemon: an interrupted caller can still exit)."""
+
+    def __init__(self):
+        self.jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=_serve, args=(self.jobs,), name="share4v-decode", daemon=True).start()
+
+    def submit(self, job: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self.jobs.put((job, future))
+        return future
+
+    def __del__(self):
+        self.jobs.put(None)  # the thread ends with its engine
+
+
+def _serve(jobs: queue.Queue) -> None:
+    while (item := jobs.get()) is not None:
+        job, future = item
+        try:
+            future.set_result(job())
+        except BaseException as err:  # handed to whoever waits on the future
+            future.set_exception(err)
+        del job, future, item  # hold nothing (a cache, a batch) while waiting for the next job
 
 
 class _Cancelled(StoppingCriteria):

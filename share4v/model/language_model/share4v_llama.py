@@ -258,6 +258,7 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         labels: torch.LongTensor | None = None,
         images: torch.Tensor | list[torch.Tensor] | None = None,
         pack_sequences: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
         """Llama's forward plus `images=`.
@@ -265,7 +266,8 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
         `pack_sequences=True` (training; needs `input_ids`) drops the padding and runs the batch as one row of
         concatenated samples, each attending only to itself; the loss is the padded batch's loss. With labels, when
         packed or training with `fused_cross_entropy`, the loss comes from `causal_lm_loss` and no logits are
-        returned; otherwise it is transformers' own.
+        returned; otherwise it is transformers' own. `logits_to_keep` is Llama's (named here so that `generate` asks
+        for the last position's logits only).
         """
         if "past_key_values" in kwargs and _CACHE_KWARG != "past_key_values":
             kwargs[_CACHE_KWARG] = kwargs.pop("past_key_values")
@@ -301,6 +303,7 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             labels=labels,
+            logits_to_keep=logits_to_keep,
             **kwargs,
         )
 
@@ -315,7 +318,6 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
     ):
         """Decoder → last hidden states → `causal_lm_loss` (no full-vocabulary logits are formed)."""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        kwargs.pop("logits_to_keep", None)
         outputs = self.model(
             input_ids=input_ids if inputs_embeds is None else None,
             inputs_embeds=inputs_embeds,
