@@ -188,3 +188,38 @@ def test_chunked_bodies_images_per_request_and_local_paths(engine, tmp_path):
         assert http.post("/v1/chat/completions", json=request_body(remote_file)).status_code == 400
         spaced = [{"type": "image_url", "image_url": {"url": " data:image/png;base64,AAAA"}}]
         assert http.post("/v1/chat/completions", json=request_body(spaced)).status_code == 400
+
+
+def refused_requests(allowed_dir, outside_file, max_body_bytes: int) -> list[tuple[str, dict, int, str]]:
+    """Requests a server with `max_body_bytes` and `allowed_dir` must refuse: (what, body, status, words of its
+    message). Also used against the real server in test_openai_client.py."""
+
+    def with_image(url: str) -> dict:
+        return request_body([{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Hi"}])
+
+    (allowed_dir / "notes.png").write_text("a text file with an image's name")
+    text_data = "data:image/png;base64," + base64.b64encode(b"plain text, not pixels").decode()
+    return [
+        ("oversize body", request_body("x" * max_body_bytes), 413, f"request body over {max_body_bytes} bytes"),
+        ("bad base64", with_image("data:image/png;base64,***not base64***"), 400, "Only base64 data is allowed"),
+        ("path outside the folder", with_image(str(outside_file)), 400, "is outside the allowed image folder"),
+        ("remote URL without the flag", with_image("https://example.com/cat.png"), 400,
+         "start the server with --allow-remote-images"),
+        ("non-image data URL", with_image(text_data), 400, "cannot identify image file"),
+        ("non-image file", with_image(str(allowed_dir / "notes.png")), 400, "cannot identify image file"),
+    ]  # fmt: skip
+
+
+def test_each_refusal_is_a_4xx_with_a_clear_message_and_the_server_keeps_serving(engine, tmp_path):
+    inside, outside = tmp_path / "allowed", tmp_path / "elsewhere.png"
+    inside.mkdir()
+    random_image(8).save(outside)
+    good = request_body([{"type": "image_url", "image_url": {"url": data_url(random_image(9))}},
+                         {"type": "text", "text": "Hi"}], max_tokens=2)  # fmt: skip
+    limits = Limits(max_body_bytes=20_000, max_concurrent=1)  # one slot: a refusal that kept it would show
+    with client(engine, limits=limits, images=ImagePolicy(allowed_dir=inside)) as http:
+        for what, body, status, message in refused_requests(inside, outside, limits.max_body_bytes):
+            response = http.post("/v1/chat/completions", json=body)
+            assert response.status_code == status, (what, response.text)
+            assert message in response.json()["error"]["message"], (what, response.text)
+            assert http.post("/v1/chat/completions", json=good).status_code == 200, f"not serving after {what}"
