@@ -17,6 +17,7 @@ ShareGPT4V's recipe at miniature scale on the synthetic world (`share4v.data.syn
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from share4v.data.synthetic import COLOURS, SHAPES, Scene, write_world
+from share4v.data.synthetic import COLOURS, SHAPES, SIZES, WORDS, Scene, write_world
 from share4v.eval.metrics import vqa_normalize
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.testing.make_tiny_checkpoint import CLIP_MEAN, CLIP_STD, TinySpec, preprocessor_config_dict
@@ -46,10 +47,10 @@ ARMS = ("detailed", "brief", "none")  # what stage 1 trains on; "none" skips it 
 class Recipe:
     """Sizes and step counts; `quick()` is the CI version."""
 
-    num_images: int = 800
+    num_images: int = 8000
     num_bench_images: int = 60
-    image_size: int = 144  # 9 x 9 patches of 16 px: each grid cell is 3 x 3 patches
-    patch_size: int = 16
+    image_size: int = 96  # 3 x 3 patches of 32 px: one image token per grid cell
+    patch_size: int = 32
     vision_hidden: int = 96
     vision_layers: int = 4
     llm_hidden: int = 128
@@ -58,9 +59,10 @@ class Recipe:
     batch_size: int = 16
     tower_steps: int = 600
     llm_steps: int = 200
-    align_steps: int = 100
-    stage1_steps: int = 600
-    stage2_steps: int = 300
+    align_steps: int = 300
+    stage1_steps: int = 1500
+    stage2_steps: int = 1500
+    sft_caption_rows: int = 1000  # detailed-caption rows in the stage-2 mix (as ShareGPT4V's 665K mix holds 23K)
     learning_rate: float = 1e-3
 
     @classmethod
@@ -96,7 +98,7 @@ def world_texts(world: Path) -> list[str]:
     return texts
 
 
-def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int) -> Path:
+def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int, device: str = "cpu") -> Path:
     """A tiny Llama trained as a language model on the world's text (the 'pre-trained LLM'), with its tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -111,13 +113,13 @@ def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int) -> Path:
         max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(device)
     stream = [token for text in texts for token in [*tokenizer(text).input_ids, tokenizer.eos_token_id]]
     length, rng = 128, random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
     for _ in tqdm(range(recipe.llm_steps), desc="pre-train LLM", leave=False, disable=None):
         starts = [rng.randrange(0, len(stream) - length - 1) for _ in range(recipe.batch_size)]
-        batch = torch.tensor([stream[s : s + length] for s in starts])
+        batch = torch.tensor([stream[s : s + length] for s in starts], device=device)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
@@ -128,23 +130,34 @@ def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int) -> Path:
 
 
 def cell_targets(scene: Scene) -> list[int]:
-    """What each of the 9 grid cells holds: 0 empty, else 1 + shape x colour."""
-    colours = list(COLOURS)
+    """What each of the 9 grid cells holds: 0 empty, 1 + (shape, colour, size) for an object, then one class per word
+    of text (`CELL_CLASSES` in all)."""
     targets = [0] * 9
     for obj in scene.objects:
-        targets[obj.cell] = 1 + SHAPES.index(obj.shape) * len(colours) + colours.index(obj.colour)
+        targets[obj.cell] = (
+            1
+            + (SHAPES.index(obj.shape) * len(COLOURS) + list(COLOURS).index(obj.colour)) * len(SIZES)
+            + SIZES.index(obj.size)
+        )
+    if scene.text is not None:
+        targets[scene.text.cell] = 1 + len(SHAPES) * len(COLOURS) * len(SIZES) + WORDS.index(scene.text.word)
     return targets
 
 
-def pixels(image: Image.Image) -> torch.Tensor:
-    array = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32))
-    array = (array / 255.0 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
-    return array.permute(2, 0, 1)
+CELL_CLASSES = 1 + len(SHAPES) * len(COLOURS) * len(SIZES) + len(WORDS)
 
 
-def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int) -> Path:
-    """A tiny CLIP-shaped ViT trained to name each grid cell's content from its patches (the 'pre-trained
-    encoder'); saved as a CLIP vision tower folder with its preprocessor config."""
+def pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] images → CLIP-normalised float [B, 3, H, W] (what the image processor gives these sizes)."""
+    mean, std = torch.tensor(CLIP_MEAN, device=images.device), torch.tensor(CLIP_STD, device=images.device)
+    return ((images.float() / 255.0 - mean) / std).permute(0, 3, 1, 2)
+
+
+def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, device: str = "cpu") -> Path:
+    """A tiny CLIP-shaped ViT (the 'pre-trained encoder'), trained on the features share4v takes (layer -2, patch
+    tokens) to tell what each grid cell holds (shape, colour and size, or the word written there) and, patch by
+    patch, which cell the patch lies in — as CLIP's own features carry both what and where. Saved as a CLIP vision
+    tower folder with its preprocessor config."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     if (out / "config.json").is_file():
@@ -155,27 +168,35 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int) -> 
         patch_size=recipe.patch_size, projection_dim=recipe.vision_hidden, hidden_act="quick_gelu",
     )  # fmt: skip
     torch.manual_seed(seed)
-    tower = CLIPVisionModel(config)
-    head = torch.nn.Linear(recipe.vision_hidden, 1 + len(SHAPES) * len(COLOURS))
+    tower = CLIPVisionModel(config).to(device)
+    what = torch.nn.Linear(recipe.vision_hidden, CELL_CLASSES).to(device)
+    where = torch.nn.Linear(recipe.vision_hidden, 9).to(device)
     rows = [json.loads(line) for line in (world / "scenes.jsonl").read_text().splitlines()]
     rows = [row for row in rows if row["split"] == "train"]
-    images = torch.stack([pixels(Image.open(world / row["image"])) for row in rows])
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(world / row["image"]).convert("RGB")) for row in rows]))
     targets = torch.tensor([cell_targets(Scene.from_dict(row)) for row in rows])
     side = recipe.image_size // recipe.patch_size
     cell_of_patch = torch.tensor([(r * 3 // side) * 3 + (c * 3 // side) for r in range(side) for c in range(side)])
     pool = torch.nn.functional.one_hot(cell_of_patch, 9).float()
-    pool = pool / pool.sum(0)  # [patches, 9]: mean over each cell's patches
-    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=recipe.learning_rate)
+    pool = (pool / pool.sum(0)).to(device)  # [patches, 9]: mean over each cell's patches
+    cell_of_patch = cell_of_patch.to(device)
+    optimizer = torch.optim.AdamW([*tower.parameters(), *what.parameters(), *where.parameters()],
+                                  lr=recipe.learning_rate)  # fmt: skip
     rng = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(recipe.tower_steps), desc="pre-train ViT", leave=False, disable=None):
         index = torch.randint(0, len(images), (recipe.batch_size,), generator=rng)
-        features = tower(images[index], output_hidden_states=True).hidden_states[-2][:, 1:]  # the layer share4v uses
+        hidden = tower(pixels(images[index].to(device)), output_hidden_states=True).hidden_states[-2]
+        features = hidden[:, 1:]  # the layer and tokens share4v uses
         cells = torch.einsum("bpd,pc->bcd", features, pool)
-        loss = torch.nn.functional.cross_entropy(head(cells).flatten(0, 1), targets[index].flatten())
+        what_loss = torch.nn.functional.cross_entropy(what(cells).flatten(0, 1), targets[index].to(device).flatten())
+        where_logits = where(features).flatten(0, 1)
+        where_loss = torch.nn.functional.cross_entropy(where_logits, cell_of_patch.repeat(len(index)))
+        loss = what_loss + where_loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    logger.info("pre-trained ViT: final cell loss %.3f", loss.item())
+    logger.info("pre-trained ViT: cell content loss %.3f, patch position loss %.3f", what_loss.item(),
+                where_loss.item())  # fmt: skip
     tower.save_pretrained(out)
     spec = TinySpec(image_size=recipe.image_size, patch_size=recipe.patch_size)
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(spec)))
@@ -185,13 +206,14 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int) -> 
 # ---- 3: the stages, through the training entry --------------------------------------------------------------------
 
 
-def common_flags(recipe: Recipe, seed: int, steps: int) -> list[str]:
-    """The launch scripts' settings, scaled down (CPU, no checkpoints, small batches, higher learning rate)."""
+def common_flags(recipe: Recipe, seed: int, steps: int, device: str = "cpu") -> list[str]:
+    """The launch scripts' settings, scaled down (no checkpoints, small batches, higher learning rate; fp32 on any
+    device)."""
     return [
-        "--use_cpu", "True", "--report_to", "none", "--save_strategy", "no",
+        "--use_cpu", str(device == "cpu"), "--report_to", "none", "--save_strategy", "no",
         "--logging_steps", str(max(1, steps // 20)),
         "--per_device_train_batch_size", str(recipe.batch_size), "--gradient_accumulation_steps", "1",
-        "--model_max_length", "512", "--dataloader_num_workers", "0", "--seed", str(seed),
+        "--model_max_length", "512", "--dataloader_num_workers", "0" if device == "cpu" else "3", "--seed", str(seed),
         "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
         "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--lr_scheduler_type", "cosine",
         "--warmup_steps", "0.03", "--weight_decay", "0.", "--max_steps", str(steps), "--disable_tqdm", "True",
@@ -216,23 +238,42 @@ def stage_folders(root: Path, arm: str) -> list[Path]:
     return [root / "align", *stage1, root / f"stage2-{arm}"]
 
 
-def run_arm(arm: str, world: Path, parts: dict[str, Path], root: Path, recipe: Recipe, seed: int) -> Path:
-    """Alignment (shared by the arms of a seed) → stage 1 on `arm` captions (none: skipped) → stage 2."""
-    lr = str(recipe.learning_rate)
+def sft_mix(world: Path, recipe: Recipe) -> Path:
+    """The stage-2 data: every instruction row plus the detailed captions of the first `sft_caption_rows` images,
+    as ShareGPT4V's instruction mix carries its GPT-4V captions (the same mix for every arm)."""
+    path = world / f"sft_mix_{recipe.sft_caption_rows}.json"
+    if not path.is_file():
+        rows = json.loads((world / "instruct.json").read_text())
+        rows += json.loads((world / "detailed_captions.json").read_text())[: recipe.sft_caption_rows]
+        path.write_text(json.dumps(rows))
+    return path
+
+
+def align_projector(world: Path, parts: dict[str, Path], root: Path, recipe: Recipe, seed: int, device: str) -> Path:
+    """Projector alignment on brief captions (LLaVA's 558K stand-in; shared by the arms of a seed)."""
     align = root / "align"
     run_stage("alignment", align, [
-        *common_flags(recipe, seed, recipe.align_steps), "--model_name_or_path", str(parts["llm"]),
+        *common_flags(recipe, seed, recipe.align_steps, device), "--model_name_or_path", str(parts["llm"]),
         "--version", "plain", "--data_path", str(world / "brief_captions.json"), "--image_folder", str(world),
-        "--vision_tower", str(parts["tower"]), "--tune_mm_mlp_adapter", "True", "--learning_rate", lr,
+        "--vision_tower", str(parts["tower"]), "--tune_mm_mlp_adapter", "True", "--learning_rate",
+        str(recipe.learning_rate),
     ])  # fmt: skip
-    projector = str(align / "mm_projector.safetensors")
+    return align / "mm_projector.safetensors"
+
+
+def run_arm(
+    arm: str, world: Path, parts: dict[str, Path], root: Path, recipe: Recipe, seed: int, device: str = "cpu"
+) -> Path:
+    """Alignment (shared by the arms of a seed) → stage 1 on `arm` captions (none: skipped) → stage 2."""
+    lr = str(recipe.learning_rate)
+    projector = str(align_projector(world, parts, root, recipe, seed, device))
     if arm == "none":
         start = ["--model_name_or_path", str(parts["llm"]), "--vision_tower", str(parts["tower"]),
                  "--pretrain_mm_mlp_adapter", projector]  # fmt: skip
     else:
         stage1 = root / f"stage1-{arm}"
         run_stage(f"stage 1 ({arm} captions)", stage1, [
-            *common_flags(recipe, seed, recipe.stage1_steps), "--model_name_or_path", str(parts["llm"]),
+            *common_flags(recipe, seed, recipe.stage1_steps, device), "--model_name_or_path", str(parts["llm"]),
             "--version", "plain", "--data_path", str(world / f"{arm}_captions.json"), "--image_folder", str(world),
             "--vision_tower", str(parts["tower"]), "--pretrain_mm_mlp_adapter", projector,
             "--tune_entire_model", "True", "--tune_vit_from_layer", str(recipe.vision_layers // 2),
@@ -241,8 +282,8 @@ def run_arm(arm: str, world: Path, parts: dict[str, Path], root: Path, recipe: R
         start = ["--model_name_or_path", str(stage1), "--vision_tower", str(stage1 / "vision_tower")]
     stage2 = root / f"stage2-{arm}"
     run_stage(f"stage 2 after {arm}", stage2, [
-        *common_flags(recipe, seed, recipe.stage2_steps), *start, "--version", "v1",
-        "--data_path", str(world / "instruct.json"), "--image_folder", str(world), "--learning_rate", lr,
+        *common_flags(recipe, seed, recipe.stage2_steps, device), *start, "--version", "v1",
+        "--data_path", str(sft_mix(world, recipe)), "--image_folder", str(world), "--learning_rate", lr,
     ])  # fmt: skip
     return stage2
 
@@ -250,12 +291,12 @@ def run_arm(arm: str, world: Path, parts: dict[str, Path], root: Path, recipe: R
 # ---- 4: the benchmark ---------------------------------------------------------------------------------------------
 
 
-def answer_benchmark(checkpoint: Path, world: Path, batch_size: int = 32) -> list[dict]:
+def answer_benchmark(checkpoint: Path, world: Path, batch_size: int = 32, device: str = "cpu") -> list[dict]:
     """Greedy short answers to every benchmark question (the same prompt format as the instruction rows)."""
     out = checkpoint / "bench_answers.jsonl"
     if out.is_file():
         return [json.loads(line) for line in out.read_text().splitlines()]
-    engine = Share4VEngine.from_pretrained(str(checkpoint), device="cpu", conv_mode="vicuna_v1")
+    engine = Share4VEngine.from_pretrained(str(checkpoint), device=device, dtype=torch.float32, conv_mode="vicuna_v1")
     questions = [json.loads(line) for line in (world / "bench" / "questions.jsonl").read_text().splitlines()]
     params = GenerationParams(temperature=0.0, max_new_tokens=8)
     answers = []
@@ -303,29 +344,79 @@ def uniform_chance(world: Path) -> float:
     return sum(1 / len(choices[row["category"]]) for row in rows) / len(rows)
 
 
+def caption_accuracy(
+    checkpoint: str | Path,
+    seed: int,
+    num_images: int = 200,
+    image_size: int = 96,
+    device: str = "cpu",
+    batch_size: int = 50,
+) -> dict:
+    """How well a checkpoint captions fresh images of the world (a split no stage saw): the mean of
+    `caption_recall` (objects, colours, counts and text named right) over `num_images` scenes, for the model's
+    greedy answer to "Describe the image in detail." and, for scale, for each scene's own brief caption."""
+    import tempfile
+
+    from share4v.data.synthetic import brief_caption, caption_recall, detailed_caption, render, scene_for
+
+    engine = Share4VEngine.from_pretrained(str(checkpoint), device=device, dtype=torch.float32, conv_mode="vicuna_v1")
+    scenes = [scene_for(seed, "fresh", index, image_size) for index in range(num_images)]
+    params = GenerationParams(temperature=0.0, max_new_tokens=160)
+    captions = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for index, scene in enumerate(scenes):
+            paths.append(f"{folder}/{index}.png")
+            render(scene).save(paths[-1])
+        for start in tqdm(range(0, num_images, batch_size), desc="captions", leave=False, disable=None):
+            chats = [Chat.single("<image>\nDescribe the image in detail.", [path])
+                     for path in paths[start : start + batch_size]]  # fmt: skip
+            captions += engine.generate(chats, params)
+
+    def mean_recall(texts: list[str]) -> dict[str, float]:
+        recalls = [caption_recall(text, scene) for text, scene in zip(texts, scenes, strict=True)]
+        return {key: float(np.mean([r[key] for r in recalls if r[key] is not None])) for key in recalls[0]}
+
+    examples = [
+        {"caption": caption, "truth": detailed_caption(scene)}
+        for caption, scene in zip(captions[:3], scenes[:3], strict=True)
+    ]
+    return {"num_images": num_images, "model": mean_recall(captions),
+            "brief_caption": mean_recall([brief_caption(scene) for scene in scenes]), "examples": examples}  # fmt: skip
+
+
 # ---- the whole recipe ---------------------------------------------------------------------------------------------
 
 
-def reproduce(out: Path, seeds: list[int], arms: list[str], recipe: Recipe) -> dict:
-    """Every arm for every seed; writes `score_card.json` and `score_card.md` into `out` and returns the card."""
-    card = {"recipe": asdict(recipe), "runs": []}
+def reproduce(out: Path, seeds: list[int], arms: list[str], recipe: Recipe, device: str = "cpu") -> dict:
+    """Every arm for every seed; writes `score_card.json` and `score_card.md` into `out` and returns the card.
+    With no arms, only what the arms of a seed share is made (world, pre-trained parts, alignment), so that
+    separate processes can then run one arm each."""
+    card = {"recipe": asdict(recipe), "device": device, "runs": []}
     for seed in seeds:
         root = out / f"seed{seed}"
         world = make_world(root / "world", seed, recipe)
-        parts = {"llm": pretrain_llm(world, root / "llm", recipe, seed),
-                 "tower": pretrain_vision_tower(world, root / "tower", recipe, seed)}  # fmt: skip
+        parts = {"llm": pretrain_llm(world, root / "llm", recipe, seed, device),
+                 "tower": pretrain_vision_tower(world, root / "tower", recipe, seed, device)}  # fmt: skip
+        if not arms:
+            align_projector(world, parts, root, recipe, seed, device)
         card.setdefault("majority_baseline", majority_baseline(world))
         card.setdefault("uniform_chance", uniform_chance(world))
         for arm in arms:
-            checkpoint = run_arm(arm, world, parts, root, recipe, seed)
-            scores = score(answer_benchmark(checkpoint, world), world)
+            checkpoint = run_arm(arm, world, parts, root, recipe, seed, device)
+            scores = score(answer_benchmark(checkpoint, world, device=device), world)
             losses = {stage.name: json.loads((stage / "losses.json").read_text()) for stage in stage_folders(root, arm)}
             card["runs"].append({"seed": seed, "arm": arm, "checkpoint": str(checkpoint), "scores": scores,
                                  "losses": losses})  # fmt: skip
             logger.info("seed %d, stage 1 on %s: %s", seed, arm, scores)
+            write_card(card, out)  # after every arm, so a long run shows its progress
+    return card
+
+
+def write_card(card: dict, out: Path) -> None:
     (out / "score_card.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / "score_card.md").write_text(score_table(card))
-    return card
+    plot_card(card, out / "score_card.png")
 
 
 def score_table(card: dict) -> str:
@@ -346,17 +437,84 @@ def score_table(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
+    """`recipe` with `NAME=VALUE` settings applied (`--set stage1_steps=800`); an unknown name is one line."""
+    fields = {field.name: field for field in dataclasses.fields(Recipe)}
+    changes = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name not in fields or not value:
+            raise ValueError(f"--set {setting!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
+        changes[name] = float(value) if fields[name].type == "float" else int(value)
+    return dataclasses.replace(recipe, **changes)
+
+
+def plot_card(card: dict, path: Path) -> Path | None:
+    """A PNG of the card: each arm's logged training losses (first seed; alignment, stage 1, stage 2 end to end)
+    and its overall and per-category scores (mean over seeds, with the range), beside the majority answer.
+    None (and a log line) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("no matplotlib: %s not drawn (pip install matplotlib)", path)
+        return None
+    arms = list(dict.fromkeys(run["arm"] for run in card["runs"]))
+    categories = [*sorted({c for run in card["runs"] for c in run["scores"]} - {"overall"}), "overall"]
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
+    first_seed = card["runs"][0]["seed"]
+    for arm in arms:
+        run = next(r for r in card["runs"] if r["arm"] == arm and r["seed"] == first_seed)
+        curve = [loss for stage in run["losses"].values() for loss in stage]
+        losses.plot(curve, label=_ARM_LABELS.get(arm, arm))
+    losses.set(title=f"logged training loss (seed {first_seed})", xlabel="logging step", ylabel="loss", yscale="log")
+    losses.legend()
+    width = 0.8 / (len(arms) + 1)
+    for index, arm in enumerate(arms):
+        runs = [run for run in card["runs"] if run["arm"] == arm]
+        values = np.array([[run["scores"].get(c, 0.0) * 100 for c in categories] for run in runs])
+        mean = values.mean(0)
+        error = np.stack([mean - values.min(0), values.max(0) - mean])
+        positions = np.arange(len(categories)) + index * width
+        scores.bar(positions, mean, width, yerr=error, capsize=2, label=_ARM_LABELS.get(arm, arm))
+    majority = card.get("majority_baseline", {})
+    positions = np.arange(len(categories)) + len(arms) * width
+    scores.bar(positions, [majority.get(c, 0.0) * 100 for c in categories], width, color="0.7", label="majority answer")
+    scores.set_xticks(np.arange(len(categories)) + len(arms) * width / 2, categories, rotation=30)
+    scores.set(title=f"held-out benchmark ({len({r['seed'] for r in card['runs']})} seeds)", ylabel="accuracy (%)")
+    scores.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+_ARM_LABELS = {"detailed": "stage 1: detailed captions", "brief": "stage 1: brief captions",
+               "none": "no stage 1 (projector only)"}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for worlds, checkpoints and the score card")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: %(default)s)")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="stage-1 data (default: all)")
+    parser.add_argument("--arms", nargs="*", choices=ARMS, default=list(ARMS),
+                        help="stage-1 data (default: all); none given: only the parts the arms share")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a few minutes per arm; too short to learn much")
+    parser.add_argument("--set", dest="settings", metavar="NAME=VALUE", nargs="+", default=[],
+                        help="change a recipe setting, e.g. --set stage1_steps=800 llm_layers=6")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    recipe = Recipe.quick() if args.quick else Recipe()
-    card = reproduce(args.out, args.seeds, args.arms, recipe)
-    print(score_table(card), end="")
+    try:
+        recipe = recipe_with(Recipe.quick() if args.quick else Recipe(), args.settings)
+    except ValueError as err:
+        parser.error(str(err))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    card = reproduce(args.out, args.seeds, args.arms, recipe, device)
+    if card["runs"]:
+        print(score_table(card), end="")
     return 0
 
 
@@ -364,4 +522,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["ARMS", "Recipe", "majority_baseline", "reproduce", "score", "score_table", "uniform_chance"]
+__all__ = [
+    "ARMS", "Recipe", "caption_accuracy", "majority_baseline", "reproduce", "score", "score_table", "uniform_chance",
+]  # fmt: skip

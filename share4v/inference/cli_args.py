@@ -10,14 +10,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from share4v.constants import DEFAULT_CONV_MODE
+from share4v.constants import DEFAULT_CONV_MODE, MINIATURE_MODEL_PATH
 from share4v.inference.engine import GenerationParams, Share4VEngine
 from share4v.mm_utils import get_model_name_from_path
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model-path", required=True, help="checkpoint folder (or hub id)")
+    group.add_argument(
+        "--model-path",
+        default=MINIATURE_MODEL_PATH,
+        help="checkpoint folder (or hub id); default: the shipped miniature model (docs/Miniature.md)",
+    )
     group.add_argument("--model-base", default=None, help="base LLM for LoRA / projector-only checkpoints")
     group.add_argument(
         "--model-name", default=None, help="only picks the default --conv-mode (default: from --model-path)"

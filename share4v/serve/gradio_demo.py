@@ -39,6 +39,8 @@ CURSOR = "▌"  # shown after a partial answer while it streams
 CLEAR_WAIT_S = 30.0  # Clear stops a running answer and waits this long at most for its last update
 DEMO_DEFAULTS = GenerationParams(top_p=0.7, max_new_tokens=512)  # the original's sliders; temperature: the engine's
 EXAMPLE_QUESTIONS = {  # files of the repository's examples/ folder and a question about each
+    "miniature_0.png": "Describe the image in detail.",  # the shipped miniature model's world
+    "miniature_1.png": "How many shapes are there?",
     "sunset.png": "What is in the picture?",
     "shapes.png": "Describe the image in detail.",
     "chart.png": "What does this chart show?",

@@ -4,8 +4,17 @@ import json
 
 import pytest
 
-from share4v.data.miniature import cell_targets, majority_baseline, score, score_table, uniform_chance
-from share4v.data.synthetic import COLOURS, SHAPES, Scene, SceneObject
+from share4v.data.miniature import (
+    CELL_CLASSES,
+    Recipe,
+    cell_targets,
+    majority_baseline,
+    recipe_with,
+    score,
+    score_table,
+    uniform_chance,
+)
+from share4v.data.synthetic import COLOURS, SHAPES, WORDS, Scene, SceneObject, SceneText
 
 
 def write_bench(root, answers):
@@ -55,19 +64,28 @@ def test_score_table_reports_mean_and_spread_over_seeds():
     assert table[4] == "| majority answer | - | 50.0 | 50.0 |"
 
 
-def test_cell_targets_name_each_cells_shape_and_colour():
+def test_cell_targets_name_each_cells_shape_colour_size_or_word():
     colours = list(COLOURS)
     scene = Scene(
         objects=(SceneObject(SHAPES[1], colours[2], "small", 4), SceneObject(SHAPES[0], colours[0], "large", 8)),
-        background="white", text=None, image_size=144, seed=0,
+        background="white", text=SceneText(WORDS[3], 0), image_size=144, seed=0,
     )  # fmt: skip
     targets = cell_targets(scene)
-    assert targets[4] == 1 + 1 * len(colours) + 2 and targets[8] == 1 and targets.count(0) == 7
+    assert targets[4] == 1 + (1 * len(colours) + 2) * 2 + 0 and targets[8] == 1 + 1
+    assert targets[0] == 1 + len(SHAPES) * len(colours) * 2 + 3 == CELL_CLASSES - len(WORDS) + 3
+    assert targets.count(0) == 6
+
+
+def test_recipe_settings_change_named_fields_and_refuse_unknown_ones():
+    recipe = recipe_with(Recipe(), ["stage1_steps=7", "learning_rate=0.5"])
+    assert recipe.stage1_steps == 7 and recipe.learning_rate == 0.5 and recipe.stage2_steps == Recipe().stage2_steps
+    with pytest.raises(ValueError, match="stage_one"):
+        recipe_with(Recipe(), ["stage_one=3"])
 
 
 def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
     """World → pre-trained ViT and LLM → alignment → stage 1 (detailed) → stage 2 → benchmark → card (seconds)."""
-    from share4v.data.miniature import Recipe, reproduce
+    from share4v.data.miniature import reproduce
 
     card = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())
     assert [run["arm"] for run in card["runs"]] == ["detailed", "none"]
