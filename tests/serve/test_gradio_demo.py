@@ -169,7 +169,11 @@ def test_uploads_are_checked_before_they_reach_the_chat(tmp_path):
         with pytest.raises(UploadError, match=message):
             load_upload(upload, limits)
     assert [Path(row[0]).name for row in example_rows(EXAMPLES)] == [
-        "miniature_0.png", "miniature_1.png", "sunset.png", "shapes.png", "chart.png"
+        "miniature_0.png",
+        "miniature_1.png",
+        "sunset.png",
+        "shapes.png",
+        "chart.png",
     ]
 
 
