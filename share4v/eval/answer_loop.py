@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -133,3 +134,25 @@ def _answered(answers_file: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
     return keys
+
+
+def add_loop_args(parser, unit: str = "questions") -> None:
+    """The flags every driver shares: chunks (`--num-chunks/--chunk-idx`), `--batch-size`, `--num-workers`,
+    `--strict`; `unit` names what the input holds ("questions", "rows", "records")."""
+    parser.add_argument("--num-chunks", type=int, default=1, help=f"split the {unit} into this many chunks")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="the chunk this process answers")
+    parser.add_argument("--batch-size", type=int, default=1, help="questions per generation batch")
+    parser.add_argument("--num-workers", type=int, default=4, help="image-loading processes")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad question or image")
+
+
+def record_problems(answers_file: str | Path, source: dict[str, str], problems: list[dict], unit: str) -> None:
+    """Append unusable input entries (`problems`, each tagged with `source`, e.g. the question file) to
+    `<answers_file>.errors.jsonl`, and say so on stderr."""
+    if not problems:
+        return
+    errors = Path(str(answers_file) + ".errors.jsonl")
+    errors.parent.mkdir(parents=True, exist_ok=True)
+    with errors.open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps({**source, **problem}) + "\n" for problem in problems)
+    print(f"{len(problems)} unusable {unit} listed in {errors}", file=sys.stderr)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import string
 import sys
 from pathlib import Path
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
-from share4v.eval.answer_loop import Question, answer_questions, chunk
+from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
 from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
 from share4v.mm_utils import get_model_name_from_path
 
@@ -146,11 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all-rounds", action="store_true", help="circular evaluation: one round per option")
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option's letter only")
     parser.add_argument("--lang", default="en", choices=sorted(PROMPT_SUFFIX), help="language of that request")
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the rows into this many chunks")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="the chunk this process answers")
-    parser.add_argument("--batch-size", type=int, default=1, help="questions per generation batch")
-    parser.add_argument("--num-workers", type=int, default=4, help="image-decoding processes")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad row or image")
+    add_loop_args(parser, "rows")
     return parser
 
 
@@ -160,12 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         params = generation_params(args)
         questions, problems = read_questions(args.question_file, args.all_rounds, args.single_pred_prompt,
                                              args.lang, args.strict, (args.num_chunks, args.chunk_idx))  # fmt: skip
-        if problems:
-            errors = Path(args.answers_file + ".errors.jsonl")
-            errors.parent.mkdir(parents=True, exist_ok=True)
-            with errors.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps({"question_file": args.question_file, **p}) + "\n" for p in problems)
-            print(f"{len(problems)} unusable rows listed in {errors}", file=sys.stderr)
+        record_problems(args.answers_file, {"question_file": args.question_file}, problems, "rows")
         engine = engine_from_args(args)
         model_id = args.model_name or get_model_name_from_path(args.model_path)
         counts = answer_questions(engine, questions, args.answers_file, params, model_id, args.batch_size,

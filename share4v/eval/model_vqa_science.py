@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
-from share4v.eval.answer_loop import Question, answer_questions, chunk
+from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
 from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Completion, Request, RequestEncoder
@@ -147,11 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answers-file", required=True, help="JSON lines written here (appended; reruns resume)")
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option's letter only")
     parser.add_argument("--answer-prompter", action="store_true", help='ask again after " ###\\nANSWER:"')
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="the chunk this process answers")
-    parser.add_argument("--batch-size", type=int, default=1, help="questions per generation batch")
-    parser.add_argument("--num-workers", type=int, default=4, help="image-loading processes")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad question or image")
+    add_loop_args(parser)
     return parser
 
 
@@ -162,12 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         questions, problems = read_questions(args.question_file, args.image_folder, args.single_pred_prompt,
                                              args.strict)  # fmt: skip
         questions = chunk(questions, args.num_chunks, args.chunk_idx)
-        if problems:
-            errors = Path(args.answers_file + ".errors.jsonl")
-            errors.parent.mkdir(parents=True, exist_ok=True)
-            with errors.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps({"question_file": args.question_file, **p}) + "\n" for p in problems)
-            print(f"{len(problems)} unusable questions listed in {errors}", file=sys.stderr)
+        record_problems(args.answers_file, {"question_file": args.question_file}, problems, "questions")
         engine = engine_from_args(args)
         model_id = args.model_name or get_model_name_from_path(args.model_path)
         runner = AnswerPrompter(engine) if args.answer_prompter else engine
