@@ -31,3 +31,21 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[st
             raise ValueError(f"{path}:{number}: missing field {missing[0]!r}")
         rows.append(row)
     return rows
+
+
+def read_json_list(path: str | Path, what: str = "entries") -> list[Any]:
+    """A JSON file holding one list (question files such as ScienceQA's and Q-Bench's).
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file, and where it does not parse or what it holds instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
+    return data

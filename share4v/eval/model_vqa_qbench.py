@@ -22,7 +22,6 @@ with its position in `<answers-file>.errors.jsonl` and skipped (`--strict`: the 
 from __future__ import annotations
 
 import argparse
-import json
 import string
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
+from share4v.eval.jsonl import read_json_list
 from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
 from share4v.mm_utils import get_model_name_from_path
 
@@ -49,14 +49,7 @@ def read_questions(
         FileNotFoundError / ValueError: no such file, not a JSON list, or (with `strict`) a bad record.
     """
     path = Path(questions_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such questions file: {path}")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    records = read_json_list(path, "records")
     questions, problems = [], []
     for position, record in enumerate(records):
         try:

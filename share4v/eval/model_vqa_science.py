@@ -19,7 +19,6 @@ Answer lines: `{"question_id": id, "prompt", "text", "answer_id", "model_id", "m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
+from share4v.eval.jsonl import read_json_list
 from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Completion, Request, RequestEncoder
@@ -45,14 +45,7 @@ def read_questions(
         FileNotFoundError / ValueError: no such file, not a JSON list, or (with `strict`) a bad entry.
     """
     path = Path(question_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such question file: {path}")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of questions, got {type(entries).__name__}")
+    entries = read_json_list(path, "questions")
     questions, problems = [], []
     for position, entry in enumerate(entries):
         try:
