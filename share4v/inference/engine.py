@@ -182,6 +182,7 @@ class Share4VEngine:
         self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
         self._decoder: _DecodeThread | None = None
+        self._batcher: _Batcher | None = None
 
     @classmethod
     def from_pretrained(
@@ -416,6 +417,17 @@ class Share4VEngine:
             for row, prompt_tokens in zip(output.tolist(), batch.prompt_tokens, strict=True)
         ]
 
+    def submit(self, request: Request, params: GenerationParams | None = None) -> Future:
+        """Queue one encoded request for generation; the `Future` gives its `Completion`.
+
+        Requests submitted while the model is busy wait, and those with equal `params` then run together as one
+        batch (at most `MAX_BATCH_SIZE` rows, oldest first): concurrent callers, such as a server's handlers, share
+        the model's batch instead of queueing one by one. Greedy answers equal those of the request run alone. A
+        request that failed to encode completes at once with its error."""
+        if self._batcher is None:
+            self._batcher = _Batcher(self)
+        return self._batcher.submit(request, params or GenerationParams())
+
     def complete(self, chats: Sequence[Chat], params: GenerationParams | None = None) -> list[Completion]:
         """`encode` → `collate` → `run` for `chats`, in order; a chat that cannot be encoded (a corrupt image,
         a prompt past the context) gets a Completion with `finish_reason` "error" and its reason, and the others
@@ -476,6 +488,51 @@ def _cuda_graph_thread_state() -> None:
     if not hasattr(cudagraph_trees, "_initialize_tls") and not hasattr(cudagraph_trees.local, "tree_manager_locks"):
         cudagraph_trees.local.tree_manager_containers = {}
         cudagraph_trees.local.tree_manager_locks = collections.defaultdict(threading.Lock)
+
+
+MAX_BATCH_SIZE = 16  # rows `submit` puts in one batch
+
+
+class _Batcher:
+    """The requests `submit` queued, run in batches of equal settings by one thread (through `run`, hence on the
+    engine's decoding thread), oldest first."""
+
+    def __init__(self, engine: Share4VEngine):
+        self.engine = engine
+        self.pending: list[tuple[Request, GenerationParams, Future]] = []
+        self.ready = threading.Condition()
+        threading.Thread(target=self._serve, name="share4v-batcher", daemon=True).start()
+
+    def submit(self, request: Request, params: GenerationParams) -> Future:
+        future: Future = Future()
+        if request.error is not None:
+            future.set_result(Completion.failed(request))
+            return future
+        with self.ready:
+            self.pending.append((request, params, future))
+            self.ready.notify()
+        return future
+
+    def _next_batch(self) -> list[tuple[Request, GenerationParams, Future]]:
+        with self.ready:
+            while not self.pending:
+                self.ready.wait()
+            params = self.pending[0][1]
+            batch = [item for item in self.pending if item[1] == params][:MAX_BATCH_SIZE]
+            self.pending = [item for item in self.pending if all(item is not taken for taken in batch)]
+            return batch
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._next_batch()
+            try:
+                completions = self.engine.run(self.engine.collate([request for request, _, _ in batch]), batch[0][1])
+            except BaseException as err:  # every request of the batch gets the error
+                for _, _, future in batch:
+                    future.set_exception(err)
+                continue
+            for (_, _, future), completion in zip(batch, completions, strict=True):
+                future.set_result(completion)
 
 
 class _DecodeThread:

@@ -10,11 +10,13 @@ server-sent events) with `image_url` parts, `GET /v1/models`, `GET /health`.
 Listens on 127.0.0.1 unless `--host` says otherwise. Requests over the limits are answered with 4xx and a one-line
 message: body size (413), image pixels (413), `max_tokens` (400), concurrent requests (429). Images: `data:` URLs
 always; http(s) only with `--allow-remote-images`; local paths only under `--allowed-image-dir`. One model serves
-every request, one generation at a time (requests wait their turn up to the concurrency limit). `usage` counts come
-from the engine: prompt tokens with each image's patches, completion tokens generated.
+every request: whole answers that arrive while it is busy run together as one batch (`Share4VEngine.submit`; greedy
+answers equal those of a request alone), streamed answers one at a time; requests past the concurrency limit get
+429. `usage` counts come from the engine: prompt tokens with each image's patches, completion tokens generated.
 """
 
 import argparse
+import asyncio
 import json
 import logging
 import queue
@@ -87,7 +89,7 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
                 stream = _EventStream(engine, chat, params, model_name, generation, admitted)
                 handed_to_stream = True
                 return StreamingResponse(stream.events(), media_type="text/event-stream", background=stream.close)
-            completion = await run_in_threadpool(_complete, engine, encoded, params, generation)
+            completion = await asyncio.wrap_future(engine.submit(encoded, params))  # batched with its neighbours
         except RequestError as err:
             return error(err.status, str(err))
         except Exception as err:  # anything else is still one request's failure, never the server's
@@ -140,12 +142,6 @@ def _params(payload: dict, limits: Limits) -> GenerationParams:
         )
     except (TypeError, ValueError) as err:
         raise RequestError(400, str(err)) from None
-
-
-def _complete(engine: Share4VEngine, request, params: GenerationParams, generation: threading.Lock):
-    """Generate for an already encoded request (its images were loaded and checked in the handler)."""
-    with generation:
-        return engine.run(engine.collate([request]), params)[0]
 
 
 class _EventStream:
