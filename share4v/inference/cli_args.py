@@ -27,7 +27,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--model-name", default=None, help="only picks the default --conv-mode (default: from --model-path)"
     )
     group.add_argument("--vision-tower", default=None, help="local CLIP tower folder overriding mm_vision_tower")
-    conv_help = f"conversation template (default {DEFAULT_CONV_MODE}; share4v_llama_2 for llama-2 model names)"
+    conv_help = (
+        f"conversation template (default: %(default)s; None: {DEFAULT_CONV_MODE}, share4v_llama_2 for llama-2 "
+        "model names)"
+    )
     group.add_argument("--conv-mode", default=None, help=conv_help)
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default=None, help="float16 (CUDA default), bfloat16 or float32 (CPU default)")
@@ -51,10 +54,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 1024) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
-    group.add_argument("--top_p", "--top-p", type=float, default=None)
-    group.add_argument("--num_beams", "--num-beams", type=int, default=1)
-    group.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=max_new_tokens)
+    group.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: %(default)s)")
+    group.add_argument("--top_p", "--top-p", type=float, default=None, help="nucleus sampling (default: %(default)s)")
+    group.add_argument("--num_beams", "--num-beams", type=int, default=1, help="beams (default: %(default)s)")
+    group.add_argument(
+        "--max_new_tokens", "--max-new-tokens", type=int, default=max_new_tokens, help="(default: %(default)s)"
+    )
 
 
 def generation_params(args: Any) -> GenerationParams:

@@ -1,6 +1,7 @@
 """Decoding settings are validated the same way everywhere: API, CLI flags, before any model is loaded."""
 
 import math
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -54,3 +55,14 @@ def test_cli_answers_bad_settings_with_one_line(tiny_ckpt, flags, message):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_generation_default_is_shown_in_help():
+    """Issue 8: each front end's --help shows the defaults of temperature, top_p, num_beams and max_new_tokens."""
+    from share4v.eval import model_vqa_loader, run_share4v
+
+    for build_parser, max_new_tokens in ((run_share4v.build_parser, 1024), (model_vqa_loader.build_parser, 128)):
+        text = " ".join(build_parser().format_help().split())
+        for flag, default in (("--temperature", "0.2"), ("--top-p", "None"), ("--num-beams", "1"),
+                              ("--max-new-tokens", str(max_new_tokens))):  # fmt: skip
+            assert re.search(rf"{flag} \S+ [^-]*\(default: {default}\)", text), (flag, text)
