@@ -357,3 +357,24 @@ def _drive(page, url, counting, tmp_path):
 
     page.get_by_role("button", name="🗑️ Clear").click()
     expect(page.locator("#chatbot .message-row")).to_have_count(0, timeout=10_000)
+
+    # a file that is no image: a message in the chat, no answer, and the demo answers the next good upload
+    fake = tmp_path / "not-an-image.png"
+    fake.write_bytes(b"these bytes are text, not a PNG")
+    page.locator("input[type=file]").first.set_input_files(str(fake))
+    page.get_by_placeholder("Enter text and press ENTER").fill("What is in the picture?")
+    answered = counting.finished
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(bot.last).to_contain_text("upload refused", timeout=10_000)  # the refusal, shown as the chat's notice
+    expect(bot).to_have_count(1)
+    assert counting.finished == answered  # nothing was generated
+    page.get_by_role("button", name="🗑️ Clear").click()
+    page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "sunset.png"))
+    expect(page.locator("img[src*='sunset']").first).to_be_visible(timeout=10_000)
+    page.get_by_placeholder("Enter text and press ENTER").fill("What is in the picture?")
+    answered = counting.finished
+    page.get_by_role("button", name="Send", exact=True).click()
+    counting.wait_past(answered)
+    expect(bot).to_have_count(1, timeout=10_000)
+    expect(bot.last).not_to_contain_text(CURSOR, timeout=10_000)
+    assert bot.last.inner_text() == first
