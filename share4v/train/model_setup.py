@@ -229,6 +229,14 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
             model.config._attn_implementation,
         )
     if training_args.compile_decoder_layers:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        combined = {"DeepSpeed ZeRO-3": is_deepspeed_zero3_enabled(),
+                    "--gradient_checkpointing": training_args.gradient_checkpointing}  # fmt: skip
+        untested = [name for name, on in combined.items() if on]
+        if untested:
+            logger.warning("--compile_decoder_layers with %s has not been measured or checked for equal losses; "
+                           "compare the first steps' loss with a run without it", " and ".join(untested))  # fmt: skip
         for layer in model.get_model().layers:
             layer.compile()
     logger.info(

@@ -44,3 +44,21 @@ def test_every_log_line_has_useful_tokens_per_second(runs):
     _, fast = runs
     rates = logged(fast, "tokens_per_second")
     assert len(rates) == 4 and all(rate > 0 for rate in rates)
+
+
+def test_compiled_layers_warn_where_they_are_untested(tiny_ckpt, caplog):
+    """--compile_decoder_layers with gradient checkpointing (or ZeRO-3) has not been checked: the run says so."""
+    from types import SimpleNamespace
+
+    from share4v.model.builder import load_pretrained_model
+    from share4v.train.model_setup import configure_step_speedups
+
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
+    compiled = []
+    for layer in model.get_model().layers:
+        layer.compile = lambda layer=layer: compiled.append(layer)  # the compile itself is not what is tested
+    flags = dict(fused_cross_entropy=True, pack_sequences=False, compile_decoder_layers=True)
+    configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=False))
+    assert "has not been measured" not in caplog.text and len(compiled) == len(model.get_model().layers)
+    configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=True))
+    assert "--compile_decoder_layers with --gradient_checkpointing has not been measured" in caplog.text
