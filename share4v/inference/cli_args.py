@@ -28,8 +28,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--vision-tower", default=None, help="local CLIP tower folder overriding mm_vision_tower")
     conv_help = (
-        f"conversation template (default: %(default)s; None: {DEFAULT_CONV_MODE}, share4v_llama_2 for llama-2 "
-        "model names)"
+        f"conversation template; None picks {DEFAULT_CONV_MODE} (share4v_llama_2 for llama-2 model names) "
+        "(default: %(default)s)"
     )
     group.add_argument("--conv-mode", default=None, help=conv_help)
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")

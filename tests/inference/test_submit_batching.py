@@ -25,18 +25,21 @@ def test_requests_waiting_for_the_model_run_as_one_batch_with_their_own_answers(
     chats = [Chat.single(f"Question {index}: what is shown?", [image_file] if index % 2 else []) for index in range(6)]
     alone = [engine.complete([chat], GREEDY)[0] for chat in chats]
 
-    run, sizes, busy = engine.run, [], threading.Event()
+    run, sizes, entered, release = engine.run, [], threading.Event(), threading.Event()
 
-    def held_run(batch, params=None):  # the first batch holds the model until every request is queued
+    def held_run(batch, params=None):  # the first batch holds the model until the others are queued
         sizes.append(len(batch.prompt_tokens))
         if len(sizes) == 1:
-            busy.wait(timeout=30)
+            entered.set()
+            release.wait(timeout=30)
         return run(batch, params)
 
     engine.run = held_run
     try:
-        futures = [engine.submit(engine.encode(chat), GREEDY) for chat in chats]
-        busy.set()
+        futures = [engine.submit(engine.encode(chats[0]), GREEDY)]
+        assert entered.wait(timeout=30)  # the model is busy with the first request...
+        futures += [engine.submit(engine.encode(chat), GREEDY) for chat in chats[1:]]  # ...while five more arrive
+        release.set()
         answers = [future.result(timeout=120) for future in futures]
     finally:
         del engine.run
