@@ -115,7 +115,7 @@ def answer_questions(
 
 def _identity(question: Question, names: Sequence[str]) -> dict[str, Any]:
     """The `names` fields of the question's answer line: what tells its answer apart from the others."""
-    values = {"question_id": question.question_id, **question.fields}
+    values = {"question_id": question.question_id, "prompt": question.prompt, **question.fields}
     return {name: values.get(name) for name in names}
 
 

@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         record_problems(args.answers_file, {"question_file": args.question_file}, problems, "question lines")
         engine = engine_from_args(args)
         model_id = args.model_name or get_model_name_from_path(args.model_path)
+        # TextVQA's and MME's question ids name the image, which several questions share: the prompt tells them apart
         counts = answer_questions(engine, questions, args.answers_file, params, model_id, args.batch_size,
-                                  args.num_workers, args.strict)  # fmt: skip
+                                  args.num_workers, args.strict, resume_by=("question_id", "prompt"))  # fmt: skip
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")

@@ -109,3 +109,22 @@ def test_model_vqa_takes_the_same_files_with_long_answers_by_default(tiny_ckpt, 
             "--num-workers", "0"]  # fmt: skip
     assert model_vqa.main(args) == 0
     assert len(answers(out)) == 6
+
+
+def test_questions_sharing_an_id_resume_one_by_one(tiny_ckpt, tmp_path):
+    """TextVQA's and MME's question ids name the image: a run killed between two questions of one image answers
+    the second on rerun (resuming by id alone would skip it)."""
+    random_image(0).save(tmp_path / "0.png")
+    rows = [{"question_id": 7, "image": "0.png", "text": f"Question {i} about this picture?"} for i in range(2)]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "a.jsonl"
+    args = ["--model-path", str(tiny_ckpt), "--question-file", str(tmp_path / "q.jsonl"), "--image-folder",
+            str(tmp_path), "--answers-file", str(out), "--temperature", "0", "--max_new_tokens", "3",
+            "--num-workers", "0"]  # fmt: skip
+    assert model_vqa_loader.main(args) == 0
+    whole = answers(out)
+    out.write_text(json.dumps(whole[0]) + "\n")  # killed after the first question
+    assert model_vqa_loader.main(args) == 0
+    assert [(row["question_id"], row["prompt"], row["text"]) for row in answers(out)] == [
+        (row["question_id"], row["prompt"], row["text"]) for row in whole
+    ]
