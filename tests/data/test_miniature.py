@@ -101,3 +101,14 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
     # a second call finds every stage done and runs nothing again
     again = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())
     assert again["runs"] == card["runs"]
+
+
+def test_two_runs_with_the_same_seed_give_the_same_card(tmp_path):
+    """Determinism on the CPU: the world, both pre-trainings, every stage and the benchmark, run twice from nothing."""
+    from share4v.data.miniature import reproduce
+
+    first = reproduce(tmp_path / "a", seeds=[1], arms=["brief"], recipe=Recipe.smoke())
+    second = reproduce(tmp_path / "b", seeds=[1], arms=["brief"], recipe=Recipe.smoke())
+    for run in (*first["runs"], *second["runs"]):
+        run.pop("checkpoint")
+    assert first == second and first["runs"][0]["losses"]["stage2-brief"]
