@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from share4v.inference.cli_args import engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
+from share4v.mm_utils import get_model_name_from_path
 from share4v.utils import end_torn_line
 
 
@@ -156,3 +158,32 @@ def record_problems(answers_file: str | Path, source: dict[str, str], problems: 
     with errors.open("a", encoding="utf-8") as f:
         f.writelines(json.dumps({**source, **problem}) + "\n" for problem in problems)
     print(f"{len(problems)} unusable {unit} listed in {errors}", file=sys.stderr)
+
+
+def run_driver(
+    args: Any,
+    read: Callable[[], tuple[list[Question], list[dict]]],
+    source: dict[str, str],
+    unit: str,
+    chunked: bool = True,
+    wrap: Callable[[Share4VEngine], Any] | None = None,
+    **options: Any,
+) -> int:
+    """The body of every driver's `main`: `read()` the questions (and the unusable entries), take this process's
+    chunk (unless `read` did), list the unusable ones, load the engine from the model flags (`wrap` it, e.g. in the
+    ScienceQA answer prompter), answer with `answer_questions(**options)` and print the counts. Bad flags, files or
+    input end the process with one line."""
+    try:
+        params = generation_params(args)
+        questions, problems = read()
+        if chunked:
+            questions = chunk(questions, args.num_chunks, args.chunk_idx)
+        record_problems(args.answers_file, source, problems, unit)
+        engine = engine_from_args(args)
+        model_id = args.model_name or get_model_name_from_path(args.model_path)
+        counts = answer_questions(wrap(engine) if wrap else engine, questions, args.answers_file, params, model_id,
+                                  args.batch_size, args.num_workers, args.strict, **options)  # fmt: skip
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")
+    return 0

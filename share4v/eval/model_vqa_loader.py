@@ -18,9 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
-from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
-from share4v.mm_utils import get_model_name_from_path
+from share4v.eval.answer_loop import Question, add_loop_args, run_driver
+from share4v.inference.cli_args import add_generation_args, add_model_args
 
 
 def read_questions(question_file: str | Path, image_folder: str | Path | None, strict: bool) -> tuple[list, list]:
@@ -64,20 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     args = (parser or build_parser()).parse_args(argv)
-    try:
-        params = generation_params(args)
-        questions, problems = read_questions(args.question_file, args.image_folder, args.strict)
-        questions = chunk(questions, args.num_chunks, args.chunk_idx)
-        record_problems(args.answers_file, {"question_file": args.question_file}, problems, "question lines")
-        engine = engine_from_args(args)
-        model_id = args.model_name or get_model_name_from_path(args.model_path)
-        # TextVQA's and MME's question ids name the image, which several questions share: the prompt tells them apart
-        counts = answer_questions(engine, questions, args.answers_file, params, model_id, args.batch_size,
-                                  args.num_workers, args.strict, resume_by=("question_id", "prompt"))  # fmt: skip
-    except (OSError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")
-    return 0
+    # TextVQA's and MME's question ids name the image, which several questions share: the prompt tells them apart
+    return run_driver(
+        args,
+        lambda: read_questions(args.question_file, args.image_folder, args.strict),
+        {"question_file": args.question_file},
+        "question lines",
+        resume_by=("question_id", "prompt"),
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ import argparse
 import csv
 import string
 import sys
+from functools import partial
 from pathlib import Path
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
-from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
-from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
-from share4v.mm_utils import get_model_name_from_path
+from share4v.eval.answer_loop import Question, add_loop_args, chunk, run_driver
+from share4v.inference.cli_args import add_generation_args, add_model_args
 
 OPTION_COLUMNS = tuple(string.ascii_uppercase[:4])  # the original reads A-D
 PROMPT_SUFFIX = {
@@ -151,19 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        params = generation_params(args)
-        questions, problems = read_questions(args.question_file, args.all_rounds, args.single_pred_prompt,
-                                             args.lang, args.strict, (args.num_chunks, args.chunk_idx))  # fmt: skip
-        record_problems(args.answers_file, {"question_file": args.question_file}, problems, "rows")
-        engine = engine_from_args(args)
-        model_id = args.model_name or get_model_name_from_path(args.model_path)
-        counts = answer_questions(engine, questions, args.answers_file, params, model_id, args.batch_size,
-                                  args.num_workers, args.strict, resume_by=("question_id", "round_id"))  # fmt: skip
-    except (OSError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")
-    return 0
+    read = partial(read_questions, args.question_file, args.all_rounds, args.single_pred_prompt, args.lang,
+                   args.strict, (args.num_chunks, args.chunk_idx))  # fmt: skip
+    return run_driver(args, read, {"question_file": args.question_file}, "rows", chunked=False,
+                      resume_by=("question_id", "round_id"))  # fmt: skip
 
 
 if __name__ == "__main__":

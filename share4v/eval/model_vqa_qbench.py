@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
-from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
+from share4v.eval.answer_loop import Question, add_loop_args, run_driver
 from share4v.eval.jsonl import read_json_list
-from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
-from share4v.mm_utils import get_model_name_from_path
+from share4v.inference.cli_args import add_generation_args, add_model_args
 
 PROMPT_HEADER = {
     "en": "\nChoose between one of the options as follows:\n",
@@ -95,19 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        params = generation_params(args)
-        questions, problems = read_questions(args.questions_file, args.image_folder, args.lang, args.strict)
-        questions = chunk(questions, args.num_chunks, args.chunk_idx)
-        record_problems(args.answers_file, {"questions_file": args.questions_file}, problems, "records")
-        engine = engine_from_args(args)
-        model_id = args.model_name or get_model_name_from_path(args.model_path)
-        counts = answer_questions(engine, questions, args.answers_file, params, model_id, args.batch_size,
-                                  args.num_workers, args.strict, answer_field=ANSWER_FIELD)  # fmt: skip
-    except (OSError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")
-    return 0
+    return run_driver(args, lambda: read_questions(args.questions_file, args.image_folder, args.lang, args.strict),
+                      {"questions_file": args.questions_file}, "records", answer_field=ANSWER_FIELD)  # fmt: skip
 
 
 if __name__ == "__main__":

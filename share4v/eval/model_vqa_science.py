@@ -21,16 +21,17 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
-from share4v.eval.answer_loop import Question, add_loop_args, answer_questions, chunk, record_problems
+from share4v.eval.answer_loop import Question, add_loop_args, run_driver
 from share4v.eval.jsonl import read_json_list
-from share4v.inference.cli_args import add_generation_args, add_model_args, engine_from_args, generation_params
+from share4v.inference.cli_args import add_generation_args, add_model_args
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Completion, Request, RequestEncoder
-from share4v.mm_utils import get_model_name_from_path, tokenizer_image_token
+from share4v.mm_utils import tokenizer_image_token
 
 PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 ANSWER_PROMPT, ANSWER_MAX_NEW_TOKENS, ANSWER_JOIN = " ###\nANSWER:", 64, "\n The answer is "
@@ -146,21 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        params = generation_params(args)
-        questions, problems = read_questions(args.question_file, args.image_folder, args.single_pred_prompt,
-                                             args.strict)  # fmt: skip
-        questions = chunk(questions, args.num_chunks, args.chunk_idx)
-        record_problems(args.answers_file, {"question_file": args.question_file}, problems, "questions")
-        engine = engine_from_args(args)
-        model_id = args.model_name or get_model_name_from_path(args.model_path)
-        runner = AnswerPrompter(engine) if args.answer_prompter else engine
-        counts = answer_questions(runner, questions, args.answers_file, params, model_id, args.batch_size,
-                                  args.num_workers, args.strict)  # fmt: skip
-    except (OSError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    print(f"{counts['answered']} answered, {counts['failed']} failed, {counts['skipped']} already answered")
-    return 0
+    read = partial(read_questions, args.question_file, args.image_folder, args.single_pred_prompt, args.strict)
+    return run_driver(args, read, {"question_file": args.question_file}, "questions",
+                      wrap=AnswerPrompter if args.answer_prompter else None)  # fmt: skip
 
 
 if __name__ == "__main__":
