@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from share4v.eval.jsonl import read_json_list
 from share4v.eval.metrics import qbench_accuracy
 from share4v.eval.scores import write_scores
 
@@ -59,14 +60,7 @@ def read_records(path: str | Path) -> list[dict]:
 def _unanswered(questions_file: Path, records: list[dict]) -> list[dict]:
     """The questions of `questions_file` (a JSON list) that no record answers (`question_id` = list position), each
     with an empty response."""
-    if not questions_file.is_file():
-        raise FileNotFoundError(f"no such file: {questions_file}")
-    try:
-        questions = json.loads(questions_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{questions_file}: not JSON ({err.msg})") from None
-    if not isinstance(questions, list):
-        raise ValueError(f"{questions_file}: expected a JSON list of question records")
+    questions = read_json_list(questions_file, "question records")
     if any("question_id" not in record for record in records):
         raise ValueError(
             f"an answer lacks 'question_id' (its position in {questions_file}), which --questions-file needs"
