@@ -47,8 +47,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--compile-decode",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="decode with a static KV cache and a compiled step (default: off for now, see the engine's "
-        "COMPILE_DECODE_BY_DEFAULT; the first batch of each shape compiles)",
+        help="decode with a static KV cache and a compiled step (default: on for a model on one CUDA device "
+        "without quantized weights, off otherwise; the first batch of each shape compiles)",
     )
 
 

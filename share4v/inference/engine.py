@@ -13,13 +13,13 @@ For batch work and serving, the same in three steps: `encode(chat) -> Request` (
 `share4v.inference.requests`; a bad image fails only its own request), `collate(requests)` and `run(batch)`, whose
 results are `Completion`s (text, token ids, finish reason, token counts). `complete(chats)` does all three.
 
-Decoding speed (`compile_decode`; off by default until measured on a GPU, see `COMPILE_DECODE_BY_DEFAULT`): the
+Decoding speed (`compile_decode`; on by default for a model on one CUDA device, see `COMPILE_DECODE_BY_DEFAULT`): the
 engine hands `generate` a pre-allocated `StaticCache` of its own and a `CompileConfig`, so transformers compiles the
-one-token decode step (inductor, "reduce-overhead": CUDA graphs) and runs the prompt (images spliced in) eagerly. Greedy
-answers are those of the dynamic-cache path up to floating-point rounding of the compiled kernels (equal on the
-fp32 CPU tests). Stopping needs no text: the templates of the released models end answers with the
-end-of-sequence token, which transformers checks on the device; only a stop string that is not that token is
-matched in decoded text, every step.
+one-token decode step (inductor, "reduce-overhead": CUDA graphs) and runs the prompt (images spliced in) eagerly.
+Greedy answers are those of the dynamic-cache path up to floating-point rounding of the compiled kernels (equal on
+the fp32 CPU tests, and over 128 tokens at 7B shape in fp32 on the GPU: `benchmarks/check_decode_equality.py`).
+Stopping needs no text: the templates of the released models end answers with the end-of-sequence token, which
+transformers checks on the device; only a stop string that is not that token is matched in decoded text, every step.
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
@@ -73,9 +73,9 @@ from share4v.model.builder import load_pretrained_model
 logger = logging.getLogger(__name__)
 
 STREAM_TIMEOUT_S = 600.0
-# Off until benchmarks/bench_generate.py has checked the compiled decode on a GPU (it has run on CPU only): then on
-# by default where `_compiles_by_default` holds.
-COMPILE_DECODE_BY_DEFAULT = False
+# On where `_compiles_by_default` holds. Measured at 7B shape on an H200 (benchmarks/results/2026-11-26-h200-*): 4.2x
+# the eager path's batch-1 decode; greedy tokens equal in fp32; in bf16 as close to the fp32 logits as the eager path.
+COMPILE_DECODE_BY_DEFAULT = True
 CACHE_BUCKET = 256  # static KV caches are sized in multiples of this many positions (see the module docstring)
 CACHE_MEMORY_FRACTION = 0.8  # a new static cache may take at most this share of the device's free memory
 _CACHE_KWARG = ALL_CACHE_NAMES[0]  # generate()'s keyword for a cache: past_key_values (5.1x), cache (5.2x)

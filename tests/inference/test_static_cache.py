@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import CompileConfig
 
+import share4v.inference.engine as engine_module
 from share4v.inference.engine import (
     _CACHE_KWARG,
     CACHE_BUCKET,
@@ -104,6 +105,10 @@ def test_cache_length_is_bucketed_and_reused(tiny):
 def test_when_the_static_cache_is_used(tiny, monkeypatch):
     batch = Share4VEngine(*tiny).prepare([Chat.single("hi", [random_image(0)])])
     assert _CACHE_KWARG not in Share4VEngine(*tiny)._generate_kwargs(batch, GREEDY)  # CPU: off by default
+    # a model where the engine compiles by default (one CUDA device, not quantized): on unless asked off
+    monkeypatch.setattr(engine_module, "_compiles_by_default", lambda model: True)
+    assert Share4VEngine(*tiny).compile_decode and not Share4VEngine(*tiny, compile_decode=False).compile_decode
+    monkeypatch.undo()
     fast = Share4VEngine(*tiny, compile_decode=CompileConfig(backend="eager"))
     kwargs = fast._generate_kwargs(batch, GREEDY)
     assert kwargs[_CACHE_KWARG] is fast._cache and kwargs["generation_config"].compile_config.backend == "eager"

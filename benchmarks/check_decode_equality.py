@@ -1,0 +1,182 @@
+"""benchmarks/check_decode_equality.py
+
+Whether the engine's fast decoding (`compile_decode`: a static KV cache and a compiled decode step) computes what its
+eager path (dynamic cache, no compilation) computes, at ShareGPT4V-7B shape on the GPU (random weights, the prompts
+and builders of `bench_generate.py`):
+
+- bf16, teacher-forced: both paths decode the same tokens (the eager path's own greedy answer, forced by a logits
+  processor) and the logits each computes at every position are compared with the other's and with the same model's
+  fp32 logits on those tokens (eager, full precision: the reference): top-1 agreement (the share of positions where
+  two put the same token first) and absolute differences, next to the logits' spread. Random bf16 weights give flat,
+  near-tied logits, so bf16 rounding alone moves many top-1 choices; the fast path passes when it stays as close to
+  the fp32 reference as the eager path does (`--tolerance`).
+- fp32, free-running: the greedy tokens of both paths for `--fp32-rows` prompts, which must be equal.
+
+    python benchmarks/check_decode_equality.py --out benchmarks/results/   # GPU: DATE-GPU-decode-equality.json
+    python benchmarks/check_decode_equality.py --smoke                     # tiny shapes on the CPU, in seconds
+
+Exits 1 when the fast path is further from the fp32 reference than the eager path or an fp32 row differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import CompileConfig, LogitsProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_generate import (
+    SEVEN_B,
+    TINY,
+    IdTokenizer,
+    _environment,
+    _results_path,
+    build_share4v,
+    emit,
+    free_memory,
+    save_tower,
+    share4v_requests,
+)
+
+from share4v.inference.engine import GenerationParams, Share4VEngine
+
+
+class ForceTokens(LogitsProcessor):
+    """Makes generate() pick `tokens[:, step]` at each step, whatever the model's logits (which `output_logits`
+    still returns as computed)."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens, self.step = tokens, 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(1, self.tokens[:, self.step : self.step + 1].to(scores.device), 0.0)
+        self.step += 1
+        return forced
+
+
+def step_logits(engine: Share4VEngine, batch, new_tokens: int, forced: torch.Tensor | None = None):
+    """The engine's own generate() call for `batch` (greedy), returning its tokens [B, T] and raw logits [B, T, V];
+    with `forced`, the tokens are those."""
+    kwargs = engine._generate_kwargs(batch, GenerationParams(temperature=0, max_new_tokens=new_tokens))
+    kwargs.update(output_logits=True, return_dict_in_generate=True)
+    if forced is not None:
+        kwargs["logits_processor"] = [ForceTokens(forced)]
+    output = engine._generate(kwargs).result()
+    return output.sequences[:, -new_tokens:].cpu(), torch.stack(output.logits, dim=1).float().cpu()
+
+
+def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Top-1 agreement and absolute differences of two [B, T, V] logits tensors."""
+    difference = (logits - reference).abs()
+    return {
+        "top1_agreement": round((logits.argmax(-1) == reference.argmax(-1)).float().mean().item(), 5),
+        "max_abs_logit_difference": round(difference.max().item(), 4),
+        "mean_abs_logit_difference": round(difference.mean().item(), 5),
+    }
+
+
+def free_running(fast: Share4VEngine, eager: Share4VEngine, batch, new_tokens: int) -> dict:
+    params = GenerationParams(temperature=0, max_new_tokens=new_tokens)
+    ours = [c.token_ids for c in fast.run(batch, params)]
+    theirs = [c.token_ids for c in eager.run(batch, params)]
+    prefixes = []
+    for a, b in zip(ours, theirs, strict=True):
+        prefixes.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))))
+    return {
+        "rows": len(ours),
+        "rows_equal": sum(a == b for a, b in zip(ours, theirs, strict=True)),
+        "common_prefix": prefixes,
+        "fast_path_static_cache": fast._cache_shape,
+    }
+
+
+def engines(model, compile_config) -> tuple[Share4VEngine, Share4VEngine]:
+    fast = Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config)
+    return fast, Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=False)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--rows", type=int, default=8, help="bf16 teacher-forced batch (default: %(default)s)")
+    parser.add_argument("--fp32-rows", type=int, default=3, help="fp32 free-running prompts (default: %(default)s)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per row (default: 128)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="fail when the fast path's top-1 agreement with fp32 is this far under the eager path's",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (fp32 both times)")
+    parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-decode-equality.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    shape = TINY if args.smoke else SEVEN_B
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if not args.smoke and device.type != "cuda":
+        raise SystemExit("error: no CUDA device (use --smoke on the CPU)")
+    new_tokens = args.new_tokens or (8 if args.smoke else 128)
+    compile_config = CompileConfig(backend="eager") if args.smoke else True
+    results = {"shape": shape.__dict__, "new_tokens": new_tokens, "environment": _environment(device)}
+
+    def batch_of(engine: Share4VEngine, rows: int):
+        return engine.collate(share4v_requests(rows, shape, 10 if args.smoke else 36))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tower_dir = Path(tmp) / "clip"
+        save_tower(shape, tower_dir, device)
+        # the low-precision model is the fp32 one rounded, so that fp32 below is the same model at full precision
+        low = torch.float32 if args.smoke else torch.bfloat16
+        model = build_share4v(shape, tower_dir, device, torch.float32).to(low)
+        fast, eager = engines(model, compile_config)
+        tokens, eager_logits = step_logits(eager, batch_of(eager, args.rows), new_tokens)
+        forced, fast_logits = step_logits(fast, batch_of(fast, args.rows), new_tokens, forced=tokens)
+        assert torch.equal(forced, tokens), "the forced path did not follow the given tokens"
+        cache_shape = fast._cache_shape
+        del model, fast, eager
+        free_memory(device)
+
+        model = build_share4v(shape, tower_dir, device, torch.float32)
+        fast, eager = engines(model, compile_config)
+        _, reference = step_logits(eager, batch_of(eager, args.rows), new_tokens, forced=tokens)
+        results["teacher_forced"] = {
+            "dtype": str(low).removeprefix("torch."), "rows": args.rows, "positions": int(tokens.numel()),
+            "fast_vs_eager": agreement(fast_logits, eager_logits),
+            "eager_vs_fp32": agreement(eager_logits, reference),
+            "fast_vs_fp32": agreement(fast_logits, reference),
+            "logit_std": round(reference.std().item(), 4), "fast_path_static_cache": cache_shape,
+        }  # fmt: skip
+        emit({"measurement": "teacher_forced", **results["teacher_forced"]})
+        results["free_running"] = {
+            "dtype": "float32",
+            **free_running(fast, eager, batch_of(eager, args.fp32_rows), new_tokens),
+        }
+        emit({"measurement": "free_running", **results["free_running"]})
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    if args.out is not None:
+        out = _results_path(args.out, device)
+        out = out.with_name(out.name.replace("-generate.json", "-decode-equality.json"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    failures = []
+    forced, free = results["teacher_forced"], results["free_running"]
+    fast_top1, eager_top1 = forced["fast_vs_fp32"]["top1_agreement"], forced["eager_vs_fp32"]["top1_agreement"]
+    if fast_top1 < eager_top1 - args.tolerance:
+        failures.append(f"fast path's top-1 agreement with fp32 {fast_top1} < the eager path's {eager_top1}")
+    if free["rows_equal"] < free["rows"]:
+        differing = free["rows"] - free["rows_equal"]
+        failures.append(f"fp32 greedy tokens differ in {differing} of {free['rows']} rows")
+    if failures:
+        raise SystemExit("; ".join(failures))
+    return results
+
+
+if __name__ == "__main__":
+    main()
