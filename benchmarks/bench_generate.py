@@ -8,7 +8,7 @@ mlp2x_gelu projector), bf16, SDPA attention, the same weights for both (one copy
   compiles its decode step (inductor, "reduce-overhead": CUDA graphs); each image is 576 `<image>` tokens. Its
   `max_cache_len` is the engine's cache length (prompt + new tokens rounded up to `CACHE_BUCKET`), so both sides
   attend over the same positions: the same work, and the same rounding in the prompt's attention.
-- share4v: `Share4VEngine.run` with `compile_decode=True` (off by default until this benchmark has run on a GPU):
+- share4v: `Share4VEngine.run` with `compile_decode=True` (its default for a model on one GPU):
   a static cache of its own, reused across calls, and the same compiled decode step; prompts are engine requests
   (`collate` left-pads them).
 

@@ -4,7 +4,7 @@ The export check of docs/Interop.md at the released 7B shape (random weights): a
 `share4v.convert.to_hf` and loaded by transformers' own `LlavaForConditionalGeneration` gives the same greedy tokens
 as share4v for 3 prompts with images in fp32, and logits within bf16 tolerance in bf16.
 
-    python benchmarks/train_zero3_7b.py make-world /tmp/world --rows 8     # a random 7B share4v checkpoint
+    python benchmarks/train_multigpu_7b.py make-world /tmp/world --rows 8     # a random 7B share4v checkpoint
     python benchmarks/interop_7b.py /tmp/world --out benchmarks/results/interop_7b.json
 """
 
@@ -90,7 +90,7 @@ def check(world: Path, out: Path, new_tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("world", type=Path, help="a share4v checkpoint folder (train_zero3_7b.py make-world)")
+    parser.add_argument("world", type=Path, help="a share4v checkpoint folder (train_multigpu_7b.py make-world)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/interop_7b.json"))
     parser.add_argument("--new-tokens", type=int, default=16)
     args = parser.parse_args()

@@ -4,7 +4,7 @@
 # RUNS: space-separated STAGE:ZERO:GPUS[:LAYERS] entries, run in order (default "2:3:2 2:3:4"), e.g.
 #   "2:3:4 2:3:2 1:3:4 2:2:4"     stage 2 under ZeRO-3 on 4 and 2 GPUs, stage 1 under ZeRO-3 on 4, stage 2 under ZeRO-2
 #   "2:3:1:8"                     stage 2 on one GPU at 8 decoder layers (its own world)
-# Each run writes OUT_DIR/stage{S}-zero{Z}-{G}gpu[-{L}layers][-mb{M}].json and its log; the end writes
+# Each run writes OUT_DIR/stage{S}-zero{Z}-{G}gpu[-{L}layers][-mb{M}][-padded].json and its log; the end writes
 # OUT_DIR/scaling.md (+ scaling.json). The recipe's global batch (128 / 256) is kept by gradient accumulation.
 # Environment: WORLD (where the random 7B world lives, made once), MICRO_BATCH (per GPU; default the recipe's 8 / 16),
 # STEPS, WARMUP (optimizer steps), RUN_TIMEOUT (seconds per run), PADDED=1 (transformers' padded step instead of
@@ -32,6 +32,7 @@ for run in $RUNS; do
     world=$WORLD name="stage$stage-zero$zero-${gpus}gpu"
     if [ -n "$layers" ]; then world=$WORLD-$layers name="$name-${layers}layers"; fi
     if [ -n "${MICRO_BATCH:-}" ]; then name="$name-mb$MICRO_BATCH"; fi
+    if [ -n "${PADDED:-}" ]; then name="$name-padded"; fi
     if [ ! -f "$world/data-pretrain.json" ]; then
         echo "== making $world"
         { time python3 $BENCH make-world "$world" --layers "${layers:-32}"; } > "$OUT_DIR/world-${layers:-32}.log" 2>&1
