@@ -1,14 +1,17 @@
 """Caption a folder or list of images with a share4v model (the ShareGPT4V-PT way), resumable and fault tolerant.
 
-    python tools/share-cap_batch_infer.py --model-path checkpoints/share4v-7b --images-file images_to_describe.json \
+    python tools/share-cap_batch_infer.py --model-path checkpoints/share4v-7b --images-file images_to_describe.json \\
         --save-path captions.json --batch-size 4
 
 Writes captions.json.jsonl as it goes (one {"image", "caption"} per line, flushed per batch), bad images with their
 reason to captions.json.errors.jsonl, and at the end captions.json as the original's [{path: caption}, ...] list.
 Rerun the same command after any interruption: finished images are skipped. Several GPUs: one process per GPU with
 --num-chunks N --chunk-idx i (or torchrun), then once more with --merge to write the final JSON.
-ShareCaptioner itself (InternLM-XComposer remote code, the original's --model-name Lin-Chen/ShareCaptioner) is not
-run by this tool: it needs code from the hub (trust_remote_code), which share4v does not execute.
+ShareCaptioner (the original's captioner, InternLM-XComposer-based: --model-path PATH --trust-remote-code, or the
+original's --model-name PATH --trust-remote-code) ships its model class as Python code inside the checkpoint, which
+transformers imports and runs: pass --trust-remote-code only for a checkpoint whose code you trust. It then decodes as
+the original did unless told otherwise (3 beams, sampling at temperature 1.0, repetition penalty 1.5, at most 500
+tokens).
 """
 
 import argparse
@@ -19,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from share4v.inference.cli_args import add_generation_args, add_model_args
 from share4v.serve.captioner import DEFAULT_PROMPT, merge, run
+from share4v.serve.sharecaptioner import SHARECAPTIONER_DEFAULTS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,11 +45,20 @@ def parser() -> argparse.ArgumentParser:
     several = "accepted for the original's scripts; use --num-chunks or torchrun for several GPUs"
     job.add_argument("--num_gpus", "--num-gpus", type=int, default=1, help=several)
     job.add_argument("--merge", action="store_true", help="only write --save-path from the shards' captions")
+    job.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run ShareCaptioner: import and execute the model code its checkpoint ships (default: off)",
+    )
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    if p.parse_known_args(argv)[0].trust_remote_code:
+        p.set_defaults(**SHARECAPTIONER_DEFAULTS)  # the original's decoding, unless the flags say otherwise
+    args = p.parse_args(argv)
     try:
         if args.merge:
             print(f"wrote {merge(args.save_path, args.num_chunks)}")

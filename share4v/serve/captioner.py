@@ -20,10 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
 from share4v.utils import end_torn_line, values_in_jsonl
@@ -93,7 +95,7 @@ class _Encoded(torch.utils.data.Dataset):
 
 
 def caption_images(
-    engine: Share4VEngine,
+    engine: Share4VEngine | Any,  # or anything with the same encoder / collate / run (ShareCaptionerEngine)
     images: list[str],
     outputs: Outputs,
     params: GenerationParams,
@@ -166,14 +168,34 @@ def rate(counts: dict[str, int], seconds: float) -> str:
     return f"{done / max(seconds, 1e-9):.2f} images/s"
 
 
+def captioning_engine(args) -> Any:
+    """A share4v engine for `--model-path`, or with `--trust-remote-code` ShareCaptioner's (its own model code, from
+    `--model-path`, or from `--model-name` as the original spelled it when no model path is given)."""
+    from share4v.inference.cli_args import engine_from_args
+    from share4v.serve.sharecaptioner import ShareCaptionerEngine, ships_model_code
+
+    given_path = args.model_path != MINIATURE_MODEL_PATH
+    if getattr(args, "trust_remote_code", False):
+        path = args.model_path if given_path or not args.model_name else args.model_name
+        return ShareCaptionerEngine.from_pretrained(path, getattr(args, "device", None), getattr(args, "dtype", None))
+    if ships_model_code(args.model_path):
+        raise ValueError(f"{args.model_path} ships its own model code (ShareCaptioner?): it needs --trust-remote-code")
+    if not given_path and args.model_name:
+        raise ValueError(
+            f"--model-name {args.model_name} only picks the template of --model-path; for ShareCaptioner give its "
+            "folder with --trust-remote-code (--model-path PATH, or --model-name PATH as the original)"
+        )
+    return engine_from_args(args)
+
+
 def run(args) -> dict[str, int]:
     """The command line's job (see tools/share-cap_batch_infer.py)."""
     num_chunks = int(os.environ.get("WORLD_SIZE", args.num_chunks)) if args.num_chunks == 1 else args.num_chunks
     chunk_idx = int(os.environ.get("RANK", args.chunk_idx)) if args.num_chunks == 1 else args.chunk_idx
     images = shard(list_images(args.images_file), num_chunks, chunk_idx)
-    from share4v.inference.cli_args import engine_from_args, generation_params
+    from share4v.inference.cli_args import generation_params
 
-    engine = engine_from_args(args)
+    engine = captioning_engine(args)
     outputs = Outputs.for_shard(args.save_path, num_chunks, chunk_idx)
     start = time.perf_counter()
     counts = caption_images(engine, images, outputs, generation_params(args), args.prompt, args.batch_size,

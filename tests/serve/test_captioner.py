@@ -121,7 +121,7 @@ def test_inputs_and_shards(tmp_path):
 def test_command_line_help_and_errors(tmp_path):
     script = [sys.executable, str(ROOT / "tools" / "share-cap_batch_infer.py")]
     shown = subprocess.run([*script, "--help"], capture_output=True, text=True)
-    assert shown.returncode == 0 and "--save-path" in shown.stdout and "trust_remote_code" in shown.stdout
+    assert shown.returncode == 0 and "--save-path" in shown.stdout and "--trust-remote-code" in shown.stdout
     missing = subprocess.run([*script, "--merge", "--save-path", str(tmp_path / "c.json"), "--num-chunks", "2",
                               "--model-path", "unused"], capture_output=True, text=True)  # fmt: skip
     assert missing.returncode == 1 and missing.stderr.strip().startswith("error: shard 0 of 2 has no captions file")
