@@ -279,6 +279,14 @@ def free_memory(device: torch.device) -> None:
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 
+def shape_and_device(smoke: bool) -> tuple[Shape, torch.device]:
+    """The tiny shape on the CPU for a smoke run, else the 7B shape on CUDA (which must be there)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+    if not smoke and device.type != "cuda":
+        raise SystemExit("error: no CUDA device (use --smoke on the CPU)")
+    return (TINY if smoke else SEVEN_B), device
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter
@@ -295,14 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
-    shape = TINY if args.smoke else SEVEN_B
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    shape, device = shape_and_device(args.smoke)
     dtype = torch.float32 if args.smoke else torch.bfloat16
     batch_sizes = [int(b) for b in (args.batch_sizes or ("1,3" if args.smoke else "1,64,16")).split(",")]
     args.new_tokens = args.new_tokens or (8 if args.smoke else 128)
     args.text_tokens = args.text_tokens or (10 if args.smoke else 36)
-    if not args.smoke and device.type != "cuda":
-        raise SystemExit("error: no CUDA device (use --smoke on the CPU)")
     # torch before 2.13 gives CUDA-graph state only to the thread that imports it first: here, the baseline's thread
     # (the engine sets up its own decoding thread)
     importlib.import_module("torch._inductor.cudagraph_trees")

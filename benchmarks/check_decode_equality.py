@@ -33,8 +33,6 @@ from transformers import CompileConfig, LogitsProcessor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import (
-    SEVEN_B,
-    TINY,
     IdTokenizer,
     _environment,
     _results_path,
@@ -42,6 +40,7 @@ from bench_generate import (
     emit,
     free_memory,
     save_tower,
+    shape_and_device,
     share4v_requests,
 )
 
@@ -118,10 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-decode-equality.json")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    shape = TINY if args.smoke else SEVEN_B
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    if not args.smoke and device.type != "cuda":
-        raise SystemExit("error: no CUDA device (use --smoke on the CPU)")
+    shape, device = shape_and_device(args.smoke)
     new_tokens = args.new_tokens or (8 if args.smoke else 128)
     compile_config = CompileConfig(backend="eager") if args.smoke else True
     results = {"shape": shape.__dict__, "new_tokens": new_tokens, "environment": _environment(device)}
