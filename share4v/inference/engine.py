@@ -30,8 +30,10 @@ What compiles and what re-records, so callers can keep one graph busy:
   for the first shape and, at the second distinct batch size or bucket, one graph with those sizes dynamic
   (batch size 1 keeps its own); after that a new shape only records a new CUDA graph (a few decode steps' time).
 - Sampling settings and prompt contents change nothing; beam search (`num_beams` > 1) takes the dynamic cache.
-- CUDA graphs are recorded per thread, so every generation runs on the engine's one decoding thread; concurrent
-  callers are served one after another.
+- CUDA graphs are recorded per thread, so every generation runs on the engine's one decoding thread. Concurrent
+  callers of `submit` and `stream` with equal settings are queued and run as one batch (up to `MAX_BATCH_SIZE`
+  rows) when the model is free; each streamed row gets its own tokens, and a consumer that leaves stops its row
+  only.
 - A cache that would not fit in free device memory is not allocated: that batch takes the dynamic cache.
 """
 
@@ -46,6 +48,7 @@ import os
 import queue
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -408,25 +411,42 @@ class Share4VEngine:
     @torch.inference_mode()
     def run(self, batch: PreparedBatch, params: GenerationParams | None = None) -> list[Completion]:
         """Generate for a collated batch: one `Completion` per row."""
-        params = params or GenerationParams()
+        return self._run(batch, params or GenerationParams())
+
+    def _run(
+        self, batch: PreparedBatch, params: GenerationParams, streams: Sequence[_StreamRow | None] = ()
+    ) -> list[Completion]:
+        """`run`, with the new tokens of the rows that have a `_StreamRow` also handed to it as they come (a row
+        whose consumer cancels stops; the others go on)."""
         kwargs = self._generate_kwargs(batch, params)
-        output = self._generate(kwargs).result()  # [B, new tokens]
+        streamer = None
+        if any(streams):
+            cancelled = _RowsCancelled([row.cancel if row else None for row in streams])
+            kwargs["stopping_criteria"] = [*kwargs["stopping_criteria"], cancelled]
+            streamer = _RowStreamer(streams, self.tokenizer.eos_token_id)
+        done = self._generate(kwargs, streamer)
+        if streamer is not None:
+            done.add_done_callback(lambda _: streamer.end())  # also when generate fails before its first token
+        output = done.result()  # [B, new tokens]
         max_new_tokens = kwargs["generation_config"].max_new_tokens
         return [
             self._completion(row, batch.stop_str, prompt_tokens, max_new_tokens)
             for row, prompt_tokens in zip(output.tolist(), batch.prompt_tokens, strict=True)
         ]
 
-    def submit(self, request: Request, params: GenerationParams | None = None) -> Future:
+    def submit(
+        self, request: Request, params: GenerationParams | None = None, stream: _StreamRow | None = None
+    ) -> Future:
         """Queue one encoded request for generation; the `Future` gives its `Completion`.
 
         Requests submitted while the model is busy wait, and those with equal `params` then run together as one
         batch (at most `MAX_BATCH_SIZE` rows, oldest first): concurrent callers, such as a server's handlers, share
         the model's batch instead of queueing one by one. Greedy answers equal those of the request run alone. A
-        request that failed to encode completes at once with its error."""
+        request that failed to encode completes at once with its error. With `stream`, its new tokens also go
+        to that row's queue as they are decoded (what `stream` reads)."""
         if self._batcher is None:
             self._batcher = _Batcher(self)
-        return self._batcher.submit(request, params or GenerationParams())
+        return self._batcher.submit(request, params or GenerationParams(), stream)
 
     def complete(self, chats: Sequence[Chat], params: GenerationParams | None = None) -> list[Completion]:
         """`encode` → `collate` → `run` for `chats`, in order; a chat that cannot be encoded (a corrupt image,
@@ -452,23 +472,25 @@ class Share4VEngine:
         return Completion(text, tokens, reason, prompt_tokens, len(tokens))
 
     def stream(self, chat: Chat, params: GenerationParams | None = None) -> Iterator[str]:
-        """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns."""
+        """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns.
+
+        Streams go through `submit`'s queue like whole answers: concurrent callers (a demo's users, a server's
+        streaming requests) with equal settings share one batch. Stopping early (closing the iterator) stops this
+        chat's row only."""
         params = params or GenerationParams()
         if params.num_beams > 1:
             raise ValueError("streaming needs num_beams=1 (beam search only knows its answer at the end)")
-        batch = self.prepare([chat])
-        kwargs = self._generate_kwargs(batch, params)
-        cancel = threading.Event()  # set when the consumer stops early: generation then stops too
-        kwargs["stopping_criteria"] = [*kwargs["stopping_criteria"], _Cancelled(cancel)]
-        streamer = _TokenQueue(skip_first=True)
-        done = self._generate(kwargs, streamer)
-        done.add_done_callback(lambda _: streamer.end())  # also when generate fails before its first token
+        if not isinstance(chat, Chat):
+            raise TypeError(f"expected a Chat, got {type(chat).__name__}")
+        request = self.encoder._encode(chat)  # a chat that cannot be encoded raises here, as `generate` does
+        row = _StreamRow()
+        done = self.submit(request, params, stream=row)
         try:
-            yield from _stop_at(_lstrip_stream(_stable_text(streamer, self.tokenizer)), batch.stop_str)
+            yield from _stop_at(_lstrip_stream(_stable_text(row.tokens, self.tokenizer)), request.stop_str)
         finally:
-            cancel.set()
-            error = done.exception()  # waits for generation to end
-        if error is not None:
+            row.cancel.set()  # a consumer that stops reading stops its row (the rest of its batch goes on) ...
+            row.closed.wait(STREAM_TIMEOUT_S)  # ... at the next step: return once it has
+        if row.batch_over and (error := done.exception()) is not None:  # the row ended with its batch: failed?
             raise error
 
 
@@ -494,26 +516,28 @@ MAX_BATCH_SIZE = 16  # rows `submit` puts in one batch
 
 
 class _Batcher:
-    """The requests `submit` queued, run in batches of equal settings by one thread (through `run`, hence on the
-    engine's decoding thread), oldest first."""
+    """The requests `submit` queued, run in batches of equal settings by one thread (through `_run`, hence on the
+    engine's decoding thread), oldest first. It holds the engine weakly: an engine nobody uses can be freed."""
 
     def __init__(self, engine: Share4VEngine):
-        self.engine = engine
-        self.pending: list[tuple[Request, GenerationParams, Future]] = []
+        self.engine = weakref.ref(engine)
+        self.pending: list[tuple[Request, GenerationParams, Future, _StreamRow | None]] = []
         self.ready = threading.Condition()
         threading.Thread(target=self._serve, name="share4v-batcher", daemon=True).start()
 
-    def submit(self, request: Request, params: GenerationParams) -> Future:
+    def submit(self, request: Request, params: GenerationParams, stream: _StreamRow | None = None) -> Future:
         future: Future = Future()
         if request.error is not None:
             future.set_result(Completion.failed(request))
+            if stream is not None:
+                stream.close(batch_over=True)
             return future
         with self.ready:
-            self.pending.append((request, params, future))
+            self.pending.append((request, params, future, stream))
             self.ready.notify()
         return future
 
-    def _next_batch(self) -> list[tuple[Request, GenerationParams, Future]]:
+    def _next_batch(self) -> list[tuple[Request, GenerationParams, Future, _StreamRow | None]]:
         with self.ready:
             while not self.pending:
                 self.ready.wait()
@@ -525,13 +549,22 @@ class _Batcher:
     def _serve(self) -> None:
         while True:
             batch = self._next_batch()
+            engine = self.engine()
             try:
-                completions = self.engine.run(self.engine.collate([request for request, _, _ in batch]), batch[0][1])
+                if engine is None:
+                    raise RuntimeError("the engine was garbage-collected with requests still queued")
+                requests, streams = [item[0] for item in batch], [item[3] for item in batch]
+                completions = engine._run(engine.collate(requests), batch[0][1], streams)
             except BaseException as err:  # every request of the batch gets the error
-                for _, _, future in batch:
+                for _, _, future, _ in batch:
                     future.set_exception(err)
                 continue
-            for (_, _, future), completion in zip(batch, completions, strict=True):
+            finally:
+                for *_, stream in batch:
+                    if stream is not None:
+                        stream.close(batch_over=True)  # also a stream whose batch failed before generating
+                del engine
+            for (_, _, future, _), completion in zip(batch, completions, strict=True):
                 future.set_result(completion)
 
 
@@ -561,14 +594,61 @@ def _serve(jobs: queue.Queue) -> None:
         del job, future, item  # hold nothing (a cache, a batch) while waiting for the next job
 
 
-class _Cancelled(StoppingCriteria):
-    """Stops every row once `event` is set."""
+@dataclass
+class _StreamRow:
+    """One streamed request's side of its batch: the queue its new tokens arrive in, the event its consumer sets
+    when it stops reading, and how the queue ended (at the row's end-of-sequence token, or with the whole batch)."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    tokens: _TokenQueue = field(default_factory=lambda: _TokenQueue(skip_first=False))
+    cancel: threading.Event = field(default_factory=threading.Event)
+    closed: threading.Event = field(default_factory=threading.Event)  # no more tokens will come
+    ended: bool = False
+    batch_over: bool = False
+
+    def close(self, batch_over: bool) -> None:
+        if not self.ended:
+            self.ended, self.batch_over = True, batch_over
+            self.tokens.end()
+            self.closed.set()
+
+
+class _RowsCancelled(StoppingCriteria):
+    """Stops each row whose event is set (rows without one run on)."""
+
+    def __init__(self, events: Sequence[threading.Event | None]):
+        self.events = list(events)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        stopped = [event is not None and event.is_set() for event in self.events]
+        return torch.tensor(stopped, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer(BaseStreamer):
+    """Hands each row's new token from `generate` to that row's stream (rows without one are skipped); a row's
+    stream closes at its end-of-sequence token, the others when generation ends."""
+
+    def __init__(self, rows: Sequence[_StreamRow | None], eos_token_id: int | None):
+        self.rows, self.eos_token_id = list(rows), eos_token_id
+        self.skip_next = True  # generate() first puts the prompt
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.skip_next:
+            self.skip_next = False
+            return
+        for row, token in zip(self.rows, value.reshape(len(self.rows), -1)[:, -1].tolist(), strict=True):
+            if row is None or row.ended:
+                continue
+            if row.cancel.is_set():  # the stopping criteria end this row at this step
+                row.close(batch_over=False)
+                continue
+            row.tokens.queue.put([token])
+            if token == self.eos_token_id:
+                row.close(batch_over=False)
+
+    def end(self) -> None:
+        for row in self.rows:
+            if row is not None:
+                row.close(batch_over=True)
 
 
 class _TokenQueue(BaseStreamer):

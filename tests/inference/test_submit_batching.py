@@ -25,16 +25,16 @@ def test_requests_waiting_for_the_model_run_as_one_batch_with_their_own_answers(
     chats = [Chat.single(f"Question {index}: what is shown?", [image_file] if index % 2 else []) for index in range(6)]
     alone = [engine.complete([chat], GREEDY)[0] for chat in chats]
 
-    run, sizes, entered, release = engine.run, [], threading.Event(), threading.Event()
+    run, sizes, entered, release = engine._run, [], threading.Event(), threading.Event()
 
-    def held_run(batch, params=None):  # the first batch holds the model until the others are queued
+    def held_run(batch, params, streams=()):  # the first batch holds the model until the others are queued
         sizes.append(len(batch.prompt_tokens))
         if len(sizes) == 1:
             entered.set()
             release.wait(timeout=30)
-        return run(batch, params)
+        return run(batch, params, streams)
 
-    engine.run = held_run
+    engine._run = held_run
     try:
         futures = [engine.submit(engine.encode(chats[0]), GREEDY)]
         assert entered.wait(timeout=30)  # the model is busy with the first request...
@@ -42,7 +42,7 @@ def test_requests_waiting_for_the_model_run_as_one_batch_with_their_own_answers(
         release.set()
         answers = [future.result(timeout=120) for future in futures]
     finally:
-        del engine.run
+        del engine._run
     assert sizes == [1, 5]  # the first ran alone; the five that waited ran together
     assert [(a.text, a.token_ids, a.finish_reason) for a in answers] == [
         (a.text, a.token_ids, a.finish_reason) for a in alone
@@ -57,3 +57,62 @@ def test_requests_with_other_settings_are_not_mixed_and_a_failed_request_complet
     short, long = (engine.submit(engine.encode(Chat.single("Hello?", [])), p) for p in (GREEDY, longer))
     assert short.result(timeout=120).text == engine.complete([Chat.single("Hello?", [])], GREEDY)[0].text
     assert long.result(timeout=120).text == engine.complete([Chat.single("Hello?", [])], longer)[0].text
+
+
+def test_concurrent_streams_share_one_batch_and_stream_what_they_stream_alone(tiny_engine, image_file, monkeypatch):
+    engine = tiny_engine
+    params = GenerationParams(temperature=0, max_new_tokens=12)
+    chats = [Chat.single(f"Tell me about {index}.", [image_file] if index % 3 else []) for index in range(8)]
+    forward, steps = engine.model.forward, []
+    monkeypatch.setattr(engine.model, "forward", lambda *a, **k: steps.append(1) or forward(*a, **k))
+    alone, alone_steps = [], []
+    for chat in chats:
+        before = len(steps)
+        alone.append("".join(engine.stream(chat, params)))
+        alone_steps.append(len(steps) - before)
+
+    run, sizes, batch_steps, entered, release = engine._run, [], [], threading.Event(), threading.Event()
+
+    def held_run(batch, params, streams=()):  # a first request holds the model until the eight streams are queued
+        sizes.append(len(batch.prompt_tokens))
+        if len(sizes) == 1:
+            entered.set()
+            release.wait(timeout=30)
+        before = len(steps)
+        try:
+            return run(batch, params, streams)
+        finally:
+            batch_steps.append(len(steps) - before)
+
+    engine._run = held_run
+    streamed = [None] * len(chats)
+
+    def read(index):
+        pieces = engine.stream(chats[index], params)
+        if index == 0:  # this caller leaves after the first piece: its row stops, the others go on
+            streamed[index] = next(pieces)
+            pieces.close()
+        else:
+            streamed[index] = "".join(pieces)
+
+    try:
+        first = engine.submit(engine.encode(Chat.single("Hold on.", [])), params)
+        assert entered.wait(timeout=30)
+        readers = [threading.Thread(target=read, args=(index,)) for index in range(len(chats))]
+        for reader in readers:
+            reader.start()
+        for _ in range(3000):  # until all eight wait in the queue
+            if len(engine._batcher.pending) == len(chats):
+                break
+            threading.Event().wait(0.01)
+        release.set()
+        for reader in readers:
+            reader.join(timeout=120)
+        first.result(timeout=120)
+    finally:
+        del engine._run
+    assert sizes == [1, len(chats)]  # the eight streams ran as one batch
+    assert streamed[1:] == alone[1:]
+    assert alone[0].startswith(streamed[0]) and streamed[0]
+    # one batch took as many model steps as the longest stream alone, not the sum of all eight
+    assert batch_steps[1] <= max(alone_steps) < sum(alone_steps)
