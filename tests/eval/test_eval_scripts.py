@@ -1,19 +1,27 @@
 """The benchmark scripts (scripts/sharegpt4v/eval/*.sh): every one parses; pope.sh runs end to end on the tiny
 checkpoint over a 3-question fixture in POPE's real layout under a temporary EVAL_ROOT, sharded over two fake "GPUs"
 and merged to the same answers, in the same order, as one chunk; missing data and failed chunks stop the script with
-a message saying what to do."""
+a message saying what to do. Every other benchmark script runs end to end the same way below, through its converter
+and scorer to the official file layouts and the score file (the GPT-judged ones against a local fake judge)."""
 
+import base64
+import csv
+import io
 import json
+import math
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from share4v.eval import report
+from share4v.eval import eval_gpt_review_bench, eval_mmvet, report
+from share4v.eval.metrics import MMBENCH_INDEX_MODULUS, match_option, vqa_normalize
 from share4v.eval.scores import read_scores
 from tests.helpers import random_image
 
@@ -141,6 +149,7 @@ def test_a_failed_chunk_fails_the_script_and_shows_its_log(pope_root, tmp_path):
 # and the score file. SHORT and LETTER are the instructions the playground's question files end with.
 SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
+UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT  # VizWiz
 
 
 def write_lines(path: Path, rows: list[dict]) -> Path:
@@ -154,10 +163,10 @@ def save_image(path: Path, seed: int) -> None:
     random_image(seed).save(path)
 
 
-def run_benchmark(script: str, eval_root: Path, tiny_ckpt: Path) -> subprocess.CompletedProcess:
+def run_benchmark(script: str, eval_root: Path, tiny_ckpt: Path, **env: str) -> subprocess.CompletedProcess:
     """The script on the tiny checkpoint over two fake GPUs; it must succeed."""
     done = run_script(script, tiny_ckpt.name, str(tiny_ckpt.parent), CUDA_VISIBLE_DEVICES="0,1",
-                      EVAL_ROOT=str(eval_root), EVAL_ARGS=FAST)  # fmt: skip
+                      EVAL_ROOT=str(eval_root), EVAL_ARGS=FAST, **env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -390,3 +399,392 @@ def test_vqav2_end_to_end(tiny_ckpt, tmp_path):
     assert all(set(row) == {"question_id", "answer"} and isinstance(row["answer"], str) for row in upload)
     assert upload[-1]["answer"] == ""
     assert "EvalAI" in done.stderr and not (root / "scores").exists()
+
+
+def test_vizwiz_end_to_end(tiny_ckpt, tmp_path):
+    """vizwiz/{share4v_test.jsonl, test/}: 3 test questions; the EvalAI upload has one normalised answer per question,
+    keyed by image, in the question file's order. VizWiz test is scored by EvalAI only (the script has no val split),
+    so no score file is written."""
+    root = tmp_path / "eval"
+    data = root / "vizwiz"
+    asked = ["What is this?", "What color is this shirt?", "Can you read the label on this can?"]
+    questions = [{"question_id": number, "image": f"VizWiz_test_{number:08d}.jpg", "text": question + UNANSWERABLE}
+                 for number, question in enumerate(asked)]  # fmt: skip
+    for seed, question in enumerate(questions, start=1):
+        save_image(data / "test" / question["image"], seed)
+    write_lines(data / "share4v_test.jsonl", questions)
+
+    done = run_benchmark("vizwiz.sh", root, tiny_ckpt)
+    ckpt = tiny_ckpt.name
+    assert sorted(path.name for path in (data / "answers" / ckpt).glob("2_?.jsonl")) == ["2_0.jsonl", "2_1.jsonl"]
+    merged = lines(data / "answers" / f"{ckpt}.jsonl")
+    assert [(row["question_id"], row["prompt"]) for row in merged] == [
+        (q["question_id"], "<image>\n" + q["text"]) for q in questions
+    ]
+    answers = {row["question_id"]: row["text"] for row in merged}
+    upload = json.loads((data / "answers_upload" / f"{ckpt}.json").read_text())
+    assert upload == [{"image": q["image"], "answer": vqa_normalize(answers[q["question_id"]])} for q in questions]
+    assert "EvalAI" in done.stderr and not (root / "scores").exists()
+
+
+# MMBench's dev TSV as OpenMMLab publishes it: images as base64 JPEG, options A-D (empty cells where a question has
+# fewer), and circular copies of a question (options rotated, its answer letter moved with them) at index + 1e6,
+# whose image cell names the row whose image they share.
+MMBENCH_COLUMNS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source",
+                   "l2-category", "comment", "split"]  # fmt: skip
+MMBENCH_QUESTIONS = {
+    "en": [(0, "What animal is shown?", "", ["cat", "dog", "bird", "fish"], "B"),
+           (1000000, "What animal is shown?", "", ["dog", "bird", "fish", "cat"], "A"),
+           (1, "Is the photo taken outdoors?", "Look at the sky.", ["yes", "no", "", ""], "A"),
+           (2, "Which color dominates?", "", ["red", "blue", "green", ""], "C")],
+    "cn": [(0, "图中是什么动物？", "", ["猫", "狗", "鸟", "鱼"], "B"),
+           (1000000, "图中是什么动物？", "", ["狗", "鸟", "鱼", "猫"], "A"),
+           (1, "这张照片是在室外拍的吗？", "看看天空。", ["是", "否", "", ""], "A"),
+           (2, "哪种颜色占主导？", "", ["红", "蓝", "绿", ""], "C")],
+}  # fmt: skip
+
+
+def jpeg_base64(seed: int) -> str:
+    buffer = io.BytesIO()
+    random_image(seed).save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def plant_answers(chunk_dir: Path, field: str, planted: dict) -> None:
+    """Replace the `field` of every answer in the chunk files of a finished two-chunk run by `planted[question_id]`."""
+    for part in ("2_0.jsonl", "2_1.jsonl"):
+        write_lines(chunk_dir / part, [{**row, field: planted[row["question_id"]]} for row in lines(chunk_dir / part)])
+
+
+def rerun_on_planted_answers(script: str, eval_root: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The script again, its inference module replaced by a stand-in that does nothing, as a resumed run does when
+    every question is answered: it merges, converts and scores the answers the chunk files hold."""
+    stand_in = tmp_path / "python-without-inference"
+    stand_in.write_text(
+        "#!/usr/bin/env bash\n"
+        "if [[ $1 == -m && $2 == share4v.eval.model_vqa_* ]]; then exit 0; fi\n"
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
+    run_benchmark(script, eval_root, tiny_ckpt, PYTHON=str(stand_in))
+
+
+def mmbench_expected_scores(merged: list[dict], rows: list[tuple]) -> dict:
+    """What the local scorer gives the answers: a TSV row is right when its answer picks the row's answer letter, a
+    question when every circular copy of it is right (`accuracy`); `vanilla_accuracy` over the original rows."""
+    answers = {index: answer for index, *_, answer in rows}
+    right = {row["question_id"]: match_option(row["text"], dict(zip("ABCD", row["options"], strict=False)))
+             == answers[row["question_id"]] for row in merged}  # fmt: skip
+    by_question: dict[int, bool] = {}
+    for index, ok in right.items():
+        by_question[index % MMBENCH_INDEX_MODULUS] = by_question.get(index % MMBENCH_INDEX_MODULUS, True) and ok
+    vanilla = [ok for index, ok in right.items() if index < MMBENCH_INDEX_MODULUS]
+    return {"accuracy": pytest.approx(100 * sum(by_question.values()) / len(by_question)),
+            "vanilla_accuracy": pytest.approx(100 * sum(vanilla) / len(vanilla)), "questions": len(by_question),
+            "rounds": len(merged), "unanswered": len(rows) - len(merged)}  # fmt: skip
+
+
+@pytest.mark.parametrize(("lang", "split"), [("en", "mmbench_dev_20230712"), ("cn", "mmbench_dev_cn_20231003")])
+def test_mmbench_end_to_end(tiny_ckpt, tmp_path, lang, split):
+    """mmbench/<split>.tsv: 3 questions, one with a circular copy; the xlsx upload (openpyxl) holds each row's answer
+    and the score file the local circular score of the answers; then the same on planted answers that get the
+    original of question 0 right and its copy wrong."""
+    openpyxl = pytest.importorskip("openpyxl", reason="the MMBench upload is an .xlsx: pip install openpyxl")
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # an .xlsx cannot hold the control characters they drop
+
+    root = tmp_path / "eval"
+    data = root / "mmbench"
+    data.mkdir(parents=True)
+    rows = MMBENCH_QUESTIONS[lang]
+    with (data / f"{split}.tsv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(MMBENCH_COLUMNS)
+        for index, question, hint, options, answer in rows:
+            image = str(index % MMBENCH_INDEX_MODULUS) if index >= MMBENCH_INDEX_MODULUS else jpeg_base64(index)
+            writer.writerow([index, question, hint, *options, answer, "image_scene", image, "MMBench",
+                             "coarse_perception", "", "dev"])  # fmt: skip
+    ckpt = tiny_ckpt.name
+    answers = data / "answers" / split / ckpt
+    scores_file = root / "scores" / ckpt / f"mmbench_{lang}.json"
+
+    def check_upload(merged: list[dict]) -> None:
+        book = openpyxl.load_workbook(data / "answers_upload" / split / ckpt / "merge.xlsx")
+        table = [list(row) for row in book["Sheet1"].iter_rows(values_only=True)]
+        assert table[0] == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
+        assert [[*row[:6], row[6] or "", *row[7:]] for row in table[1:]] == [
+            [index, question, *(option or None for option in options),
+             ILLEGAL_CHARACTERS_RE.sub("", answer_row["text"]), answer, "dev"]
+            for (index, question, _, options, answer), answer_row in zip(rows, merged, strict=True)
+        ]  # fmt: skip
+
+    run_benchmark(f"mmbench_{lang}.sh", root, tiny_ckpt)
+    merged = lines(answers / "merge.jsonl")
+    assert [row["question_id"] for row in merged] == [index for index, *_ in rows]  # chunks [0, 1000000], [1, 2]
+    for row, (_, question, hint, options, _) in zip(merged, rows, strict=True):
+        shown = [option for option in options if option]
+        assert row["round_id"] == 0 and row["options"] == shown and row["option_char"] == list("ABCD"[: len(shown)])
+        assert row["prompt"] == (f"{hint}\n" if hint else "") + question + "".join(
+            f"\n{letter}. {option}" for letter, option in zip("ABCD", shown, strict=False)
+        )
+    check_upload(merged)
+    scores = read_scores(scores_file)
+    assert scores["benchmark"] == f"mmbench_{lang}"
+    assert scores["scores"] == mmbench_expected_scores(merged, rows)
+    assert headline(root, ckpt, f"mmbench_{lang}") == scores["scores"]["accuracy"]
+
+    # question 0 right (its answer letter), its copy wrong (the same letter), 1 by "letter. text", 2 by text alone
+    planted = {0: rows[0][4], 1000000: rows[0][4], 1: f"{rows[2][4]}. {rows[2][3][0]}", 2: rows[3][3][2]}
+    plant_answers(answers, "text", planted)
+    rerun_on_planted_answers(f"mmbench_{lang}.sh", root, tiny_ckpt, tmp_path)
+    merged = lines(answers / "merge.jsonl")
+    assert [row["text"] for row in merged] == [planted[index] for index, *_ in rows]
+    check_upload(merged)
+    expected = mmbench_expected_scores(merged, rows)
+    assert read_scores(scores_file)["scores"] == expected
+    assert expected["vanilla_accuracy"] == 100 and expected["accuracy"] == pytest.approx(200 / 3)
+
+
+QBENCH_RECORDS = [
+    {"img_path": "00079.jpg", "question": "How is the clarity of this image?", "candidates": ["High", "Medium", "Low"],
+     "correct_ans": "Low", "type": 2, "concern": 0},
+    {"img_path": "00080.jpg", "question": "Is this image noisy?", "candidates": ["Yes", "No"], "correct_ans": "Yes",
+     "type": 0, "concern": 0},
+    {"img_path": "00081.jpg", "question": "Which part of the image is blurred?",
+     "candidates": ["the sky", "the car", "the tree", "the road"], "correct_ans": "the car", "type": 1,
+     "concern": 2},
+    {"img_path": "00082.jpg", "question": "Is the lighting of this image sufficient?", "candidates": ["Yes", "No"],
+     "correct_ans": "No", "type": 0, "concern": 1},
+    {"img_path": "00083.jpg", "question": "Is this image overexposed?", "candidates": ["Yes", "No"],
+     "correct_ans": "Yes", "type": 0, "concern": 1},  # its image is missing: skipped by the driver
+]  # fmt: skip
+
+
+def qbench_expected_scores(answers: list[dict]) -> dict:
+    """What the local scorer gives the responses: one is right when the letter or candidate text it names (the
+    prompt lists "A. candidate" lines) is the correct answer, and a record never answered is wrong; overall, and per
+    type and concern."""
+    answered = {row["question_id"] for row in answers}
+    rows = [*answers, *({**record, "response": ""} for position, record in enumerate(QBENCH_RECORDS)
+                        if position not in answered)]  # fmt: skip
+
+    def accuracy(group: list[dict]):
+        right = []
+        for row in group:
+            pick = match_option(row["response"], dict(zip("ABCD", row["candidates"], strict=False)))
+            right.append(pick is not None and row["candidates"]["ABCD".index(pick)] == row["correct_ans"])
+        return pytest.approx(100 * sum(right) / len(right))
+
+    expected = {"accuracy": accuracy(rows), "count": len(rows), "unanswered": len(rows) - len(answers)}
+    for name in ("type", "concern"):
+        for value in sorted({str(row[name]) for row in rows}):
+            expected[f"{name}/{value}"] = accuracy([row for row in rows if str(row[name]) == value])
+    return expected
+
+
+def test_qbench_end_to_end(tiny_ckpt, tmp_path):
+    """qbench/{llvisionqa_dev.json, images_llvisionqa/}: 5 LLVisionQA dev records (type 0/1/2: yes-or-no, what, how;
+    concern: distortion, other, in-context distortion ...), one without its image; the answers keep each record with
+    the response added, and the score file holds the accuracy of those responses, the unanswered record counted
+    wrong, overall and per type and concern; then the same on planted responses."""
+    root = tmp_path / "eval"
+    data = root / "qbench"
+    for seed, record in enumerate(QBENCH_RECORDS[:4], start=1):
+        save_image(data / "images_llvisionqa" / record["img_path"], seed)
+    (data / "llvisionqa_dev.json").write_text(json.dumps(QBENCH_RECORDS, indent=2))
+    ckpt = tiny_ckpt.name
+    merged, scores_file = data / f"llvisionqa_dev_{ckpt}_answers.jsonl", root / "scores" / ckpt / "qbench.json"
+
+    done = run_benchmark("qbench.sh", root, tiny_ckpt)
+    chunks = data / "answers" / ckpt
+    assert sorted(path.name for path in chunks.glob("2_?.jsonl")) == ["2_0.jsonl", "2_1.jsonl"]
+    [error] = lines(chunks / "2_1.jsonl.errors.jsonl")
+    assert error["question_id"] == 4 and "image file not found" in error["error"]
+    assert "could not be answered" in done.stderr
+    answers = lines(merged)
+    assert [row["question_id"] for row in answers] == [0, 1, 2, 3]  # the record's position in the questions file
+    for row, record in zip(answers, QBENCH_RECORDS[:4], strict=True):
+        assert {key: row[key] for key in record} == record and isinstance(row["response"], str)
+        options = "".join(f"{letter}. {text}\n" for letter, text in zip("ABCD", record["candidates"], strict=False))
+        assert (
+            row["prompt"] == f"<image>\n{record['question']}\nChoose between one of the options as follows:\n{options}"
+        )
+    assert read_scores(scores_file)["scores"] == qbench_expected_scores(answers)
+    assert headline(root, ckpt, "qbench") == qbench_expected_scores(answers)["accuracy"]
+
+    # right by letter, by "letter. text", wrong by text, wrong by letter; record 4 still unanswered
+    planted = {0: "C", 1: "A. Yes", 2: "The tree is blurred.", 3: "A"}
+    plant_answers(chunks, "response", planted)
+    rerun_on_planted_answers("qbench.sh", root, tiny_ckpt, tmp_path)
+    answers = lines(merged)
+    assert [row["response"] for row in answers] == list(planted.values())
+    expected = qbench_expected_scores(answers)
+    assert read_scores(scores_file)["scores"] == expected
+    assert expected["count"] == 5 and expected["unanswered"] == 1
+    assert expected["accuracy"] == 40 and expected["type/0"] == pytest.approx(100 / 3) and expected["type/2"] == 100
+
+
+# ---------------------------------------------------------------- the GPT-judged benchmarks, end to end
+# The judge is tests/eval/test_judge.py's fake OpenAI-compatible server on 127.0.0.1, reached by the scripts through
+# OPENAI_BASE_URL; its replies are a function of the answer it is shown, so the expected scores follow from the
+# written answers.
+JUDGE_ENV = {"OPENAI_API_KEY": "test-key", "SHARE4V_JUDGE_MODEL": "judge-1"}
+
+
+@pytest.fixture
+def judge_server(monkeypatch):
+    pytest.importorskip("httpx", reason="the GPT judge needs httpx")
+    from tests.eval.test_judge import ENV, FakeOpenAI, _Handler
+
+    for name in ENV:  # the judge's settings come from each test; no proxy between the scripts and the fake
+        monkeypatch.delenv(name, raising=False)
+    fake = FakeOpenAI()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.fake = fake
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield fake
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def llavabench_ours_score(answer: str) -> float:
+    """The fake judge's score of our answer (Assistant 2): 1 to 10 by its length."""
+    return float(1 + len(answer) % 10)
+
+
+LLAVABENCH_REFERENCE_SCORES = {"conv": 8.0, "detail": 6.0, "complex": 10.0}
+
+
+def test_llavabench_end_to_end(tiny_ckpt, tmp_path, judge_server):
+    """llava-bench-in-the-wild/{questions.jsonl, context.jsonl, answers_gpt4.jsonl, images/}: 3 questions (conv,
+    detail, complex) on 2 images; each is reviewed once by the judge, with the caption, GPT-4's answer and ours in the
+    original's layout, and the score file holds the relative scores of those reviews."""
+    root = tmp_path / "eval"
+    data = root / "llava-bench-in-the-wild"
+    save_image(data / "images" / "001.jpg", 1)
+    save_image(data / "images" / "002.jpg", 2)
+    questions = [
+        {"image": "001.jpg", "text": "What is the name of this famous sight in the photo?", "category": "conv",
+         "question_id": 0},
+        {"image": "001.jpg", "text": "Describe this photo in detail.", "category": "detail", "question_id": 1},
+        {"image": "002.jpg", "text": "What might be the purpose of this arrangement?", "category": "complex",
+         "question_id": 2},
+    ]  # fmt: skip
+    write_lines(data / "questions.jsonl", questions)
+    captions = {"001.jpg": "An aerial view of Diamond Head in Hawaii.", "002.jpg": "A table set for a dinner party."}
+    write_lines(data / "context.jsonl", [{"id": image[:3], "image": image, "caption": caption}
+                                         for image, caption in captions.items()])  # fmt: skip
+    reference = [{"question_id": q["question_id"], "prompt": q["text"], "text": f"Reference answer {q['question_id']}.",
+                  "answer_id": f"gpt4-{q['question_id']}", "model_id": "gpt-4-0314", "metadata": {}}
+                 for q in questions]  # fmt: skip
+    write_lines(data / "answers_gpt4.jsonl", reference)
+
+    def review(body: dict) -> str:
+        content = body["messages"][1]["content"]
+        [category] = [q["category"] for q in questions if f"[Question]\n{q['text']}\n" in content]
+        ours = content.split("[Assistant 2]\n", 1)[1].rsplit("\n\n[End of Assistant 2]", 1)[0]
+        return f"{LLAVABENCH_REFERENCE_SCORES[category]:g} {llavabench_ours_score(ours):g}\nAssistant 1 is better."
+
+    judge_server.answer = review
+    run_benchmark("llavabench.sh", root, tiny_ckpt, OPENAI_BASE_URL=judge_server.url, **JUDGE_ENV)
+    ckpt = tiny_ckpt.name
+    merged = lines(data / "answers" / f"{ckpt}.jsonl")
+    assert [(row["question_id"], row["prompt"]) for row in merged] == [
+        (q["question_id"], "<image>\n" + q["text"]) for q in questions
+    ]
+    ours = {row["question_id"]: row for row in merged}
+
+    rules = eval_gpt_review_bench.load_rules(eval_gpt_review_bench.DEFAULT_RULE_FILE)
+    assert [request["headers"]["Authorization"] for request in judge_server.requests] == ["Bearer test-key"] * 3
+    assert [body["model"] for body in judge_server.bodies] == ["judge-1"] * 3
+    assert [body["messages"][1]["content"] for body in judge_server.bodies] == [
+        eval_gpt_review_bench.review_content(captions[q["image"]], q["text"], ref["text"],
+                                             ours[q["question_id"]]["text"], "Assistant",
+                                             rules[f"llava_bench_{q['category']}"]["prompt"])
+        for q, ref in zip(questions, reference, strict=True)
+    ]  # fmt: skip
+    pairs = {q["category"]: (LLAVABENCH_REFERENCE_SCORES[q["category"]],
+                             llavabench_ours_score(ours[q["question_id"]]["text"])) for q in questions}  # fmt: skip
+    reviews = lines(data / "reviews" / f"{ckpt}.jsonl")
+    assert [(r["question_id"], r["category"], r["answer1_id"], r["answer2_id"], r["tuple"]) for r in reviews] == [
+        (q["question_id"], f"llava_bench_{q['category']}", f"gpt4-{q['question_id']}",
+         ours[q["question_id"]]["answer_id"], list(pairs[q["category"]]))
+        for q in questions
+    ]  # fmt: skip
+
+    def means(scores: list[tuple[float, float]]) -> tuple[float, float]:  # the summarizer's: to 3 decimals
+        return tuple(round(math.fsum(s[side] for s in scores) / len(scores), 3) for side in (0, 1))
+
+    def relative(scores: list[tuple[float, float]]) -> float:
+        reference_mean, our_mean = means(scores)
+        return round(our_mean / reference_mean * 100, 1)
+
+    everything = list(pairs.values())
+    expected = {"overall": relative(everything), **{name: relative([pair]) for name, pair in pairs.items()},
+                "reference_score": round(means(everything)[0] * 10, 1),
+                "model_score": round(means(everything)[1] * 10, 1)}  # fmt: skip
+    assert read_scores(root / "scores" / ckpt / "llavabench.json")["scores"] == pytest.approx(expected)
+    assert headline(root, ckpt, "llavabench") == pytest.approx(expected["overall"])
+
+
+def mmvet_grade(prediction: str) -> float:
+    """The fake grader's correctness of a prediction: 0.0 to 1.0 by its length."""
+    return len(prediction) % 11 / 10
+
+
+def test_mmvet_end_to_end(tiny_ckpt, tmp_path, judge_server):
+    """mm-vet/{share4v-mm-vet.jsonl, mm-vet.json, images/}: 3 questions needing 1-2 capabilities; the results JSON for
+    MM-Vet's grader holds every answer under v1_<id>, each is graded once with the official query, and the score file
+    holds the per-capability and total scores of those grades."""
+    root = tmp_path / "eval"
+    data = root / "mm-vet"
+    truth = {
+        "v1_0": {"imagename": "v1_0.png", "capability": ["ocr", "math"], "question": "What is x in the equation?",
+                 "answer": "-1<AND>-5"},
+        "v1_1": {"imagename": "v1_1.jpg", "capability": ["rec"], "question": "What animal is this?", "answer": "cat"},
+        "v1_2": {"imagename": "v1_2.jpg", "capability": ["ocr", "rec"], "question": "What is the brand name?",
+                 "answer": "Nike<OR>NIKE"},
+    }  # fmt: skip
+    for seed, item in enumerate(truth.values(), start=1):
+        save_image(data / "images" / item["imagename"], seed)
+    (data / "mm-vet.json").write_text(json.dumps(truth))
+    questions = [{"question_id": int(key[3:]), "image": item["imagename"], "text": item["question"]}
+                 for key, item in truth.items()]  # fmt: skip
+    write_lines(data / "share4v-mm-vet.jsonl", questions)
+    prompt = eval_mmvet.load_prompt()
+
+    def grade(body: dict) -> str:  # the query ends "question | answer | prediction | "; neither of the first has " | "
+        row = body["messages"][0]["content"].removeprefix(prompt + "\n")
+        return f"{mmvet_grade(row.split(' | ', 2)[2].removesuffix(' | ')):.1f}"
+
+    judge_server.answer = grade
+    run_benchmark("mmvet.sh", root, tiny_ckpt, OPENAI_BASE_URL=judge_server.url, **JUDGE_ENV)
+    ckpt = tiny_ckpt.name
+    merged = lines(data / "answers" / f"{ckpt}.jsonl")
+    assert [(row["question_id"], row["prompt"]) for row in merged] == [
+        (q["question_id"], "<image>\n" + q["text"]) for q in questions
+    ]
+    results = json.loads((data / "results" / f"{ckpt}.json").read_text())
+    assert results == {f"v1_{row['question_id']}": row["text"] for row in merged}
+
+    assert [body["messages"][0]["content"] for body in judge_server.bodies] == [
+        eval_mmvet.grader_query(prompt, item["question"], item["answer"], results[key]) for key, item in truth.items()
+    ]  # every grade is a number: one request per answer
+    assert all(body["model"] == "judge-1" and body["max_tokens"] == 3 for body in judge_server.bodies)
+    grades = {key: mmvet_grade(answer) for key, answer in results.items()}
+    graded = lines(data / "results" / f"{ckpt}_judge-1-grade.jsonl")
+    assert [(row["id"], row["score"], row["judge"]) for row in graded] == [
+        (key, pytest.approx(grades[key]), "judge-1") for key in truth
+    ]
+
+    def percent(keys: list[str]) -> float:
+        return pytest.approx(round(math.fsum(grades[key] for key in keys) / len(keys) * 100, 1))
+
+    capabilities = {name for item in truth.values() for name in item["capability"]}
+    expected = {name: percent([key for key, item in truth.items() if name in item["capability"]])
+                for name in capabilities}  # fmt: skip
+    scores = read_scores(root / "scores" / ckpt / "mmvet.json")["scores"]
+    assert scores == {**expected, "total": percent(list(truth))}
+    assert headline(root, ckpt, "mmvet") == scores["total"]

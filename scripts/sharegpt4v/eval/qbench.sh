@@ -24,4 +24,5 @@ run_chunks "$DATA/answers/$CKPT" share4v.eval.model_vqa_qbench --model-path "$MO
     --temperature 0 --conv-mode "$CONV_MODE" --batch-size "$BATCH_SIZE"
 merge_chunks "$DATA/answers/$CKPT" "$ANSWERS"
 
-"$PYTHON" -m share4v.eval.eval_qbench --answers-file "$ANSWERS" --scores-file "$SCORES_FILE"
+"$PYTHON" -m share4v.eval.eval_qbench --answers-file "$ANSWERS" --questions-file "$DATA/llvisionqa_$SPLIT.json" \
+    --scores-file "$SCORES_FILE"
