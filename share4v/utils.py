@@ -79,7 +79,7 @@ def values_in_jsonl(path: str | Path, key: str) -> set[str]:
     """The `key` values (as strings) of an append-only JSON-lines output; a line torn by a kill is ignored."""
     path, values = Path(path), set()
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").split("\n"):
             try:
                 values.add(str(json.loads(line)[key]))
             except (json.JSONDecodeError, KeyError, TypeError):

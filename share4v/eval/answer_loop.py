@@ -129,7 +129,7 @@ def _answered(answers_file: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
     """The `names` values (as strings) of every whole line of an append-only answers file (a torn one is skipped)."""
     keys = set()
     if answers_file.is_file():
-        for line in answers_file.read_text(encoding="utf-8").splitlines():
+        for line in answers_file.read_text(encoding="utf-8").split("\n"):
             try:
                 row = json.loads(line)
                 keys.add(tuple(str(row[name]) for name in names))

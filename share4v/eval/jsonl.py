@@ -17,7 +17,7 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[st
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

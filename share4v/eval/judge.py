@@ -109,7 +109,7 @@ def read_appended_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # a kill can split a character
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):  # a kill can split a character
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

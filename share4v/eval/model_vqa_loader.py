@@ -28,7 +28,7 @@ def read_questions(question_file: str | Path, image_folder: str | Path | None, s
     if not path.is_file():
         raise FileNotFoundError(f"no such question file: {path}")
     questions, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

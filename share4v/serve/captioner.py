@@ -44,11 +44,11 @@ def list_images(source: str | Path) -> list[str]:
     text = source.read_text(encoding="utf-8")
     try:
         rows = json.loads(text)
-        if not isinstance(rows, list):
-            raise ValueError(f"{source}: expected a JSON list of image paths")
     except json.JSONDecodeError:
+        rows = None
+    if not isinstance(rows, list):  # JSON lines (one line of them also parses as a whole)
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -142,7 +142,7 @@ def merge(save_path: str | Path, num_chunks: int) -> Path:
         outputs = Outputs.for_shard(save_path, num_chunks, chunk)
         if not outputs.captions.is_file():
             raise FileNotFoundError(f"shard {chunk} of {num_chunks} has no captions file: {outputs.captions}")
-        for line in outputs.captions.read_text(encoding="utf-8").splitlines():
+        for line in outputs.captions.read_text(encoding="utf-8").split("\n"):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

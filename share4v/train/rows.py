@@ -155,7 +155,7 @@ class SkipReport:
         for file in [path, *sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))]:
             if not file.is_file():
                 continue
-            for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            for line in file.read_text(encoding="utf-8", errors="replace").split("\n"):
                 try:
                     entry = json.loads(line)
                     unique[(entry["where"], entry["reason"])] = entry
