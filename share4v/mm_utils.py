@@ -30,7 +30,8 @@ class ImageLoadError(ValueError):
 
 
 def _describe(source: str) -> str:
-    return source if len(source) <= 80 else source[:60] + f"... ({len(source)} chars)"
+    """`source` for a one-line error: whole when short, else its start and its end (a long path keeps its file name)."""
+    return source if len(source) <= 120 else f"{source[:40]}...{source[-60:]} ({len(source)} chars)"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

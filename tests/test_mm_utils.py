@@ -72,6 +72,11 @@ def test_cmyk_red(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageLoadError, match=r"^image file not found: .*nope\.png$"):
         load_image(tmp_path / "nope.png")
+    deep = tmp_path.joinpath(*[f"folder{index:02d}" for index in range(20)], "the_missing_image.png")
+    with pytest.raises(
+        ImageLoadError, match=r"^image file not found: .{40}\.\.\..*the_missing_image\.png \(\d+ chars\)$"
+    ):
+        load_image(deep)  # a long path is shortened in the middle: the file name stays
 
 
 def test_truncated_file(tmp_path):
