@@ -599,7 +599,7 @@ class _StreamRow:
     """One streamed request's side of its batch: the queue its new tokens arrive in, the event its consumer sets
     when it stops reading, and how the queue ended (at the row's end-of-sequence token, or with the whole batch)."""
 
-    tokens: _TokenQueue = field(default_factory=lambda: _TokenQueue(skip_first=False))
+    tokens: _TokenQueue = field(default_factory=lambda: _TokenQueue())
     cancel: threading.Event = field(default_factory=threading.Event)
     closed: threading.Event = field(default_factory=threading.Event)  # no more tokens will come
     ended: bool = False
@@ -641,7 +641,7 @@ class _RowStreamer(BaseStreamer):
             if row.cancel.is_set():  # the stopping criteria end this row at this step
                 row.close(batch_over=False)
                 continue
-            row.tokens.queue.put([token])
+            row.tokens.put([token])
             if token == self.eos_token_id:
                 row.close(batch_over=False)
 
@@ -651,20 +651,16 @@ class _RowStreamer(BaseStreamer):
                 row.close(batch_over=True)
 
 
-class _TokenQueue(BaseStreamer):
-    """Receives new token ids from `generate` (on its thread) and hands them out as an iterator."""
+class _TokenQueue:
+    """One streamed row's new token ids, put by the decoding thread and read as an iterator by its consumer."""
 
     _END = object()
 
-    def __init__(self, skip_first: bool):
+    def __init__(self):
         self.queue: queue.Queue = queue.Queue()
-        self.skip_next = skip_first  # generate() first puts the prompt
 
-    def put(self, value: torch.Tensor) -> None:
-        if self.skip_next:
-            self.skip_next = False
-            return
-        self.queue.put(value.flatten().tolist())
+    def put(self, token_ids: list[int]) -> None:
+        self.queue.put(token_ids)
 
     def end(self) -> None:
         self.queue.put(self._END)
