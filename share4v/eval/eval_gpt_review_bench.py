@@ -37,16 +37,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from share4v.eval.jsonl import read_jsonl
+from share4v.eval.jsonl import append_jsonl, prepare_append, read_appended_jsonl, read_jsonl
 from share4v.eval.judge import (
     CACHE_SUFFIX,
     Judge,
     JudgeError,
     add_judge_arguments,
-    append_jsonl,
     judge_config_from_args,
-    prepare_append,
-    read_appended_jsonl,
 )
 
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."

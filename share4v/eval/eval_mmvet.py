@@ -38,15 +38,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from share4v.eval.jsonl import append_jsonl, prepare_append, read_appended_jsonl
 from share4v.eval.judge import (
     CACHE_SUFFIX,
     Judge,
     JudgeError,
     add_judge_arguments,
-    append_jsonl,
     judge_config_from_args,
-    prepare_append,
-    read_appended_jsonl,
 )
 from share4v.eval.scores import write_scores
 from share4v.eval.submission import mmvet_predictions

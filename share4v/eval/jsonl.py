@@ -1,8 +1,11 @@
-"""eval/jsonl.py: reading the answer and question files of the evaluation tools, with one-line errors."""
+"""eval/jsonl.py: reading the answer and question files of the evaluation tools, with one-line errors, and appending
+to JSON-lines outputs that survive a kill (no torch: the judge and scorers import it)."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +52,50 @@ def read_json_list(path: str | Path, what: str = "entries") -> list[Any]:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of {what}, got {type(data).__name__}")
     return data
+
+
+def read_appended_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of an append-only JSON-lines file (none if it does not exist); a line torn by a kill is
+    skipped. See `prepare_append` for the writer's side."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):  # a kill can split a character
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def prepare_append(path: str | Path) -> Path:
+    """Make `path`'s folder, and cut a last line torn by a kill (one without its newline that does not parse; a
+    whole JSON line that only lacks the newline gets it), so that the next appended line starts on a fresh line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            start = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[start:])
+                whole = True
+            except ValueError:
+                whole = False
+            with path.open("rb+") as f:
+                if whole:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                else:
+                    f.truncate(start)
+    return path
+
+
+def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
+    """One line appended and flushed (the file is closed after each line: a kill loses at most that line)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()

@@ -37,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from share4v.eval.jsonl import append_jsonl, prepare_append, read_appended_jsonl
+
 DEFAULT_JUDGE_MODEL = "gpt-4o-2024-08-06"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MODEL_ENV, BASE_URL_ENV, API_KEY_ENV = "SHARE4V_JUDGE_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY"
@@ -100,53 +102,6 @@ def cache_key(model: str, messages: Sequence[Mapping[str, Any]], temperature: fl
     payload = {"model": model, "messages": list(messages), "temperature": float(temperature), "max_tokens": max_tokens}
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def read_appended_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The objects of an append-only JSON-lines file (none if it does not exist); a line torn by a kill is
-    skipped. See `prepare_append` for the writer's side."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):  # a kill can split a character
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def prepare_append(path: str | Path) -> Path:
-    """Make `path`'s folder, and cut a last line torn by a kill (one without its newline that does not parse; a
-    whole JSON line that only lacks the newline gets it), so that the next appended line starts on a fresh line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.stat().st_size:
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            start = data.rfind(b"\n") + 1
-            try:
-                json.loads(data[start:])
-                whole = True
-            except ValueError:
-                whole = False
-            with path.open("rb+") as f:
-                if whole:
-                    f.seek(0, os.SEEK_END)
-                    f.write(b"\n")
-                else:
-                    f.truncate(start)
-    return path
-
-
-def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
-    """One line appended and flushed (the file is closed after each line: a kill loses at most that line)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
 
 
 class JudgeCache:
@@ -350,9 +305,6 @@ __all__ = [
     "JudgeError",
     "Judgement",
     "add_judge_arguments",
-    "append_jsonl",
     "cache_key",
     "judge_config_from_args",
-    "prepare_append",
-    "read_appended_jsonl",
 ]

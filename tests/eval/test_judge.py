@@ -14,7 +14,8 @@ pytest.importorskip("httpx")
 from share4v.eval import eval_gpt_review_bench as bench
 from share4v.eval import eval_mmvet as mmvet
 from share4v.eval import summarize_gpt_review as summarize
-from share4v.eval.judge import Judge, JudgeConfig, JudgeError, cache_key, read_appended_jsonl
+from share4v.eval.jsonl import read_appended_jsonl
+from share4v.eval.judge import Judge, JudgeConfig, JudgeError, cache_key
 from share4v.eval.scores import read_scores
 
 ENV = ("SHARE4V_JUDGE_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
