@@ -11,13 +11,14 @@
 # share4v's packed one), RUN_ARGS (more flags for every run), SMOKE=0 (skip the tiny-world check).
 # DeepSpeed must be importable (on the lent GPU machine: carried wheels, see docs/Training.md).
 set -uo pipefail
-OUT_DIR=${1:?usage: run_train_multigpu_7b.sh OUT_DIR [RUNS]}
+OUT_DIR=$(realpath -m "${1:?usage: run_train_multigpu_7b.sh OUT_DIR [RUNS]}")  # before the cd below
 RUNS=${2:-2:3:2 2:3:4}
 WORLD=${WORLD:-/tmp/share4v-7b-world}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p "$OUT_DIR"
 cd "$(dirname "$0")/.."
 BENCH=benchmarks/train_multigpu_7b.py
+failed=0
 
 if [ "${SMOKE:-1}" = 1 ]; then
     echo "== smoke: a tiny world, stage 1 under ZeRO-3 on 2 GPUs with gradient accumulation"
@@ -39,11 +40,15 @@ for run in $RUNS; do
         echo "world exit $?"; tail -n 3 "$OUT_DIR/world-${layers:-32}.log"
     fi
     echo "== $name: stage $stage, ZeRO-$zero, $gpus GPUs, world $world, $(date +%T)"
+    rm -f "$OUT_DIR/$name.json"  # a failed rerun must not leave an older result behind
     timeout "${RUN_TIMEOUT:-420}" torchrun --nproc_per_node "$gpus" $BENCH run "$world" --stage "$stage" --zero "$zero" \
         --warmup "${WARMUP:-1}" --steps "${STEPS:-3}" ${PADDED:+--padded} ${MICRO_BATCH:+--micro-batch $MICRO_BATCH} ${RUN_ARGS:-} --out "$OUT_DIR/$name.json" \
         > "$OUT_DIR/$name.log" 2>&1
-    echo "exit $? at $(date +%T)"; grep -v Warning "$OUT_DIR/$name.log" | tail -n 2 | cut -c1-600
+    status=$?
+    echo "exit $status at $(date +%T)"; grep -v Warning "$OUT_DIR/$name.log" | tail -n 2 | cut -c1-600
+    [ "$status" -eq 0 ] || failed=$((failed + 1))
 done
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 ls "$OUT_DIR"/stage*.json > /dev/null 2>&1 &&
     python3 $BENCH summarize "$OUT_DIR"/stage*.json --markdown "$OUT_DIR/scaling.md"
+[ "$failed" -eq 0 ] || { echo "$failed run(s) failed" >&2; exit 1; }

@@ -281,9 +281,11 @@ def run(
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _series(result: dict) -> tuple[int, int, int, int]:
-    """Runs that scale together: the same training stage, ZeRO stage, LLM depth and micro-batch."""
-    return result["stage"], result.get("zero_stage", 3), result["llm_layers"], result["micro_batch"]
+def _series(result: dict) -> tuple:
+    """Runs that scale together: the same training stage, ZeRO stage, LLM depth, micro-batch, global batch, step
+    (packed or padded) and checkpointing."""
+    keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing")
+    return tuple(result.get(key) for key in keys)
 
 
 def summarize(paths: list[Path], target_gpus: int = 8) -> tuple[list[dict], str]:
@@ -292,7 +294,8 @@ def summarize(paths: list[Path], target_gpus: int = 8) -> tuple[list[dict], str]
     by the efficiency of the series' last doubling at each further doubling (and stays flat where that doubling
     gained)."""
     results = sorted(
-        (json.loads(p.read_text()) | {"file": p.name} for p in paths), key=lambda r: (*_series(r), r["gpus"])
+        (json.loads(p.read_text()) | {"file": p.name} for p in paths),
+        key=lambda r: (*((value is None, value or 0) for value in _series(r)), r["gpus"]),
     )
     rows = []
     for series in dict.fromkeys(_series(r) for r in results):
@@ -301,7 +304,8 @@ def summarize(paths: list[Path], target_gpus: int = 8) -> tuple[list[dict], str]
         for r in group:
             rows.append(r | {"scaling_base_gpus": group[0]["gpus"],
                              "scaling_efficiency": round(r["useful_tokens_per_s_per_gpu"] / base, 3)})  # fmt: skip
-        last, before = group[-1], group[-2] if len(group) > 1 else None
+        last = group[-1]
+        before = next((r for r in reversed(group) if r["gpus"] < last["gpus"]), None)  # a smaller GPU count
         if before is not None and last["gpus"] < target_gpus:
             per_doubling = last["useful_tokens_per_s_per_gpu"] / before["useful_tokens_per_s_per_gpu"]
             per_doubling = min(per_doubling ** (1 / math.log2(last["gpus"] / before["gpus"])), 1.0)  # never a gain

@@ -413,6 +413,7 @@ class Share4VEngine:
         """Generate for a collated batch: one `Completion` per row."""
         return self._run(batch, params or GenerationParams())
 
+    @torch.inference_mode()
     def _run(
         self, batch: PreparedBatch, params: GenerationParams, streams: Sequence[_StreamRow | None] = ()
     ) -> list[Completion]:
@@ -538,34 +539,46 @@ class _Batcher:
         return future
 
     def _next_batch(self) -> list[tuple[Request, GenerationParams, Future, _StreamRow | None]]:
-        with self.ready:
-            while not self.pending:
-                self.ready.wait()
-            params = self.pending[0][1]
-            batch = [item for item in self.pending if item[1] == params][:MAX_BATCH_SIZE]
-            self.pending = [item for item in self.pending if all(item is not taken for taken in batch)]
-            return batch
+        """The oldest request's settings, and up to `MAX_BATCH_SIZE` waiting requests with them (a request whose
+        caller cancelled its future while it waited is dropped)."""
+        while True:
+            with self.ready:
+                while not self.pending:
+                    self.ready.wait()
+                params = self.pending[0][1]
+                batch = [item for item in self.pending if item[1] == params][:MAX_BATCH_SIZE]
+                self.pending = [item for item in self.pending if all(item is not taken for taken in batch)]
+            running = []
+            for item in batch:
+                if item[2].set_running_or_notify_cancel():
+                    running.append(item)
+                elif item[3] is not None:
+                    item[3].close(batch_over=False)
+            if running:
+                return running
 
     def _serve(self) -> None:
         while True:
             batch = self._next_batch()
+            outcomes: list[Any]
             engine = self.engine()
             try:
                 if engine is None:
                     raise RuntimeError("the engine was garbage-collected with requests still queued")
                 requests, streams = [item[0] for item in batch], [item[3] for item in batch]
-                completions = engine._run(engine.collate(requests), batch[0][1], streams)
+                outcomes = engine._run(engine.collate(requests), batch[0][1], streams)
             except BaseException as err:  # every request of the batch gets the error
-                for _, _, future, _ in batch:
-                    future.set_exception(err)
-                continue
+                outcomes = [err] * len(batch)
             finally:
                 for *_, stream in batch:
                     if stream is not None:
                         stream.close(batch_over=True)  # also a stream whose batch failed before generating
                 del engine
-            for (_, _, future, _), completion in zip(batch, completions, strict=True):
-                future.set_result(completion)
+            for (_, _, future, _), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
 
 class _DecodeThread:

@@ -176,6 +176,9 @@ def captioning_engine(args) -> Any:
 
     given_path = args.model_path != MINIATURE_MODEL_PATH
     if getattr(args, "trust_remote_code", False):
+        for flag in ("load_4bit", "load_8bit", "model_base"):
+            if getattr(args, flag, None):
+                raise ValueError(f"--{flag.replace('_', '-')} is for share4v models, not with --trust-remote-code")
         path = args.model_path if given_path or not args.model_name else args.model_name
         return ShareCaptionerEngine.from_pretrained(path, getattr(args, "device", None), getattr(args, "dtype", None))
     if ships_model_code(args.model_path):

@@ -10,8 +10,8 @@ server-sent events) with `image_url` parts, `GET /v1/models`, `GET /health`.
 Listens on 127.0.0.1 unless `--host` says otherwise. Requests over the limits are answered with 4xx and a one-line
 message: body size (413), image pixels (413), `max_tokens` (400), concurrent requests (429). Images: `data:` URLs
 always; http(s) only with `--allow-remote-images`; local paths only under `--allowed-image-dir`. One model serves
-every request: whole answers that arrive while it is busy run together as one batch (`Share4VEngine.submit`; greedy
-answers equal those of a request alone), streamed answers one at a time; requests past the concurrency limit get
+every request: whole and streamed answers that arrive while it is busy run together as one batch of equal settings
+(`Share4VEngine.submit`; greedy answers equal those of a request alone); requests past the concurrency limit get
 429. `usage` counts come from the engine: prompt tokens with each image's patches, completion tokens generated.
 """
 
@@ -50,7 +50,6 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
 
     limits, images = limits or Limits(), images or ImagePolicy()
     app = FastAPI(title="share4v", docs_url=None, redoc_url=None)
-    generation = threading.Lock()  # one generation at a time on the one model
     admitted = threading.BoundedSemaphore(limits.max_concurrent)
 
     def error(status: int, message: str) -> JSONResponse:
@@ -86,7 +85,7 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
             if encoded.error is not None:
                 return error(400, encoded.error)
             if payload.get("stream") is True:
-                stream = _EventStream(engine, chat, params, model_name, generation, admitted)
+                stream = _EventStream(engine, chat, params, model_name, admitted)
                 handed_to_stream = True
                 return StreamingResponse(stream.events(), media_type="text/event-stream", background=stream.close)
             completion = await asyncio.wrap_future(engine.submit(encoded, params))  # batched with its neighbours
@@ -152,9 +151,9 @@ class _EventStream:
 
     _END = object()
 
-    def __init__(self, engine, chat, params, model_name: str, generation: threading.Lock, admitted) -> None:
+    def __init__(self, engine, chat, params, model_name: str, admitted) -> None:
         self.engine, self.chat, self.params, self.model_name = engine, chat, params, model_name
-        self.generation, self.admitted = generation, admitted
+        self.admitted = admitted
         self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         self.pieces: queue.Queue = queue.Queue()
         self.stop = threading.Event()
@@ -166,16 +165,15 @@ class _EventStream:
         return f"data: {json.dumps(body)}\n\n"
 
     def _generate(self) -> None:
-        try:
-            with self.generation:
-                answer = self.engine.stream(self.chat, self.params)
-                try:
-                    for piece in answer:
-                        if self.stop.is_set():
-                            break
-                        self.pieces.put(piece)
-                finally:
-                    answer.close()  # stops the engine's generation thread
+        try:  # the engine batches concurrent streams (and whole answers) with equal settings
+            answer = self.engine.stream(self.chat, self.params)
+            try:
+                for piece in answer:
+                    if self.stop.is_set():
+                        break
+                    self.pieces.put(piece)
+            finally:
+                answer.close()  # stops this request's row
         except Exception as err:  # reported to the client as an error event
             self.pieces.put(err)
         finally:

@@ -34,6 +34,7 @@ REPETITION_PENALTY = 1.5
 USER_PREFIX = "<|User|>:"
 BOT_PREFIX = "\n<|Bot|>:"
 INTERNLM_PAD_ID, INTERNLM_EOS_ID = -1, 2
+SHARECAPTIONER_INTERFACE = ("vis_processor", "encode_img", "encode_text", "internlm_model", "decode_text", "eoh")
 
 
 def ships_model_code(path: str | Path) -> bool:
@@ -82,21 +83,31 @@ class ShareCaptionerEngine:
         model.tokenizer = tokenizer  # the remote code's encode_text / decode_text read it from the model
         self.model, self.tokenizer = model.eval(), tokenizer
         self.encoder = ShareCaptionerEncoder(model.vis_processor, tokenizer, model.eoh)
-        self.device = next(model.parameters()).device
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
 
     @classmethod
     def from_pretrained(cls, path: str, device: str | None = None, dtype: str | None = None) -> ShareCaptionerEngine:
         """Load `path` with its own model code (the caller has the user's consent to run it). On CUDA the weights
-        are float16, as the original's `.half()`; on the CPU float32."""
+        are float16, as the original's `.half()`; on the CPU float32.
+
+        Raises:
+            ValueError: for a local folder without model code of its own, or a model without ShareCaptioner's
+                interface (`vis_processor`, `encode_img`, `encode_text`, `internlm_model`, `decode_text`, `eoh`).
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if device in (None, "auto"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
-        default = torch.float16 if device.type == "cuda" else torch.float32
-        torch_dtype = getattr(torch, dtype) if dtype else default
+        from share4v.utils import resolve_device, resolve_dtype
+
+        if Path(path).is_dir() and not ships_model_code(path):
+            raise ValueError(f"{path} ships no model code of its own: --trust-remote-code is for ShareCaptioner")
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
+        missing = [name for name in SHARECAPTIONER_INTERFACE if not hasattr(model, name)]
+        if missing:
+            raise ValueError(f"{path} is not a ShareCaptioner model: it has no {', '.join(missing)}")
         return cls(model.to(device), tokenizer)
 
     def collate(self, requests: list[Request]) -> CaptionBatch:
@@ -111,8 +122,8 @@ class ShareCaptionerEngine:
     def run(self, batch: CaptionBatch, params: GenerationParams | None = None) -> list[Completion]:
         params = params or GenerationParams(**SHARECAPTIONER_DEFAULTS)
         model, rows = self.model, batch.pixel_values.shape[0]
-        on_gpu = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.float16) if on_gpu else contextlib.nullcontext()
+        half = self.dtype in (torch.float16, torch.bfloat16) and self.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=self.dtype) if half else contextlib.nullcontext()
         with autocast:
             user = model.encode_text(USER_PREFIX, add_special_tokens=True)  # [1, L1, D]
             images = model.encode_img(batch.pixel_values.to(self.device))  # [B, patches, D]

@@ -81,3 +81,14 @@ def test_summary_scales_each_series_against_its_fewest_gpus_and_projects(tmp_pat
     assert by_name["zero3-4-mb16.json"]["projected"]["useful_tokens_per_s_per_gpu"] == pytest.approx(660.0)
     assert "projected" not in by_name["zero2-1-mb8.json"]  # one run: nothing to extrapolate from
     assert "| 2 | 3 | 4 | 32 | 128 (8 x 4 x 4) | 900 |" in table
+    # a padded run of the same shape is its own series, and two runs at one GPU count project nothing odd
+    padded = tmp_path / "padded-4.json"
+    slower = {"packed": False, "useful_tokens_per_s_per_gpu": 1.0}
+    padded.write_text(json.dumps(json.loads(paths[1].read_text()) | slower))
+    again = tmp_path / "again-4.json"
+    again.write_text(paths[1].read_text())
+    rows, _ = train_multigpu_7b.summarize([*paths, padded, again], target_gpus=8)
+    assert {row["file"]: row["scaling_efficiency"] for row in rows}["padded-4.json"] == 1.0
+    (projected,) = [row["projected"] for row in rows if row["file"] in ("again-4.json", "zero3-4-mb8.json")
+                    and "projected" in row]  # fmt: skip
+    assert projected["useful_tokens_per_s_per_gpu"] == pytest.approx(810.0)

@@ -116,3 +116,29 @@ def test_concurrent_streams_share_one_batch_and_stream_what_they_stream_alone(ti
     assert alone[0].startswith(streamed[0]) and streamed[0]
     # one batch took as many model steps as the longest stream alone, not the sum of all eight
     assert batch_steps[1] <= max(alone_steps) < sum(alone_steps)
+
+
+def test_a_request_cancelled_while_waiting_is_dropped_and_the_rest_are_served(tiny_engine):
+    engine = tiny_engine
+    run, entered, release = engine._run, threading.Event(), threading.Event()
+
+    def held_run(batch, params, streams=()):
+        entered.set()
+        release.wait(timeout=30)
+        return run(batch, params, streams)
+
+    engine._run = held_run
+    try:
+        first = engine.submit(engine.encode(Chat.single("Hold on.", [])), GREEDY)
+        assert entered.wait(timeout=30)
+        dropped, kept = (engine.submit(engine.encode(Chat.single(q, [])), GREEDY) for q in ("Dropped?", "Kept?"))
+        assert dropped.cancel()  # e.g. the server's task for it was cancelled
+        release.set()
+        assert (
+            first.result(timeout=120).text
+            and kept.result(timeout=120).text == engine.complete([Chat.single("Kept?", [])], GREEDY)[0].text
+        )
+    finally:
+        del engine._run
+    later = engine.submit(engine.encode(Chat.single("Still there?", [])), GREEDY)
+    assert later.result(timeout=120).finish_reason in ("stop", "length")  # the batcher lives on

@@ -80,6 +80,12 @@ def test_remote_code_runs_only_when_asked(captioner, folder, tmp_path):
     named = subprocess.run([*base, "--model-name", str(captioner)], capture_output=True, text=True)
     assert named.returncode == 1 and "--trust-remote-code" in named.stderr and len(named.stderr.splitlines()) == 1
     assert not (tmp_path / "c.json.jsonl").exists() or not (tmp_path / "c.json.jsonl").read_text()
+    # the flag does not turn a share4v checkpoint (no model code of its own) into ShareCaptioner
+    share4v = subprocess.run([*base, "--trust-remote-code"], capture_output=True, text=True)
+    assert share4v.returncode == 1 and "ships no model code" in share4v.stderr and len(share4v.stderr.splitlines()) == 1
+    odd = subprocess.run([*base, "--model-path", str(captioner), "--trust-remote-code", "--load-4bit"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert odd.returncode == 1 and "--load-4bit" in odd.stderr and len(odd.stderr.splitlines()) == 1
     # with consent, and the original's decoding (3 beams, sampling at temperature 1.0) by default
     ran = subprocess.run([*base, "--model-name", str(captioner), "--trust-remote-code", "--max-new-tokens", "4",
                           "--num-workers", "0"], capture_output=True, text=True)  # fmt: skip
