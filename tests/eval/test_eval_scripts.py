@@ -14,8 +14,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -633,20 +631,12 @@ JUDGE_ENV = {"OPENAI_API_KEY": "test-key", "SHARE4V_JUDGE_MODEL": "judge-1"}
 @pytest.fixture
 def judge_server(monkeypatch):
     pytest.importorskip("httpx", reason="the GPT judge needs httpx")
-    from tests.eval.test_judge import ENV, FakeOpenAI, _Handler
+    from tests.eval.test_judge import ENV, fake_openai_server
 
     for name in ENV:  # the judge's settings come from each test; no proxy between the scripts and the fake
         monkeypatch.delenv(name, raising=False)
-    fake = FakeOpenAI()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.fake = fake
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    yield fake
-    httpd.shutdown()
-    httpd.server_close()
+    with fake_openai_server() as fake:
+        yield fake
 
 
 def llavabench_ours_score(answer: str) -> float:

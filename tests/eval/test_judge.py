@@ -2,6 +2,7 @@
 prompts as the originals lay them out, score parsing, the judgement cache, retries, one-line failures, and the
 summaries computed by hand."""
 
+import contextlib
 import json
 import threading
 import time
@@ -70,20 +71,28 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(monkeypatch):
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
+@contextlib.contextmanager
+def fake_openai_server():
+    """A `FakeOpenAI` answering on 127.0.0.1 (its `url` ends in /v1) while the block runs."""
     fake = FakeOpenAI()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     httpd.fake = fake
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    yield fake
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield fake
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    with fake_openai_server() as fake:
+        yield fake
 
 
 def error(status: int, message: str, headers=None) -> tuple:
