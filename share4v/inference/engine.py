@@ -186,6 +186,7 @@ class Share4VEngine:
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
         self._decoder: _DecodeThread | None = None
         self._batcher: _Batcher | None = None
+        self._starting = threading.Lock()  # the decoding and batching threads start once, whoever calls first
 
     @classmethod
     def from_pretrained(
@@ -379,7 +380,9 @@ class Share4VEngine:
                 return self.model.generate(**kwargs, streamer=streamer)
 
         if self._decoder is None:
-            self._decoder = _DecodeThread()
+            with self._starting:
+                if self._decoder is None:
+                    self._decoder = _DecodeThread()
         return self._decoder.submit(job)
 
     def _max_new_tokens(self, batch: PreparedBatch, params: GenerationParams) -> int:
@@ -446,7 +449,9 @@ class Share4VEngine:
         request that failed to encode completes at once with its error. With `stream`, its new tokens also go
         to that row's queue as they are decoded (what `stream` reads)."""
         if self._batcher is None:
-            self._batcher = _Batcher(self)
+            with self._starting:
+                if self._batcher is None:
+                    self._batcher = _Batcher(self)
         return self._batcher.submit(request, params or GenerationParams(), stream)
 
     def complete(self, chats: Sequence[Chat], params: GenerationParams | None = None) -> list[Completion]:
@@ -524,7 +529,14 @@ class _Batcher:
         self.engine = weakref.ref(engine)
         self.pending: list[tuple[Request, GenerationParams, Future, _StreamRow | None]] = []
         self.ready = threading.Condition()
+        self.stopped = False
+        weakref.finalize(engine, self.stop)  # the thread ends with its engine
         threading.Thread(target=self._serve, name="share4v-batcher", daemon=True).start()
+
+    def stop(self) -> None:
+        with self.ready:
+            self.stopped = True
+            self.ready.notify()
 
     def submit(self, request: Request, params: GenerationParams, stream: _StreamRow | None = None) -> Future:
         future: Future = Future()
@@ -543,8 +555,10 @@ class _Batcher:
         caller cancelled its future while it waited is dropped)."""
         while True:
             with self.ready:
-                while not self.pending:
+                while not self.pending and not self.stopped:
                     self.ready.wait()
+                if not self.pending:
+                    return []  # stopped, nothing left to run
                 params = self.pending[0][1]
                 batch = [item for item in self.pending if item[1] == params][:MAX_BATCH_SIZE]
                 self.pending = [item for item in self.pending if all(item is not taken for taken in batch)]
@@ -558,8 +572,7 @@ class _Batcher:
                 return running
 
     def _serve(self) -> None:
-        while True:
-            batch = self._next_batch()
+        while batch := self._next_batch():
             outcomes: list[Any]
             engine = self.engine()
             try:

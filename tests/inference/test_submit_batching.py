@@ -142,3 +142,35 @@ def test_a_request_cancelled_while_waiting_is_dropped_and_the_rest_are_served(ti
         del engine._run
     later = engine.submit(engine.encode(Chat.single("Still there?", [])), GREEDY)
     assert later.result(timeout=120).finish_reason in ("stop", "length")  # the batcher lives on
+
+
+def test_threads_start_once_under_a_burst_and_the_batcher_ends_with_its_engine(tiny):
+    import gc
+
+    def batchers():
+        return [thread for thread in threading.enumerate() if thread.name == "share4v-batcher"]
+
+    before = len(batchers())
+    held = {"engine": Share4VEngine(*tiny)}  # the only strong reference, dropped below
+    start = threading.Barrier(8)
+    requests = [held["engine"].encode(Chat.single(f"Hello {index}?", [])) for index in range(8)]
+    futures = [None] * 8
+
+    def first_call(index):  # eight callers meet a fresh engine at once
+        start.wait(timeout=30)
+        futures[index] = held["engine"].submit(requests[index], GREEDY)
+
+    callers = [threading.Thread(target=first_call, args=(index,)) for index in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=30)
+    assert all(future.result(timeout=120).text is not None for future in futures)
+    assert len(batchers()) == before + 1  # one batching thread for the engine, however many first callers
+    held.clear()
+    gc.collect()
+    for _ in range(500):
+        if len(batchers()) == before:
+            break
+        threading.Event().wait(0.01)
+    assert len(batchers()) == before  # the engine is gone, and so is its thread
