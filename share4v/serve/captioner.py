@@ -180,7 +180,10 @@ def captioning_engine(args) -> Any:
             if getattr(args, flag, None):
                 raise ValueError(f"--{flag.replace('_', '-')} is for share4v models, not with --trust-remote-code")
         path = args.model_path if given_path or not args.model_name else args.model_name
-        return ShareCaptionerEngine.from_pretrained(path, getattr(args, "device", None), getattr(args, "dtype", None))
+        return ShareCaptionerEngine.from_pretrained(
+            path, trust_remote_code=args.trust_remote_code, device=getattr(args, "device", None),
+            dtype=getattr(args, "dtype", None),
+        )  # fmt: skip
     if ships_model_code(args.model_path):
         raise ValueError(f"{args.model_path} ships its own model code (ShareCaptioner?): it needs --trust-remote-code")
     if not given_path and args.model_name:

@@ -87,14 +87,20 @@ class ShareCaptionerEngine:
         self.device, self.dtype = first.device, first.dtype
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str | None = None, dtype: str | None = None) -> ShareCaptionerEngine:
-        """Load `path` with its own model code (the caller has the user's consent to run it). On CUDA the weights
-        are float16, as the original's `.half()`; on the CPU float32.
+    def from_pretrained(
+        cls, path: str, *, trust_remote_code: bool, device: str | None = None, dtype: str | None = None
+    ) -> ShareCaptionerEngine:
+        """Load `path` with its own model code, which runs only when `trust_remote_code` carries the user's explicit
+        consent (the command line's `--trust-remote-code`). On CUDA the weights are float16, as the original's
+        `.half()`; on the CPU float32.
 
         Raises:
-            ValueError: for a local folder without model code of its own, or a model without ShareCaptioner's
-                interface (`vis_processor`, `encode_img`, `encode_text`, `internlm_model`, `decode_text`, `eoh`).
+            ValueError: without that consent, for a local folder without model code of its own, or for a model
+                without ShareCaptioner's interface (`vis_processor`, `encode_img`, `encode_text`, `internlm_model`,
+                `decode_text`, `eoh`).
         """
+        if not trust_remote_code:
+            raise ValueError(f"{path}: ShareCaptioner's model code runs only with --trust-remote-code")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from share4v.utils import resolve_device, resolve_dtype
@@ -103,8 +109,8 @@ class ShareCaptionerEngine:
             raise ValueError(f"{path} ships no model code of its own: --trust-remote-code is for ShareCaptioner")
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=torch_dtype)
         missing = [name for name in SHARECAPTIONER_INTERFACE if not hasattr(model, name)]
         if missing:
             raise ValueError(f"{path} is not a ShareCaptioner model: it has no {', '.join(missing)}")

@@ -101,3 +101,12 @@ def test_the_command_line_defaults_to_the_original_decoding_only_for_sharecaptio
     assert (ours.temperature, ours.num_beams) == (0.0, 1)
     shown = subprocess.run([*SCRIPT, "--help"], capture_output=True, text=True)
     assert "--trust-remote-code" in shown.stdout and "repetition penalty 1.5" in shown.stdout
+
+
+def test_the_engine_runs_remote_code_only_with_the_users_consent(captioner):
+    from share4v.serve.sharecaptioner import ShareCaptionerEngine
+
+    with pytest.raises(ValueError, match="only with --trust-remote-code"):
+        ShareCaptionerEngine.from_pretrained(str(captioner), trust_remote_code=False, device="cpu")
+    with pytest.raises(TypeError):  # consent is never implied by a default
+        ShareCaptionerEngine.from_pretrained(str(captioner), device="cpu")
