@@ -23,6 +23,8 @@
 #   run_chunks DIR MODULE ARGS...      `python -m MODULE ARGS` once per GPU with --num-chunks/--chunk-idx, answers in
 #                                      DIR/<chunks>_<idx>.jsonl (a rerun resumes them); fails if any chunk fails
 #   merge_chunks DIR [DEST]            the chunk files, in chunk order, into DEST (default DIR/merge.jsonl)
+#   run_mmbench LANG SPLIT             MMBench (en) or MMBench-CN (cn) from $EVAL_ROOT/mmbench/SPLIT.tsv: answers,
+#                                      the xlsx upload and the local circular score
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.." || exit 2  # the repository root
 REPO_ROOT=$PWD
@@ -136,4 +138,18 @@ merge_chunks() {
     if (( ${#errors[@]} > 0 )); then
         echo "note: some questions could not be answered (bad line or missing image): see ${errors[*]}" >&2
     fi
+}
+
+run_mmbench() {
+    local lang=$1 split=$2 data=$EVAL_ROOT/mmbench
+    need "$data/$split.tsv" "download $split.tsv from OpenMMLab's MMBench downloads there"
+    local answers=$data/answers/$split/$CKPT
+    run_chunks "$answers" share4v.eval.model_vqa_mmbench --model-path "$MODEL_PATH" --question-file "$data/$split.tsv" \
+        --lang "$lang" --single-pred-prompt --temperature 0 --conv-mode "$CONV_MODE" --batch-size "$BATCH_SIZE"
+    merge_chunks "$answers"
+    "$PYTHON" scripts/convert_mmbench_for_submission.py --annotation-file "$data/$split.tsv" --result-dir "$answers" \
+        --upload-dir "$data/answers_upload/$split/$CKPT" --experiment merge
+    "$PYTHON" -m share4v.eval.eval_mmbench --annotation-file "$data/$split.tsv" --result-file "$answers/merge.jsonl" \
+        --lang "$lang" --scores-file "$SCORES_FILE"
+    echo "for the official number, submit $data/answers_upload/$split/$CKPT/merge.xlsx to the OpenCompass server" >&2
 }

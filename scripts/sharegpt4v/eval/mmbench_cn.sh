@@ -12,17 +12,4 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 eval_init mmbench_cn "$@"
 
-DATA=$EVAL_ROOT/mmbench
-SPLIT=mmbench_dev_cn_20231003
-need "$DATA/$SPLIT.tsv" "download $SPLIT.tsv from OpenMMLab's MMBench downloads there"
-
-ANSWERS=$DATA/answers/$SPLIT/$CKPT
-run_chunks "$ANSWERS" share4v.eval.model_vqa_mmbench --model-path "$MODEL_PATH" --question-file "$DATA/$SPLIT.tsv" \
-    --lang cn --single-pred-prompt --temperature 0 --conv-mode "$CONV_MODE" --batch-size "$BATCH_SIZE"
-merge_chunks "$ANSWERS"
-
-"$PYTHON" scripts/convert_mmbench_for_submission.py --annotation-file "$DATA/$SPLIT.tsv" --result-dir "$ANSWERS" \
-    --upload-dir "$DATA/answers_upload/$SPLIT/$CKPT" --experiment merge
-"$PYTHON" -m share4v.eval.eval_mmbench --annotation-file "$DATA/$SPLIT.tsv" --result-file "$ANSWERS/merge.jsonl" \
-    --lang cn --scores-file "$SCORES_FILE"
-echo "for the official number, submit $DATA/answers_upload/$SPLIT/$CKPT/merge.xlsx to the OpenCompass server" >&2
+run_mmbench cn mmbench_dev_cn_20231003
