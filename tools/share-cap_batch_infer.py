@@ -53,12 +53,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv) -> argparse.Namespace:
+    """The flags, with the original's decoding as defaults when ShareCaptioner runs (--trust-remote-code)."""
     p = parser()
     if p.parse_known_args(argv)[0].trust_remote_code:
-        p.set_defaults(**SHARECAPTIONER_DEFAULTS)  # the original's decoding, unless the flags say otherwise
-    args = p.parse_args(argv)
+        p.set_defaults(**SHARECAPTIONER_DEFAULTS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.merge:
             print(f"wrote {merge(args.save_path, args.num_chunks)}")

@@ -96,9 +96,13 @@ def test_remote_code_runs_only_when_asked(captioner, folder, tmp_path):
 def test_the_command_line_defaults_to_the_original_decoding_only_for_sharecaptioner():
     import runpy
 
-    tool = runpy.run_path(str(ROOT / "tools" / "share-cap_batch_infer.py"))
-    ours = tool["parser"]().parse_args([])
-    assert (ours.temperature, ours.num_beams) == (0.0, 1)
+    parse_args = runpy.run_path(str(ROOT / "tools" / "share-cap_batch_infer.py"))["parse_args"]
+    ours = parse_args([])
+    assert (ours.temperature, ours.num_beams, ours.max_new_tokens) == (0.0, 1, 500)
+    original = parse_args(["--trust-remote-code"])
+    assert (original.temperature, original.num_beams, original.max_new_tokens) == (1.0, 3, 500)
+    overridden = parse_args(["--num_beams", "1", "--trust-remote-code", "--temperature", "0"])
+    assert (overridden.temperature, overridden.num_beams) == (0.0, 1)
     shown = subprocess.run([*SCRIPT, "--help"], capture_output=True, text=True)
     assert "--trust-remote-code" in shown.stdout and "repetition penalty 1.5" in shown.stdout
 
