@@ -9,6 +9,8 @@
 # Environment: WORLD (where the random 7B world lives, made once), MICRO_BATCH (per GPU; default the recipe's 8 / 16),
 # STEPS, WARMUP (optimizer steps), RUN_TIMEOUT (seconds per run), PADDED=1 (transformers' padded step instead of
 # share4v's packed one), RUN_ARGS (more flags for every run), SMOKE=0 (skip the tiny-world check).
+# RUN_ARGS="--checkpoint-layers 16" checkpoints only the first 16 decoder layers (the rest keep their activations);
+# the result files' names do not say so (their JSON does), so give each such setting its own OUT_DIR.
 # DeepSpeed must be importable (on the lent GPU machine: carried wheels, see docs/Training.md).
 set -uo pipefail
 OUT_DIR=$(realpath -m "${1:?usage: run_train_multigpu_7b.sh OUT_DIR [RUNS]}")  # before the cd below

@@ -1,11 +1,11 @@
 """benchmarks/train_multigpu_7b.py
 
 ShareGPT4V-7B's training steps, random weights, through share4v's own trainer (`share4v.train.train.build_trainer`,
-the entry the launch scripts call) under DeepSpeed ZeRO-3 or ZeRO-2 with bf16 and gradient checkpointing, on
-LLaVA-like length distributions, with the recipe's global batch kept by gradient accumulation. Measures useful
-(non-padding) tokens per second per GPU — text tokens plus 576 positions per image —, MFU, optimizer-step time and
-peak GPU memory; `summarize` turns the result files of several GPU counts into scaling efficiency and projected
-epoch times.
+the entry the launch scripts call) under DeepSpeed ZeRO-3 or ZeRO-2 with bf16 and gradient checkpointing (in every
+decoder layer, or in the first N with `--checkpoint-layers N`), on LLaVA-like length distributions, with the
+recipe's global batch kept by gradient accumulation. Measures useful (non-padding) tokens per second per GPU — text
+tokens plus 576 positions per image —, MFU, optimizer-step time and peak GPU memory; `summarize` turns the result
+files of several GPU counts into scaling efficiency and projected epoch times.
 
     python benchmarks/train_multigpu_7b.py make-world /tmp/world                    # checkpoint + data, once
     NCCL_NVLS_ENABLE=0 torchrun --nproc_per_node 4 benchmarks/train_multigpu_7b.py run /tmp/world \\
@@ -208,11 +208,15 @@ def run(
     checkpointing: bool,
     cpu: bool,
     padded: bool = False,
+    checkpoint_layers: int | None = None,
+    compile_layers: bool = False,
 ) -> None:
     import torch.distributed as dist
 
     from share4v.train.train import build_trainer
 
+    if checkpoint_layers is not None and not checkpointing:
+        raise SystemExit("--checkpoint-layers chooses among the checkpointed layers: drop --no-checkpointing")
     recipe = STAGES[stage]
     micro_batch = micro_batch or recipe["micro_batch"]
     global_batch = global_batch or recipe["global_batch"]
@@ -236,6 +240,10 @@ def run(
     ]  # fmt: skip
     if recipe["vit_from_half"]:
         argv += ["--tune_vit_from_layer", str(_tower_layers(root) // 2)]
+    if checkpoint_layers is not None:
+        argv += ["--gradient_checkpointing_layers", str(checkpoint_layers)]
+    if compile_layers:
+        argv += ["--compile_decoder_layers", "True"]
     trainer = build_trainer(attn_implementation="sdpa", argv=argv, callbacks=[meter.callback])
     lengths = trainer.train_dataset.lengths
     trainer.train()
@@ -259,7 +267,8 @@ def run(
         "transformers": __import__("transformers").__version__, "deepspeed": __import__("deepspeed").__version__,
         "stage": stage, "zero_stage": zero, "llm_layers": meter.config.num_hidden_layers,
         "llm_parameters": llm_parameters(meter.config), "micro_batch": micro_batch, "global_batch": global_batch,
-        "gradient_accumulation": accumulation, "gradient_checkpointing": checkpointing, "packed": not padded,
+        "gradient_accumulation": accumulation, "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing_layers": checkpoint_layers, "compiled_layers": compile_layers, "packed": not padded,
         "dtype": "fp32" if cpu else "bf16", "attention": "sdpa", "timed_steps": steps, "warmup_steps": warmup,
         "seconds_per_step": meter.elapsed / steps, "samples_per_s": round(samples / meter.elapsed, 2),
         "useful_tokens_per_s_per_gpu": round(per_gpu, 1),
@@ -283,8 +292,9 @@ def run(
 
 def _series(result: dict) -> tuple:
     """Runs that scale together: the same training stage, ZeRO stage, LLM depth, micro-batch, global batch, step
-    (packed or padded) and checkpointing."""
-    keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing")
+    (packed or padded), checkpointing (and in how many layers: absent means all) and compiled layers."""
+    keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing",
+            "gradient_checkpointing_layers", "compiled_layers")  # fmt: skip
     return tuple(result.get(key) for key in keys)
 
 
@@ -356,6 +366,10 @@ def main() -> None:
     bench.add_argument("--warmup", type=int, default=1, help="optimizer steps before timing")
     bench.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
     bench.add_argument("--no-checkpointing", action="store_true")
+    bench.add_argument(
+        "--checkpoint-layers", type=int, metavar="N", help="checkpoint only the first N decoder layers (default: all)"
+    )
+    bench.add_argument("--compile-layers", action="store_true", help="the trainer's --compile_decoder_layers")
     bench.add_argument("--cpu", action="store_true", help="fp32 on the CPU (a smoke test of the script)")
     bench.add_argument("--padded", action="store_true", help="transformers' padded step (no packing, full logits)")
     report = sub.add_parser("summarize", help="scaling efficiency and projected epoch times of several runs")
@@ -375,7 +389,7 @@ def main() -> None:
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         run(
             args.root, args.out, args.stage, args.zero, args.micro_batch, args.global_batch, args.warmup,
-            args.steps, not args.no_checkpointing, args.cpu, args.padded,
+            args.steps, not args.no_checkpointing, args.cpu, args.padded, args.checkpoint_layers, args.compile_layers,
         )  # fmt: skip
 
 

@@ -119,6 +119,14 @@ class TrainingArguments(transformers.TrainingArguments):
             "layers); fuses the element-wise work of the step, about 1.4x faster on an H100-class GPU"
         },
     )
+    gradient_checkpointing_layers: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "with --gradient_checkpointing: how many of the LLM's decoder layers (the first ones) recompute "
+            "their activations in the backward pass (default: all); the others keep theirs: less recomputation for "
+            "more memory"
+        },
+    )
     peak_tflops: Optional[float] = field(
         default=None,
         metadata={"help": "the accelerator's bf16 matmul peak, for the logged MFU (default: measured on CUDA)"},

@@ -214,11 +214,59 @@ def apply_lora(model: Share4VLlamaForCausalLM, training_args: Any) -> torch.nn.M
     return get_peft_model(model, lora_config)
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The share4v model itself, also when peft wraps it (LoRA)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def checkpointed_layers(model: torch.nn.Module, training_args: Any) -> int | None:
+    """How many of the LLM's decoder layers, counted from the first, recompute their activations in the backward
+    pass: all with --gradient_checkpointing alone, --gradient_checkpointing_layers when given; None without
+    --gradient_checkpointing (there --gradient_checkpointing_layers has no effect, and the run says so)."""
+    total = len(_unwrapped(model).get_model().layers)
+    wanted = getattr(training_args, "gradient_checkpointing_layers", None)
+    if not getattr(training_args, "gradient_checkpointing", False):  # a bare namespace (benchmarks): off
+        if wanted is not None:
+            logger.warning("--gradient_checkpointing_layers %d has no effect without --gradient_checkpointing", wanted)
+        return None
+    if wanted is None:
+        return total
+    if not 0 <= wanted <= total:
+        raise ValueError(
+            f"--gradient_checkpointing_layers {wanted}: the LLM has {total} decoder layers (give 0 to {total})"
+        )
+    return wanted
+
+
+def keep_activations_after(model: torch.nn.Module, checkpointed: int) -> None:
+    """Let the LLM's decoder layers from index `checkpointed` on run plainly, keeping their activations for the
+    backward pass. Call it after transformers has turned checkpointing on (`gradient_checkpointing_enable` sets
+    `gradient_checkpointing` on every `GradientCheckpointingLayer`, and each layer reads that flag at every call).
+
+    The last layers keep theirs because backward reaches them first: their activations are freed before the first
+    recomputation, so a recomputed layer never sits in memory beside all the kept ones (keeping the first layers
+    instead would hold the same activations through every recomputation).
+    """
+    for layer in _unwrapped(model).get_model().layers[checkpointed:]:
+        layer.gradient_checkpointing = False
+
+
+def _checkpointing_note(checkpointed: int | None, total: int) -> str:
+    if checkpointed is None:
+        return ""
+    if checkpointed == total:
+        return f", activation checkpointing in all {total} decoder layers"
+    which = f"layers 0-{checkpointed - 1}" if checkpointed else "no layer"
+    return f", activation checkpointing in decoder {which} of {total} (the others keep their activations)"
+
+
 def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
     """The exact speed-ups of the training step: the loss without full-vocabulary logits and, for packed
     micro-batches on SDPA, the attention that runs each packed sample on its own (flash-attention runs them so
-    already; other implementations stay correct through transformers' packed-sequence masks, only slower)."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    already; other implementations stay correct through transformers' packed-sequence masks, only slower).
+    Checks --gradient_checkpointing_layers, which `Share4VTrainer` applies once training starts."""
+    model = _unwrapped(model)
+    checkpointed = checkpointed_layers(model, training_args)
     model.fused_cross_entropy = training_args.fused_cross_entropy
     if training_args.pack_sequences and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(PACKED_ATTENTION)
@@ -240,9 +288,10 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
         for layer in model.get_model().layers:
             layer.compile()
     logger.info(
-        "training step: %s micro-batches, loss %s full-vocabulary logits, attention %s%s",
+        "training step: %s micro-batches, loss %s full-vocabulary logits, attention %s%s%s",
         "packed" if training_args.pack_sequences else "padded",
         "without" if training_args.fused_cross_entropy else "with target-position",
         model.config._attn_implementation,
         ", compiled decoder layers" if training_args.compile_decoder_layers else "",
+        _checkpointing_note(checkpointed, len(model.get_model().layers)),
     )

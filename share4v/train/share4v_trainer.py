@@ -2,8 +2,9 @@
 
 `Share4VTrainer`: transformers' Trainer with what ShareGPT4V's recipe needs on top — the modality/length-grouped
 sampler, optimizer groups with their own learning rates for projector and ViT, checkpoints (periodic and final)
-in the released layouts, restored completely on resume, packed micro-batches (`--pack_sequences`), and useful
-tokens/s and MFU in every log line.
+in the released layouts, restored completely on resume, packed micro-batches (`--pack_sequences`), activation
+checkpointing in only the first decoder layers (`--gradient_checkpointing_layers`), and useful tokens/s and MFU in
+every log line.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
+from share4v.train.model_setup import checkpointed_layers, keep_activations_after
 from share4v.train.optim import param_groups
 from share4v.train.sampler import ModalityLengthGroupedSampler
 from share4v.train.saving import is_peft_model, load_training_checkpoint, save_training_checkpoint, vit_was_trained
@@ -21,8 +23,23 @@ from share4v.train.throughput import ThroughputMeter, measure_matmul_peak, sampl
 TRAINING_ARGS_NAME = "training_args.bin"
 
 
+class SelectiveCheckpointing(TrainerCallback):
+    """Applies --gradient_checkpointing_layers when training starts. It cannot be applied earlier: `Trainer.train`
+    turns checkpointing on in every layer (`model.gradient_checkpointing_enable`, transformers 5.17;
+    `activation_checkpointing_enable`, 5.24) before it enters `_inner_training_loop`, which fires `on_train_begin`;
+    the layers read their flag at every call, so what is set here holds for every step, under DeepSpeed too."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if args.gradient_checkpointing:
+            keep_activations_after(model, checkpointed_layers(model, args))
+
+
 class Share4VTrainer(Trainer):
     _throughput: ThroughputMeter | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_callback(SelectiveCheckpointing)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
