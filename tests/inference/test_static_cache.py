@@ -1,7 +1,8 @@
 """The engine's fast decoding (a static KV cache and a compiled decode step) answers exactly like the dynamic-cache
 path on the tiny fp32 model: batches mixing text-only, one-image and two-image chats, rows ending at different steps,
-batch equal to single, streaming, the cache reused across calls. Compiled with inductor on the CPU, as
-`compile_decode=True` asks."""
+batch equal to single, streaming, the cache reused across calls — both on the fast greedy loop (`fast_greedy`, where
+the stop is the end-of-sequence token) and through `generate` with the compiled step (a stop string in text).
+Compiled with inductor on the CPU, as `compile_decode=True` asks."""
 
 import copy
 import threading
@@ -19,6 +20,7 @@ from share4v.inference.engine import (
     Share4VEngine,
     _cuda_graph_thread_state,
 )
+from share4v.inference.fast_greedy import GreedyStep
 from share4v.mm_utils import KeywordsStoppingCriteria
 from tests.helpers import random_image
 
@@ -50,16 +52,28 @@ def eos_tokenizer(tiny):
     return copied
 
 
+def stop_on_eos(engine: Share4VEngine) -> Share4VEngine:
+    """`engine` stopping on its tokenizer's end-of-sequence id alone, as with the released templates, whose stop
+    string is that token (the tiny model never writes `</s>`; `eos_tokenizer` names a token it does write)."""
+    engine._stopping_criteria = lambda stop_str: []
+    return engine
+
+
 @pytest.fixture(scope="module")
 def engines(tiny, eos_tokenizer):
     _, model, processor, context_len = tiny
-    fast = Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=True)
-    eager = Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=False)
+    fast = stop_on_eos(Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=True))
+    eager = stop_on_eos(Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=False))
     return fast, eager
 
 
-def test_compiled_static_cache_gives_the_dynamic_cache_answers(engines):
+@pytest.mark.parametrize("path", ["fast greedy loop", "generate, text stop"])
+def test_compiled_static_cache_gives_the_dynamic_cache_answers(engines, tiny, eos_tokenizer, path):
     fast, eager = engines
+    if path == "generate, text stop":  # the template's `</s>` is matched in text: generate's loop
+        _, model, processor, context_len = tiny
+        fast = Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=True)
+        eager = Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=False)
     breaks_before = sum(torch._dynamo.utils.counters["graph_break"].values())
     expected = eager.complete(chats(), GREEDY)
     assert len({len(c.token_ids) for c in expected}) >= 2  # rows end at different steps
@@ -69,7 +83,10 @@ def test_compiled_static_cache_gives_the_dynamic_cache_answers(engines):
         (c.text, c.token_ids, c.finish_reason) for c in expected
     ]
     assert fast._cache_shape == (4, CACHE_BUCKET)  # the prompts + 12 tokens fit the first bucket
-    assert hasattr(fast.model, "_compiled_call")  # generate() compiled the decode step
+    if path == "fast greedy loop":
+        assert fast._greedy_step is not None
+    else:
+        assert fast._greedy_step is None and hasattr(fast.model, "_compiled_call")  # generate() compiled the step
     assert sum(torch._dynamo.utils.counters["graph_break"].values()) == breaks_before  # one graph, no breaks
     cache = fast._cache
     again = fast.complete(chats(), GREEDY)  # the same cache, reset: same answers
@@ -84,9 +101,12 @@ def test_compiled_batch_equals_single_and_streams_join(engines, tiny):
     assert fast.generate(chats()[:3], GREEDY) == together[:3]  # a third batch size: the graph with a dynamic batch
     streaming = Share4VEngine(*tiny, compile_decode=True)  # the real </s>: a stream leaves out the end token
     chat = chats()[0]
+    streamed = "".join(streaming.stream(chat, GREEDY))
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    assert "".join(streaming.stream(chat, GREEDY)) == streaming.generate([chat], GREEDY)[0]
+    plain = Share4VEngine(*tiny, compile_decode=False)
+    assert streamed == streaming.generate([chat], GREEDY)[0] == plain.generate([chat], GREEDY)[0]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the batch-1 graph serves streams too
+    assert streaming._greedy_step is GreedyStep.for_model(streaming.model, streaming._compile_config())
 
 
 def test_cache_length_is_bucketed_and_reused(tiny):

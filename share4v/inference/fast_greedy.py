@@ -1,0 +1,166 @@
+"""inference/fast_greedy.py
+
+Greedy decoding for the engine's batches that stop on the end-of-sequence token alone: the prompt runs once
+(images spliced in) into the engine's static KV cache, then one compiled graph per step runs the model on the last
+tokens and takes the arg-max (CUDA graphs under inductor's "reduce-overhead"), and the host looks `LOOKBEHIND`
+steps back to learn whether every row has ended, so it never waits for the step it has just queued.
+
+Why not transformers' `generate` with the same compiled step (which the engine uses for everything else): its
+per-step host work (input preparation, logits processors, stopping criteria) and its wait on the device at every
+step, to know whether to go on, leave the GPU idle between steps. Measured at 7B shape on an H200: 197 decode tok/s at
+batch 1 against 134 for `generate` with the same compiled step (benchmarks/results/, docs/Performance.md).
+
+The answers are `generate`'s: the same prompt pass (positions from the attention mask, the same cache, the last
+position's logits), the same step, arg-max; a row that has ended writes the padding id and the batch stops where all
+have ended, as in `generate` (the few steps queued past that point are dropped).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from transformers import CompileConfig, StaticCache
+
+LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
+
+
+class GreedyStep:
+    """The compiled one-token step of one model: last tokens → next tokens (arg-max of the last logits). Get it
+    with `for_model`, so that every engine over a model shares its compiled graphs."""
+
+    _made: ClassVar[weakref.WeakKeyDictionary] = weakref.WeakKeyDictionary()  # model → {compile options: GreedyStep}
+
+    def __init__(self, model: torch.nn.Module, options: dict):
+        self.model = model
+        self.compiled = torch.compile(self._step, **options)
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, config: CompileConfig) -> GreedyStep:
+        options = {key: getattr(config, key) for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
+        steps = cls._made.setdefault(model, {})
+        key = repr(sorted(options.items()))
+        if key not in steps:
+            steps[key] = cls(model, options)
+        return steps[key]
+
+    def _step(self, tokens, position_ids, cache_position, attention_mask, cache):
+        logits = self.model(
+            input_ids=tokens,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache_position=cache_position,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    def __call__(self, tokens, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are read (cloned) already
+        return self.compiled(tokens, position_ids, cache_position, attention_mask, cache).clone()
+
+
+def greedy_decode(
+    model: torch.nn.Module,
+    step: GreedyStep,
+    cache: StaticCache,
+    cache_len: int,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    on_tokens: Callable[[list[int]], list[int]] | None = None,
+    lookbehind: int | None = None,
+) -> torch.Tensor:
+    """New tokens `[B, steps]` for left-padded prompt embeddings `[B, P, D]` with their mask `[B, P]`, as
+    `generate` writes them: a row that has ended (its end-of-sequence token, or stopped) gets padding ids, and
+    decoding stops once every row has ended (`steps`) or at `max_new_tokens`. `cache` holds `cache_len` >=
+    P + `max_new_tokens` positions and is reset here.
+
+    `on_tokens`, when given, receives each step's new tokens (one per row, `LOOKBEHIND` steps late on a GPU) and
+    returns the rows to stop there (e.g. streams whose reader left). `lookbehind`: how many steps the host runs
+    ahead (default `LOOKBEHIND` on a GPU, 0 on the CPU, where every read waits anyway)."""
+    rows, prompt = attention_mask.shape
+    if prompt + max_new_tokens > cache_len:
+        raise ValueError(f"a cache of {cache_len} positions cannot hold {prompt} + {max_new_tokens} new tokens")
+    device = inputs_embeds.device
+    cache.reset()
+    mask = torch.ones((rows, cache_len), dtype=attention_mask.dtype, device=device)
+    mask[:, :prompt] = attention_mask  # later positions: causality hides those not written yet
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache_position=torch.arange(prompt, device=device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    ended = torch.zeros(rows, dtype=torch.bool, device=device)
+    position, cache_position = positions[:, -1:] + 1, torch.tensor([prompt], device=device)
+    pending: deque[_Written] = deque()
+    if lookbehind is None:
+        lookbehind = LOOKBEHIND if device.type == "cuda" else 0
+    for index in range(max_new_tokens):
+        if index > 0:
+            token = step(token, position, cache_position, mask, cache)
+            position += 1
+            cache_position += 1
+        token = token.masked_fill(ended[:, None], pad_token_id)  # as generate: ended rows write padding
+        tokens[:, index : index + 1] = token
+        if eos_token_id is not None:
+            ended |= token[:, 0] == eos_token_id
+        pending.append(_Written.queue(index, token, ended))
+        while len(pending) > lookbehind or (index == max_new_tokens - 1 and pending):
+            written = pending.popleft()
+            stop = on_tokens(written.tokens()) if on_tokens is not None else []
+            if stop:
+                ended[stop] = True
+            if written.all_ended():
+                return tokens[:, : written.index + 1]  # where generate stops; later steps were only queued
+    return tokens
+
+
+@dataclass
+class _Written:
+    """One step's new tokens and whether every row had ended by then, on their way to the host (on a GPU: copied
+    without waiting, with an event to wait on when they are read)."""
+
+    index: int
+    token: torch.Tensor  # [B, 1]
+    ended: torch.Tensor  # [] bool
+    event: torch.cuda.Event | None
+
+    @classmethod
+    def queue(cls, index: int, token: torch.Tensor, ended: torch.Tensor) -> _Written:
+        if token.device.type != "cuda":
+            return cls(index, token, ended.all(), None)
+        host_token = torch.empty(token.shape, dtype=token.dtype, pin_memory=True)
+        host_token.copy_(token, non_blocking=True)
+        host_ended = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host_ended.copy_(ended.all(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(index, host_token, host_ended, event)
+
+    def _wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()  # only this older step: the steps queued after it keep the GPU busy
+            self.event = None
+
+    def tokens(self) -> list[int]:
+        self._wait()
+        return self.token[:, 0].tolist()
+
+    def all_ended(self) -> bool:
+        self._wait()
+        return bool(self.ended)

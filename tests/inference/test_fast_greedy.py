@@ -1,0 +1,84 @@
+"""`fast_greedy.greedy_decode` writes what transformers' `generate` writes for greedy decoding (tiny fp32 model,
+left-padded batches with images, rows ending at different steps), whatever the host's look-behind, and stops the
+rows its caller asks it to stop."""
+
+import pytest
+import torch
+from transformers import CompileConfig, StaticCache
+
+from share4v.inference.engine import Chat, Share4VEngine
+from share4v.inference.fast_greedy import GreedyStep, greedy_decode
+from tests.helpers import random_image
+
+NEW_TOKENS = 10
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny):
+    """Prompt embeddings and mask of a left-padded batch (two images, one text-only row), and the engine's model."""
+    engine = Share4VEngine(*tiny, compile_decode=False)
+    chats = [
+        Chat.single("What is shown?", [random_image(1)]),
+        Chat.single("Tell me a long story about the sea, please."),
+        Chat.single("Describe it.", [random_image(3, (30, 90))]),
+    ]
+    with torch.inference_mode():
+        embeds, mask = engine._prompt_embeddings(engine.prepare(chats))
+    return engine.model, embeds, mask
+
+
+def reference(model, embeds, mask, eos: int | None) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                              eos_token_id=eos, pad_token_id=PAD)  # fmt: skip
+
+
+def fast(model, embeds, mask, eos: int | None, **kwargs) -> torch.Tensor:
+    step = GreedyStep.for_model(model, CompileConfig(backend="eager"))
+    cache_len = mask.shape[1] + NEW_TOKENS + 3
+    with torch.inference_mode():
+        cache = StaticCache(config=model.config, max_cache_len=cache_len)
+        return greedy_decode(model, step, cache, cache_len, embeds, mask, NEW_TOKENS, eos, PAD, **kwargs)
+
+
+def ending_token(model, embeds, mask) -> tuple[int, list[int]]:
+    """A token that two or more rows write, first at different steps, and those rows: rows end at different steps."""
+    rows = reference(model, embeds, mask, eos=None).tolist()
+    candidates = []
+    for token in {t for row in rows for t in row} - {PAD}:
+        writers = [i for i, row in enumerate(rows) if token in row]
+        if len({rows[i].index(token) for i in writers}) > 1:
+            candidates.append((len(writers), token, writers))
+    assert candidates, "no token that two rows write first at different steps"
+    _, token, writers = max(candidates)
+    return token, writers
+
+
+@pytest.mark.parametrize("lookbehind", [0, 2])
+def test_greedy_decode_writes_what_generate_writes(prompt, lookbehind):
+    model, embeds, mask = prompt
+    assert torch.equal(fast(model, embeds, mask, None, lookbehind=lookbehind), reference(model, embeds, mask, None))
+    eos, writers = ending_token(model, embeds, mask)
+    expected = reference(model, embeds, mask, eos)
+    assert (expected == PAD).any()  # a row that ended wrote padding while others went on
+    assert torch.equal(fast(model, embeds, mask, eos, lookbehind=lookbehind), expected)
+    embeds, mask = embeds[writers], mask[writers]  # every row ends: generate stops at the last row's end
+    expected = reference(model, embeds, mask, eos)
+    assert expected.shape[1] < NEW_TOKENS
+    assert torch.equal(fast(model, embeds, mask, eos, lookbehind=lookbehind), expected)  # steps queued past it: gone
+
+
+def test_rows_the_caller_stops_write_padding_and_the_others_go_on(prompt):
+    model, embeds, mask = prompt
+    seen: list[list[int]] = []
+
+    def stop_row_0_after_two_steps(tokens: list[int]) -> list[int]:
+        seen.append(tokens)
+        return [0] if len(seen) == 2 else []
+
+    full = fast(model, embeds, mask, None)
+    got = fast(model, embeds, mask, None, on_tokens=stop_row_0_after_two_steps)
+    assert torch.equal(got[0, :2], full[0, :2]) and (got[0, 2:] == PAD).all()
+    assert torch.equal(got[1:], full[1:])
+    assert seen == got.T.tolist()  # every step's tokens, in order
