@@ -294,8 +294,8 @@ def _series(result: dict) -> tuple:
     """Runs that scale together: the same training stage, ZeRO stage, LLM depth, micro-batch, global batch, step
     (packed or padded), checkpointing (and in how many layers: absent means all) and compiled layers."""
     keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing",
-            "gradient_checkpointing_layers", "compiled_layers")  # fmt: skip
-    return tuple(result.get(key) for key in keys)
+            "gradient_checkpointing_layers")  # fmt: skip
+    return (*(result.get(key) for key in keys), bool(result.get("compiled_layers")))  # absent in older files: False
 
 
 def summarize(paths: list[Path], target_gpus: int = 8) -> tuple[list[dict], str]:

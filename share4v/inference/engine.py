@@ -17,12 +17,14 @@ Decoding speed (`compile_decode`; on by default for a model on one CUDA device, 
 engine hands `generate` a pre-allocated `StaticCache` of its own and a `CompileConfig`, so transformers compiles the
 one-token decode step (inductor, "reduce-overhead": CUDA graphs) and runs the prompt (images spliced in) eagerly.
 Greedy answers are those of the dynamic-cache path up to floating-point rounding of the compiled kernels (equal on
-the fp32 CPU tests, and over 128 tokens at 7B shape in fp32 on the GPU: `benchmarks/check_decode_equality.py`).
+the fp32 CPU tests, and over 128 tokens at 7B shape in fp32 on the GPU: `benchmarks/check_decode_equality.py`, run
+before greedy decoding had its own loop below).
 Stopping needs no text: the templates of the released models end answers with the end-of-sequence token, which
 is checked on the device; only a stop string that is not that token is matched in decoded text, every step.
 Greedy batches that stop on that token (streamed or not) skip `generate`'s per-step host work: they run the engine's
-own small loop over the same compiled step (`share4v.inference.fast_greedy`, 1.3-1.5x `generate`'s batch-1 decode
-on an H200), with the same tokens; sampling, beam search and text stop strings go through `generate`.
+own small loop over the same compiled step (`share4v.inference.fast_greedy`; batch-1 decode 1.27x transformers'
+static-cache compiled `generate` on an H200), with `generate`'s tokens (fp32 tests on the CPU); sampling, beam search
+and text stop strings go through `generate`.
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
@@ -200,6 +202,7 @@ class Share4VEngine:
         self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
         self._greedy_step: GreedyStep | None = None  # the compiled step of `fast_greedy`, made at first use
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
+        self._refused: tuple[int, int] | None = None  # the shape `_static_cache` found no room for in this batch
         self._decoder: _DecodeThread | None = None
         self._batcher: _Batcher | None = None
         self._starting = threading.Lock()  # the decoding and batching threads start once, whoever calls first
@@ -340,7 +343,8 @@ class Share4VEngine:
         length = min(-(-positions // CACHE_BUCKET) * CACHE_BUCKET, max(self.max_positions, positions))
         if self._cache_shape != (batch_size, length):
             self._cache = self._cache_shape = None  # let the old one go before sizing the new one
-            if not self._cache_fits(batch_size, length):
+            if (batch_size, length) == self._refused or not self._cache_fits(batch_size, length):
+                self._refused = (batch_size, length)  # asked again for this batch: no second check or warning
                 return None
             with torch.inference_mode():  # as generation runs: its position counter must not need a recompile
                 self._cache = StaticCache(config=self.model.config, max_cache_len=length)
@@ -432,13 +436,14 @@ class Share4VEngine:
         cache = self._static_cache(batch.input_ids.shape[0], batch.prompt_len + max_new_tokens)
         if cache is None:
             return None
+        length = self._cache_shape[1]  # now: another caller may size a new cache before the job runs
         if self._greedy_step is None:
             self._greedy_step = GreedyStep.for_model(self.model, self._compile_config())
 
         def work() -> torch.Tensor:
             embeds, mask = self._prompt_embeddings(batch)
             eos, pad = self.tokenizer.eos_token_id, self.pad_token_id
-            step, length = self._greedy_step, self._cache_shape[1]
+            step = self._greedy_step
             on_tokens = streamer.put_tokens if streamer is not None else None
             return greedy_decode(self.model, step, cache, length, embeds, mask, max_new_tokens, eos, pad, on_tokens)
 
@@ -492,6 +497,7 @@ class Share4VEngine:
     ) -> list[Completion]:
         """`run`, with the new tokens of the rows that have a `_StreamRow` also handed to it as they come (a row
         whose consumer cancels stops; the others go on)."""
+        self._refused = None  # a cache refused for an earlier batch may fit now
         streamer = _RowStreamer(streams, self.tokenizer.eos_token_id) if any(streams) else None
         if (fast := self._fast_greedy(batch, params, streamer)) is not None:
             done, max_new_tokens = fast

@@ -7,8 +7,9 @@ steps back to learn whether every row has ended, so it never waits for the step 
 
 Why not transformers' `generate` with the same compiled step (which the engine uses for everything else): its
 per-step host work (input preparation, logits processors, stopping criteria) and its wait on the device at every
-step, to know whether to go on, leave the GPU idle between steps. Measured at 7B shape on an H200: 197 decode tok/s at
-batch 1 against 134 for `generate` with the same compiled step (benchmarks/results/, docs/Performance.md).
+step, to know whether to go on, leave the GPU idle between steps. Measured at 7B shape on an H200: 196 decode tok/s at
+batch 1, 1.27x transformers' own static-cache compiled `generate` in the same run
+(benchmarks/results/2026-11-26-h200-generate-fast-greedy.json, docs/Performance.md).
 
 The answers are `generate`'s: the same prompt pass (positions from the attention mask, the same cache, the last
 position's logits), the same step, arg-max; a row that has ended writes the padding id and the batch stops where all
@@ -17,11 +18,9 @@ have ended, as in `generate` (the few steps queued past that point are dropped).
 
 from __future__ import annotations
 
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from transformers import CompileConfig, StaticCache
@@ -31,9 +30,8 @@ LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
 
 class GreedyStep:
     """The compiled one-token step of one model: last tokens → next tokens (arg-max of the last logits). Get it
-    with `for_model`, so that every engine over a model shares its compiled graphs."""
-
-    _made: ClassVar[weakref.WeakKeyDictionary] = weakref.WeakKeyDictionary()  # model → {compile options: GreedyStep}
+    with `for_model`, so that every engine over a model shares its compiled code (CUDA graphs are recorded per
+    thread: each engine's decoding thread records its own)."""
 
     def __init__(self, model: torch.nn.Module, options: dict):
         self.model = model
@@ -41,8 +39,10 @@ class GreedyStep:
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, config: CompileConfig) -> GreedyStep:
+        """The model's step for `config`'s compile options, kept on the model itself (as transformers keeps its
+        compiled forward), so that it lives and dies with the model."""
         options = {key: getattr(config, key) for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
-        steps = cls._made.setdefault(model, {})
+        steps = model.__dict__.setdefault("_share4v_greedy_steps", {})
         key = repr(sorted(options.items()))
         if key not in steps:
             steps[key] = cls(model, options)
@@ -83,8 +83,9 @@ def greedy_decode(
     decoding stops once every row has ended (`steps`) or at `max_new_tokens`. `cache` holds `cache_len` >=
     P + `max_new_tokens` positions and is reset here.
 
-    `on_tokens`, when given, receives each step's new tokens (one per row, `LOOKBEHIND` steps late on a GPU) and
-    returns the rows to stop there (e.g. streams whose reader left). `lookbehind`: how many steps the host runs
+    `on_tokens`, when given, receives each step's new tokens (one per row, `lookbehind` steps late) and returns rows
+    to stop (e.g. streams whose reader left): they write padding from the next step queued after that, which on a
+    GPU is up to `lookbehind` steps after the step whose tokens were read. `lookbehind`: how many steps the host runs
     ahead (default `LOOKBEHIND` on a GPU, 0 on the CPU, where every read waits anyway)."""
     rows, prompt = attention_mask.shape
     if prompt + max_new_tokens > cache_len:

@@ -2,11 +2,14 @@
 left-padded batches with images, rows ending at different steps), whatever the host's look-behind, and stops the
 rows its caller asks it to stop."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from transformers import CompileConfig, StaticCache
 
-from share4v.inference.engine import Chat, Share4VEngine
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
 from tests.helpers import random_image
 
@@ -82,3 +85,29 @@ def test_rows_the_caller_stops_write_padding_and_the_others_go_on(prompt):
     assert torch.equal(got[0, :2], full[0, :2]) and (got[0, 2:] == PAD).all()
     assert torch.equal(got[1:], full[1:])
     assert seen == got.T.tolist()  # every step's tokens, in order
+
+
+def test_a_cache_without_room_is_checked_once_and_the_batch_still_answers(tiny, monkeypatch):
+    engine = Share4VEngine(*tiny, compile_decode=CompileConfig(backend="eager"))  # </s> stops: the loop is tried
+    checks = []
+    monkeypatch.setattr(engine, "_cache_fits", lambda *shape: checks.append(shape) or False)
+    chats = [Chat.single("What is shown?", [random_image(1)]), Chat.single("Hello there.")]
+    params = GenerationParams(temperature=0, max_new_tokens=6)
+    assert engine.generate(chats, params) == Share4VEngine(*tiny, compile_decode=False).generate(chats, params)
+    assert len(checks) == 1 and engine._greedy_step is None  # one check (one warning); the dynamic cache served
+    engine.generate(chats, params)
+    assert len(checks) == 2  # the next batch asks again: memory may have been freed
+
+
+def test_the_compiled_step_lives_and_dies_with_its_model(tiny_ckpt):
+    from share4v.model.builder import load_pretrained_model
+
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, "share4v-tiny", device="cpu")
+    config = CompileConfig(backend="eager")
+    step = GreedyStep.for_model(model, config)
+    assert GreedyStep.for_model(model, config) is step  # engines over one model share it
+    assert GreedyStep.for_model(model, CompileConfig(backend="aot_eager")) is not step
+    gone = weakref.ref(model)
+    del model, step
+    gc.collect()
+    assert gone() is None
