@@ -210,6 +210,7 @@ def run(
     padded: bool = False,
     checkpoint_layers: int | None = None,
     compile_layers: bool = False,
+    deepspeed_config: Path | None = None,
 ) -> None:
     import torch.distributed as dist
 
@@ -223,10 +224,14 @@ def run(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = _gradient_accumulation(global_batch, world, micro_batch)
     repo = Path(__file__).resolve().parents[1]
+    deepspeed_config = deepspeed_config or repo / "scripts" / f"zero{zero}.json"
+    zero_options = json.loads(deepspeed_config.read_text())["zero_optimization"]
+    if zero_options["stage"] != zero:
+        raise SystemExit(f"{deepspeed_config} is ZeRO-{zero_options['stage']}, not the --zero {zero} asked for")
     meter = Meter(warmup, steps, _image_tokens(root))
     precision = ["--use_cpu", "True"] if cpu else ["--bf16", "True", "--tf32", "True"]
     argv = [
-        "--deepspeed", str(repo / "scripts" / f"zero{zero}.json"), "--model_name_or_path", str(root),
+        "--deepspeed", str(deepspeed_config), "--model_name_or_path", str(root),
         "--version", recipe["version"], "--data_path", str(root / recipe["data"]), "--image_folder", str(root),
         "--vision_tower", str(root / "vision_tower"), "--mm_projector_type", "mlp2x_gelu",
         "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
@@ -265,7 +270,8 @@ def run(
     result = {
         "gpu": "cpu" if cpu else torch.cuda.get_device_name(), "gpus": world, "torch": torch.__version__,
         "transformers": __import__("transformers").__version__, "deepspeed": __import__("deepspeed").__version__,
-        "stage": stage, "zero_stage": zero, "llm_layers": meter.config.num_hidden_layers,
+        "stage": stage, "zero_stage": zero, "deepspeed_config": deepspeed_config.name,
+        "zero_optimization": zero_options, "llm_layers": meter.config.num_hidden_layers,
         "llm_parameters": llm_parameters(meter.config), "micro_batch": micro_batch, "global_batch": global_batch,
         "gradient_accumulation": accumulation, "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_layers": checkpoint_layers, "compiled_layers": compile_layers, "packed": not padded,
@@ -291,11 +297,13 @@ def run(
 
 
 def _series(result: dict) -> tuple:
-    """Runs that scale together: the same training stage, ZeRO stage, LLM depth, micro-batch, global batch, step
-    (packed or padded), checkpointing (and in how many layers: absent means all) and compiled layers."""
+    """Runs that scale together: the same training stage, ZeRO stage and its config file, LLM depth, micro-batch,
+    global batch, step (packed or padded), checkpointing (and in how many layers: absent means all) and compiled
+    layers."""
     keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing",
             "gradient_checkpointing_layers")  # fmt: skip
-    return (*(result.get(key) for key in keys), bool(result.get("compiled_layers")))  # absent in older files: False
+    config = result.get("deepspeed_config") or f"zero{result.get('zero_stage', 3)}.json"  # absent in older files
+    return (*(result.get(key) for key in keys), bool(result.get("compiled_layers")), config)
 
 
 def summarize(paths: list[Path], target_gpus: int = 8) -> tuple[list[dict], str]:
@@ -370,6 +378,9 @@ def main() -> None:
         "--checkpoint-layers", type=int, metavar="N", help="checkpoint only the first N decoder layers (default: all)"
     )
     bench.add_argument("--compile-layers", action="store_true", help="the trainer's --compile_decoder_layers")
+    bench.add_argument(
+        "--deepspeed-config", type=Path, metavar="JSON", help="DeepSpeed config (default: scripts/zero{2,3}.json)"
+    )
     bench.add_argument("--cpu", action="store_true", help="fp32 on the CPU (a smoke test of the script)")
     bench.add_argument("--padded", action="store_true", help="transformers' padded step (no packing, full logits)")
     report = sub.add_parser("summarize", help="scaling efficiency and projected epoch times of several runs")
@@ -390,6 +401,7 @@ def main() -> None:
         run(
             args.root, args.out, args.stage, args.zero, args.micro_batch, args.global_batch, args.warmup,
             args.steps, not args.no_checkpointing, args.cpu, args.padded, args.checkpoint_layers, args.compile_layers,
+            args.deepspeed_config,
         )  # fmt: skip
 
 

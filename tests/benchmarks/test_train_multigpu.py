@@ -35,11 +35,15 @@ def tiny_world(tmp_path_factory):
 
 
 def test_accumulation_keeps_the_global_batch_and_its_losses(tiny_world, tmp_path):
-    # stage 1 (ViT from half its depth, template plain): 4 samples a step as 2 x 2 and as 4 x 1
+    # stage 1 (ViT from half its depth, template plain): 4 samples a step as 2 x 2 and as 4 x 1, the first with
+    # the large-bucket ZeRO-3 config (buckets change when parameters move, not the arithmetic)
     flags = ["--stage", "1", "--zero", "3", "--global-batch", "4", "--warmup", "1", "--steps", "2"]
-    accumulated = _torchrun(tiny_world, tmp_path / "a.json", *flags, "--micro-batch", "2")
+    large = ["--deepspeed-config", str(ROOT / "scripts" / "zero3_large_buckets.json")]
+    accumulated = _torchrun(tiny_world, tmp_path / "a.json", *flags, "--micro-batch", "2", *large)
     whole = _torchrun(tiny_world, tmp_path / "b.json", *flags, "--micro-batch", "4")
     assert (accumulated["gradient_accumulation"], whole["gradient_accumulation"]) == (2, 1)
+    assert (accumulated["deepspeed_config"], whole["deepspeed_config"]) == ("zero3_large_buckets.json", "zero3.json")
+    assert accumulated["zero_optimization"]["stage3_prefetch_bucket_size"] == 5e8
     assert accumulated["stage"] == 1 and accumulated["global_batch"] == 4 and accumulated["gpus"] == 1
     assert len(accumulated["losses"]) == 3
     for ours, theirs in zip(accumulated["losses"], whole["losses"], strict=True):
@@ -47,6 +51,12 @@ def test_accumulation_keeps_the_global_batch_and_its_losses(tiny_world, tmp_path
     # the timed steps saw whole samples, each a 576-position-class image plus its caption
     assert accumulated["samples_per_s"] > 0 and accumulated["mean_useful_tokens_per_sample"] > 16
     assert accumulated["epoch_samples"] == train_multigpu_7b.STAGES[1]["samples_per_epoch"]
+
+
+def test_a_deepspeed_config_of_another_zero_stage_is_refused(tiny_world, tmp_path):
+    config = ROOT / "scripts" / "zero3_large_buckets.json"
+    with pytest.raises(SystemExit, match="zero3_large_buckets.json is ZeRO-3, not the --zero 2 asked for"):
+        train_multigpu_7b.run(tiny_world, tmp_path / "x.json", 2, 2, 2, 4, 1, 1, True, True, deepspeed_config=config)
 
 
 def test_a_global_batch_the_gpus_cannot_split_is_refused():
