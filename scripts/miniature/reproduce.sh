@@ -4,11 +4,44 @@
 #   bash scripts/miniature/reproduce.sh [OUT_DIR] [SEEDS...]      (default: runs/miniature, seeds 0 1 2)
 # Writes OUT_DIR/score_card.{json,md,png}; a finished stage is not run again (delete its folder to redo it).
 # Uses the GPU when there is one (about 10 minutes per seed on one H200; one arm takes 25-30 minutes on two CPU
-# cores); docs/Miniature.md has the numbers and how to run one process per arm.
+# cores); docs/Miniature.md has the numbers.
+# JOBS=N runs N processes at once, one per seed's shared parts and then one per arm, spread over the visible GPUs
+# (logs in OUT_DIR/logs/); the last step then only collects the score card. Environment: RECIPE (more flags for
+# share4v.data.miniature, e.g. "--set stage1_steps=800").
 set -euo pipefail
 OUT_DIR=${1:-runs/miniature}
 shift || true
 SEEDS=("${@:-0 1 2}")
+JOBS=${JOBS:-1}
 cd "$(dirname "$0")/../.."
-# shellcheck disable=SC2068
-python -m share4v.data.miniature --out "$OUT_DIR" --seeds ${SEEDS[@]}
+# shellcheck disable=SC2206
+SEEDS=(${SEEDS[@]})
+# shellcheck disable=SC2206
+RECIPE=(${RECIPE:-})
+
+if [ "$JOBS" -gt 1 ]; then
+    mkdir -p "$OUT_DIR/logs"
+    gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+    started=0 failed=0
+    launch() {  # NAME ARGS...: one background process, at most JOBS at once, round-robin over the GPUs
+        local name=$1
+        shift
+        local device=cpu
+        if [ "$gpus" -gt 0 ]; then device=cuda:$((started % gpus)); fi
+        while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || failed=$((failed + 1)); done
+        echo "$(date +%T) $name on $device"
+        python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" --device "$device" "$@" \
+            > "$OUT_DIR/logs/$name.log" 2>&1 &
+        started=$((started + 1))
+    }
+    finish() { while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=$((failed + 1)); done; }
+    for seed in "${SEEDS[@]}"; do launch "seed$seed-shared" --seeds "$seed" --arms; done
+    finish
+    for seed in "${SEEDS[@]}"; do
+        for arm in detailed brief none; do launch "seed$seed-$arm" --seeds "$seed" --arms "$arm"; done
+    done
+    finish
+    # a process that failed leaves its stages unfinished: the run below does them, one at a time
+    if [ "$failed" -gt 0 ]; then echo "$failed process(es) failed: see $OUT_DIR/logs/" >&2; fi
+fi
+python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" --seeds "${SEEDS[@]}"
