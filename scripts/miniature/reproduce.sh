@@ -22,16 +22,21 @@ RECIPE=(${RECIPE:-})
 if [ "$JOBS" -gt 1 ]; then
     mkdir -p "$OUT_DIR/logs"
     gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+    IFS=, read -ra visible_gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
     started=0 failed=0
     launch() {  # NAME ARGS...: one background process, at most JOBS at once, round-robin over the GPUs
         local name=$1
         shift
-        local device=cpu
-        if [ "$gpus" -gt 0 ]; then device=cuda:$((started % gpus)); fi
+        # one GPU visible per process (with several, the Trainer would spread one process over all of them)
+        local device=cpu visible=${CUDA_VISIBLE_DEVICES:-}
+        if [ "$gpus" -gt 0 ]; then
+            device=cuda visible=$((started % gpus))
+            visible=${visible_gpus[$visible]:-$visible}
+        fi
         while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || failed=$((failed + 1)); done
-        echo "$(date +%T) $name on $device"
-        python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" --device "$device" "$@" \
-            > "$OUT_DIR/logs/$name.log" 2>&1 &
+        echo "$(date +%T) $name on $device $visible"
+        CUDA_VISIBLE_DEVICES=$visible python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" \
+            --device "$device" "$@" > "$OUT_DIR/logs/$name.log" 2>&1 &
         started=$((started + 1))
     }
     finish() { while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=$((failed + 1)); done; }
