@@ -57,6 +57,11 @@ def build_trainer(
     """Everything up to the first step: arguments → model → tokenizer → vision → LoRA → trainable set → data."""
     model_args, data_args, training_args = parse_arguments(argv)
     _configure_logging(training_args)
+    if training_args.n_gpu > 1:  # one process seeing several GPUs: the Trainer would wrap the model in DataParallel
+        raise ValueError(
+            f"this process sees {training_args.n_gpu} GPUs and was not launched distributed: start it with torchrun "
+            f"--nproc_per_node {training_args.n_gpu} (or deepspeed), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)"
+        )
     data_args.conv_mode = conv_mode_for_version(model_args.version)
 
     model = load_model(model_args, training_args, attn_implementation)

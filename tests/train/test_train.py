@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from share4v.mm_utils import process_images, tokenizer_image_token
 from share4v.model.builder import load_pretrained_model
-from share4v.train.train import train
+from share4v.train.train import TrainingArguments, build_trainer, train
 from tests.helpers import random_image
 
 COMMON = [
@@ -167,3 +167,14 @@ def test_continuing_a_checkpoint_keeps_its_vision_settings(recipe, tmp_path, wor
             "--model_name_or_path", str(recipe["root"] / "stage2"), "--version", "v1", "--mm_projector_type", "linear",
             "--data_path", str(world["instruct"]), "--use_cpu", "True", "--output_dir", str(tmp_path / "bad"),
         ])  # fmt: skip
+
+
+def test_one_process_over_several_gpus_is_refused_before_the_model_loads(world, tmp_path, monkeypatch):
+    # transformers would wrap the model in DataParallel, whose replicas break the vision tower; a CPU machine has no
+    # GPUs, so the arguments say two
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
+    argv = [*COMMON, "--model_name_or_path", str(world["llm"]), "--version", "v1", "--data_path",
+            str(world["instruct"]), "--output_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(ValueError, match="^this process sees 2 GPUs and was not launched distributed: start it with "
+                                         "torchrun --nproc_per_node 2"):  # fmt: skip
+        build_trainer(argv=argv)
