@@ -1,4 +1,4 @@
-"""The miniature recipe's scoring and bookkeeping (the learning run itself is in test_miniature_learns)."""
+"""The miniature recipe's scoring and bookkeeping (the learning run itself is in test_miniature_learns.py)."""
 
 import json
 
