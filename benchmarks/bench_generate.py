@@ -70,6 +70,7 @@ from bench_train import TINY, Shape, _module_names, save_tower
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.convert.llava_format import to_llava_names
 from share4v.inference.engine import CACHE_BUCKET, GenerationParams, Share4VEngine
+from share4v.inference.fused_llama import FusedLlama
 from share4v.inference.requests import Request
 
 SEVEN_B = Shape(layers=32)
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls (default: %(default)s)")
     parser.add_argument("--deadline-s", type=float, default=510.0, help="start no batch size expected to end later")
     parser.add_argument("--eager", action="store_true", help="also time the engine without compile_decode")
+    parser.add_argument(
+        "--fused-projections", action="store_true", help="the engine's fused q/k/v and gate/up greedy step"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-generate.json")
     args = parser.parse_args(argv)
@@ -331,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
         tower_dir = Path(tmp) / "clip"
         save_tower(shape, tower_dir, device)
         model = build_share4v(shape, tower_dir, device, dtype)
+        if args.fused_projections:  # before the Llava twin takes the weights: it then shares the re-laid ones
+            FusedLlama.of(model)
         llava = build_llava(model, shape, device, dtype)
     free_memory(device)  # the Llava's own initial weights, replaced by the shared ones
     weight_bytes = llm_weight_bytes(model)
@@ -338,7 +344,9 @@ def main(argv: list[str] | None = None) -> dict:
     results["roofline_bs1_tokens_per_s"] = round(bandwidth / weight_bytes, 1)
     # on the CPU (--smoke): dynamo's graph capture without inductor's code generation, seconds rather than minutes
     compile_config = CompileConfig(backend="eager") if args.smoke else True
-    sides = {"share4v": Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config)}
+    sides = {"share4v": Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config,
+                                      fused_projections=args.fused_projections)}  # fmt: skip
+    results["fused_projections"] = args.fused_projections
     if args.eager:
         sides["share4v_eager"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=False)
         results["runs"]["share4v_eager"] = {}

@@ -25,6 +25,8 @@ Greedy batches that stop on that token (streamed or not) skip `generate`'s per-s
 own small loop over the same compiled step (`share4v.inference.fast_greedy`; batch-1 decode 1.27x transformers'
 static-cache compiled `generate` on an H200), with `generate`'s tokens (fp32 tests on the CPU); sampling, beam search
 and text stop strings go through `generate`.
+`fused_projections=True` runs that step with each Llama layer's q/k/v and gate/up projections as one product each
+(`share4v.inference.fused_llama`, weights re-laid in place); off by default until measured on a GPU.
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
@@ -173,6 +175,10 @@ class Share4VEngine:
     `CompileConfig`, on any device; a `CompileConfig`: that one), or with transformers' dynamic cache, eagerly
     (False). None (the default): `COMPILE_DECODE_BY_DEFAULT` and the model sits on one CUDA device without quantized
     weights.
+
+    `fused_projections`: the compiled greedy step runs each Llama layer's q/k/v and gate/up projections as one
+    matrix product each (`share4v.inference.fused_llama`; the weights are re-laid in place, no copies). Off by
+    default until measured on a GPU.
     """
 
     def __init__(
@@ -184,6 +190,7 @@ class Share4VEngine:
         conv_mode: str = DEFAULT_CONV_MODE,
         image_aspect_ratio: str | None = None,
         compile_decode: bool | CompileConfig | None = None,
+        fused_projections: bool = False,
     ):
         get_conv_template(conv_mode)  # fail now on an unknown template
         self.tokenizer = tokenizer
@@ -199,6 +206,7 @@ class Share4VEngine:
         if compile_decode is None:
             compile_decode = COMPILE_DECODE_BY_DEFAULT and _compiles_by_default(model)
         self.compile_decode = compile_decode
+        self.fused_projections = fused_projections
         self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
         self._greedy_step: GreedyStep | None = None  # the compiled step of `fast_greedy`, made at first use
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
@@ -217,6 +225,7 @@ class Share4VEngine:
         device: str | None = None,
         image_aspect_ratio: str | None = None,
         compile_decode: bool | CompileConfig | None = None,
+        fused_projections: bool = False,
         **load_kwargs: Any,
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
@@ -224,7 +233,8 @@ class Share4VEngine:
             model_path, model_base, model_name, device=device or "auto", **load_kwargs
         )
         conv_mode = conv_mode or default_conv_mode(model_name)
-        return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio, compile_decode)
+        return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio, compile_decode,
+                   fused_projections)  # fmt: skip
 
     # ---- prompt building -------------------------------------------------------------------------------------
 
@@ -438,7 +448,7 @@ class Share4VEngine:
             return None
         length = self._cache_shape[1]  # now: another caller may size a new cache before the job runs
         if self._greedy_step is None:
-            self._greedy_step = GreedyStep.for_model(self.model, self._compile_config())
+            self._greedy_step = GreedyStep.for_model(self.model, self._compile_config(), self.fused_projections)
 
         def work() -> torch.Tensor:
             embeds, mask = self._prompt_embeddings(batch)

@@ -25,30 +25,44 @@ from dataclasses import dataclass
 import torch
 from transformers import CompileConfig, StaticCache
 
+from share4v.inference.fused_llama import FusedLlama
+
 LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
 
 
 class GreedyStep:
     """The compiled one-token step of one model: last tokens → next tokens (arg-max of the last logits). Get it
     with `for_model`, so that every engine over a model shares its compiled code (CUDA graphs are recorded per
-    thread: each engine's decoding thread records its own)."""
+    thread: each engine's decoding thread records its own).
 
-    def __init__(self, model: torch.nn.Module, options: dict):
+    `fused`: run the model through `share4v.inference.fused_llama` (q/k/v and gate/up as one product each) where its
+    LLM is a plain Llama; elsewhere, and by default, the model's own forward."""
+
+    def __init__(self, model: torch.nn.Module, options: dict, fused: bool = False):
         self.model = model
+        self.fused = FusedLlama.of(model) if fused else None
         self.compiled = torch.compile(self._step, **options)
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, config: CompileConfig) -> GreedyStep:
-        """The model's step for `config`'s compile options, kept on the model itself (as transformers keeps its
-        compiled forward), so that it lives and dies with the model."""
+    def for_model(cls, model: torch.nn.Module, config: CompileConfig, fused: bool = False) -> GreedyStep:
+        """The model's step for `config`'s compile options (and `fused`), kept on the model itself (as transformers
+        keeps its compiled forward), so that it lives and dies with the model."""
         options = {key: getattr(config, key) for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
         steps = model.__dict__.setdefault("_share4v_greedy_steps", {})
-        key = repr(sorted(options.items()))
+        key = repr((sorted(options.items()), fused))
         if key not in steps:
-            steps[key] = cls(model, options)
+            steps[key] = cls(model, options, fused)
         return steps[key]
 
+    def check_weights(self) -> None:
+        """Before a decode: re-lay the fused projections if the model's weights were replaced since (a step over the
+        old ones would use stale weights; the step recompiles for the new ones)."""
+        if self.fused is not None:
+            self.fused = FusedLlama.of(self.model)
+
     def _step(self, tokens, position_ids, cache_position, attention_mask, cache):
+        if self.fused is not None:
+            return self.fused(tokens, position_ids, cache_position, attention_mask, cache)
         logits = self.model(
             input_ids=tokens,
             attention_mask=attention_mask,
@@ -91,6 +105,7 @@ def greedy_decode(
     if prompt + max_new_tokens > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold {prompt} + {max_new_tokens} new tokens")
     device = inputs_embeds.device
+    step.check_weights()
     cache.reset()
     mask = torch.ones((rows, cache_len), dtype=attention_mask.dtype, device=device)
     mask[:, :prompt] = attention_mask  # later positions: causality hides those not written yet

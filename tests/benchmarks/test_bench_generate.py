@@ -75,3 +75,10 @@ def test_headline_keys_come_from_what_was_measured():
         "rows": 2, "first_token_equal_rows": 1, "rows_fully_equal": 0, "common_prefix_min": 0,
         "common_prefix_mean": 1.0,
     }  # fmt: skip
+
+
+def test_the_fused_projections_run_writes_the_baselines_tokens():
+    results = bench_generate.main(["--smoke", "--fused-projections", "--batch-sizes", "3"])
+    assert results["fused_projections"] is True and results["errors"] == []
+    (equality,) = results["equality"]["share4v"].values()  # fp32: the same tokens as transformers' Llava
+    assert equality["rows_fully_equal"] == equality["rows"] == 3 and equality["common_prefix_min"] == 8

@@ -1,0 +1,150 @@
+"""`fused_llama.FusedLlama`: the greedy step with q/k/v and gate/up as one product each writes `generate`'s tokens
+(fp32; grouped or not grouped key/value heads, left padding, images through the engine), re-lays the weights in
+place (the modules' weights are views of the fused tensors, nothing added, outputs and training unchanged), lays
+them out again when they are replaced, and leaves a model it cannot fuse to the model's own forward."""
+
+import pytest
+import torch
+from transformers import CompileConfig, StaticCache
+
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.inference.fast_greedy import GreedyStep, greedy_decode
+from share4v.inference.fused_llama import FusedLlama
+from share4v.model.builder import load_pretrained_model
+from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
+from tests.helpers import random_image
+
+NEW_TOKENS = 10
+PAD = 0
+EAGER = CompileConfig(backend="eager")  # dynamo's capture without inductor's code generation: seconds on a CPU
+
+
+def text_model(kv_heads: int, bias: bool = False) -> Share4VLlamaForCausalLM:
+    torch.manual_seed(0)
+    config = Share4VConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, max_position_embeddings=256, attention_bias=bias, pad_token_id=PAD,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return Share4VLlamaForCausalLM(config).eval()
+
+
+def left_padded(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeddings `[3, 9, D]` of three rows of 9, 5 and 2 tokens, left-padded, and their mask."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 300, (3, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = mask[2, :7] = 0
+    ids = ids.masked_fill(mask == 0, PAD)
+    with torch.inference_mode():
+        return model.get_input_embeddings()(ids), mask
+
+
+def decode(model, embeds, mask, step: GreedyStep) -> torch.Tensor:
+    cache_len = mask.shape[1] + NEW_TOKENS + 3
+    with torch.inference_mode():
+        cache = StaticCache(config=model.config, max_cache_len=cache_len)
+        return greedy_decode(model, step, cache, cache_len, embeds, mask, NEW_TOKENS, None, PAD)
+
+
+def generated(model, embeds, mask) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                              eos_token_id=None, pad_token_id=PAD)  # fmt: skip
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_the_fused_step_writes_what_generate_writes(kv_heads):
+    model = text_model(kv_heads)
+    embeds, mask = left_padded(model)
+    expected = generated(model, embeds, mask)
+    step = GreedyStep.for_model(model, EAGER, fused=True)
+    assert step.fused is not None
+    assert torch.equal(decode(model, embeds, mask, step), expected)
+    assert len(set(expected[:, 0].tolist())) > 1  # the rows differ: the padding and positions were honoured
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_one_fused_step_gives_the_models_logits(kv_heads):
+    # after the same prompt pass, one step over the cache: the model's own forward and the fused step
+    model = text_model(kv_heads)
+    embeds, mask = left_padded(model)
+    rows, prompt = mask.shape
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step_mask = torch.ones(rows, prompt + 4, dtype=mask.dtype)
+    step_mask[:, :prompt] = mask
+    tokens, at = torch.tensor([[5], [6], [7]]), torch.tensor([prompt])
+
+    def prefilled() -> StaticCache:
+        cache = StaticCache(config=model.config, max_cache_len=prompt + 4)
+        model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache_position=torch.arange(prompt),
+              past_key_values=cache, use_cache=True)  # fmt: skip
+        return cache
+
+    with torch.inference_mode():
+        expected = model(input_ids=tokens, attention_mask=step_mask, position_ids=positions[:, -1:] + 1,
+                         cache_position=at, past_key_values=prefilled(), use_cache=True).logits[:, -1]  # fmt: skip
+        logits = FusedLlama.of(model).logits(tokens, positions[:, -1:] + 1, at, step_mask, prefilled())
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_weights_are_relaid_in_place_and_compute_what_they_computed():
+    model = text_model(2)
+    ids = torch.randint(3, 300, (2, 7), generator=torch.Generator().manual_seed(2))
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    parameters = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    fused = FusedLlama.of(model)
+    assert FusedLlama.of(model) is fused  # kept on the model
+    for layer, relaid in zip(model.get_model().layers, fused.layers, strict=True):
+        attn, mlp = layer.self_attn, layer.mlp
+        for module, storage in [(attn.q_proj, relaid.qkv), (attn.k_proj, relaid.qkv), (attn.v_proj, relaid.qkv),
+                                (mlp.gate_proj, relaid.gate_up), (mlp.up_proj, relaid.gate_up)]:  # fmt: skip
+            assert module.weight.untyped_storage().data_ptr() == storage.untyped_storage().data_ptr()
+        assert relaid.qkv.shape == (64 + 2 * 32, 64) and relaid.gate_up.shape == (2 * 96, 64)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, logits, rtol=0, atol=1e-6)
+    # still trainable: the views are the parameters, and their gradients arrive
+    model(input_ids=ids, labels=ids).loss.backward()
+    q_proj = model.get_model().layers[0].self_attn.q_proj.weight
+    assert q_proj.requires_grad and q_proj.grad is not None and q_proj.grad.abs().sum() > 0
+
+
+def test_weights_replaced_after_fusing_are_relaid_before_the_next_decode():
+    model = text_model(2)
+    embeds, mask = left_padded(model)
+    step = GreedyStep.for_model(model, EAGER, fused=True)
+    decode(model, embeds, mask, step)
+    first = step.fused
+    attn = model.get_model().layers[1].self_attn
+    attn.v_proj.weight = torch.nn.Parameter(torch.randn_like(attn.v_proj.weight) * 0.5)
+    mlp = model.get_model().layers[0].mlp
+    mlp.up_proj.weight = torch.nn.Parameter(torch.randn_like(mlp.up_proj.weight) * 0.5)
+    expected = generated(model, embeds, mask)
+    assert torch.equal(decode(model, embeds, mask, step), expected)
+    assert step.fused is not first and torch.equal(step.fused.layers[1].qkv[-32:], attn.v_proj.weight)
+
+
+def test_a_model_with_projection_biases_decodes_through_its_own_forward():
+    model = text_model(4, bias=True)
+    assert FusedLlama.of(model) is None
+    step = GreedyStep.for_model(model, EAGER, fused=True)
+    assert step.fused is None
+    embeds, mask = left_padded(model)
+    assert torch.equal(decode(model, embeds, mask, step), generated(model, embeds, mask))
+
+
+def test_the_engine_with_fused_projections_answers_as_without(tiny_ckpt):
+    tokenizer, model, processor, context = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
+    chats = [Chat.single("What is shown?", [random_image(1)]), Chat.single("Tell me a story about the sea."),
+             Chat.single("Describe it.", [random_image(3, (30, 90))])]  # fmt: skip
+    params = GenerationParams(temperature=0, max_new_tokens=8)
+    plain = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)
+    fused = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER, fused_projections=True)
+    expected = [c.token_ids for c in plain.complete(chats, params)]
+    assert [c.token_ids for c in fused.complete(chats, params)] == expected
+    assert fused._greedy_step.fused is not None and plain._greedy_step.fused is None
+    assert [c.token_ids for c in plain.complete(chats, params)] == expected  # the re-laid weights, unfused
