@@ -19,11 +19,12 @@ SEEDS=(${SEEDS[@]})
 # shellcheck disable=SC2206
 RECIPE=(${RECIPE:-})
 
+gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+IFS=, read -ra visible_gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
 if [ "$JOBS" -gt 1 ]; then
     mkdir -p "$OUT_DIR/logs"
-    gpus=$(python -c "import torch; print(torch.cuda.device_count())")
-    IFS=, read -ra visible_gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
-    started=0 failed=0
+    rm -f "$OUT_DIR"/logs/*.status
+    started=0
     launch() {  # NAME ARGS...: one background process, at most JOBS at once, round-robin over the GPUs
         local name=$1
         shift
@@ -33,20 +34,26 @@ if [ "$JOBS" -gt 1 ]; then
             device=cuda visible=$((started % gpus))
             visible=${visible_gpus[$visible]:-$visible}
         fi
-        while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || failed=$((failed + 1)); done
+        while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
         echo "$(date +%T) $name on $device $visible"
-        CUDA_VISIBLE_DEVICES=$visible python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" \
-            --device "$device" "$@" > "$OUT_DIR/logs/$name.log" 2>&1 &
+        (
+            status=0
+            CUDA_VISIBLE_DEVICES=$visible python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" \
+                --device "$device" "$@" > "$OUT_DIR/logs/$name.log" 2>&1 || status=$?
+            echo "$status" > "$OUT_DIR/logs/$name.status"
+        ) &
         started=$((started + 1))
     }
-    finish() { while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=$((failed + 1)); done; }
     for seed in "${SEEDS[@]}"; do launch "seed$seed-shared" --seeds "$seed" --arms; done
-    finish
+    wait
     for seed in "${SEEDS[@]}"; do
         for arm in detailed brief none; do launch "seed$seed-$arm" --seeds "$seed" --arms "$arm"; done
     done
-    finish
+    wait
     # a process that failed leaves its stages unfinished: the run below does them, one at a time
+    failed=$( (grep -Lx 0 "$OUT_DIR"/logs/*.status || true) | wc -l)
     if [ "$failed" -gt 0 ]; then echo "$failed process(es) failed: see $OUT_DIR/logs/" >&2; fi
 fi
+# one process on one GPU (the Trainer would spread it over every visible GPU)
+if [ "$gpus" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=${visible_gpus[0]:-0}; fi
 python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" --seeds "${SEEDS[@]}"

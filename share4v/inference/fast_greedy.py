@@ -40,7 +40,8 @@ class GreedyStep:
 
     def __init__(self, model: torch.nn.Module, options: dict, fused: bool = False):
         self.model = model
-        self.fused = FusedLlama.of(model) if fused else None
+        self.wants_fused = fused
+        self.fused: FusedLlama | None = None  # laid out by `check_weights`, on the thread that decodes
         self.compiled = torch.compile(self._step, **options)
 
     @classmethod
@@ -55,9 +56,11 @@ class GreedyStep:
         return steps[key]
 
     def check_weights(self) -> None:
-        """Before a decode: re-lay the fused projections if the model's weights were replaced since (a step over the
-        old ones would use stale weights; the step recompiles for the new ones)."""
-        if self.fused is not None:
+        """Before a decode, on the decoding thread: lay out the fused projections (the first time, or again when the
+        model's weights or projection modules were replaced since: a step over the old ones would use stale weights;
+        the step then compiles or records again for the new ones)."""
+        if self.wants_fused:
+            self.fused = None  # the old fused tensors can go before new ones are made
             self.fused = FusedLlama.of(self.model)
 
     def _step(self, tokens, position_ids, cache_position, attention_mask, cache):

@@ -15,12 +15,14 @@ another device, say) are re-laid at the next `of`.
 
 The step computes what transformers' Llama computes for one new token per row over a static cache (the same
 modules for norms, rotary embedding, output and down projections; SDPA over the cache with the padding mask and
-causality); the tests compare its greedy tokens with `generate`'s in fp32. `of` gives None where the LLM is not
-built of plain Llama decoder layers or a fused projection has a bias.
+causality); the tests compare its logits with the model's own step and its greedy tokens with `generate`'s in fp32.
+`of` gives None where the projections to fuse are not plain floating-point `nn.Linear`s without biases on one
+device (LoRA wrappers, quantized layers) or the layers are not Llama's: the model's own forward runs there.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -35,33 +37,36 @@ class _FusedLayer:
     qkv_split: tuple[int, int, int]
 
 
+_FUSING = threading.Lock()  # one re-lay at a time, whichever thread asks first
+
+
 class FusedLlama:
     """A model's decode step over fused projections; get it with `of`."""
 
     def __init__(self, model: torch.nn.Module, layers: list[_FusedLayer]):
-        self.llm = model.get_model()
-        self.lm_head = model.lm_head
+        self.model = model
         self.layers = layers
-        self._pointers = self._weight_pointers()
+        self._layout = _layout(model)
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> FusedLlama | None:
-        """The fused step of `model` (a share4v or Llama causal LM), made on first use and kept on the model;
-        None where its decoder layers are not plain Llama layers or a projection to fuse has a bias."""
-        fused = model.__dict__.get("_share4v_fused_llama")
-        if fused is not None and fused._weight_pointers() == fused._pointers:
+        """The fused step of `model` (a share4v or Llama causal LM), made on first use and kept on the model, and
+        made again when a fused module or its weight was replaced since (a LoRA wrapper, a move to another device);
+        None where the decoder layers are not plain Llama layers of plain floating-point `nn.Linear` projections
+        without biases (LoRA, quantized layers), or all on one device and dtype."""
+        with _FUSING:
+            fused = model.__dict__.get("_share4v_fused_llama")
+            if fused is not None and fused._layout == _layout(model):
+                return fused
+            model.__dict__.pop("_share4v_fused_llama", None)  # the stale fused tensors go before new ones are made
+            del fused
+            layers = getattr(model.get_model(), "layers", None) if hasattr(model, "get_model") else None
+            if not layers or not _fusable(layers):
+                return None
+            with torch.inference_mode(False), torch.no_grad():  # the weights must stay usable for training
+                fused = cls(model, [_fuse_layer(layer) for layer in layers])
+            model.__dict__["_share4v_fused_llama"] = fused
             return fused
-        layers = getattr(model.get_model(), "layers", None) if hasattr(model, "get_model") else None
-        if not layers or not all(_fusable(layer) for layer in layers):
-            return None
-        with torch.inference_mode(False), torch.no_grad():  # weights must stay usable for training
-            fused = cls(model, [_fuse_layer(layer) for layer in layers])
-        model.__dict__["_share4v_fused_llama"] = fused
-        return fused
-
-    def _weight_pointers(self) -> list[int]:
-        """Where each fused module's weight lives: views of the fused tensors until a weight is replaced."""
-        return [module.weight.data_ptr() for layer in self.llm.layers for module in _fused_modules(layer)]
 
     def __call__(
         self,
@@ -82,10 +87,11 @@ class FusedLlama:
         attention_mask: torch.Tensor,
         cache,
     ) -> torch.Tensor:
-        """Next-token logits `[B, vocabulary]` for last tokens `[B, 1]` at `position_ids` `[B, 1]`, written to the
-        static `cache` at `cache_position` `[1]`; `attention_mask` `[B, cache length]` marks the positions that hold
-        a token (padding: 0); positions after `cache_position` are hidden by causality."""
-        llm, rows = self.llm, tokens.shape[0]
+        """Next-token logits `[B, vocabulary]` for last tokens `[B, 1]` at `position_ids` `[B, 1]`. The static
+        `cache` writes them at its own count of positions written, which `cache_position` `[1]` must equal (as in
+        `fast_greedy.greedy_decode`): the mask hides the slots after it. `attention_mask` `[B, cache length]` marks
+        the positions that hold a token (padding: 0)."""
+        llm, rows = self.model.get_model(), tokens.shape[0]
         hidden = llm.embed_tokens(tokens)
         cos, sin = llm.rotary_emb(hidden, position_ids)
         slots = torch.arange(attention_mask.shape[1], device=tokens.device)
@@ -96,22 +102,38 @@ class FusedLlama:
             query, key, value = (x.view(rows, 1, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             key, value = cache.update(key, value, index)
-            out = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=visible, scale=attn.scaling, enable_gqa=key.shape[1] != query.shape[1]
-            )
+            groups = query.shape[1] // key.shape[1]
+            if groups > 1:  # as transformers' SDPA path: PyTorch's fused kernels take no grouped heads with a mask
+                key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=attn.scaling)
             hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, 1, -1))
             gate, up = F.linear(layer.post_attention_layernorm(hidden), fused.gate_up).chunk(2, dim=-1)
             hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-        return self.lm_head(llm.norm(hidden)[:, -1])
+        return self.model.lm_head(llm.norm(hidden)[:, -1])
 
 
-def _fused_modules(layer: LlamaDecoderLayer) -> tuple[torch.nn.Linear, ...]:
+def _fused_modules(layer: LlamaDecoderLayer) -> tuple[torch.nn.Module, ...]:
     attn, mlp = layer.self_attn, layer.mlp
     return attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
 
 
-def _fusable(layer: torch.nn.Module) -> bool:
-    return isinstance(layer, LlamaDecoderLayer) and all(m.bias is None for m in _fused_modules(layer))
+def _layout(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """Each fused module and where its weight lives, plus the output head: equal while nothing was replaced."""
+    llm = model.get_model()
+    modules = [m for layer in llm.layers for m in _fused_modules(layer)] + [model.lm_head]
+    return [(id(m), m.weight.data_ptr()) for m in modules]
+
+
+def _fusable(layers: torch.nn.ModuleList) -> bool:
+    weights = []
+    for layer in layers:
+        if not isinstance(layer, LlamaDecoderLayer):
+            return False
+        for module in _fused_modules(layer):
+            if type(module) is not torch.nn.Linear or module.bias is not None:  # a LoRA or quantized layer: no
+                return False
+            weights.append(module.weight)
+    return all(w.is_floating_point() and (w.device, w.dtype) == (weights[0].device, weights[0].dtype) for w in weights)
 
 
 def _fuse(modules: tuple[torch.nn.Linear, ...]) -> torch.Tensor:

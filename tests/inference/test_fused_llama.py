@@ -54,13 +54,16 @@ def generated(model, embeds, mask) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_the_fused_step_writes_what_generate_writes(kv_heads):
+def test_the_fused_step_writes_what_generate_writes(kv_heads, monkeypatch):
     model = text_model(kv_heads)
     embeds, mask = left_padded(model)
     expected = generated(model, embeds, mask)
+    calls = []
+    logits = FusedLlama.logits
+    monkeypatch.setattr(FusedLlama, "logits", lambda self, *args: calls.append(1) or logits(self, *args))
     step = GreedyStep.for_model(model, EAGER, fused=True)
-    assert step.fused is not None
     assert torch.equal(decode(model, embeds, mask, step), expected)
+    assert step.fused is not None and len(calls) == NEW_TOKENS - 1  # every step after the prompt pass
     assert len(set(expected[:, 0].tolist())) > 1  # the rows differ: the padding and positions were honoured
 
 
@@ -88,11 +91,10 @@ def test_one_fused_step_gives_the_models_logits(kv_heads):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_the_weights_are_relaid_in_place_and_compute_what_they_computed():
+def test_the_weights_are_relaid_in_place_and_compute_what_they_computed(tmp_path):
     model = text_model(2)
     ids = torch.randint(3, 300, (2, 7), generator=torch.Generator().manual_seed(2))
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    parameters = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     fused = FusedLlama.of(model)
@@ -103,14 +105,18 @@ def test_the_weights_are_relaid_in_place_and_compute_what_they_computed():
                                 (mlp.gate_proj, relaid.gate_up), (mlp.up_proj, relaid.gate_up)]:  # fmt: skip
             assert module.weight.untyped_storage().data_ptr() == storage.untyped_storage().data_ptr()
         assert relaid.qkv.shape == (64 + 2 * 32, 64) and relaid.gate_up.shape == (2 * 96, 64)
-    assert sum(p.numel() for p in model.parameters()) == parameters
     assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
+    model.save_pretrained(tmp_path)  # views of one tensor save as the separate weights they are
+    reloaded = Share4VLlamaForCausalLM.from_pretrained(tmp_path).state_dict()
+    assert reloaded.keys() == state.keys() and all(torch.equal(reloaded[name], state[name]) for name in state)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, logits, rtol=0, atol=1e-6)
-    # still trainable: the views are the parameters, and their gradients arrive
+    # still trainable: the views are the parameters, their gradients arrive, and an update reaches the fused step
     model(input_ids=ids, labels=ids).loss.backward()
     q_proj = model.get_model().layers[0].self_attn.q_proj.weight
     assert q_proj.requires_grad and q_proj.grad is not None and q_proj.grad.abs().sum() > 0
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert torch.equal(fused.layers[0].qkv[:64], q_proj) and FusedLlama.of(model) is fused
 
 
 def test_weights_replaced_after_fusing_are_relaid_before_the_next_decode():
@@ -132,9 +138,30 @@ def test_a_model_with_projection_biases_decodes_through_its_own_forward():
     model = text_model(4, bias=True)
     assert FusedLlama.of(model) is None
     step = GreedyStep.for_model(model, EAGER, fused=True)
-    assert step.fused is None
     embeds, mask = left_padded(model)
     assert torch.equal(decode(model, embeds, mask, step), generated(model, embeds, mask))
+    assert step.fused is None
+
+
+def test_a_projection_wrapped_after_fusing_falls_back_to_the_models_forward():
+    # a LoRA-like wrapper: the fused step would drop what it adds, so the model's own forward takes over
+    class Shifted(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base, self.weight, self.bias = base, base.weight, None
+
+        def forward(self, x):
+            return self.base(x) + 0.5
+
+    model = text_model(2)
+    embeds, mask = left_padded(model)
+    step = GreedyStep.for_model(model, EAGER, fused=True)
+    decode(model, embeds, mask, step)
+    assert step.fused is not None
+    attn = model.get_model().layers[0].self_attn
+    attn.k_proj = Shifted(attn.k_proj)
+    assert torch.equal(decode(model, embeds, mask, step), generated(model, embeds, mask))
+    assert step.fused is None
 
 
 def test_the_engine_with_fused_projections_answers_as_without(tiny_ckpt):
