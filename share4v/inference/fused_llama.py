@@ -68,16 +68,9 @@ class FusedLlama:
             model.__dict__["_share4v_fused_llama"] = fused
             return fused
 
-    def __call__(
-        self,
-        tokens: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache_position: torch.Tensor,
-        attention_mask: torch.Tensor,
-        cache,
-    ) -> torch.Tensor:
-        """Next tokens `[B, 1]`: the arg-max of `logits`."""
-        return self.logits(tokens, position_ids, cache_position, attention_mask, cache).argmax(-1, keepdim=True)
+    def __call__(self, *step_inputs: torch.Tensor) -> torch.Tensor:
+        """Next tokens `[B, 1]`: the arg-max of `logits(*step_inputs)`."""
+        return self.logits(*step_inputs).argmax(-1, keepdim=True)
 
     def logits(
         self,
