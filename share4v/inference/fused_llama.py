@@ -52,8 +52,8 @@ class FusedLlama:
     def of(cls, model: torch.nn.Module) -> FusedLlama | None:
         """The fused step of `model` (a share4v or Llama causal LM), made on first use and kept on the model, and
         made again when a fused module or its weight was replaced since (a LoRA wrapper, a move to another device);
-        None where the decoder layers are not plain Llama layers of plain floating-point `nn.Linear` projections
-        without biases (LoRA, quantized layers), or all on one device and dtype."""
+        None where the decoder layers are not transformers' Llama layers with plain floating-point `nn.Linear`
+        projections without biases (not LoRA or quantized layers), all on one device and in one dtype."""
         with _FUSING:
             fused = model.__dict__.get("_share4v_fused_llama")
             if fused is not None and fused._layout == _layout(model):
@@ -120,7 +120,7 @@ def _layout(model: torch.nn.Module) -> list[tuple[int, int]]:
 def _fusable(layers: torch.nn.ModuleList) -> bool:
     weights = []
     for layer in layers:
-        if not isinstance(layer, LlamaDecoderLayer):
+        if type(layer) is not LlamaDecoderLayer:  # a subclass may compute something else
             return False
         for module in _fused_modules(layer):
             if type(module) is not torch.nn.Linear or module.bias is not None:  # a LoRA or quantized layer: no
