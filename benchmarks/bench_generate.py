@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--deadline-s", type=float, default=510.0, help="start no batch size expected to end later")
     parser.add_argument("--eager", action="store_true", help="also time the engine without compile_decode")
     parser.add_argument(
-        "--fused-projections", action="store_true", help="the engine's fused q/k/v and gate/up greedy step"
+        "--unfused-projections",
+        action="store_true",
+        help="also time the engine with fused_projections=False, the model's own forward (side share4v_unfused)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-generate.json")
@@ -335,8 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
         tower_dir = Path(tmp) / "clip"
         save_tower(shape, tower_dir, device)
         model = build_share4v(shape, tower_dir, device, dtype)
-        if args.fused_projections:  # before the Llava twin takes the weights: it then shares the re-laid ones
-            FusedLlama.of(model)
+        # the engine's default greedy step re-lays the weights (q/k/v, gate/up): before the Llava twin takes them,
+        # so that it shares the re-laid ones rather than keeping the old
+        FusedLlama.of(model)
         llava = build_llava(model, shape, device, dtype)
     free_memory(device)  # the Llava's own initial weights, replaced by the shared ones
     weight_bytes = llm_weight_bytes(model)
@@ -344,9 +347,12 @@ def main(argv: list[str] | None = None) -> dict:
     results["roofline_bs1_tokens_per_s"] = round(bandwidth / weight_bytes, 1)
     # on the CPU (--smoke): dynamo's graph capture without inductor's code generation, seconds rather than minutes
     compile_config = CompileConfig(backend="eager") if args.smoke else True
-    sides = {"share4v": Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config,
-                                      fused_projections=args.fused_projections)}  # fmt: skip
-    results["fused_projections"] = args.fused_projections
+    sides = {"share4v": Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config)}
+    results["fused_projections"] = sides["share4v"].fused_projections
+    if args.unfused_projections:  # the same weights: the views of the fused tensors serve the model's own forward
+        sides["share4v_unfused"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096,
+                                                 compile_decode=compile_config, fused_projections=False)  # fmt: skip
+        results["runs"]["share4v_unfused"] = {}
     if args.eager:
         sides["share4v_eager"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=False)
         results["runs"]["share4v_eager"] = {}
@@ -410,7 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     _summarize(results)
     _write(out, results)
-    summary = ("decode_bs1_speedup", "generate_bs1_speedup", "caption_speedup", "roofline_fraction_bs1")
+    summary = ("decode_bs1_speedup", "generate_bs1_speedup", "caption_speedup", "unfused_decode_bs1_speedup",
+               "unfused_caption_speedup", "roofline_fraction_bs1")  # fmt: skip
     emit({"measurement": "summary", **{key: results.get(key) for key in summary}, "out": out and str(out)})
     differing = [(name, rows) for name, by_batch in results["equality"].items() for rows, e in by_batch.items()
                  if e["first_token_equal_rows"] < e["rows"]]  # fmt: skip
@@ -438,10 +445,13 @@ def _expected_seconds(runs: dict, rows: int, args) -> float:
 def _summarize(results: dict) -> None:
     """The headline keys from whatever has been measured so far."""
     runs = results["runs"]
-    ours, theirs = runs["share4v"].get("1"), runs["baseline"].get("1")
-    if ours and theirs:
-        results["decode_bs1_speedup"] = round(ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"], 3)
-        results["generate_bs1_speedup"] = round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3)
+    for side, prefix in (("share4v", ""), ("share4v_unfused", "unfused_")):
+        ours, theirs = runs.get(side, {}).get("1"), runs["baseline"].get("1")
+        if ours and theirs:
+            results[f"{prefix}decode_bs1_speedup"] = round(
+                ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"], 3
+            )
+            results[f"{prefix}generate_bs1_speedup"] = round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3)
     roofline = results.get("roofline_bs1_tokens_per_s")
     if roofline:
         results["roofline_fraction_bs1"] = {
@@ -449,14 +459,17 @@ def _summarize(results: dict) -> None:
             for name, by_batch in runs.items()
             if "1" in by_batch
         }
-    both = runs["share4v"].keys() & runs["baseline"].keys()  # batch sizes both sides measured
-    if both:
-        best = {}
-        for name in ("share4v", "baseline"):
-            rows = max(both, key=lambda r, name=name: runs[name][r]["images_per_s"])
-            best[name] = {"batch": int(rows), "images_per_s": runs[name][rows]["images_per_s"]}
-        results["caption_best"] = best
-        results["caption_speedup"] = round(best["share4v"]["images_per_s"] / best["baseline"]["images_per_s"], 3)
+    for side, prefix in (("share4v", ""), ("share4v_unfused", "unfused_")):
+        both = runs.get(side, {}).keys() & runs["baseline"].keys()  # batch sizes both sides measured
+        if both:
+            best = {}
+            for name in (side, "baseline"):
+                rows = max(both, key=lambda r, name=name: runs[name][r]["images_per_s"])
+                best[name] = {"batch": int(rows), "images_per_s": runs[name][rows]["images_per_s"]}
+            results[f"{prefix}caption_best"] = best
+            results[f"{prefix}caption_speedup"] = round(
+                best[side]["images_per_s"] / best["baseline"]["images_per_s"], 3
+            )
 
 
 def _results_path(out: Path | None, device: torch.device) -> Path | None:

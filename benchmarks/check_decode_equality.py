@@ -10,7 +10,9 @@ and builders of `bench_generate.py`):
   two put the same token first) and absolute differences, next to the logits' spread. Random bf16 weights give flat,
   near-tied logits, so bf16 rounding alone moves many top-1 choices; the fast path passes when it stays as close to
   the fp32 reference as the eager path does (`--tolerance`).
-- fp32, free-running: the greedy tokens of both paths for `--fp32-rows` prompts, which must be equal.
+- fp32, free-running: the greedy tokens of both paths for `--fp32-rows` prompts, which must be equal (the fast path
+  here is the engine's own greedy loop, `share4v.inference.fast_greedy`, with its default fused q/k/v and gate/up
+  step; `--unfused-projections`: with the model's own forward).
 
     python benchmarks/check_decode_equality.py --out benchmarks/results/   # GPU: DATE-GPU-decode-equality.json
     python benchmarks/check_decode_equality.py --smoke                     # tiny shapes on the CPU, in seconds
@@ -97,8 +99,10 @@ def free_running(fast: Share4VEngine, eager: Share4VEngine, batch, new_tokens: i
     }
 
 
-def engines(model, compile_config) -> tuple[Share4VEngine, Share4VEngine]:
-    fast = Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config)
+def engines(model, compile_config, fused: bool = True) -> tuple[Share4VEngine, Share4VEngine]:
+    fast = Share4VEngine(
+        IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config, fused_projections=fused
+    )
     return fast, Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=False)
 
 
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=0.01,
         help="fail when the fast path's top-1 agreement with fp32 is this far under the eager path's",
     )
+    parser.add_argument(
+        "--unfused-projections", action="store_true", help="the fast path's greedy loop runs the model's forward"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (fp32 both times)")
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-decode-equality.json")
     args = parser.parse_args(argv)
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     shape, device = shape_and_device(args.smoke)
     new_tokens = args.new_tokens or (8 if args.smoke else 128)
     compile_config = CompileConfig(backend="eager") if args.smoke else True
-    results = {"shape": shape.__dict__, "new_tokens": new_tokens, "environment": _environment(device)}
+    results = {"shape": shape.__dict__, "new_tokens": new_tokens, "fused_projections": not args.unfused_projections,
+               "environment": _environment(device)}  # fmt: skip
 
     def batch_of(engine: Share4VEngine, rows: int):
         return engine.collate(share4v_requests(rows, shape, 10 if args.smoke else 36))
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         free_memory(device)
 
         model = build_share4v(shape, tower_dir, device, torch.float32)
-        fast, eager = engines(model, compile_config)
+        fast, eager = engines(model, compile_config, not args.unfused_projections)
         _, reference = step_logits(eager, batch_of(eager, args.rows), new_tokens, forced=tokens)
         results["teacher_forced"] = {
             "dtype": str(low).removeprefix("torch."), "rows": args.rows, "positions": int(tokens.numel()),

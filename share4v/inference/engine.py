@@ -22,11 +22,12 @@ before greedy decoding had its own loop below).
 Stopping needs no text: the templates of the released models end answers with the end-of-sequence token, which
 is checked on the device; only a stop string that is not that token is matched in decoded text, every step.
 Greedy batches that stop on that token (streamed or not) skip `generate`'s per-step host work: they run the engine's
-own small loop over the same compiled step (`share4v.inference.fast_greedy`; batch-1 decode 1.27x transformers'
-static-cache compiled `generate` on an H200), with `generate`'s tokens (fp32 tests on the CPU); sampling, beam search
-and text stop strings go through `generate`.
-`fused_projections=True` runs that step with each Llama layer's q/k/v and gate/up projections as one product each
-(`share4v.inference.fused_llama`, weights re-laid in place); off by default until measured on a GPU.
+own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), with `generate`'s tokens (fp32 tests on
+the CPU, and over 128 tokens at 7B shape on an H100); sampling, beam search and text stop strings go through
+`generate`. By default (`fused_projections`) that step runs each Llama layer's q/k/v and gate/up projections as one
+product each (`share4v.inference.fused_llama`, weights re-laid in place, no copies): batch-1 decode at 74-75 % of
+the HBM roofline on an H100, 1.29-1.54x transformers' static-cache compiled `generate` in three runs (its speed
+varies from run to run; ours does not), and 1.04-1.08x over the unfused step (benchmarks/results/2026-11-26-h100-*).
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
@@ -176,9 +177,9 @@ class Share4VEngine:
     (False). None (the default): `COMPILE_DECODE_BY_DEFAULT` and the model sits on one CUDA device without quantized
     weights.
 
-    `fused_projections`: the compiled greedy step runs each Llama layer's q/k/v and gate/up projections as one
-    matrix product each (`share4v.inference.fused_llama`; the weights are re-laid in place, no copies). Off by
-    default until measured on a GPU.
+    `fused_projections` (default True): the compiled greedy step runs each Llama layer's q/k/v and gate/up
+    projections as one matrix product each (`share4v.inference.fused_llama`; the weights are re-laid in place, no
+    copies; a model that is not a plain Llama keeps its own forward). False: the model's own forward.
     """
 
     def __init__(
@@ -190,7 +191,7 @@ class Share4VEngine:
         conv_mode: str = DEFAULT_CONV_MODE,
         image_aspect_ratio: str | None = None,
         compile_decode: bool | CompileConfig | None = None,
-        fused_projections: bool = False,
+        fused_projections: bool = True,
     ):
         get_conv_template(conv_mode)  # fail now on an unknown template
         self.tokenizer = tokenizer
@@ -225,7 +226,7 @@ class Share4VEngine:
         device: str | None = None,
         image_aspect_ratio: str | None = None,
         compile_decode: bool | CompileConfig | None = None,
-        fused_projections: bool = False,
+        fused_projections: bool = True,
         **load_kwargs: Any,
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap."""

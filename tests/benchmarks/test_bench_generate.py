@@ -77,8 +77,10 @@ def test_headline_keys_come_from_what_was_measured():
     }  # fmt: skip
 
 
-def test_the_fused_projections_run_writes_the_baselines_tokens():
-    results = bench_generate.main(["--smoke", "--fused-projections", "--batch-sizes", "3"])
+def test_the_fused_and_unfused_engines_write_the_baselines_tokens():
+    results = bench_generate.main(["--smoke", "--unfused-projections", "--batch-sizes", "3"])
     assert results["fused_projections"] is True and results["errors"] == []
-    (equality,) = results["equality"]["share4v"].values()  # fp32: the same tokens as transformers' Llava
-    assert equality["rows_fully_equal"] == equality["rows"] == 3 and equality["common_prefix_min"] == 8
+    for side in ("share4v", "share4v_unfused"):  # fp32: the same tokens as transformers' Llava
+        (equality,) = results["equality"][side].values()
+        assert equality["rows_fully_equal"] == equality["rows"] == 3 and equality["common_prefix_min"] == 8
+    assert results["unfused_caption_speedup"] > 0 and "3" in results["runs"]["share4v_unfused"]

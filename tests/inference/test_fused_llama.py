@@ -164,13 +164,13 @@ def test_a_projection_wrapped_after_fusing_falls_back_to_the_models_forward():
     assert step.fused is None
 
 
-def test_the_engine_with_fused_projections_answers_as_without(tiny_ckpt):
+def test_the_engine_by_default_fuses_and_answers_as_without(tiny_ckpt):
     tokenizer, model, processor, context = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
     chats = [Chat.single("What is shown?", [random_image(1)]), Chat.single("Tell me a story about the sea."),
              Chat.single("Describe it.", [random_image(3, (30, 90))])]  # fmt: skip
     params = GenerationParams(temperature=0, max_new_tokens=8)
-    plain = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)
-    fused = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER, fused_projections=True)
+    plain = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER, fused_projections=False)
+    fused = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)  # fused: the default
     expected = [c.token_ids for c in plain.complete(chats, params)]
     assert [c.token_ids for c in fused.complete(chats, params)] == expected
     assert fused._greedy_step.fused is not None and plain._greedy_step.fused is None

@@ -106,7 +106,9 @@ def test_compiled_batch_equals_single_and_streams_join(engines, tiny):
     plain = Share4VEngine(*tiny, compile_decode=False)
     assert streamed == streaming.generate([chat], GREEDY)[0] == plain.generate([chat], GREEDY)[0]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the batch-1 graph serves streams too
-    assert streaming._greedy_step is GreedyStep.for_model(streaming.model, streaming._compile_config())
+    assert streaming._greedy_step is GreedyStep.for_model(
+        streaming.model, streaming._compile_config(), streaming.fused_projections
+    )
 
 
 def test_cache_length_is_bucketed_and_reused(tiny):
