@@ -41,7 +41,10 @@ What compiles and what re-records, so callers can keep one graph busy:
 - CUDA graphs are recorded per thread, so every generation runs on the engine's one decoding thread. Concurrent
   callers of `submit` and `stream` with equal settings are queued and run as one batch (up to `MAX_BATCH_SIZE`
   rows) when the model is free; each streamed row gets its own tokens, and a consumer that leaves stops its row
-  only.
+  only. Where the greedy loop serves such a batch, it is continuous (`share4v.inference.continuous`): a queued
+  greedy request (any `max_new_tokens`) takes the row of an answer that has ended while the others decode, where
+  its prompt and budget fit the batch's cache (which gets `JOIN_ROOM` more positions when it has two rows or
+  more), and each answer is handed back as soon as it ends.
 - A cache that would not fit in free device memory is not allocated: that batch takes the dynamic cache.
 """
 
@@ -70,6 +73,7 @@ from transformers.generation.utils import ALL_CACHE_NAMES
 
 from share4v.constants import DEFAULT_CONV_MODE
 from share4v.conversation import Conversation, default_conv_mode, get_conv_template
+from share4v.inference.continuous import JOIN_ROOM, Seat, decode_continuously
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
 from share4v.inference.requests import (
     FINISH_LENGTH,
@@ -432,24 +436,14 @@ class Share4VEngine:
         would and is faster: compiled decoding, greedy, a stop that is the
         end-of-sequence token, a generation config that changes no arg-max, and a static cache that fits. None
         elsewhere (then `generate` runs)."""
-        config = self.model.generation_config
-        plain = (
-            self.compile_decode
-            and not params.sampling
-            and params.num_beams == 1
-            and config.cache_implementation is None
-            and not self._stopping_criteria(batch.stop_str)
-            and all(getattr(config, name, None) in neutral for name, neutral in _NO_EFFECT_ON_ARGMAX.items())
-        )
-        if not plain:
+        if not self._plain_greedy(params, batch.stop_str):
             return None
         max_new_tokens = self._max_new_tokens(batch, params)
         cache = self._static_cache(batch.input_ids.shape[0], batch.prompt_len + max_new_tokens)
         if cache is None:
             return None
         length = self._cache_shape[1]  # now: another caller may size a new cache before the job runs
-        if self._greedy_step is None:
-            self._greedy_step = GreedyStep.for_model(self.model, self._compile_config(), self.fused_projections)
+        self._make_greedy_step()
 
         def work() -> torch.Tensor:
             embeds, mask = self._prompt_embeddings(batch)
@@ -459,6 +453,83 @@ class Share4VEngine:
             return greedy_decode(self.model, step, cache, length, embeds, mask, max_new_tokens, eos, pad, on_tokens)
 
         return self._on_decoding_thread(work), max_new_tokens
+
+    def _plain_greedy(self, params: GenerationParams, stop_str: str) -> bool:
+        """Whether the engine's own greedy loops answer as `generate` would and faster: compiled decoding, greedy,
+        a stop that is the end-of-sequence token, and a generation config that changes no arg-max."""
+        config = self.model.generation_config
+        return bool(
+            self.compile_decode
+            and not params.sampling
+            and params.num_beams == 1
+            and config.cache_implementation is None
+            and not self._stopping_criteria(stop_str)
+            and all(getattr(config, name, None) in neutral for name, neutral in _NO_EFFECT_ON_ARGMAX.items())
+        )
+
+    def _make_greedy_step(self) -> None:
+        if self._greedy_step is None:
+            self._greedy_step = GreedyStep.for_model(self.model, self._compile_config(), self.fused_projections)
+
+    def _serve_continuously(
+        self,
+        items: list[tuple[Request, GenerationParams, Future, _StreamRow | None]],
+        take_items: Callable[[Callable[[Request, GenerationParams], bool], int], list[tuple]],
+    ) -> bool:
+        """Answer the queued `items` (request, settings, future, stream) as one continuous batch
+        (`share4v.inference.continuous`): as rows end, requests still waiting in the queue take them
+        (`take_items(fits, free rows)` hands over at most that many queued items that `fits` accepts). Each future
+        gets its `Completion` as soon as its answer ends. False, with nothing run, where the batch cannot decode so
+        (not plain greedy, or no static cache fits): then it runs as a fixed batch."""
+        requests = [item[0] for item in items]
+        if not all(self._plain_greedy(params, request.stop_str) for request, params, *_ in items):
+            return False
+        budgets = [self._budget(request.prompt_tokens, params) for request, params, *_ in items]
+        longest = max(request.prompt_tokens for request in requests)
+        room = JOIN_ROOM if len(items) > 1 else 0  # one row: nobody can join before it ends (then a new batch)
+        cache = self._static_cache(len(items), longest + max(budgets) + room)
+        if cache is None:
+            return False
+        length = self._cache_shape[1]
+        self._make_greedy_step()
+        seated: list[tuple[Seat, Future, _StreamRow | None]] = []
+
+        def seat(item: tuple[Request, GenerationParams, Future, _StreamRow | None], budget: int) -> Seat:
+            request, _, future, stream = item
+            new = Seat(request.prompt_tokens, budget, self.tokenizer.eos_token_id,
+                       _completing(self, request, budget, future, stream), _streaming(stream) if stream else None,
+                       request=request)  # fmt: skip
+            seated.append((new, future, stream))
+            return new
+
+        def fits(request: Request, params: GenerationParams, written: int, left: int) -> bool:
+            return (
+                self._plain_greedy(params, request.stop_str)
+                and request.prompt_tokens <= written
+                and self._budget(request.prompt_tokens, params) - 1 <= left
+            )
+
+        def take(free: int, written: int, left: int) -> list[Seat]:
+            chosen = take_items(lambda request, params: fits(request, params, written, left), free)
+            return [seat(item, self._budget(item[0].prompt_tokens, item[1])) for item in chosen]
+
+        def embed(seats) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._prompt_embeddings(self.collate([s.request for s in seats]))
+
+        first = [seat(item, budget) for item, budget in zip(items, budgets, strict=True)]
+
+        def work() -> int:
+            return decode_continuously(self.model, self._greedy_step, cache, length, first, embed, take)
+
+        try:
+            self._on_decoding_thread(work).result()
+        except BaseException as err:  # every answer not yet given gets the error
+            for _, future, stream in seated:
+                if not future.done():
+                    future.set_exception(err)
+                if stream is not None:
+                    stream.close(batch_over=True)
+        return True
 
     def _prompt_embeddings(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's prompt embeddings `[B, P, D]` (images spliced in, left-padded) and their mask `[B, P]`, as
@@ -474,13 +545,17 @@ class Share4VEngine:
     def _max_new_tokens(self, batch: PreparedBatch, params: GenerationParams) -> int:
         """`params.max_new_tokens`, capped where prompt + answer reach the model's positions; a warning (once) when
         they pass the context the checkpoint was trained at."""
-        budget = min(params.max_new_tokens, self.max_positions - batch.prompt_len)
-        if batch.prompt_len + budget > self.context_len and not self._warned_past_context:
+        return self._budget(batch.prompt_len, params)
+
+    def _budget(self, prompt_len: int, params: GenerationParams) -> int:
+        """New tokens at most for a prompt of `prompt_len` positions (see `_max_new_tokens`)."""
+        budget = min(params.max_new_tokens, self.max_positions - prompt_len)
+        if prompt_len + budget > self.context_len and not self._warned_past_context:
             self._warned_past_context = True
             logger.warning(
                 "prompt (%d tokens) + up to %d new tokens pass the %d-token context this checkpoint was trained at; "
                 "answers may degrade past it",
-                batch.prompt_len,
+                prompt_len,
                 budget,
                 self.context_len,
             )
@@ -536,7 +611,9 @@ class Share4VEngine:
 
         Requests submitted while the model is busy wait, and those with equal `params` then run together as one
         batch (at most `MAX_BATCH_SIZE` rows, oldest first): concurrent callers, such as a server's handlers, share
-        the model's batch instead of queueing one by one. Greedy answers equal those of the request run alone. A
+        the model's batch instead of queueing one by one; with compiled greedy decoding, a waiting greedy request
+        also takes the row of an answer that has ended while the batch decodes (see the module docstring). Greedy
+        answers equal those of the request run alone. A
         request that failed to encode completes at once with its error. With `stream`, its new tokens also go
         to that row's queue as they are decoded (what `stream` reads)."""
         if self._batcher is None:
@@ -642,35 +719,45 @@ class _Batcher:
         return future
 
     def _next_batch(self) -> list[tuple[Request, GenerationParams, Future, _StreamRow | None]]:
-        """The oldest request's settings, and up to `MAX_BATCH_SIZE` waiting requests with them (a request whose
-        caller cancelled its future while it waited is dropped)."""
+        """The oldest request's settings, and up to `MAX_BATCH_SIZE` waiting requests with them, or, where the
+        engine's greedy loop serves the oldest request, every waiting request it would serve (each keeps its own
+        `max_new_tokens`). A request whose caller cancelled its future while it waited is dropped."""
         while True:
             with self.ready:
                 while not self.pending and not self.stopped:
                     self.ready.wait()
                 if not self.pending:
                     return []  # stopped, nothing left to run
-                params = self.pending[0][1]
-                batch = [item for item in self.pending if item[1] == params][:MAX_BATCH_SIZE]
+                batch = [item for item in self.pending if self._together(self.pending[0], item)][:MAX_BATCH_SIZE]
                 self.pending = [item for item in self.pending if all(item is not taken for taken in batch)]
-            running = []
-            for item in batch:
-                if item[2].set_running_or_notify_cancel():
-                    running.append(item)
-                elif item[3] is not None:
-                    item[3].close(batch_over=False)
-            if running:
+            if running := _started(batch):
                 return running
+
+    def _together(self, oldest: tuple, item: tuple) -> bool:
+        engine = self.engine()
+        if engine is not None and engine._plain_greedy(oldest[1], oldest[0].stop_str):
+            return engine._plain_greedy(item[1], item[0].stop_str)
+        return item[1] == oldest[1]
+
+    def take(self, fits: Callable[[Request, GenerationParams], bool], free: int) -> list[tuple]:
+        """Up to `free` waiting requests that `fits` accepts, oldest first, taken off the queue (for a continuous
+        batch; a request whose caller cancelled its future is dropped)."""
+        with self.ready:
+            chosen = [item for item in self.pending if fits(item[0], item[1])][:free]
+            self.pending = [item for item in self.pending if all(item is not taken for taken in chosen)]
+        return _started(chosen)
 
     def _serve(self) -> None:
         while batch := self._next_batch():
-            outcomes: list[Any]
+            outcomes: list[Any] | None
             engine = self.engine()
             try:
                 if engine is None:
                     raise RuntimeError("the engine was garbage-collected with requests still queued")
-                requests, streams = [item[0] for item in batch], [item[3] for item in batch]
-                outcomes = engine._run(engine.collate(requests), batch[0][1], streams)
+                if engine._serve_continuously(batch, self.take):
+                    outcomes = None  # each future has its answer already
+                else:
+                    outcomes = _run_by_settings(engine, batch)
             except BaseException as err:  # every request of the batch gets the error
                 outcomes = [err] * len(batch)
             finally:
@@ -678,11 +765,76 @@ class _Batcher:
                     if stream is not None:
                         stream.close(batch_over=True)  # also a stream whose batch failed before generating
                 del engine
-            for (_, _, future, _), outcome in zip(batch, outcomes, strict=True):
+            for (_, _, future, _), outcome in zip(batch, outcomes or [None] * len(batch), strict=True):
+                if future.done():
+                    continue
                 if isinstance(outcome, BaseException):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+
+def _run_by_settings(engine: Share4VEngine, batch: list[tuple]) -> list[Any]:
+    """Each group of the queued `batch` with equal settings as one fixed batch (`Share4VEngine._run`), in the order
+    they came: one outcome (a `Completion` or the group's error) per item."""
+    outcomes: list[Any] = [None] * len(batch)
+    groups: list[tuple[GenerationParams, list[int]]] = []
+    for index, (_, params, _, _) in enumerate(batch):
+        group = next((members for settings, members in groups if settings == params), None)
+        if group is None:
+            groups.append((params, group := []))
+        group.append(index)
+    for params, members in groups:
+        try:
+            requests, streams = [batch[i][0] for i in members], [batch[i][3] for i in members]
+            answers = engine._run(engine.collate(requests), params, streams)
+        except BaseException as err:  # this group's requests get the error
+            answers = [err] * len(members)
+        for index, answer in zip(members, answers, strict=True):
+            outcomes[index] = answer
+    return outcomes
+
+
+def _started(items: list[tuple]) -> list[tuple]:
+    """The queued items whose futures now run; a stream whose caller cancelled meanwhile is closed."""
+    running = []
+    for item in items:
+        if item[2].set_running_or_notify_cancel():
+            running.append(item)
+        elif item[3] is not None:
+            item[3].close(batch_over=False)
+    return running
+
+
+def _completing(
+    engine: Share4VEngine, request: Request, budget: int, future: Future, stream: _StreamRow | None
+) -> Callable[[list[int]], None]:
+    """A continuous batch's `on_end` for one queued request: its `Completion` to its future, then its stream
+    closed."""
+
+    def on_end(tokens: list[int]) -> None:
+        try:
+            future.set_result(engine._completion(tokens, request.stop_str, request.prompt_tokens, budget))
+        except BaseException as err:  # decoding the text failed: this request's error alone
+            future.set_exception(err)
+        if stream is not None:
+            stream.close(batch_over=True)
+
+    return on_end
+
+
+def _streaming(stream: _StreamRow) -> Callable[[int], bool]:
+    """A continuous batch's `on_token` for a streamed request: each token to its queue; False once its reader has
+    left (the row then ends)."""
+
+    def on_token(token: int) -> bool:
+        if stream.cancel.is_set():
+            stream.close(batch_over=False)
+            return False
+        stream.tokens.put([token])
+        return True
+
+    return on_token
 
 
 class _DecodeThread:

@@ -1,0 +1,132 @@
+"""benchmarks/check_continuous.py
+
+Whether continuous batching (`share4v.inference.continuous`, the engine's queue) writes every request's answer
+alone where it matters most, on a GPU: inductor's compiled step under CUDA graphs ("reduce-overhead", the engine's
+default there), the fused projections, and the host reading tokens two steps late. The tiny checkpoint of the tests
+(fp32), so the answers are exact. `--requests` chats (text-only, one image, two images) with budgets of 3 to 24
+tokens are submitted to the engine's queue at once: the first batch takes those queued when the model is free, and
+the others join it as rows end. Each answer must equal the request's answer alone (`Share4VEngine.complete`) where
+the same requests as one fixed batch do (on a GPU, kernels chosen by batch size round differently, and a near-tie
+of the random tiny model can flip: `fixed_batch_differing` and, with the queue's longer cache,
+`fixed_batch_longer_cache_differing` list those), and the queue must run fewer steps than
+the answers one after another.
+
+    python benchmarks/check_continuous.py --out $OUT/continuous.json     # GPU: a minute, most of it compiling
+    python benchmarks/check_continuous.py --cpu                          # the same on the CPU (eager graphs)
+
+Exits 1 when an answer differs where the fixed batch's does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CompileConfig
+
+from share4v.inference.continuous import JOIN_ROOM
+from share4v.inference.engine import MAX_BATCH_SIZE, Chat, GenerationParams, Share4VEngine
+from share4v.model.builder import load_pretrained_model
+from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
+
+
+class CountingStep:
+    """The engine's greedy step, counting its calls."""
+
+    def __init__(self, step):
+        self.step, self.calls = step, 0
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+    def __call__(self, *inputs):
+        self.calls += 1
+        return self.step(*inputs)
+
+
+def image(seed: int) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    return Image.fromarray(rng.randint(0, 256, (rng.randint(30, 90), rng.randint(30, 90), 3), dtype=np.uint8))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--requests", type=int, default=24, help="chats submitted (default: %(default)s)")
+    parser.add_argument("--cpu", action="store_true", help="on the CPU, compiled as eager graphs")
+    parser.add_argument("--out", type=Path, help="write the results here (JSON)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
+    importlib.import_module("torch._inductor.cudagraph_trees")  # torch < 2.13: CUDA-graph state for this thread
+    rng = random.Random(0)
+    chats, budgets = [], []
+    for index in range(args.requests):
+        images = [image(index * 2 + k) for k in range(rng.choice([0, 1, 1, 2]))]
+        chats.append(Chat.single(f"Question {index}: " + " ".join(["tell me more"] * rng.randint(1, 6)), images))
+        budgets.append(rng.randint(3, 24))
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = make_tiny_checkpoint(Path(tmp) / "tiny")
+        tokenizer, model, processor, context = load_pretrained_model(str(checkpoint), None, "tiny", device=device)
+    compile_config = CompileConfig(backend="eager") if device == "cpu" else True
+    engine = Share4VEngine(tokenizer, model, processor, context, compile_decode=compile_config)
+    alone = [engine.complete([chat], GenerationParams(temperature=0, max_new_tokens=budget))[0]
+             for chat, budget in zip(chats, budgets, strict=True)]  # fmt: skip
+    alone_steps = sum(max(len(c.token_ids), 1) - 1 for c in alone)  # at most; an answer that ended early took fewer
+    # the same first rows as one fixed batch (`fast_greedy.greedy_decode`), to tell batching's own rounding (on a GPU,
+    # kernels differ with the batch size) from the queue: each answer cut to its budget (greedy answers are prefixes)
+    first = min(MAX_BATCH_SIZE, args.requests)
+    fixed = engine.complete(chats[:first], GenerationParams(temperature=0, max_new_tokens=max(budgets[:first])))
+    fixed_differing = [index for index in range(first)
+                       if fixed[index].token_ids[: budgets[index]] != alone[index].token_ids]  # fmt: skip
+    # ... and with a cache as long as the queue's first batch gets (`JOIN_ROOM` more positions): attention then runs
+    # over more (masked) positions, which on a GPU also rounds differently
+    room = GenerationParams(temperature=0, max_new_tokens=max(budgets[:first]) + JOIN_ROOM)
+    fixed_room = engine.complete(chats[:first], room)
+    room_differing = [index for index in range(first)
+                      if fixed_room[index].token_ids[: budgets[index]] != alone[index].token_ids]  # fmt: skip
+    engine._make_greedy_step()
+    engine._greedy_step = step = CountingStep(engine._greedy_step)
+    requests = [engine.encode(chat) for chat in chats]
+    futures = [engine.submit(request, GenerationParams(temperature=0, max_new_tokens=budget))
+               for request, budget in zip(requests, budgets, strict=True)]  # fmt: skip
+    answers = [future.result(timeout=600) for future in futures]
+    equal = [a.token_ids == b.token_ids and a.text == b.text for a, b in zip(answers, alone, strict=True)]
+    results = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "requests": args.requests,
+        "budgets": budgets,
+        "answers_equal": sum(equal),
+        "differing": [index for index, ok in enumerate(equal) if not ok],
+        "fixed_batch_differing": fixed_differing,  # of the first rows, as one fixed batch (no queue)
+        "fixed_batch_longer_cache_differing": room_differing,  # the same with the queue's cache length
+        "joined_differing": [index for index, ok in enumerate(equal) if not ok and index >= first],
+        "queue_steps": step.calls,
+        "alone_steps_at_most": alone_steps,
+        "tokens": sum(len(a.token_ids) for a in answers),
+        "seconds": round(time.perf_counter() - started, 1),
+        "versions": {"torch": torch.__version__, "transformers": importlib.import_module("transformers").__version__},
+    }
+    del engine, step, futures  # the engine's threads end with it, before the interpreter does
+    gc.collect()
+    print(json.dumps(results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    unexplained = [index for index in results["differing"] if index not in fixed_differing + room_differing]
+    if unexplained:
+        raise SystemExit(f"answers differ from the answers alone for requests {unexplained}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

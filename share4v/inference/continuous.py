@@ -1,0 +1,208 @@
+"""inference/continuous.py
+
+Greedy decoding in which waiting requests join a batch while it decodes (continuous batching), for the engine's
+queue (`Share4VEngine.submit` and `stream`). The batch's rows share one static KV cache and one compiled step, as
+in `fast_greedy.greedy_decode`. When a row's answer has ended (its end-of-sequence token, its token budget, or a
+stream whose reader left), a waiting request takes the row: its prompt runs on its own into a scratch cache, and
+its keys and values are copied into the row so that the prompt ends where the batch writes next. The row's
+positions before that are masked out, as left padding is. From the next step on it decodes with the others.
+
+Each answer is the one the request gets alone: its prompt pass and its steps see its own tokens at its own
+positions (rotary positions come from its mask, not from the cache slot), the masked slots count for nothing, and
+greedy decoding takes the arg-max per row. fp32 tests on the CPU check the tokens
+(tests/inference/test_continuous.py).
+
+A request can take a row only where it fits: its prompt no longer than the positions written so far (it ends where
+the batch writes next), and its whole token budget within the cache's positions left. The engine gives a batch
+that may take requests `JOIN_ROOM` positions more than its first rows need.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from share4v.inference.fast_greedy import LOOKBEHIND, GreedyStep
+
+JOIN_ROOM = 256  # cache positions a batch that takes requests has beyond what its first rows need
+
+
+@dataclass(eq=False)
+class Seat:
+    """One request's place in a continuous batch: how long its prompt is, how many tokens it may write, and what
+    to do with them. `on_token` gets each new token and returns False to stop the answer there (a stream whose
+    reader left; the token is dropped); `on_end` gets the answer's tokens once it has ended (with the
+    end-of-sequence token where it ended so)."""
+
+    prompt_len: int
+    budget: int
+    eos_token_id: int | None
+    on_end: Callable[[list[int]], None]
+    on_token: Callable[[int], bool] | None = None
+    request: Any = None  # what the caller seats (its `embed` reads it)
+    tokens: list[int] = field(default_factory=list)
+    queued: int = 0  # tokens of this seat queued on the device (read or not)
+    finished: bool = False
+
+    @property
+    def decoding(self) -> bool:
+        """Whether the seat still needs steps."""
+        return not self.finished and self.queued < self.budget
+
+    def accept(self, token: int) -> None:
+        if self.finished:
+            return
+        if self.on_token is not None and not self.on_token(token):
+            self.finish()
+            return
+        self.tokens.append(token)
+        if token == self.eos_token_id or len(self.tokens) >= self.budget:
+            self.finish()
+
+    def finish(self) -> None:
+        self.finished = True
+        self.on_end(self.tokens)
+
+
+Embed = Callable[[Sequence[Seat]], tuple[torch.Tensor, torch.Tensor]]  # seats → left-padded embeddings, mask
+Take = Callable[[int, int, int], list[Seat]]  # (free rows, positions written, positions left) → seats that fit
+
+
+def decode_continuously(
+    model: torch.nn.Module,
+    step: GreedyStep,
+    cache: StaticCache,
+    cache_len: int,
+    seats: Sequence[Seat],
+    embed: Embed,
+    take: Take,
+    lookbehind: int | None = None,
+) -> int:
+    """Decode `seats` (one cache row each; `cache` holds `len(seats)` rows of `cache_len` positions and is reset
+    here) greedily, seating the requests `take` hands over in rows whose answer has ended while another row still
+    decodes, until every seat has ended. `take(free, written, left)` returns at most `free` seats whose prompt is at
+    most `written` positions and whose budget is at most `left` + 1 tokens. Returns the compiled steps run."""
+    embeds, attention = embed(seats)
+    rows, prompt = attention.shape
+    if prompt + max(seat.budget for seat in seats) - 1 > cache_len:
+        raise ValueError(f"a cache of {cache_len} positions cannot hold the prompts and budgets of {rows} seats")
+    device = embeds.device
+    step.check_weights()
+    cache.reset()
+    mask = torch.ones((rows, cache_len), dtype=attention.dtype, device=device)
+    mask[:, :prompt] = attention  # later positions: causality hides those not written yet
+    positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
+    token = _first_tokens(model, embeds, attention, positions, cache, torch.arange(prompt, device=device))
+    position, cache_position, written = positions[:, -1:] + 1, torch.tensor([prompt], device=device), prompt
+    owners: list[Seat | None] = list(seats)
+    for seat in seats:
+        seat.queued = 1
+    pending = deque([_Queued.of(list(owners), token)])
+    if lookbehind is None:
+        lookbehind = LOOKBEHIND if device.type == "cuda" else 0
+    steps = 0
+    while True:
+        free = [row for row, seat in enumerate(owners) if seat is None or not seat.decoding]
+        # requests join while others decode; once none does, the batch ends, and the queue starts a new one from
+        # all that wait (one row would otherwise take them one by one)
+        joined = take(len(free), written, cache_len - written) if free and len(free) < rows else []
+        if joined:
+            rows_taken = free[: len(joined)]
+            _seat(model, cache, embed(joined), rows_taken, written, mask, position, token)
+            for row, seat in zip(rows_taken, joined, strict=True):
+                owners[row], seat.queued = seat, 1
+            pending.append(_Queued.of([seat if row in rows_taken else None for row, seat in enumerate(owners)], token))
+        decoding = [seat if seat is not None and seat.decoding else None for seat in owners]
+        if any(decoding):
+            token = step(token, position, cache_position, mask, cache)
+            position += 1
+            cache_position += 1
+            written, steps = written + 1, steps + 1
+            for seat in decoding:
+                if seat is not None:
+                    seat.queued += 1
+            pending.append(_Queued.of(decoding, token))
+        while pending and (len(pending) > lookbehind or not any(decoding)):
+            record = pending.popleft()
+            for seat, new in zip(record.owners, record.tokens(), strict=True):
+                if seat is not None:
+                    seat.accept(new)
+        if not joined and not any(decoding):
+            return steps
+
+
+def _first_tokens(model, embeds, attention, positions, cache, cache_position) -> torch.Tensor:
+    """The prompt pass into `cache`: the arg-max of each row's last logits `[B, 1]`."""
+    logits = model(
+        inputs_embeds=embeds,
+        attention_mask=attention,
+        position_ids=positions,
+        cache_position=cache_position,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    return logits[:, -1].argmax(-1, keepdim=True)
+
+
+def _seat(
+    model: torch.nn.Module,
+    cache: StaticCache,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    rows: list[int],
+    written: int,
+    mask: torch.Tensor,
+    position: torch.Tensor,
+    token: torch.Tensor,
+) -> None:
+    """Run the joining prompts (left-padded embeddings and mask) into a scratch cache, copy their keys and values
+    into `rows` of `cache` so that they end at `written`, and set those rows' mask, next position and next token
+    in place (the step reads them from there)."""
+    embeds, attention = prompts
+    length = attention.shape[1]
+    if length > written:
+        raise ValueError(f"a prompt of {length} positions cannot end at position {written}")
+    positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
+    scratch = DynamicCache()
+    first = _first_tokens(model, embeds, attention, positions, scratch, torch.arange(length, device=embeds.device))
+    index = torch.tensor(rows, device=embeds.device)
+    span = slice(written - length, written)
+    for layer, joined in zip(cache.layers, scratch.layers, strict=True):
+        layer.keys[index, :, span] = joined.keys
+        layer.values[index, :, span] = joined.values
+    row_mask = torch.zeros((len(rows), mask.shape[1]), dtype=mask.dtype, device=mask.device)
+    row_mask[:, span] = attention
+    row_mask[:, written:] = 1
+    mask[index] = row_mask
+    position[index] = positions[:, -1:] + 1
+    token[index] = first
+
+
+@dataclass
+class _Queued:
+    """One step's new tokens, with the seat each row's token belongs to (None: a row nobody waits on), on their way
+    to the host (on a GPU: copied without waiting, with an event to wait on when they are read)."""
+
+    owners: list[Seat | None]
+    token: torch.Tensor
+    event: torch.cuda.Event | None
+
+    @classmethod
+    def of(cls, owners: list[Seat | None], token: torch.Tensor) -> _Queued:
+        if token.device.type != "cuda":
+            return cls(owners, token.clone(), None)
+        host = torch.empty(token.shape, dtype=token.dtype, pin_memory=True)
+        host.copy_(token, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(owners, host, event)
+
+    def tokens(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()  # only this older step: the steps queued after it keep the GPU busy
+        return self.token[:, 0].tolist()

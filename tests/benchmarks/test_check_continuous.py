@@ -1,0 +1,19 @@
+"""benchmarks/check_continuous.py runs on the CPU: every queued answer equals the answer alone, in fewer steps."""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import check_continuous  # noqa: E402
+
+
+def test_the_queue_answers_as_alone_in_fewer_steps(tmp_path):
+    out = tmp_path / "continuous.json"
+    results = check_continuous.main(["--cpu", "--requests", "10", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["answers_equal"] == 10 and results["differing"] == [] == results["fixed_batch_differing"]
+    assert results["tokens"] == sum(results["budgets"])  # the tiny model does not end early: every budget is used
+    assert results["queue_steps"] < results["alone_steps_at_most"]
