@@ -20,7 +20,6 @@ Exits 1 when an answer differs where the fixed batch's does not.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import random
@@ -116,8 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "versions": {"torch": torch.__version__, "transformers": importlib.import_module("transformers").__version__},
     }
-    del engine, step, futures  # the engine's threads end with it, before the interpreter does
-    gc.collect()
     print(json.dumps(results))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,16 @@
 Greedy decoding in which waiting requests join a batch while it decodes (continuous batching), for the engine's
 queue (`Share4VEngine.submit` and `stream`). The batch's rows share one static KV cache and one compiled step, as
 in `fast_greedy.greedy_decode`. When a row's answer has ended (its end-of-sequence token, its token budget, or a
-stream whose reader left), a waiting request takes the row: its prompt runs on its own into a scratch cache, and
-its keys and values are copied into the row so that the prompt ends where the batch writes next. The row's
-positions before that are masked out, as left padding is. From the next step on it decodes with the others.
+stream whose reader left), a waiting request takes the row: its prompt runs into a scratch cache (with those
+joining at the same step, left-padded together), and its keys and values are copied into the row so that the
+prompt ends where the batch writes next. The row's positions before that are masked out, as left padding is. From
+the next step on it decodes with the others. A request whose prompt pass fails gets its error; the batch goes on.
 
-Each answer is the one the request gets alone: its prompt pass and its steps see its own tokens at its own
-positions (rotary positions come from its mask, not from the cache slot), the masked slots count for nothing, and
-greedy decoding takes the arg-max per row. fp32 tests on the CPU check the tokens
-(tests/inference/test_continuous.py).
+Each answer is the one the request gets alone, up to rounding: its prompt pass and its steps see its own tokens at
+its own positions (rotary positions come from its mask, not from the cache slot), the masked slots count for
+nothing, and greedy decoding takes the arg-max per row. fp32 tests on the CPU check the tokens exactly
+(tests/inference/test_continuous.py); on a GPU, attention over a longer cache rounds differently, which can flip a
+near-tie (benchmarks/check_continuous.py).
 
 A request can take a row only where it fits: its prompt no longer than the positions written so far (it ends where
 the batch writes next), and its whole token budget within the cache's positions left. The engine gives a batch
@@ -44,6 +46,7 @@ class Seat:
     eos_token_id: int | None
     on_end: Callable[[list[int]], None]
     on_token: Callable[[int], bool] | None = None
+    on_error: Callable[[BaseException], None] | None = None  # its prompt pass failed (it never decoded)
     request: Any = None  # what the caller seats (its `embed` reads it)
     tokens: list[int] = field(default_factory=list)
     queued: int = 0  # tokens of this seat queued on the device (read or not)
@@ -67,6 +70,11 @@ class Seat:
     def finish(self) -> None:
         self.finished = True
         self.on_end(self.tokens)
+
+    def fail(self, error: BaseException) -> None:
+        self.finished = True
+        if self.on_error is not None:
+            self.on_error(error)
 
 
 Embed = Callable[[Sequence[Seat]], tuple[torch.Tensor, torch.Tensor]]  # seats → left-padded embeddings, mask
@@ -113,10 +121,17 @@ def decode_continuously(
         joined = take(len(free), written, cache_len - written) if free and len(free) < rows else []
         if joined:
             rows_taken = free[: len(joined)]
-            _seat(model, cache, embed(joined), rows_taken, written, mask, position, token)
-            for row, seat in zip(rows_taken, joined, strict=True):
+            try:
+                _seat(model, cache, embed(joined), rows_taken, written, mask, position, token)
+            except Exception as err:  # these requests get the error; their rows stay free, the others decode on
+                for seat in joined:
+                    seat.fail(err)
+                joined = []
+            for row, seat in zip(rows_taken, joined, strict=False):
                 owners[row], seat.queued = seat, 1
-            pending.append(_Queued.of([seat if row in rows_taken else None for row, seat in enumerate(owners)], token))
+            if joined:
+                seated = [seat if row in rows_taken else None for row, seat in enumerate(owners)]
+                pending.append(_Queued.of(seated, token))
         decoding = [seat if seat is not None and seat.decoding else None for seat in owners]
         if any(decoding):
             token = step(token, position, cache_position, mask, cache)
@@ -173,6 +188,13 @@ def _seat(
     index = torch.tensor(rows, device=embeds.device)
     span = slice(written - length, written)
     for layer, joined in zip(cache.layers, scratch.layers, strict=True):
+        # full-length layers, slot i holding position i of the row (no sliding window): what the copy assumes
+        if (
+            getattr(layer, "is_sliding", False)
+            or layer.keys.shape[2] != mask.shape[1]
+            or joined.keys.shape[2] != length
+        ):
+            raise ValueError("continuous batching needs full-length static cache layers (no sliding window)")
         layer.keys[index, :, span] = joined.keys
         layer.values[index, :, span] = joined.values
     row_mask = torch.zeros((len(rows), mask.shape[1]), dtype=mask.dtype, device=mask.device)

@@ -50,6 +50,7 @@ What compiles and what re-records, so callers can keep one graph busy:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import copy
@@ -217,6 +218,7 @@ class Share4VEngine:
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
         self._refused: tuple[int, int] | None = None  # the shape `_static_cache` found no room for in this batch
         self._decoder: _DecodeThread | None = None
+        self._answers: _DecodeThread | None = None  # hands continuous batches' answers to their futures
         self._batcher: _Batcher | None = None
         self._starting = threading.Lock()  # the decoding and batching threads start once, whoever calls first
 
@@ -492,13 +494,13 @@ class Share4VEngine:
             return False
         length = self._cache_shape[1]
         self._make_greedy_step()
-        seated: list[tuple[Seat, Future, _StreamRow | None]] = []
+        seated: list[tuple[Seat, Future, _StreamRow | None]] = []  # every seat, first rows and joined
 
         def seat(item: tuple[Request, GenerationParams, Future, _StreamRow | None], budget: int) -> Seat:
             request, _, future, stream = item
-            new = Seat(request.prompt_tokens, budget, self.tokenizer.eos_token_id,
-                       _completing(self, request, budget, future, stream), _streaming(stream) if stream else None,
-                       request=request)  # fmt: skip
+            ending = _Answering(self, request, budget, future, stream)
+            new = Seat(request.prompt_tokens, budget, self.tokenizer.eos_token_id, ending.end,
+                       _streaming(stream) if stream else None, ending.fail, request=request)  # fmt: skip
             seated.append((new, future, stream))
             return new
 
@@ -506,7 +508,7 @@ class Share4VEngine:
             return (
                 self._plain_greedy(params, request.stop_str)
                 and request.prompt_tokens <= written
-                and self._budget(request.prompt_tokens, params) - 1 <= left
+                and self._budget(request.prompt_tokens, params, warn=False) - 1 <= left
             )
 
         def take(free: int, written: int, left: int) -> list[Seat]:
@@ -516,6 +518,9 @@ class Share4VEngine:
         def embed(seats) -> tuple[torch.Tensor, torch.Tensor]:
             return self._prompt_embeddings(self.collate([s.request for s in seats]))
 
+        with self._starting:
+            if self._answers is None:
+                self._answers = _DecodeThread("share4v-answers")
         first = [seat(item, budget) for item, budget in zip(items, budgets, strict=True)]
 
         def work() -> int:
@@ -524,11 +529,11 @@ class Share4VEngine:
         try:
             self._on_decoding_thread(work).result()
         except BaseException as err:  # every answer not yet given gets the error
-            for _, future, stream in seated:
-                if not future.done():
-                    future.set_exception(err)
-                if stream is not None:
-                    stream.close(batch_over=True)
+            for started, _, _ in seated:
+                if not started.finished:
+                    started.fail(err)
+        finally:
+            self._answers.submit(lambda: None).result()  # every answer handed over before the batch counts as done
         return True
 
     def _prompt_embeddings(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -547,10 +552,11 @@ class Share4VEngine:
         they pass the context the checkpoint was trained at."""
         return self._budget(batch.prompt_len, params)
 
-    def _budget(self, prompt_len: int, params: GenerationParams) -> int:
-        """New tokens at most for a prompt of `prompt_len` positions (see `_max_new_tokens`)."""
+    def _budget(self, prompt_len: int, params: GenerationParams, warn: bool = True) -> int:
+        """New tokens at most for a prompt of `prompt_len` positions (see `_max_new_tokens`; `warn`: the warning
+        past the trained context may be given, for a prompt about to run)."""
         budget = min(params.max_new_tokens, self.max_positions - prompt_len)
-        if prompt_len + budget > self.context_len and not self._warned_past_context:
+        if warn and prompt_len + budget > self.context_len and not self._warned_past_context:
             self._warned_past_context = True
             logger.warning(
                 "prompt (%d tokens) + up to %d new tokens pass the %d-token context this checkpoint was trained at; "
@@ -612,8 +618,9 @@ class Share4VEngine:
         Requests submitted while the model is busy wait, and those with equal `params` then run together as one
         batch (at most `MAX_BATCH_SIZE` rows, oldest first): concurrent callers, such as a server's handlers, share
         the model's batch instead of queueing one by one; with compiled greedy decoding, a waiting greedy request
-        also takes the row of an answer that has ended while the batch decodes (see the module docstring). Greedy
-        answers equal those of the request run alone. A
+        also takes the row of an answer that has ended while the batch decodes, first come first served (see the
+        module docstring). Greedy answers equal those of the request run alone (on a GPU, up to the rounding of
+        kernels chosen by batch size and cache length). A
         request that failed to encode completes at once with its error. With `stream`, its new tokens also go
         to that row's queue as they are decoded (what `stream` reads)."""
         if self._batcher is None:
@@ -688,10 +695,23 @@ def _cuda_graph_thread_state() -> None:
 
 MAX_BATCH_SIZE = 16  # rows `submit` puts in one batch
 
+# The engines' threads still running when the interpreter exits end first: a thread that has run torch code and is
+# still alive while the process tears down can abort it ("terminate called without an active exception").
+_LIVE_THREADS: weakref.WeakSet = weakref.WeakSet()
+_EXIT_JOIN_S = 5.0
+
+
+@atexit.register
+def _end_threads() -> None:
+    for owner in list(_LIVE_THREADS):
+        owner.close()
+
 
 class _Batcher:
-    """The requests `submit` queued, run in batches of equal settings by one thread (through `_run`, hence on the
-    engine's decoding thread), oldest first. It holds the engine weakly: an engine nobody uses can be freed."""
+    """The requests `submit` queued, run in batches by one thread (on the engine's decoding thread), oldest first:
+    greedy requests the engine's greedy loop serves as one continuous batch, which takes more from the queue as its
+    rows end (`take`, first come first served); other requests in batches of equal settings. It holds the engine
+    weakly: an engine nobody uses can be freed."""
 
     def __init__(self, engine: Share4VEngine):
         self.engine = weakref.ref(engine)
@@ -699,12 +719,19 @@ class _Batcher:
         self.ready = threading.Condition()
         self.stopped = False
         weakref.finalize(engine, self.stop)  # the thread ends with its engine
-        threading.Thread(target=self._serve, name="share4v-batcher", daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, name="share4v-batcher", daemon=True)
+        self.thread.start()
+        _LIVE_THREADS.add(self)
 
     def stop(self) -> None:
         with self.ready:
             self.stopped = True
             self.ready.notify()
+
+    def close(self) -> None:
+        """`stop`, and wait a moment for the thread to end (at exit)."""
+        self.stop()
+        self.thread.join(timeout=_EXIT_JOIN_S)
 
     def submit(self, request: Request, params: GenerationParams, stream: _StreamRow | None = None) -> Future:
         future: Future = Future()
@@ -719,8 +746,8 @@ class _Batcher:
         return future
 
     def _next_batch(self) -> list[tuple[Request, GenerationParams, Future, _StreamRow | None]]:
-        """The oldest request's settings, and up to `MAX_BATCH_SIZE` waiting requests with them, or, where the
-        engine's greedy loop serves the oldest request, every waiting request it would serve (each keeps its own
+        """Up to `MAX_BATCH_SIZE` waiting requests, oldest first: those with the oldest request's settings, or,
+        where the engine's greedy loop would serve the oldest request, those it would serve (each keeping its own
         `max_new_tokens`). A request whose caller cancelled its future while it waited is dropped."""
         while True:
             with self.ready:
@@ -735,16 +762,24 @@ class _Batcher:
 
     def _together(self, oldest: tuple, item: tuple) -> bool:
         engine = self.engine()
-        if engine is not None and engine._plain_greedy(oldest[1], oldest[0].stop_str):
-            return engine._plain_greedy(item[1], item[0].stop_str)
+        try:
+            if engine is not None and engine._plain_greedy(oldest[1], oldest[0].stop_str):
+                return engine._plain_greedy(item[1], item[0].stop_str)
+        except Exception:  # whatever asking raised: batch by equal settings (the run reports the error)
+            pass
         return item[1] == oldest[1]
 
     def take(self, fits: Callable[[Request, GenerationParams], bool], free: int) -> list[tuple]:
-        """Up to `free` waiting requests that `fits` accepts, oldest first, taken off the queue (for a continuous
-        batch; a request whose caller cancelled its future is dropped)."""
+        """Up to `free` of the oldest waiting requests, taken off the queue while `fits` accepts them (for a
+        continuous batch: first come, first served, so no request passes an older one that cannot join; a request
+        whose caller cancelled its future is dropped)."""
         with self.ready:
-            chosen = [item for item in self.pending if fits(item[0], item[1])][:free]
-            self.pending = [item for item in self.pending if all(item is not taken for taken in chosen)]
+            chosen = []
+            for item in self.pending[:free]:
+                if not fits(item[0], item[1]):
+                    break
+                chosen.append(item)
+            self.pending = self.pending[len(chosen) :]
         return _started(chosen)
 
     def _serve(self) -> None:
@@ -754,18 +789,18 @@ class _Batcher:
             try:
                 if engine is None:
                     raise RuntimeError("the engine was garbage-collected with requests still queued")
-                if engine._serve_continuously(batch, self.take):
-                    outcomes = None  # each future has its answer already
-                else:
-                    outcomes = _run_by_settings(engine, batch)
-            except BaseException as err:  # every request of the batch gets the error
+                if not engine._serve_continuously(batch, self.take):
+                    _run_by_settings(engine, batch)
+                missing = RuntimeError("the batch ended without this request's answer")
+                outcomes = [missing] * len(batch)  # each future has its answer already: none of these is given
+            except BaseException as err:  # every request of the batch without an answer gets the error
                 outcomes = [err] * len(batch)
             finally:
                 for *_, stream in batch:
                     if stream is not None:
                         stream.close(batch_over=True)  # also a stream whose batch failed before generating
                 del engine
-            for (_, _, future, _), outcome in zip(batch, outcomes or [None] * len(batch), strict=True):
+            for (_, _, future, _), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
                 if isinstance(outcome, BaseException):
@@ -774,25 +809,27 @@ class _Batcher:
                     future.set_result(outcome)
 
 
-def _run_by_settings(engine: Share4VEngine, batch: list[tuple]) -> list[Any]:
+def _run_by_settings(engine: Share4VEngine, batch: list[tuple]) -> None:
     """Each group of the queued `batch` with equal settings as one fixed batch (`Share4VEngine._run`), in the order
-    they came: one outcome (a `Completion` or the group's error) per item."""
-    outcomes: list[Any] = [None] * len(batch)
-    groups: list[tuple[GenerationParams, list[int]]] = []
-    for index, (_, params, _, _) in enumerate(batch):
-        group = next((members for settings, members in groups if settings == params), None)
+    they came; each group's futures get their answers (or the group's error) and its streams close as it ends."""
+    groups: list[tuple[GenerationParams, list[tuple]]] = []
+    for item in batch:
+        group = next((members for settings, members in groups if settings == item[1]), None)
         if group is None:
-            groups.append((params, group := []))
-        group.append(index)
+            groups.append((item[1], group := []))
+        group.append(item)
     for params, members in groups:
         try:
-            requests, streams = [batch[i][0] for i in members], [batch[i][3] for i in members]
-            answers = engine._run(engine.collate(requests), params, streams)
+            answers = engine._run(engine.collate([m[0] for m in members]), params, [m[3] for m in members])
         except BaseException as err:  # this group's requests get the error
             answers = [err] * len(members)
-        for index, answer in zip(members, answers, strict=True):
-            outcomes[index] = answer
-    return outcomes
+        for (_, _, future, stream), answer in zip(members, answers, strict=True):
+            if stream is not None:
+                stream.close(batch_over=True)
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
 
 
 def _started(items: list[tuple]) -> list[tuple]:
@@ -806,21 +843,38 @@ def _started(items: list[tuple]) -> list[tuple]:
     return running
 
 
-def _completing(
-    engine: Share4VEngine, request: Request, budget: int, future: Future, stream: _StreamRow | None
-) -> Callable[[list[int]], None]:
-    """A continuous batch's `on_end` for one queued request: its `Completion` to its future, then its stream
-    closed."""
+@dataclass
+class _Answering:
+    """How a continuous batch hands one queued request its end: the `Completion` (made on the decoding thread)
+    or the error goes to its future on the engine's answers thread (callbacks on the future must not run on the
+    decoding thread: one that generates would wait for itself), then its stream closes."""
 
-    def on_end(tokens: list[int]) -> None:
+    engine: Share4VEngine
+    request: Request
+    budget: int
+    future: Future
+    stream: _StreamRow | None
+
+    def end(self, tokens: list[int]) -> None:
         try:
-            future.set_result(engine._completion(tokens, request.stop_str, request.prompt_tokens, budget))
+            outcome = self.engine._completion(tokens, self.request.stop_str, self.request.prompt_tokens, self.budget)
         except BaseException as err:  # decoding the text failed: this request's error alone
-            future.set_exception(err)
-        if stream is not None:
-            stream.close(batch_over=True)
+            outcome = err
+        self._hand(outcome)
 
-    return on_end
+    def fail(self, error: BaseException) -> None:
+        self._hand(error)
+
+    def _hand(self, outcome: Any) -> None:
+        def job() -> None:
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
+            if self.stream is not None:
+                self.stream.close(batch_over=True)
+
+        self.engine._answers.submit(job)
 
 
 def _streaming(stream: _StreamRow) -> Callable[[int], bool]:
@@ -838,11 +892,20 @@ def _streaming(stream: _StreamRow) -> Callable[[int], bool]:
 
 
 class _DecodeThread:
-    """One thread that runs the engine's generations in turn (a daemon: an interrupted caller can still exit)."""
+    """One thread that runs jobs in turn (a daemon: an interrupted caller can still exit): the engine's generations,
+    or (`name` "share4v-answers") handing continuous batches' answers to their futures, so that callbacks on those
+    futures never run on the decoding thread."""
 
-    def __init__(self):
+    def __init__(self, name: str = "share4v-decode"):
         self.jobs: queue.Queue = queue.Queue()
-        threading.Thread(target=_serve, args=(self.jobs,), name="share4v-decode", daemon=True).start()
+        self.thread = threading.Thread(target=_serve, args=(self.jobs,), name=name, daemon=True)
+        self.thread.start()
+        _LIVE_THREADS.add(self)
+
+    def close(self) -> None:
+        """End the thread after the jobs queued, and wait a moment for it (at exit)."""
+        self.jobs.put(None)
+        self.thread.join(timeout=_EXIT_JOIN_S)
 
     def submit(self, job: Callable[[], Any]) -> Future:
         future: Future = Future()

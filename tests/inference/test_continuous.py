@@ -47,45 +47,55 @@ class CountingStep:
         return self.step(*inputs)
 
 
-def test_requests_join_rows_that_ended_and_answer_as_alone(engine):
-    """The module alone: two seats start (the longer prompt first), three join as rows end (by budget, and by an
-    end-of-sequence token), mid-decode; each writes its answer alone, in fewer steps than one after another."""
+@pytest.mark.parametrize("lookbehind", [0, 2])
+def test_requests_join_rows_that_ended_and_answer_as_alone(engine, lookbehind):
+    """The module alone: three seats start (the longest prompt first); two rows end at the same step and a text
+    and an image prompt join them together; more join as rows end (by budget, by an end-of-sequence token), all
+    mid-decode, with the host reading tokens at once or two steps late; a joiner whose prompt pass fails gets the
+    error and the others go on. Each writes its answer alone, in fewer steps than one after another."""
     chats = [Chat.single("Describe both.", [random_image(1), random_image(2, (40, 80))]),
-             Chat.single("Tell me a story."), Chat.single("What is here?", [random_image(3)]),
-             Chat.single("Hi."), Chat.single("And this one?", [random_image(4, (90, 30))])]  # fmt: skip
-    budgets = [14, 3, 5, 4, 6]
+             Chat.single("Tell me a story."), Chat.single("Count."), Chat.single("What is here?", [random_image(3)]),
+             Chat.single("Hi."), Chat.single("Broken."),
+             Chat.single("And this one?", [random_image(4, (90, 30))])]  # fmt: skip
+    budgets = [16, 3, 3, 5, 4, 2, 6]
     expected = [alone(engine, chat, budget) for chat, budget in zip(chats, budgets, strict=True)]
-    eos = expected[2][2]  # the third seat ends at its own third token, by end of sequence
-    expected[2] = expected[2][: expected[2].index(eos) + 1]
+    eos = expected[3][2]  # the fourth seat ends at its own third token, by end of sequence
+    expected[3] = expected[3][: expected[3].index(eos) + 1]
     requests = [engine.encode(chat) for chat in chats]
-    answers: dict[int, list[int]] = {}
+    answers: dict[int, list[int] | BaseException] = {}
     end = engine.tokenizer.eos_token_id  # the others end as they do alone (the answers leave it out)
-    seats = [Seat(request.prompt_tokens, budget, eos if index == 2 else end,
-                  lambda tokens, index=index: answers.__setitem__(index, [t for t in tokens if index == 2 or t != end]),
-                  request=request)
+    seats = [Seat(request.prompt_tokens, budget, eos if index == 3 else end,
+                  lambda tokens, index=index: answers.__setitem__(index, [t for t in tokens if index == 3 or t != end]),
+                  on_error=lambda error, index=index: answers.__setitem__(index, error), request=request)
              for index, (request, budget) in enumerate(zip(requests, budgets, strict=True))]  # fmt: skip
-    waiting, joins = list(seats[2:]), []
+    waiting, joins = list(seats[3:]), []
 
     def take(free: int, written: int, left: int) -> list[Seat]:
         fitting = [s for s in waiting if s.prompt_len <= written and s.budget - 1 <= left][:free]
         for seat in fitting:
             waiting.remove(seat)
-            joins.append((seats.index(seat), written))
+        joins.append(([seats.index(seat) for seat in fitting], written)) if fitting else None
         return fitting
 
     def embed(batch):
+        if any(seat is seats[5] for seat in batch):
+            raise RuntimeError("this prompt cannot be embedded")
         return engine._prompt_embeddings(engine.collate([seat.request for seat in batch]))
 
     engine._make_greedy_step()
     step = CountingStep(engine._greedy_step)
     longest = max(request.prompt_tokens for request in requests)
     with torch.inference_mode():
-        cache = engine._static_cache(2, longest + max(budgets) + 64)
-        steps = decode_continuously(engine.model, step, cache, engine._cache_shape[1], seats[:2], embed, take)
-    assert [answers[index] for index in range(5)] == expected
-    assert not waiting and [index for index, _ in joins] == [2, 3, 4]
-    first_prompt = requests[0].prompt_tokens
-    assert all(written > first_prompt for _, written in joins)  # every one joined while the first seat decoded
+        cache = engine._static_cache(3, longest + max(budgets) + 64)
+        steps = decode_continuously(
+            engine.model, step, cache, engine._cache_shape[1], seats[:3], embed, take, lookbehind=lookbehind
+        )
+    assert isinstance(answers.pop(5), RuntimeError)
+    expected.pop(5)
+    assert [answers[index] for index in sorted(answers)] == expected
+    assert not waiting and joins[0][0] == [3, 4]  # the two rows that ended together, taken together
+    assert [index for group, _ in joins for index in group] == [3, 4, 5, 6]
+    assert all(written > requests[0].prompt_tokens for _, written in joins)  # all while the first seat decoded
     assert steps == step.calls == budgets[0] - 1  # the longest answer's steps: the others fit in beside it
     assert steps < sum(len(tokens) - 1 for tokens in expected)
 
@@ -215,3 +225,73 @@ def test_waiting_greedy_requests_of_any_length_start_one_batch_or_fall_back_by_s
         assert [future.result(timeout=120).token_ids for future in futures] == expected
         assert batches == [1, 3]  # the three waited, and left the queue together
     assert [params.max_new_tokens for params in ran] == [2, 3, 7, 5]  # the sampled one, then one fixed batch each
+
+
+def test_a_request_that_cannot_join_is_not_passed_and_both_are_answered_after(engine):
+    """First come, first served: a request whose prompt is longer than the running batch has written cannot take
+    a freed row, and a younger one that could does not pass it; both then run in the next batch, as alone."""
+    short = {"a": Chat.single("Count to eight."), "b": Chat.single("Say hi.")}
+    late = {"x": Chat.single("Both?", [random_image(6), random_image(7, (50, 90))]), "y": Chat.single("Ok?")}
+    budgets = {"a": 8, "b": 3, "x": 4, "y": 3}
+    chats = {**short, **late}
+    expected = {name: alone(engine, chats[name], budgets[name]) for name in chats}
+    serve, batches, futures = engine._serve_continuously, [], {}
+    engine._make_greedy_step()
+    real_step = engine._greedy_step
+
+    def arrive():  # at the batch's second step (row b frees after its third token)
+        for name in late:
+            futures[name] = engine.submit(engine.encode(late[name]), greedy(budgets[name]))
+
+    entered, release = threading.Event(), threading.Event()
+
+    def held_serve(items, take):  # the first batch (sampled: generate() answers it) holds the model
+        batches.append(len(items))
+        if len(batches) == 1:
+            entered.set()
+            release.wait(timeout=30)
+        return serve(items, take)
+
+    engine._serve_continuously = held_serve
+    engine._greedy_step = CountingStep(real_step, at={2: arrive})
+    try:
+        hold = engine.submit(engine.encode(Chat.single("Wait.")), GenerationParams(temperature=0.7, max_new_tokens=2))
+        assert entered.wait(timeout=30)
+        for name in short:
+            futures[name] = engine.submit(engine.encode(short[name]), greedy(budgets[name]))
+        release.set()
+        hold.result(timeout=120)
+        futures["a"].result(timeout=120)
+        answers = {name: futures[name].result(timeout=120).token_ids for name in chats}
+    finally:
+        del engine._serve_continuously
+        engine._greedy_step = real_step
+    assert engine.encode(late["x"]).prompt_tokens > engine.encode(short["a"]).prompt_tokens + budgets["a"]
+    assert answers == expected
+    assert batches == [1, 2, 2]  # x could not join a and b, y did not pass x: they ran next, together
+
+
+def test_a_callback_on_an_answer_may_generate(engine):
+    """Answers reach their futures off the decoding thread: a done-callback that generates does not wait for
+    itself."""
+    serve, entered, release, got = engine._serve_continuously, threading.Event(), threading.Event(), []
+
+    def held_serve(items, take):
+        entered.set()
+        release.wait(timeout=30)
+        return serve(items, take)
+
+    engine._serve_continuously = held_serve
+    try:
+        future = engine.submit(engine.encode(Chat.single("Hi.")), greedy(3))
+        assert entered.wait(timeout=30)  # held: the callback is in place before the answer is
+        future.add_done_callback(lambda _: got.append(engine.complete([Chat.single("Again.")], greedy(2))[0]))
+        release.set()
+        future.result(timeout=60)
+        for _ in range(6000):
+            if got:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        del engine._serve_continuously
+    assert got and got[0].token_ids == alone(engine, Chat.single("Again."), 2)
