@@ -1,0 +1,17 @@
+"""benchmarks/bench_queue.py runs at tiny shapes on the CPU: the queue and static batches give every request the
+same tokens (fp32), each its whole budget, and the queue runs fewer compiled steps."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_queue  # noqa: E402
+
+
+def test_smoke_run_answers_alike_in_fewer_steps():
+    results = bench_queue.main(["--smoke", "--requests", "20"])
+    assert results["answers_equal"] == results["answers_written_in_full"] == 20
+    assert results["runs"]["queue"]["compiled_steps"] < results["runs"]["static"]["compiled_steps"]
+    assert results["new_tokens"] == sum(results["budgets"]) and results["queue_speedup"] > 0
