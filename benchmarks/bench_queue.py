@@ -44,23 +44,10 @@ from bench_generate import (
     share4v_requests,
     synchronize,
 )
+from check_continuous import CountingStep
 
 from share4v.inference.engine import MAX_BATCH_SIZE, GenerationParams, Share4VEngine
 from share4v.inference.fused_llama import FusedLlama
-
-
-class CountingStep:
-    """The engine's greedy step, counting its calls."""
-
-    def __init__(self, step):
-        self.step, self.calls = step, 0
-
-    def __getattr__(self, name):
-        return getattr(self.step, name)
-
-    def __call__(self, *inputs):
-        self.calls += 1
-        return self.step(*inputs)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, StaticCache
 
-from share4v.inference.fast_greedy import LOOKBEHIND, GreedyStep
+from share4v.inference.fast_greedy import LOOKBEHIND, GreedyStep, begin, prompt_pass
 
 JOIN_ROOM = 256  # cache positions a batch that takes requests has beyond what its first rows need
 
@@ -100,12 +100,7 @@ def decode_continuously(
     if prompt + max(seat.budget for seat in seats) - 1 > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold the prompts and budgets of {rows} seats")
     device = embeds.device
-    step.check_weights()
-    cache.reset()
-    mask = torch.ones((rows, cache_len), dtype=attention.dtype, device=device)
-    mask[:, :prompt] = attention  # later positions: causality hides those not written yet
-    positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
-    token = _first_tokens(model, embeds, attention, positions, cache, torch.arange(prompt, device=device))
+    mask, positions, token = begin(model, step, cache, cache_len, embeds, attention)
     position, cache_position, written = positions[:, -1:] + 1, torch.tensor([prompt], device=device), prompt
     owners: list[Seat | None] = list(seats)
     for seat in seats:
@@ -151,20 +146,6 @@ def decode_continuously(
             return steps
 
 
-def _first_tokens(model, embeds, attention, positions, cache, cache_position) -> torch.Tensor:
-    """The prompt pass into `cache`: the arg-max of each row's last logits `[B, 1]`."""
-    logits = model(
-        inputs_embeds=embeds,
-        attention_mask=attention,
-        position_ids=positions,
-        cache_position=cache_position,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits
-    return logits[:, -1].argmax(-1, keepdim=True)
-
-
 def _seat(
     model: torch.nn.Module,
     cache: StaticCache,
@@ -184,7 +165,7 @@ def _seat(
         raise ValueError(f"a prompt of {length} positions cannot end at position {written}")
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
     scratch = DynamicCache()
-    first = _first_tokens(model, embeds, attention, positions, scratch, torch.arange(length, device=embeds.device))
+    first = prompt_pass(model, embeds, attention, positions, scratch, torch.arange(length, device=embeds.device))
     index = torch.tensor(rows, device=embeds.device)
     span = slice(written - length, written)
     for layer, joined in zip(cache.layers, scratch.layers, strict=True):

@@ -66,16 +66,7 @@ class GreedyStep:
     def _step(self, tokens, position_ids, cache_position, attention_mask, cache):
         if self.fused is not None:
             return self.fused(tokens, position_ids, cache_position, attention_mask, cache)
-        logits = self.model(
-            input_ids=tokens,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache_position=cache_position,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits
-        return logits[:, -1].argmax(-1, keepdim=True)
+        return _next_tokens(self.model, attention_mask, position_ids, cache_position, cache, input_ids=tokens)
 
     def __call__(self, tokens, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are read (cloned) already
@@ -108,21 +99,7 @@ def greedy_decode(
     if prompt + max_new_tokens > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold {prompt} + {max_new_tokens} new tokens")
     device = inputs_embeds.device
-    step.check_weights()
-    cache.reset()
-    mask = torch.ones((rows, cache_len), dtype=attention_mask.dtype, device=device)
-    mask[:, :prompt] = attention_mask  # later positions: causality hides those not written yet
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        cache_position=torch.arange(prompt, device=device),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits
-    token = logits[:, -1].argmax(-1, keepdim=True)
+    mask, positions, token = begin(model, step, cache, cache_len, inputs_embeds, attention_mask)
     tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     ended = torch.zeros(rows, dtype=torch.bool, device=device)
     position, cache_position = positions[:, -1:] + 1, torch.tensor([prompt], device=device)
@@ -147,6 +124,40 @@ def greedy_decode(
             if written.all_ended():
                 return tokens[:, : written.index + 1]  # where generate stops; later steps were only queued
     return tokens
+
+
+def begin(model, step: GreedyStep, cache: StaticCache, cache_len: int, embeds: torch.Tensor, attention: torch.Tensor):
+    """Before a greedy loop's first step: the step's weights checked, `cache` reset and the prompt run into it.
+    Returns the steps' attention mask `[B, cache_len]` (the prompt's, then ones: causality hides the positions not
+    written yet), the prompt's positions `[B, P]` and the first tokens `[B, 1]`."""
+    rows, prompt = attention.shape
+    step.check_weights()
+    cache.reset()
+    mask = torch.ones((rows, cache_len), dtype=attention.dtype, device=embeds.device)
+    mask[:, :prompt] = attention
+    positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
+    token = prompt_pass(model, embeds, attention, positions, cache, torch.arange(prompt, device=embeds.device))
+    return mask, positions, token
+
+
+def prompt_pass(model, embeds, attention, positions, cache, cache_position) -> torch.Tensor:
+    """Run left-padded prompt embeddings `[B, P, D]` (mask `[B, P]`, positions from it) into `cache` at
+    `cache_position`; the arg-max of each row's last logits `[B, 1]`, as `generate` takes its first token."""
+    return _next_tokens(model, attention, positions, cache_position, cache, inputs_embeds=embeds)
+
+
+def _next_tokens(model, attention_mask, position_ids, cache_position, cache, **inputs) -> torch.Tensor:
+    """The model over `inputs` (token ids or embeddings) with `cache`: the arg-max of each row's last logits."""
+    logits = model(
+        **inputs,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache_position=cache_position,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    return logits[:, -1].argmax(-1, keepdim=True)
 
 
 @dataclass
