@@ -26,7 +26,7 @@ own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), wi
 the CPU, and over 128 tokens at 7B shape on an H100); sampling, beam search and text stop strings go through
 `generate`. By default (`fused_projections`) that step runs each Llama layer's q/k/v and gate/up projections as one
 product each (`share4v.inference.fused_llama`, weights re-laid in place, no copies): batch-1 decode at 74-75 % of
-the HBM roofline on an H100, 1.29-1.54x transformers' static-cache compiled `generate` in three runs (its speed
+the HBM roofline on an H100, 1.29-1.54x transformers' static-cache compiled `generate` in four runs (its speed
 varies from run to run; ours does not), and 1.04-1.08x over the unfused step (benchmarks/results/2026-11-26-h100-*).
 
 What compiles and what re-records, so callers can keep one graph busy:
