@@ -23,7 +23,6 @@ import argparse
 import importlib
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -126,4 +125,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

@@ -755,19 +755,26 @@ class _Batcher:
                     self.ready.wait()
                 if not self.pending:
                     return []  # stopped, nothing left to run
-                batch = [item for item in self.pending if self._together(self.pending[0], item)][:MAX_BATCH_SIZE]
+                together = self._together(self.pending[0])
+                batch = [item for item in self.pending if together(item)][:MAX_BATCH_SIZE]
                 self.pending = [item for item in self.pending if all(item is not taken for taken in batch)]
             if running := _started(batch):
                 return running
 
-    def _together(self, oldest: tuple, item: tuple) -> bool:
+    def _together(self, oldest: tuple) -> Callable[[tuple], bool]:
+        """Which waiting items may share a batch with `oldest`: those the engine's greedy loop serves too, where it
+        serves `oldest`; else those with equal settings."""
         engine = self.engine()
-        try:
-            if engine is not None and engine._plain_greedy(oldest[1], oldest[0].stop_str):
+
+        def greedy(item: tuple) -> bool:
+            try:
                 return engine._plain_greedy(item[1], item[0].stop_str)
-        except Exception:  # whatever asking raised: batch by equal settings (the run reports the error)
-            pass
-        return item[1] == oldest[1]
+            except Exception:  # whatever asking raised: not this way (the run reports the error)
+                return False
+
+        if engine is not None and greedy(oldest):
+            return greedy
+        return lambda item: item[1] == oldest[1]
 
     def take(self, fits: Callable[[Request, GenerationParams], bool], free: int) -> list[tuple]:
         """Up to `free` of the oldest waiting requests, taken off the queue while `fits` accepts them (for a
@@ -784,7 +791,7 @@ class _Batcher:
 
     def _serve(self) -> None:
         while batch := self._next_batch():
-            outcomes: list[Any] | None
+            outcomes: list[Any]
             engine = self.engine()
             try:
                 if engine is None:
