@@ -64,6 +64,7 @@ class Recipe:
     stage2_steps: int = 1500
     sft_caption_rows: int = 1000  # detailed-caption rows in the stage-2 mix (as ShareGPT4V's 665K mix holds 23K)
     learning_rate: float = 1e-3
+    nudge: float = 1.0  # how far shapes move off their cells' centres (`share4v.data.synthetic.sample_scene`)
 
     @classmethod
     def quick(cls) -> Recipe:
@@ -88,7 +89,7 @@ class Recipe:
 def make_world(root: Path, seed: int, recipe: Recipe) -> Path:
     if not (root / "bench" / "answers.jsonl").is_file():
         write_world(root, recipe.num_images, seed=seed, image_size=recipe.image_size,
-                    num_bench_images=recipe.num_bench_images, progress=False)  # fmt: skip
+                    num_bench_images=recipe.num_bench_images, progress=False, nudge=recipe.nudge)  # fmt: skip
     return root
 
 
@@ -150,6 +151,31 @@ def cell_targets(scene: Scene) -> list[int]:
 CELL_CLASSES = 1 + len(SHAPES) * len(COLOURS) * len(SIZES) + len(WORDS)
 
 
+def cell_attributes(target: int) -> dict[str, int]:
+    """What a `cell_targets` class says: {"kind": 0 empty / 1 object / 2 text} plus the object's shape, colour and
+    size indices or the word's index."""
+    objects = len(SHAPES) * len(COLOURS) * len(SIZES)
+    if target == 0:
+        return {"kind": 0}
+    if target <= objects:
+        rest, size = divmod(target - 1, len(SIZES))
+        shape, colour = divmod(rest, len(COLOURS))
+        return {"kind": 1, "shape": shape, "colour": colour, "size": size}
+    return {"kind": 2, "word": target - 1 - objects}
+
+
+def cell_accuracy(predicted: list[int], truth: list[int]) -> dict[str, float]:
+    """Per attribute, the share of cells read right: "kind" over every cell, shape / colour / size over the cells
+    that hold an object, "word" over the cells that hold text (a wrong kind counts as wrong)."""
+    right, total = Counter(), Counter()
+    for guess, target in zip(predicted, truth, strict=True):
+        guess, target = cell_attributes(guess), cell_attributes(target)
+        for name, value in target.items():
+            total[name] += 1
+            right[name] += guess["kind"] == target["kind"] and guess.get(name) == value
+    return {name: right[name] / total[name] for name in total}
+
+
 def pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, H, W, 3] images → CLIP-normalised float [B, 3, H, W] (what the image processor gives these sizes)."""
     mean, std = torch.tensor(CLIP_MEAN, device=images.device), torch.tensor(CLIP_STD, device=images.device)
@@ -200,6 +226,20 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
         optimizer.zero_grad()
     logger.info("pre-trained ViT: cell content loss %.3f, patch position loss %.3f", what_loss.item(),
                 where_loss.item())  # fmt: skip
+    held_out = [json.loads(line) for line in (world / "scenes.jsonl").read_text().splitlines()]
+    held_out = [row for row in held_out if row["split"] == "bench"]
+    if held_out:  # how well the cells of the benchmark's images are read: what the LLM stages can get from the tower
+        bench_images = torch.from_numpy(
+            np.stack([np.asarray(Image.open(world / row["image"]).convert("RGB")) for row in held_out])
+        )
+        with torch.no_grad():
+            hidden = tower(pixels(bench_images.to(device)), output_hidden_states=True).hidden_states[-2]
+            predicted = what(torch.einsum("bpd,pc->bcd", hidden[:, 1:], pool)).argmax(-1).flatten().tolist()
+        truth = [target for row in held_out for target in cell_targets(Scene.from_dict(row))]
+        accuracy = cell_accuracy(predicted, truth)
+        (out / "cell_accuracy.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "cell_accuracy.json").write_text(json.dumps(accuracy, indent=1) + "\n")
+        logger.info("pre-trained ViT on the benchmark's cells: %s", {k: round(v, 3) for k, v in accuracy.items()})
     tower.save_pretrained(out)
     spec = TinySpec(image_size=recipe.image_size, patch_size=recipe.patch_size)
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(spec)))
@@ -354,16 +394,18 @@ def caption_accuracy(
     image_size: int = 96,
     device: str = "cpu",
     batch_size: int = 50,
+    nudge: float = 1.0,
 ) -> dict:
     """How well a checkpoint captions fresh images of the world (a split no stage saw): the mean of
     `caption_recall` (objects, colours, counts and text named right) over `num_images` scenes, for the model's
-    greedy answer to "Describe the image in detail." and, for scale, for each scene's own brief caption."""
+    greedy answer to "Describe the image in detail." and, for scale, for each scene's own brief caption. `nudge`
+    is the world's (`Recipe.nudge`)."""
     import tempfile
 
     from share4v.data.synthetic import brief_caption, caption_recall, detailed_caption, render, scene_for
 
     engine = Share4VEngine.from_pretrained(str(checkpoint), device=device, dtype=torch.float32, conv_mode="vicuna_v1")
-    scenes = [scene_for(seed, "fresh", index, image_size) for index in range(num_images)]
+    scenes = [scene_for(seed, "fresh", index, image_size, nudge) for index in range(num_images)]
     params = GenerationParams(temperature=0.0, max_new_tokens=160)
     captions = []
     with tempfile.TemporaryDirectory() as folder:
@@ -384,7 +426,7 @@ def caption_accuracy(
         {"caption": caption, "truth": detailed_caption(scene)}
         for caption, scene in zip(captions[:3], scenes[:3], strict=True)
     ]
-    return {"num_images": num_images, "model": mean_recall(captions),
+    return {"num_images": num_images, "nudge": nudge, "model": mean_recall(captions),
             "brief_caption": mean_recall([brief_caption(scene) for scene in scenes]), "examples": examples}  # fmt: skip
 
 
@@ -403,6 +445,10 @@ def reproduce(out: Path, seeds: list[int], arms: list[str], recipe: Recipe, devi
                  "tower": pretrain_vision_tower(world, root / "tower", recipe, seed, device)}  # fmt: skip
         if not arms:
             align_projector(world, parts, root, recipe, seed, device)
+        if (parts["tower"] / "cell_accuracy.json").is_file():
+            card.setdefault("tower_cell_accuracy", {})[str(seed)] = json.loads(
+                (parts["tower"] / "cell_accuracy.json").read_text()
+            )
         card.setdefault("majority_baseline", majority_baseline(world))
         card.setdefault("uniform_chance", uniform_chance(world))
         for arm in arms:

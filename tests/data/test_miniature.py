@@ -7,6 +7,8 @@ import pytest
 from share4v.data.miniature import (
     CELL_CLASSES,
     Recipe,
+    cell_accuracy,
+    cell_attributes,
     cell_targets,
     majority_baseline,
     recipe_with,
@@ -76,6 +78,23 @@ def test_cell_targets_name_each_cells_shape_colour_size_or_word():
     assert targets.count(0) == 6
 
 
+def test_cell_accuracy_reads_each_attribute_of_the_cells_it_should():
+    colours = list(COLOURS)
+    scene = Scene(
+        objects=(SceneObject(SHAPES[1], colours[2], "small", 4), SceneObject(SHAPES[0], colours[0], "large", 8)),
+        background="white", text=SceneText(WORDS[3], 0), image_size=144, seed=0,
+    )  # fmt: skip
+    truth = cell_targets(scene)
+    assert cell_accuracy(truth, truth) == {"kind": 1.0, "shape": 1.0, "colour": 1.0, "size": 1.0, "word": 1.0}
+    assert cell_attributes(truth[4]) == {"kind": 1, "shape": 1, "colour": 2, "size": 0}
+    wrong_shape = cell_targets(Scene((SceneObject(SHAPES[2], colours[2], "small", 4), scene.objects[1]),
+                                     "white", scene.text, 144))  # fmt: skip
+    assert cell_accuracy(wrong_shape, truth) == {"kind": 1.0, "shape": 0.5, "colour": 1.0, "size": 1.0, "word": 1.0}
+    empty_everywhere = [0] * 9
+    accuracy = cell_accuracy(empty_everywhere, truth)
+    assert accuracy["kind"] == 6 / 9 and accuracy["colour"] == 0.0 and accuracy["word"] == 0.0
+
+
 def test_recipe_settings_change_named_fields_and_refuse_unknown_ones():
     recipe = recipe_with(Recipe(), ["stage1_steps=7", "learning_rate=0.5"])
     assert recipe.stage1_steps == 7 and recipe.learning_rate == 0.5 and recipe.stage2_steps == Recipe().stage2_steps
@@ -89,6 +108,8 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
 
     card = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())
     assert [run["arm"] for run in card["runs"]] == ["detailed", "none"]
+    tower_reads = card["tower_cell_accuracy"]["0"]  # the ViT's own heads on the benchmark images' cells
+    assert set(tower_reads) >= {"kind", "shape", "colour", "size"} and all(0 <= v <= 1 for v in tower_reads.values())
     assert list(card["runs"][0]["losses"]) == ["align", "stage1-detailed", "stage2-detailed"]
     assert list(card["runs"][1]["losses"]) == ["align", "stage2-none"]
     for run in card["runs"]:

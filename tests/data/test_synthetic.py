@@ -295,3 +295,25 @@ def test_cli_help_and_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), "--num-images", "0"])
     assert exit_info.value.code == 2 and "--num-images must be at least 1" in capsys.readouterr().err
+
+
+def test_nudge_bounds_the_offsets_and_changes_nothing_else():
+    for index in range(20):
+        full, quarter = scene_for(4, "train", index, SIZE), scene_for(4, "train", index, SIZE, nudge=0.25)
+        assert quarter.content_key() == full.content_key() and quarter.seed == full.seed
+        for near, far in zip(quarter.objects, full.objects, strict=True):
+            assert all(abs(q - f / 4) <= 0.006 for q, f in zip(near.offset, far.offset, strict=True))
+        centred = scene_for(4, "train", index, SIZE, nudge=0.0)
+        assert all(obj.offset == (0.0, 0.0) for obj in centred.objects)
+    assert any(abs(v) > 0.5 for i in range(20) for o in scene_for(4, "train", i, SIZE).objects for v in o.offset)
+    with pytest.raises(ValueError, match=r"nudge must lie in \[0, 1\], not 1.5"):
+        scene_for(4, "train", 0, SIZE, nudge=1.5)
+
+
+def test_cli_writes_a_world_with_a_smaller_nudge(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--num-images", "4", "--image-size", "48", "--nudge", "0.1"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "scenes.jsonl").read_text().splitlines()]
+    assert all(abs(v) <= 0.1 for row in rows for obj in row["objects"] for v in obj["offset"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--num-images", "4", "--nudge", "-0.5"])
+    assert exit_info.value.code == 2 and "--nudge must lie in [0, 1], not -0.5" in capsys.readouterr().err

@@ -168,8 +168,14 @@ def _check_object(obj: SceneObject) -> None:
         raise ValueError(f"offset must lie in [-1, 1], not {obj.offset}")
 
 
-def sample_scene(rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
-    """A random scene drawn with `rng` (objects listed in reading order)."""
+def sample_scene(rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE, nudge: float = 1.0) -> Scene:
+    """A random scene drawn with `rng` (objects listed in reading order).
+
+    `nudge` (0-1) bounds how far each shape is moved off its cell's centre, as a fraction of the room around it. It
+    changes no other draw: the same `rng` state gives the same objects, cells, background and text at any nudge.
+    """
+    if not 0.0 <= nudge <= 1.0:
+        raise ValueError(f"nudge must lie in [0, 1], not {nudge}")
     count = rng.choices(range(1, MAX_OBJECTS + 1), weights=_OBJECT_COUNT_WEIGHTS)[0]
     cells = sorted(rng.sample(range(9), count))
     drawn: list[tuple[str, str]] = []
@@ -180,7 +186,7 @@ def sample_scene(rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE) -> Sc
             colour = earlier_colour if rng.random() < _REPEAT_COLOUR else colour
         drawn.append((shape, colour))
     objects = tuple(
-        SceneObject(shape, colour, rng.choice(SIZES), cell, (_nudge(rng), _nudge(rng)))
+        SceneObject(shape, colour, rng.choice(SIZES), cell, (_nudge(rng, nudge), _nudge(rng, nudge)))
         for (shape, colour), cell in zip(drawn, cells, strict=True)
     )
     text = None
@@ -190,11 +196,11 @@ def sample_scene(rng: random.Random, image_size: int = DEFAULT_IMAGE_SIZE) -> Sc
     return Scene(objects, rng.choice(list(BACKGROUNDS)), text, image_size, rng.getrandbits(31))
 
 
-def _nudge(rng: random.Random) -> float:
-    return round(rng.uniform(-1.0, 1.0), 2)
+def _nudge(rng: random.Random, bound: float) -> float:
+    return round(rng.uniform(-1.0, 1.0) * bound, 2)
 
 
-def scene_for(seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
+def scene_for(seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE, nudge: float = 1.0) -> Scene:
     """Scene `index` of the seed stream `split` (e.g. "train", "bench", "fresh"): the same arguments always give
     the same scene, on any machine and Python version (string seeds are hashed with SHA-512 by `random`)."""
-    return sample_scene(random.Random(f"share4v-synthetic/{seed}/{split}/{index}"), image_size)
+    return sample_scene(random.Random(f"share4v-synthetic/{seed}/{split}/{index}"), image_size, nudge)

@@ -60,13 +60,13 @@ def caption_row(sample_id: str, image: str, prompt: str, caption: str) -> dict:
     }
 
 
-def bench_scenes(seed: int, count: int, image_size: int, exclude: set[str]) -> list[Scene]:
+def bench_scenes(seed: int, count: int, image_size: int, exclude: set[str], nudge: float = 1.0) -> list[Scene]:
     """`count` scenes of the "bench" stream, skipping any that look like a scene in `exclude` (content keys)."""
     scenes, seen, index = [], set(exclude), 0
     while len(scenes) < count:
         if index > 100 * count + 1000:
             raise RuntimeError(f"could not find {count} benchmark scenes unlike the training scenes")
-        scene = scene_for(seed, "bench", index, image_size)
+        scene = scene_for(seed, "bench", index, image_size, nudge)
         index += 1
         if scene.content_key() not in seen:
             seen.add(scene.content_key())
@@ -81,16 +81,20 @@ def write_world(
     image_size: int = DEFAULT_IMAGE_SIZE,
     num_bench_images: int | None = None,
     progress: bool = True,
+    nudge: float = 1.0,
 ) -> dict[str, Path]:
     """Write `num_images` training images and `num_bench_images` (default: a fifth, at least one) benchmark images
-    with all their files under `out_dir`; returns the path of each file by name (see the module docstring)."""
+    with all their files under `out_dir`; returns the path of each file by name (see the module docstring). `nudge`
+    bounds how far shapes move off their cells' centres (`sample_scene`)."""
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, not {num_images}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    train = [scene_for(seed, "train", index, image_size) for index in range(num_images)]
+    if not 0.0 <= nudge <= 1.0:
+        raise ValueError(f"nudge must lie in [0, 1], not {nudge}")
+    train = [scene_for(seed, "train", index, image_size, nudge) for index in range(num_images)]
     bench_count = max(1, num_images // 5) if num_bench_images is None else num_bench_images
-    bench = bench_scenes(seed, bench_count, image_size, {scene.content_key() for scene in train})
+    bench = bench_scenes(seed, bench_count, image_size, {scene.content_key() for scene in train}, nudge)
     detailed, brief, instruct, scenes, questions, answers = [], [], [], [], [], []
     for split, split_scenes in (("train", train), ("bench", bench)):
         for index, scene in enumerate(tqdm(split_scenes, desc=f"{split} images", disable=not progress)):
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="image side in pixels")
     parser.add_argument("--num-bench-images", type=int, default=None,
                         help="held-out benchmark images (default: a fifth of --num-images, at least 1)")  # fmt: skip
+    parser.add_argument("--nudge", type=float, default=1.0,
+                        help="how far shapes may move off their cells' centres: 0-1 of the room around them "
+                        "(default 1)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error(f"--num-images must be at least 1, not {args.num_images}")
@@ -154,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--image-size must be at least 24 pixels, not {args.image_size}")
     if args.num_bench_images is not None and args.num_bench_images < 0:
         parser.error(f"--num-bench-images must not be negative, not {args.num_bench_images}")
-    paths = write_world(args.out, args.num_images, args.seed, args.image_size, args.num_bench_images)
+    if not 0.0 <= args.nudge <= 1.0:
+        parser.error(f"--nudge must lie in [0, 1], not {args.nudge}")
+    paths = write_world(args.out, args.num_images, args.seed, args.image_size, args.num_bench_images, nudge=args.nudge)
     for name, path in paths.items():
         print(f"{name:18s} {path}")
     return 0
