@@ -88,10 +88,10 @@ def write_world(
     bounds how far shapes move off their cells' centres (`sample_scene`)."""
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, not {num_images}")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     if not 0.0 <= nudge <= 1.0:
         raise ValueError(f"nudge must lie in [0, 1], not {nudge}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
     train = [scene_for(seed, "train", index, image_size, nudge) for index in range(num_images)]
     bench_count = max(1, num_images // 5) if num_bench_images is None else num_bench_images
     bench = bench_scenes(seed, bench_count, image_size, {scene.content_key() for scene in train}, nudge)
