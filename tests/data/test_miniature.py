@@ -66,12 +66,17 @@ def test_score_table_reports_mean_and_spread_over_seeds():
     assert table[4] == "| majority answer | - | 50.0 | 50.0 |"
 
 
-def test_cell_targets_name_each_cells_shape_colour_size_or_word():
+def _two_shapes_and_a_word() -> Scene:
+    """Shape 1 in colour 2, small, in the centre; shape 0 in colour 0, large, bottom right; word 3 top left."""
     colours = list(COLOURS)
-    scene = Scene(
+    return Scene(
         objects=(SceneObject(SHAPES[1], colours[2], "small", 4), SceneObject(SHAPES[0], colours[0], "large", 8)),
         background="white", text=SceneText(WORDS[3], 0), image_size=144, seed=0,
     )  # fmt: skip
+
+
+def test_cell_targets_name_each_cells_shape_colour_size_or_word():
+    colours, scene = list(COLOURS), _two_shapes_and_a_word()
     targets = cell_targets(scene)
     assert targets[4] == 1 + (1 * len(colours) + 2) * 2 + 0 and targets[8] == 1 + 1
     assert targets[0] == 1 + len(SHAPES) * len(colours) * 2 + 3 == CELL_CLASSES - len(WORDS) + 3
@@ -79,15 +84,11 @@ def test_cell_targets_name_each_cells_shape_colour_size_or_word():
 
 
 def test_cell_accuracy_reads_each_attribute_of_the_cells_it_should():
-    colours = list(COLOURS)
-    scene = Scene(
-        objects=(SceneObject(SHAPES[1], colours[2], "small", 4), SceneObject(SHAPES[0], colours[0], "large", 8)),
-        background="white", text=SceneText(WORDS[3], 0), image_size=144, seed=0,
-    )  # fmt: skip
+    scene = _two_shapes_and_a_word()
     truth = cell_targets(scene)
     assert cell_accuracy(truth, truth) == {"kind": 1.0, "shape": 1.0, "colour": 1.0, "size": 1.0, "word": 1.0}
     assert cell_attributes(truth[4]) == {"kind": 1, "shape": 1, "colour": 2, "size": 0}
-    wrong_shape = cell_targets(Scene((SceneObject(SHAPES[2], colours[2], "small", 4), scene.objects[1]),
+    wrong_shape = cell_targets(Scene((SceneObject(SHAPES[2], scene.objects[0].colour, "small", 4), scene.objects[1]),
                                      "white", scene.text, 144))  # fmt: skip
     assert cell_accuracy(wrong_shape, truth) == {"kind": 1.0, "shape": 0.5, "colour": 1.0, "size": 1.0, "word": 1.0}
     empty_everywhere = [0] * 9
