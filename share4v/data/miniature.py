@@ -86,10 +86,26 @@ class Recipe:
 # ---- 1 + 2: the world and the pre-trained parts -------------------------------------------------------------------
 
 
+class WorldMismatch(ValueError):
+    """A seed's folder already holds a world made with other settings."""
+
+
 def make_world(root: Path, seed: int, recipe: Recipe) -> Path:
-    if not (root / "bench" / "answers.jsonl").is_file():
-        write_world(root, recipe.num_images, seed=seed, image_size=recipe.image_size,
-                    num_bench_images=recipe.num_bench_images, progress=False, nudge=recipe.nudge)  # fmt: skip
+    """The seed's world under `root`, written once; a world written with other settings is refused (one line), as
+    every stage after it would silently train on it."""
+    settings = {"seed": seed, "num_images": recipe.num_images, "num_bench_images": recipe.num_bench_images,
+                "image_size": recipe.image_size, "nudge": recipe.nudge}  # fmt: skip
+    recorded = root / "world_settings.json"
+    if (root / "bench" / "answers.jsonl").is_file():
+        if recorded.is_file() and (found := json.loads(recorded.read_text())) != settings:
+            changed = ", ".join(f"{key} {found.get(key)} -> {value}" for key, value in settings.items()
+                                if found.get(key) != value)  # fmt: skip
+            raise WorldMismatch(f"{root} holds a world made with other settings ({changed}): use another --out, or "
+                                "delete that seed's folder to start it again")  # fmt: skip
+        return root
+    write_world(root, recipe.num_images, seed=seed, image_size=recipe.image_size,
+                num_bench_images=recipe.num_bench_images, progress=False, nudge=recipe.nudge)  # fmt: skip
+    recorded.write_text(json.dumps(settings) + "\n")
     return root
 
 
@@ -166,14 +182,20 @@ def cell_attributes(target: int) -> dict[str, int]:
 
 def cell_accuracy(predicted: list[int], truth: list[int]) -> dict[str, float]:
     """Per attribute, the share of cells read right: "kind" over every cell, shape / colour / size over the cells
-    that hold an object, "word" over the cells that hold text (a wrong kind counts as wrong)."""
+    that hold an object, "word" over the cells that hold text (a wrong kind counts as wrong); an attribute no cell
+    has is left out."""
     right, total = Counter(), Counter()
     for guess, target in zip(predicted, truth, strict=True):
         guess, target = cell_attributes(guess), cell_attributes(target)
         for name, value in target.items():
             total[name] += 1
             right[name] += guess["kind"] == target["kind"] and guess.get(name) == value
-    return {name: right[name] / total[name] for name in total}
+    return {name: right[name] / total[name] for name in ("kind", "shape", "colour", "size", "word") if total[name]}
+
+
+def load_images(world: Path, rows: list[dict]) -> torch.Tensor:
+    """The images of `scenes.jsonl` rows as one uint8 [N, H, W, 3] tensor."""
+    return torch.from_numpy(np.stack([np.asarray(Image.open(world / row["image"]).convert("RGB")) for row in rows]))
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
@@ -200,9 +222,9 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
     tower = CLIPVisionModel(config).to(device)
     what = torch.nn.Linear(recipe.vision_hidden, CELL_CLASSES).to(device)
     where = torch.nn.Linear(recipe.vision_hidden, 9).to(device)
-    rows = [json.loads(line) for line in (world / "scenes.jsonl").read_text().splitlines()]
-    rows = [row for row in rows if row["split"] == "train"]
-    images = torch.from_numpy(np.stack([np.asarray(Image.open(world / row["image"]).convert("RGB")) for row in rows]))
+    scenes = [json.loads(line) for line in (world / "scenes.jsonl").read_text().splitlines()]
+    rows = [row for row in scenes if row["split"] == "train"]
+    images = load_images(world, rows)
     targets = torch.tensor([cell_targets(Scene.from_dict(row)) for row in rows])
     side = recipe.image_size // recipe.patch_size
     cell_of_patch = torch.tensor([(r * 3 // side) * 3 + (c * 3 // side) for r in range(side) for c in range(side)])
@@ -226,18 +248,15 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
         optimizer.zero_grad()
     logger.info("pre-trained ViT: cell content loss %.3f, patch position loss %.3f", what_loss.item(),
                 where_loss.item())  # fmt: skip
-    held_out = [json.loads(line) for line in (world / "scenes.jsonl").read_text().splitlines()]
-    held_out = [row for row in held_out if row["split"] == "bench"]
-    if held_out:  # how well the cells of the benchmark's images are read: what the LLM stages can get from the tower
-        bench_images = torch.from_numpy(
-            np.stack([np.asarray(Image.open(world / row["image"]).convert("RGB")) for row in held_out])
-        )
+    held_out = [row for row in scenes if row["split"] == "bench"]
+    if held_out:  # how well the benchmark images' cells are read: what the LLM stages can get from this tower
         with torch.no_grad():
-            hidden = tower(pixels(bench_images.to(device)), output_hidden_states=True).hidden_states[-2]
+            held_out_pixels = pixels(load_images(world, held_out).to(device))
+            hidden = tower(held_out_pixels, output_hidden_states=True).hidden_states[-2]
             predicted = what(torch.einsum("bpd,pc->bcd", hidden[:, 1:], pool)).argmax(-1).flatten().tolist()
         truth = [target for row in held_out for target in cell_targets(Scene.from_dict(row))]
         accuracy = cell_accuracy(predicted, truth)
-        (out / "cell_accuracy.json").parent.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "cell_accuracy.json").write_text(json.dumps(accuracy, indent=1) + "\n")
         logger.info("pre-trained ViT on the benchmark's cells: %s", {k: round(v, 3) for k, v in accuracy.items()})
     tower.save_pretrained(out)
@@ -495,7 +514,10 @@ def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
         if name not in fields or not value:
             raise ValueError(f"--set {setting!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
         changes[name] = float(value) if fields[name].type == "float" else int(value)
-    return dataclasses.replace(recipe, **changes)
+    changed = dataclasses.replace(recipe, **changes)
+    if not 0.0 <= changed.nudge <= 1.0:
+        raise ValueError(f"--set nudge={changed.nudge}: the nudge must lie in [0, 1]")
+    return changed
 
 
 def plot_card(card: dict, path: Path) -> Path | None:
@@ -561,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    card = reproduce(args.out, args.seeds, args.arms, recipe, device)
+    try:
+        card = reproduce(args.out, args.seeds, args.arms, recipe, device)
+    except WorldMismatch as err:
+        parser.error(str(err))
     if card["runs"]:
         print(score_table(card), end="")
     return 0

@@ -97,10 +97,29 @@ def test_cell_accuracy_reads_each_attribute_of_the_cells_it_should():
 
 
 def test_recipe_settings_change_named_fields_and_refuse_unknown_ones():
-    recipe = recipe_with(Recipe(), ["stage1_steps=7", "learning_rate=0.5"])
+    recipe = recipe_with(Recipe(), ["stage1_steps=7", "learning_rate=0.5", "nudge=0.25"])
     assert recipe.stage1_steps == 7 and recipe.learning_rate == 0.5 and recipe.stage2_steps == Recipe().stage2_steps
+    assert recipe.nudge == 0.25
     with pytest.raises(ValueError, match="stage_one"):
         recipe_with(Recipe(), ["stage_one=3"])
+    with pytest.raises(ValueError, match=r"nudge=2.0: the nudge must lie in \[0, 1\]"):
+        recipe_with(Recipe(), ["nudge=2"])
+
+
+def test_a_world_made_with_other_settings_is_refused_before_anything_trains(tmp_path, capsys):
+    from share4v.data.miniature import WorldMismatch, main, make_world
+
+    world = make_world(tmp_path / "seed0" / "world", 0, Recipe.smoke())
+    written = (world / "scenes.jsonl").read_text()
+    assert make_world(world, 0, Recipe.smoke()) == world and (world / "scenes.jsonl").read_text() == written
+    with pytest.raises(WorldMismatch, match=r"nudge 1.0 -> 0.5"):
+        make_world(world, 0, recipe_with(Recipe.smoke(), ["nudge=0.5"]))
+    with pytest.raises(SystemExit) as exit_info:  # the command line: --quick asks for other sizes than were written
+        main(["--out", str(tmp_path), "--seeds", "0", "--quick", "--arms"])
+    assert exit_info.value.code == 2 and "holds a world made with other settings (num_images 12 -> 1000" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "seed0" / "llm").exists()
 
 
 def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
