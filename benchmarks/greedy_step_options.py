@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -112,6 +113,14 @@ def measure(option_set: str, tiny: bool) -> dict:
     }  # fmt: skip
 
 
+def _failure(done: subprocess.CompletedProcess) -> str:
+    """Why a child run failed: its exit status and its exception's line (else the last line it wrote to stderr:
+    warnings print their source lines there, so the last line alone can say nothing)."""
+    lines = done.stderr.strip().splitlines()
+    raised = [line for line in lines if re.match(r"[\w.]*(Error|Exception|Interrupt)\b", line)]
+    return f"exit status {done.returncode}: {(raised or lines or ['no output'])[-1][:500]}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--option-sets", nargs="+", default=list(OPTION_SETS), choices=OPTION_SETS)
@@ -127,11 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
     for option_set in args.option_sets:
         command = [sys.executable, __file__, "--one", option_set, *(["--tiny"] if args.tiny else [])]
         done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode < 0:  # killed by a signal (no traceback): once more, and the first death is kept
+            results.setdefault("retried", []).append({"option_set": option_set, "error": _failure(done)})
+            print(f"{option_set}: {_failure(done)}; running it again", file=sys.stderr)
+            done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
-            error = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            results["errors"].append({"option_set": option_set, "error": error[:500]})
-            print(f"{option_set}: failed: {error[:500]}", file=sys.stderr)
+            results["errors"].append({"option_set": option_set, "error": _failure(done)})
+            print(f"{option_set}: failed: {_failure(done)}", file=sys.stderr)
             continue
         results["runs"].append(json.loads(lines[-1]))
         print(lines[-1], flush=True)

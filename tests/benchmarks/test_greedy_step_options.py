@@ -26,3 +26,27 @@ def test_tiny_runs_write_equal_tokens_under_default_and_freezing(tmp_path):
 def test_an_unknown_option_set_is_refused():
     with pytest.raises(SystemExit, match="unknown option set 'fast'"):
         greedy_step_options._compile_config("fast")
+
+
+def test_a_child_killed_by_a_signal_runs_again_and_a_raising_child_is_reported_by_its_exception(monkeypatch):
+    import subprocess
+
+    line = json.dumps({"option_set": "default", "first_tokens": [1, 2]})
+    outcomes = [
+        subprocess.CompletedProcess([], -11, "", "w.py:1: UserWarning: slow\n  return forward_call(*args, **kwargs)\n"),
+        subprocess.CompletedProcess([], 0, line + "\n", ""),
+        subprocess.CompletedProcess([], 1, "", "Traceback (most recent call last):\nRuntimeError: boom\n  warn(x)\n"),
+    ]
+    calls = []
+
+    def run(command, **_):
+        calls.append(command)
+        return outcomes.pop(0)
+
+    monkeypatch.setattr(greedy_step_options.subprocess, "run", run)
+    results = greedy_step_options.main(["--tiny", "--option-sets", "default", "freezing"])
+    assert [command[3] for command in calls] == ["default", "default", "freezing"]  # the killed one ran twice
+    assert results["runs"] == [json.loads(line)]
+    death = "exit status -11:   return forward_call(*args, **kwargs)"
+    assert results["retried"] == [{"option_set": "default", "error": death}]
+    assert results["errors"] == [{"option_set": "freezing", "error": "exit status 1: RuntimeError: boom"}]
