@@ -121,10 +121,9 @@ def decode_continuously(
             except Exception as err:  # these requests get the error; their rows stay free, the others decode on
                 for seat in joined:
                     seat.fail(err)
-                joined = []
-            for row, seat in zip(rows_taken, joined, strict=False):
-                owners[row], seat.queued = seat, 1
-            if joined:
+            else:
+                for row, seat in zip(rows_taken, joined, strict=True):
+                    owners[row], seat.queued = seat, 1
                 seated = [seat if row in rows_taken else None for row, seat in enumerate(owners)]
                 pending.append(_Queued.of(seated, token))
         decoding = [seat if seat is not None and seat.decoding else None for seat in owners]
