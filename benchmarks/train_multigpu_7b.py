@@ -211,6 +211,7 @@ def run(
     checkpoint_layers: int | None = None,
     compile_layers: bool = False,
     deepspeed_config: Path | None = None,
+    fsdp: bool = False,
 ) -> None:
     import torch.distributed as dist
 
@@ -224,14 +225,21 @@ def run(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = _gradient_accumulation(global_batch, world, micro_batch)
     repo = Path(__file__).resolve().parents[1]
+    if fsdp and cpu:
+        raise SystemExit("--fsdp runs on GPUs only: transformers' Trainer does not shard on the CPU")
+    if fsdp and (zero != 3 or deepspeed_config is not None):
+        raise SystemExit("--fsdp shards as ZeRO-3 does, without DeepSpeed: drop --zero 2 and --deepspeed-config")
     deepspeed_config = deepspeed_config or repo / "scripts" / f"zero{zero}.json"
     zero_options = json.loads(deepspeed_config.read_text())["zero_optimization"]
     if zero_options["stage"] != zero:
         raise SystemExit(f"{deepspeed_config} is ZeRO-{zero_options['stage']}, not the --zero {zero} asked for")
+    fsdp_config = repo / "scripts" / "fsdp2.json"
+    sharding = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(fsdp_config)] if fsdp else [
+        "--deepspeed", str(deepspeed_config)]  # fmt: skip
     meter = Meter(warmup, steps, _image_tokens(root))
     precision = ["--use_cpu", "True"] if cpu else ["--bf16", "True", "--tf32", "True"]
     argv = [
-        "--deepspeed", str(deepspeed_config), "--model_name_or_path", str(root),
+        *sharding, "--model_name_or_path", str(root),
         "--version", recipe["version"], "--data_path", str(root / recipe["data"]), "--image_folder", str(root),
         "--vision_tower", str(root / "vision_tower"), "--mm_projector_type", "mlp2x_gelu",
         "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
@@ -269,13 +277,17 @@ def run(
     epoch_hours = recipe["samples_per_epoch"] * mean_tokens_per_sample / (per_gpu * world) / 3600
     result = {
         "gpu": "cpu" if cpu else torch.cuda.get_device_name(), "gpus": world, "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "deepspeed": __import__("deepspeed").__version__,
-        "stage": stage, "zero_stage": zero, "deepspeed_config": deepspeed_config.name,
-        "zero_optimization": zero_options, "llm_layers": meter.config.num_hidden_layers,
+        "transformers": __import__("transformers").__version__,
+        "deepspeed": None if fsdp else __import__("deepspeed").__version__, "stage": stage, "zero_stage": zero,
+        "sharding": "fsdp2" if fsdp else "deepspeed",
+        "fsdp_config": json.loads(fsdp_config.read_text()) if fsdp else None,
+        "deepspeed_config": None if fsdp else deepspeed_config.name,
+        "zero_optimization": None if fsdp else zero_options, "llm_layers": meter.config.num_hidden_layers,
         "llm_parameters": llm_parameters(meter.config), "micro_batch": micro_batch, "global_batch": global_batch,
         "gradient_accumulation": accumulation, "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_layers": checkpoint_layers, "compiled_layers": compile_layers, "packed": not padded,
         "dtype": "fp32" if cpu else "bf16", "attention": "sdpa",
+        "fsdp_mixed_precision": str(trainer.accelerator.state.fsdp_plugin.mixed_precision_policy) if fsdp else None,
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "timed_steps": steps, "warmup_steps": warmup,
         "seconds_per_step": meter.elapsed / steps, "samples_per_s": round(samples / meter.elapsed, 2),
         "useful_tokens_per_s_per_gpu": round(per_gpu, 1),
@@ -303,7 +315,11 @@ def _series(result: dict) -> tuple:
     layers."""
     keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing",
             "gradient_checkpointing_layers")  # fmt: skip
-    config = result.get("deepspeed_config") or f"zero{result.get('zero_stage', 3)}.json"  # absent in older files
+    config = (
+        "fsdp2"
+        if result.get("sharding") == "fsdp2"
+        else (result.get("deepspeed_config") or f"zero{result.get('zero_stage', 3)}.json")
+    )  # absent in older files
     return (*(result.get(key) for key in keys), bool(result.get("compiled_layers")), config)
 
 
@@ -339,7 +355,8 @@ def summarize(paths: list[Path], target_gpus: int = 8) -> tuple[list[dict], str]
     ]
     for r in rows:
         lines.append(
-            f"| {r['stage']} | {r.get('zero_stage', 3)} | {r['gpus']} | {r['llm_layers']} "
+            f"| {r['stage']} | {r.get('zero_stage', 3)}{' (FSDP2)' if r.get('sharding') == 'fsdp2' else ''} "
+            f"| {r['gpus']} | {r['llm_layers']} "
             f"| {r['global_batch']} ({r['micro_batch']} x {r['gpus']} x {r['gradient_accumulation']}) "
             f"| {r['useful_tokens_per_s_per_gpu']:,.0f} | {100 * (r['mfu'] or 0):.1f} % | {r['seconds_per_step']:.2f} "
             f"| {100 * r['scaling_efficiency']:.0f} % (vs {r['scaling_base_gpus']}) "
@@ -382,6 +399,9 @@ def main() -> None:
     bench.add_argument(
         "--deepspeed-config", type=Path, metavar="JSON", help="DeepSpeed config (default: scripts/zero{2,3}.json)"
     )
+    bench.add_argument(
+        "--fsdp", action="store_true", help="shard with PyTorch FSDP2 (as ZeRO-3 does) instead of DeepSpeed"
+    )
     bench.add_argument("--cpu", action="store_true", help="fp32 on the CPU (a smoke test of the script)")
     bench.add_argument("--padded", action="store_true", help="transformers' padded step (no packing, full logits)")
     report = sub.add_parser("summarize", help="scaling efficiency and projected epoch times of several runs")
@@ -402,7 +422,7 @@ def main() -> None:
         run(
             args.root, args.out, args.stage, args.zero, args.micro_batch, args.global_batch, args.warmup,
             args.steps, not args.no_checkpointing, args.cpu, args.padded, args.checkpoint_layers, args.compile_layers,
-            args.deepspeed_config,
+            args.deepspeed_config, args.fsdp,
         )  # fmt: skip
 
 

@@ -26,12 +26,14 @@ from torch import nn
 
 from share4v.model.language_model.share4v_llama import VISION_TOWER_FOLDER
 from share4v.model.vision_setup import (
+    TOWER_STATE_PREFIX,
     load_projector_weights,
     load_vision_tower_weights,
     save_vision_tower,
     tower_state_from_model_state,
 )
 from share4v.model.weights_io import read_model_weights, read_weights
+from share4v.train.fsdp import is_sharded, load_state
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,9 @@ def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> No
     """
     folder = Path(checkpoint_dir)
     base = base_model(model)
+    if is_sharded(base):
+        _load_sharded(base, folder)
+        return
     if (folder / "adapter_config.json").is_file():
         from peft import set_peft_model_state_dict
 
@@ -131,18 +136,37 @@ def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> No
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{folder}: adapter tensors the model lacks: {result.unexpected_keys[:5]}")
         _load_partial(model, read_weights(folder / NON_LORA_FILE), folder / NON_LORA_FILE, complete=False)
-    elif (folder / PROJECTOR_FILE).is_file() or (folder / "mm_projector.bin").is_file():
-        projector_file = folder / PROJECTOR_FILE if (folder / PROJECTOR_FILE).is_file() else folder / "mm_projector.bin"
-        load_projector_weights(base.get_model().mm_projector, projector_file)
+    elif _projector_file(folder) is not None:
+        load_projector_weights(base.get_model().mm_projector, _projector_file(folder))
     else:
         _load_partial(base, read_model_weights(folder), folder, complete=True)
     if (folder / VISION_TOWER_FOLDER / "model.safetensors").is_file():
         load_vision_tower_weights(base.get_vision_tower(), folder / VISION_TOWER_FOLDER)
 
 
+def _projector_file(folder: Path) -> Path | None:
+    return next((folder / name for name in (PROJECTOR_FILE, "mm_projector.bin") if (folder / name).is_file()), None)
+
+
+def _load_sharded(model: nn.Module, folder: Path) -> None:
+    """The full and projector-only layouts into a model that FSDP2 shards: one state dict of whole tensors (the
+    tower's included), from which each rank keeps its shards."""
+    if (folder / "adapter_config.json").is_file():
+        raise ValueError(f"{folder}: resuming a LoRA run under FSDP is not supported; resume it under DeepSpeed")
+    projector_file = _projector_file(folder)
+    if projector_file is not None:
+        state = {k: v for k, v in read_weights(projector_file).items() if "mm_projector." in k}
+    else:
+        state = read_model_weights(folder)
+    tower_file = folder / VISION_TOWER_FOLDER / "model.safetensors"
+    if tower_file.is_file():
+        state |= {TOWER_STATE_PREFIX + k.removeprefix("vision_model."): v for k, v in read_weights(tower_file).items()}
+    _load_partial(model, state, folder, complete=projector_file is None)
+
+
 def _load_partial(model: nn.Module, state: dict[str, torch.Tensor], where: Any, complete: bool) -> None:
     """Load `state` into `model`; with `complete`, every weight but the vision tower's must be in it."""
-    result = model.load_state_dict(state, strict=False)
+    result = load_state(model, state)
     if result.unexpected_keys:
         raise ValueError(f"{where}: tensors the model does not have: {result.unexpected_keys[:5]}")
     missing = [k for k in result.missing_keys if ".vision_tower." not in k]

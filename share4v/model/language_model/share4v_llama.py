@@ -224,10 +224,10 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
             else:
                 return [self.encode_images(image.unsqueeze(0))[0] for image in images]
         features = self.model.vision_tower(images)  # [N, P, C], in the dtype of `images`
-        embed_weight = self.get_input_embeddings().weight
-        projector_params = list(self.model.mm_projector.parameters())
-        device = projector_params[0].device if projector_params else embed_weight.device
-        return self.model.mm_projector(features.to(device=device, dtype=embed_weight.dtype))  # [N, P, D]
+        # the projector's own device and dtype (under FSDP mixed precision, its gathered weights are in the compute
+        # dtype while other weights keep theirs); an empty projector takes the embeddings'
+        reference = next(self.model.mm_projector.parameters(), self.get_input_embeddings().weight)
+        return self.model.mm_projector(features.to(device=reference.device, dtype=reference.dtype))  # [N, P, D]
 
     def prepare_multimodal_inputs(
         self,

@@ -1,0 +1,118 @@
+"""One rank of tests/train/test_fsdp.py (run by torch.distributed.run on the CPU, gloo): the tiny model sharded by FSDP2
+into the units accelerate makes for `--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`, against the same
+model unsharded. Writes what it measured to OUT/rank{N}.json.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train/fsdp_worker.py CKPT OUT
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.test_packing import make_batch
+
+from share4v.model.builder import load_pretrained_model
+from share4v.model.packed_attention import PACKED_ATTENTION
+from share4v.train.fsdp import is_sharded, use_fp32_gradients
+from share4v.train.saving import load_training_checkpoint, save_training_checkpoint
+
+
+def shard(model: torch.nn.Module, policy: MixedPrecisionPolicy) -> torch.nn.Module:
+    """The units accelerate (1.15) makes: each decoder layer, the input embeddings, the final norm with the output
+    projection (kept gathered after the forward), and the root with the rest."""
+    for layer in model.get_model().layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model.get_input_embeddings(), mp_policy=policy)
+    fully_shard([model.get_model().norm, model.get_output_embeddings()], mp_policy=policy, reshard_after_forward=False)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def loss_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss = model(**batch, pack_sequences=True).loss
+    loss.backward()
+    grads = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            grad = param.grad
+            grads[name] = grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+    return loss.detach(), grads
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest difference over the largest expected value, or over 1e-4 where all are smaller (an attention key
+    bias's gradient is zero up to rounding: attention does not depend on it)."""
+    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp(min=1e-4)).item()
+
+
+def main() -> None:
+    checkpoint, out = sys.argv[1], Path(sys.argv[2])
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    _, reference, _, _ = load_pretrained_model(checkpoint, None, "weights", device="cpu")
+    reference = reference.float().train()
+    reference.config.use_cache = False
+    reference.fused_cross_entropy = True  # the training step's loss (`configure_step_speedups`)
+    reference.set_attn_implementation(PACKED_ATTENTION)
+    tower = reference.get_vision_tower()
+    for name, param in tower.named_parameters():  # stage 1's mix: the tower's later layers train, the first not
+        param.requires_grad = ".layers.0." not in name and ".embeddings." not in name
+    batch = make_batch(reference)  # the same samples on every rank: FSDP's mean gradient equals the unsharded one
+    report: dict = {"rank": dist.get_rank()}
+
+    # fp32 throughout: the sharded step equals the unsharded one
+    sharded = shard(copy.deepcopy(reference), MixedPrecisionPolicy())
+    report["sharded"] = is_sharded(sharded) and not is_sharded(reference)
+    expected_loss, expected_grads = loss_and_grads(reference, batch)
+    loss, grads = loss_and_grads(sharded, batch)
+    report["loss_error"] = relative_error(loss, expected_loss)
+    report["grad_names_equal"] = sorted(grads) == sorted(expected_grads)
+    report["grad_error"] = max(relative_error(grads[n], expected_grads[n]) for n in expected_grads)
+    report["frozen_tower_grads"] = sum(".encoder.layers.0." in n and "vision_tower" in n for n in grads)
+
+    # the policy share4v gives bf16 runs: weights gathered in bf16, gradients reduced in fp32, the loss in fp32
+    args = SimpleNamespace(fsdp_plugin_args={"fsdp_version": 2}, bf16=True, fp16=False)
+    use_fp32_gradients(args)
+    mixed = shard(copy.deepcopy(reference), args.fsdp_plugin_args["mixed_precision_policy"])
+    loss, grads = loss_and_grads(mixed, batch)
+    report["bf16_loss_dtype"] = str(loss.dtype)
+    report["bf16_loss_error"] = relative_error(loss, expected_loss)
+    report["bf16_grad_dtype"] = str(next(iter(grads.values())).dtype)
+
+    # resuming: a released-layout checkpoint of other weights (tower folder included) loads into the sharded model
+    changed = copy.deepcopy(reference)
+    with torch.no_grad():
+        for param in changed.parameters():
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())) * 0.01)
+    folder = out / "checkpoint"
+    if dist.get_rank() == 0:
+        save_training_checkpoint(changed, folder, save_vision_tower_folder=True)
+    dist.barrier()
+    load_training_checkpoint(sharded, folder)
+    loaded = sharded.state_dict()
+    errors = {}
+    for name, value in changed.state_dict().items():
+        got = loaded[name]
+        got = got.full_tensor() if hasattr(got, "full_tensor") else got
+        errors[name] = (got - value).abs().max().item()
+    report["loaded_tensors"] = len(errors)
+    report["load_error"] = max(errors.values())
+    report["tower_load_error"] = max(v for k, v in errors.items() if "vision_tower" in k)
+    (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
