@@ -37,7 +37,9 @@ def assign_images(
     """Which image indices fill each row's placeholders, in order.
 
     `allow_blank_images` (training batches only) also accepts one image per row, the training collator's blank
-    image standing for a text-only row; anywhere else an image without a placeholder is an error.
+    image standing for a text-only row: it is assigned to its row but fills no placeholder (the merge keeps it in
+    the graph with none of its positions, so that the tower and projector get a zero gradient rather than none);
+    anywhere else an image without a placeholder is an error.
 
     Raises:
         ValueError: when the number of images fits no convention.
@@ -51,7 +53,7 @@ def assign_images(
         return assignment
     one_per_row = num_images == len(image_tokens_per_row) and all(count <= 1 for count in image_tokens_per_row)
     if allow_blank_images and one_per_row:
-        return [[row] if count else [] for row, count in enumerate(image_tokens_per_row)]
+        return [[row] for row in range(len(image_tokens_per_row))]
     raise ValueError(
         f"image tokens and images do not match: the prompts hold {total} <image> tokens "
         f"(per row: {list(image_tokens_per_row)}) but {num_images} images were given"
@@ -96,7 +98,8 @@ def merge_image_features(
         row_labels = labels[row][keep[row]] if labels is not None else None
         positions = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
         embed_parts, label_parts, start = [], [], 0
-        for position, image_id in zip(positions, image_ids, strict=True):
+        placed = image_ids[: len(positions)]  # a text-only row's blank is assigned to it, not placed
+        for position, image_id in zip(positions, placed, strict=True):
             features = image_features[image_id].to(device=embeds.device, dtype=embeds.dtype)
             embed_parts += [embeds[start:position], features]
             if row_labels is not None:
@@ -104,7 +107,8 @@ def merge_image_features(
                 label_parts += [row_labels[start:position], ignore]
             start = position + 1
         embed_parts.append(embeds[start:])
-        if not positions and image_ids:  # a blank image for a text-only row: keep it in the graph (ZeRO-3)
+        if not positions and image_ids:  # a text-only row's blank: in the graph, so every rank of a sharded
+            # run (FSDP, ZeRO-3) reduces the same gradients whatever its batch holds
             embed_parts.append(image_features[image_ids[0]][:0].to(device=embeds.device, dtype=embeds.dtype))
         rows_embeds.append(torch.cat(embed_parts, dim=0))
         if row_labels is not None:

@@ -94,7 +94,19 @@ def test_mismatch_is_a_loud_error(embed):
         assign_images([0, 0], 1)
     with pytest.raises(ValueError, match="but 2 images were given"):
         assign_images([0, 0], 2)  # images but no placeholders: never silently dropped
-    assert assign_images([0, 0], 2, allow_blank_images=True) == [[], []]
+    assert assign_images([0, 0], 2, allow_blank_images=True) == [[0], [1]]  # training: blanks, assigned not placed
+    assert assign_images([1, 0], 2, allow_blank_images=True) == [[0], [1]]
+
+
+def test_text_only_batch_keeps_the_images_in_the_graph(embed):
+    # a training batch of text-only rows (the collator's blanks): the features get a zero gradient, not none, so
+    # that the tower and projector reduce the same gradients on every rank of a sharded run (FSDP2 hangs otherwise)
+    feats = features(2).requires_grad_()
+    ids = torch.tensor([[1, 3, 4], [1, 5, 6]])
+    out = merge_image_features(ids, feats, embed, labels=ids.clone())
+    assert torch.equal(out.inputs_embeds, embed(ids))
+    out.inputs_embeds.sum().backward()
+    assert feats.grad is not None and torch.equal(feats.grad, torch.zeros_like(feats))
 
 
 def test_gradients_reach_image_features(embed):

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.test_packing import make_batch
 
+from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.model.builder import load_pretrained_model
 from share4v.model.packed_attention import PACKED_ATTENTION
 from share4v.train.fsdp import is_sharded, use_fp32_gradients
@@ -90,6 +91,22 @@ def main() -> None:
     report["bf16_loss_dtype"] = str(loss.dtype)
     report["bf16_loss_error"] = relative_error(loss, expected_loss)
     report["bf16_grad_dtype"] = str(next(iter(grads.values())).dtype)
+
+    # training steps where the ranks' batches differ, one of them all text-only rows (the collator's blank images):
+    # every rank must reduce the same gradients, or the sharded step stops (the tower and projector got none there)
+    trained = shard(copy.deepcopy(reference), MixedPrecisionPolicy())
+    optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=1e-3)
+    norms = []
+    for step in range(3):
+        step_batch = make_batch(reference, seed=1 + 10 * dist.get_rank() + step)
+        if dist.get_rank() == 1 and step == 1:
+            step_batch["input_ids"][step_batch["input_ids"] == IMAGE_TOKEN_INDEX] = 5
+        trained(**step_batch, pack_sequences=True).loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_([p for p in trained.parameters() if p.requires_grad], 1.0)
+        norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+        optimizer.step()
+        optimizer.zero_grad()
+    report["steps_with_a_text_only_rank"] = len(norms)
 
     # resuming: a released-layout checkpoint of other weights (tower folder included) loads into the sharded model
     changed = copy.deepcopy(reference)

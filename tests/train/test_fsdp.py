@@ -1,7 +1,10 @@
-"""FSDP2 (`--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`): the tiny model sharded into accelerate's
-units on two CPU processes (gloo) computes the unsharded model's loss and gradients, runs in bf16 with the policy
-share4v gives it, and loads a released-layout checkpoint (for resuming) into its shards. transformers' Trainer runs
-FSDP on GPUs only; the run through the Trainer is checked on two GPUs (docs/Performance.md)."""
+"""FSDP2 (`--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`) on two CPU processes (gloo), the tiny
+model sharded into accelerate's units:
+- it computes the unsharded model's loss and gradients;
+- it trains on steps where one rank's batch holds only text;
+- it runs in bf16 with the policy share4v gives it;
+- it loads a released-layout checkpoint (for resuming) into its shards.
+transformers' Trainer runs FSDP on GPUs only: benchmarks/check_fsdp_training.py runs it there (docs/Performance.md)."""
 
 import json
 import os
@@ -23,7 +26,7 @@ def reports(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([*command, str(tiny_ckpt), str(out)], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([*command, str(tiny_ckpt), str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
@@ -34,6 +37,10 @@ def test_sharded_step_equals_the_unsharded_one(reports):
         assert report["loss_error"] <= 1e-6 and report["grad_names_equal"], report
         assert report["grad_error"] <= 1e-5, report
         assert report["frozen_tower_grads"] == 0
+
+
+def test_steps_where_one_rank_has_only_text(reports):
+    assert [report["steps_with_a_text_only_rank"] for report in reports] == [3, 3]
 
 
 def test_bf16_step_with_fp32_loss(reports):
