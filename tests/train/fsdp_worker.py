@@ -62,7 +62,7 @@ def main() -> None:
     checkpoint, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    _, reference, _, _ = load_pretrained_model(checkpoint, None, "weights", device="cpu")
+    tokenizer, reference, _, _ = load_pretrained_model(checkpoint, None, "weights", device="cpu")
     reference = reference.float().train()
     reference.config.use_cache = False
     reference.fused_cross_entropy = True  # the training step's loss (`configure_step_speedups`)
@@ -107,6 +107,21 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
     report["steps_with_a_text_only_rank"] = len(norms)
+
+    # saving: the whole state gathered from the shards (what accelerate hands the Trainer) written by the main
+    # process in the released layout, then loaded through the builder like any checkpoint
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    gathered = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    saved = out / "saved"
+    if dist.get_rank() == 0:
+        save_training_checkpoint(trained, saved, state_dict=gathered, save_vision_tower_folder=True)
+        tokenizer.save_pretrained(saved)  # as the Trainer does beside the weights
+        _, reloaded, _, _ = load_pretrained_model(str(saved), None, "weights", device="cpu")
+        reloaded_state = reloaded.float().state_dict()
+        report["saved_error"] = max((reloaded_state[k] - v).abs().max().item() for k, v in gathered.items())
+        report["saved_tensors"] = len(gathered)
+    dist.barrier()
 
     # resuming: a released-layout checkpoint of other weights (tower folder included) loads into the sharded model
     changed = copy.deepcopy(reference)

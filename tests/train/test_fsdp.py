@@ -3,7 +3,7 @@ model sharded into accelerate's units:
 - it computes the unsharded model's loss and gradients;
 - it trains on steps where one rank's batch holds only text;
 - it runs in bf16 with the policy share4v gives it;
-- it loads a released-layout checkpoint (for resuming) into its shards.
+- it saves from its shards in the released layout, and loads such a checkpoint (for resuming) into them.
 transformers' Trainer runs FSDP on GPUs only: benchmarks/check_fsdp_training.py runs it there (docs/Performance.md)."""
 
 import json
@@ -41,6 +41,11 @@ def test_sharded_step_equals_the_unsharded_one(reports):
 
 def test_steps_where_one_rank_has_only_text(reports):
     assert [report["steps_with_a_text_only_rank"] for report in reports] == [3, 3]
+
+
+def test_saved_from_the_shards_in_the_released_layout(reports):
+    main = reports[0]
+    assert main["saved_tensors"] > 50 and main["saved_error"] == 0.0, main
 
 
 def test_bf16_step_with_fp32_loss(reports):
