@@ -1,8 +1,8 @@
 """train/fsdp.py
 
-PyTorch FSDP2 (`--fsdp full_shard --fsdp_config scripts/fsdp2.json`): the sharding of ZeRO-3 (weights, gradients and
-optimizer state split over the GPUs) without DeepSpeed, through transformers' Trainer and accelerate. Two things
-share4v adds to what they do:
+PyTorch FSDP2 (`--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`): the sharding of ZeRO-3 (weights,
+gradients and optimizer state split over the GPUs) without DeepSpeed, through transformers' Trainer and accelerate.
+Two things share4v adds to what they do:
 
 - `use_fp32_gradients`: in a bf16 or fp16 run, weights are gathered in the compute dtype but gradients are reduced and
   accumulated over micro-batches in fp32, and the loss comes back as computed (fp32). accelerate's default would
