@@ -115,6 +115,7 @@ def main() -> None:
         "resume_restores_the_run": result["resumed_vs_uninterrupted_largest_weight_difference"] <= 1e-5
         and same(resumed_losses[-2:], fsdp_losses[-2:]),
         "bf16_losses_finite": all(loss == loss and abs(loss) < 1e4 for loss in bf16_losses),
+        "fsdp_checkpoint_2_equals_ddp": result["fsdp_checkpoint_2_vs_ddp"] <= 1e-5,
         "all_load": all(result["loadable"].values()),
     }
     print(json.dumps(result, indent=1))

@@ -234,8 +234,10 @@ def run(
     if zero_options["stage"] != zero:
         raise SystemExit(f"{deepspeed_config} is ZeRO-{zero_options['stage']}, not the --zero {zero} asked for")
     fsdp_config = repo / "scripts" / "fsdp2.json"
-    sharding = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(fsdp_config)] if fsdp else [
-        "--deepspeed", str(deepspeed_config)]  # fmt: skip
+    if fsdp:
+        sharding = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(fsdp_config)]
+    else:
+        sharding = ["--deepspeed", str(deepspeed_config)]
     meter = Meter(warmup, steps, _image_tokens(root))
     precision = ["--use_cpu", "True"] if cpu else ["--bf16", "True", "--tf32", "True"]
     argv = [
@@ -315,11 +317,10 @@ def _series(result: dict) -> tuple:
     layers."""
     keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing",
             "gradient_checkpointing_layers")  # fmt: skip
-    config = (
-        "fsdp2"
-        if result.get("sharding") == "fsdp2"
-        else (result.get("deepspeed_config") or f"zero{result.get('zero_stage', 3)}.json")
-    )  # absent in older files
+    if result.get("sharding") == "fsdp2":
+        config = "fsdp2"
+    else:  # files from before the key was recorded ran DeepSpeed, with the stage's own config
+        config = result.get("deepspeed_config") or f"zero{result.get('zero_stage', 3)}.json"
     return (*(result.get(key) for key in keys), bool(result.get("compiled_layers")), config)
 
 

@@ -98,7 +98,7 @@ def merge_image_features(
         row_labels = labels[row][keep[row]] if labels is not None else None
         positions = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
         embed_parts, label_parts, start = [], [], 0
-        placed = image_ids[: len(positions)]  # a text-only row's blank is assigned to it, not placed
+        placed = image_ids if positions else []  # a text-only row's blank is assigned to it, not placed
         for position, image_id in zip(positions, placed, strict=True):
             features = image_features[image_id].to(device=embeds.device, dtype=embeds.dtype)
             embed_parts += [embeds[start:position], features]

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def configure_fsdp(training_args: Any) -> None:
     if getattr(training_args, "fsdp_plugin_args", None):
         use_fp32_gradients(training_args)
         logger.warning(
-            "--fsdp (FSDP2) is experimental: its training step is measured and matches DeepSpeed's, but a full run "
+            "--fsdp is experimental: its FSDP2 training step is measured and matches DeepSpeed's, but a full run "
             "(checkpoints, resuming) has not yet passed benchmarks/check_fsdp_training.py on two GPUs; use "
             "--deepspeed for runs you cannot afford to lose"
         )
@@ -56,23 +57,24 @@ def use_fp32_gradients(training_args: Any) -> None:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether FSDP2 holds `model`'s weights as shards (DTensors)."""
-    from torch.distributed.tensor import DTensor
-
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without public DTensors has no FSDP2 either
+        return False
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Any:
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> _IncompatibleKeys:
     """`model.load_state_dict(state, strict=False)`, also when FSDP2 shards `model` (each rank passes the whole
-    tensors and keeps its shard). Returns the missing and unexpected keys."""
+    tensors and keeps its shards). Returns the missing and unexpected keys."""
     if not is_sharded(model):
         return model.load_state_dict(state, strict=False)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    names = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
-    unexpected = [key for key in state if key not in names]
-    result = set_model_state_dict(
+    names = set(model.state_dict())  # what a checkpoint of this model holds (the sharded load keeps the rest as is)
+    set_model_state_dict(
         model,
         {k: v for k, v in state.items() if k in names},
         options=StateDictOptions(full_state_dict=True, strict=False),
     )
-    return type(result)(missing_keys=list(result.missing_keys), unexpected_keys=unexpected)
+    return _IncompatibleKeys(missing_keys=sorted(names - state.keys()), unexpected_keys=sorted(state.keys() - names))

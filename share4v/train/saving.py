@@ -156,6 +156,8 @@ def _load_sharded(model: nn.Module, folder: Path) -> None:
     projector_file = _projector_file(folder)
     if projector_file is not None:
         state = {k: v for k, v in read_weights(projector_file).items() if "mm_projector." in k}
+        if not state:
+            raise ValueError(f"{projector_file} holds no mm_projector weights")
     else:
         state = read_model_weights(folder)
     tower_file = folder / VISION_TOWER_FOLDER / "model.safetensors"

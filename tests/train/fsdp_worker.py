@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -90,7 +92,13 @@ def main() -> None:
     loss, grads = loss_and_grads(mixed, batch)
     report["bf16_loss_dtype"] = str(loss.dtype)
     report["bf16_loss_error"] = relative_error(loss, expected_loss)
-    report["bf16_grad_dtype"] = str(next(iter(grads.values())).dtype)
+
+    # a batch of text-only rows leaves no trainable weight without a gradient that an image batch gives one
+    text_only = make_batch(reference, seed=5)
+    text_only["input_ids"][text_only["input_ids"] == IMAGE_TOKEN_INDEX] = 5
+    no_gradient = [{n for n, p in reference.named_parameters() if p.requires_grad and n not in grads}
+                   for grads in (loss_and_grads(reference, b)[1] for b in (batch, text_only))]  # fmt: skip
+    report["text_only_leaves_no_more_weights_without_gradient"] = no_gradient[1] == no_gradient[0]
 
     # training steps where the ranks' batches differ, one of them all text-only rows (the collator's blank images):
     # every rank must reduce the same gradients, or the sharded step stops (the tower and projector got none there)
@@ -142,6 +150,20 @@ def main() -> None:
     report["loaded_tensors"] = len(errors)
     report["load_error"] = max(errors.values())
     report["tower_load_error"] = max(v for k, v in errors.items() if "vision_tower" in k)
+
+    # a checkpoint that lacks one of the model's tensors is refused, not filled in with the weights at hand
+    incomplete = out / "incomplete"
+    if dist.get_rank() == 0:
+        shutil.copytree(folder, incomplete)
+        weights = load_file(incomplete / "model.safetensors")
+        weights.pop(next(k for k in weights if "layers.0.mlp" in k))
+        save_file(weights, incomplete / "model.safetensors", metadata={"format": "pt"})
+    dist.barrier()
+    try:
+        load_training_checkpoint(sharded, incomplete)
+        report["incomplete_refused"] = False
+    except ValueError as error:
+        report["incomplete_refused"] = "lacks tensors" in str(error)
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

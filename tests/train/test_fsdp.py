@@ -40,7 +40,11 @@ def test_sharded_step_equals_the_unsharded_one(reports):
 
 
 def test_steps_where_one_rank_has_only_text(reports):
-    assert [report["steps_with_a_text_only_rank"] for report in reports] == [3, 3]
+    # text-only rows keep the tower and projector in the graph (zero gradients), so the ranks reduce the same
+    # gradients; before, such a step stopped the run (a collective that differs between the ranks)
+    for report in reports:
+        assert report["text_only_leaves_no_more_weights_without_gradient"]
+        assert report["steps_with_a_text_only_rank"] == 3
 
 
 def test_saved_from_the_shards_in_the_released_layout(reports):
@@ -58,6 +62,7 @@ def test_released_checkpoint_loads_into_the_shards(reports):
     for report in reports:
         assert report["loaded_tensors"] > 50
         assert report["load_error"] == 0.0 and report["tower_load_error"] == 0.0, report
+        assert report["incomplete_refused"]
 
 
 def _args(version: int = 2, bf16: bool = True, fp16: bool = False, **plugin) -> SimpleNamespace:
