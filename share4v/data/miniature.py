@@ -55,6 +55,7 @@ class Recipe:
     vision_layers: int = 4
     llm_hidden: int = 128
     llm_layers: int = 4
+    llm_heads: int = 4
     vocab_size: int = 1000
     batch_size: int = 16
     tower_steps: int = 600
@@ -129,7 +130,8 @@ def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int, device: str 
     tokenizer = AutoTokenizer.from_pretrained(out)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=recipe.llm_hidden, intermediate_size=recipe.llm_hidden * 3,
-        num_hidden_layers=recipe.llm_layers, num_attention_heads=4, num_key_value_heads=4,
+        num_hidden_layers=recipe.llm_layers, num_attention_heads=recipe.llm_heads,
+        num_key_value_heads=recipe.llm_heads,
         max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
     )  # fmt: skip
     torch.manual_seed(seed)
