@@ -225,18 +225,18 @@ def run(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = _gradient_accumulation(global_batch, world, micro_batch)
     repo = Path(__file__).resolve().parents[1]
-    if fsdp and cpu:
-        raise SystemExit("--fsdp runs on GPUs only: transformers' Trainer does not shard on the CPU")
-    if fsdp and (zero != 3 or deepspeed_config is not None):
-        raise SystemExit("--fsdp shards as ZeRO-3 does, without DeepSpeed: drop --zero 2 and --deepspeed-config")
-    deepspeed_config = deepspeed_config or repo / "scripts" / f"zero{zero}.json"
-    zero_options = json.loads(deepspeed_config.read_text())["zero_optimization"]
-    if zero_options["stage"] != zero:
-        raise SystemExit(f"{deepspeed_config} is ZeRO-{zero_options['stage']}, not the --zero {zero} asked for")
-    fsdp_config = repo / "scripts" / "fsdp2.json"
+    fsdp_config, zero_options = repo / "scripts" / "fsdp2.json", None
     if fsdp:
+        if cpu:
+            raise SystemExit("--fsdp runs on GPUs only: transformers' Trainer does not shard on the CPU")
+        if zero != 3 or deepspeed_config is not None:
+            raise SystemExit("--fsdp shards as ZeRO-3 does, without DeepSpeed: drop --zero 2 and --deepspeed-config")
         sharding = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(fsdp_config)]
     else:
+        deepspeed_config = deepspeed_config or repo / "scripts" / f"zero{zero}.json"
+        zero_options = json.loads(deepspeed_config.read_text())["zero_optimization"]
+        if zero_options["stage"] != zero:
+            raise SystemExit(f"{deepspeed_config} is ZeRO-{zero_options['stage']}, not the --zero {zero} asked for")
         sharding = ["--deepspeed", str(deepspeed_config)]
     meter = Meter(warmup, steps, _image_tokens(root))
     precision = ["--use_cpu", "True"] if cpu else ["--bf16", "True", "--tf32", "True"]
@@ -284,7 +284,7 @@ def run(
         "sharding": "fsdp2" if fsdp else "deepspeed",
         "fsdp_config": json.loads(fsdp_config.read_text()) if fsdp else None,
         "deepspeed_config": None if fsdp else deepspeed_config.name,
-        "zero_optimization": None if fsdp else zero_options, "llm_layers": meter.config.num_hidden_layers,
+        "zero_optimization": zero_options, "llm_layers": meter.config.num_hidden_layers,
         "llm_parameters": llm_parameters(meter.config), "micro_batch": micro_batch, "global_batch": global_batch,
         "gradient_accumulation": accumulation, "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_layers": checkpoint_layers, "compiled_layers": compile_layers, "packed": not padded,

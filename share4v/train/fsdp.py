@@ -42,7 +42,7 @@ def use_fp32_gradients(training_args: Any) -> None:
     """Give an FSDP2 run in bf16/fp16 a mixed-precision policy that reduces and accumulates gradients in fp32 and
     leaves the model's outputs as computed (the loss is fp32), unless the run brings its own policy."""
     plugin_args = getattr(training_args, "fsdp_plugin_args", None)
-    if not plugin_args or int(plugin_args.get("fsdp_version", 1)) != 2:
+    if not plugin_args or int(plugin_args.get("fsdp_version", 2)) != 2:  # transformers' default version is 2
         return
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else None
     if precision is None:

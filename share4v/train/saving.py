@@ -136,8 +136,8 @@ def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> No
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{folder}: adapter tensors the model lacks: {result.unexpected_keys[:5]}")
         _load_partial(model, read_weights(folder / NON_LORA_FILE), folder / NON_LORA_FILE, complete=False)
-    elif _projector_file(folder) is not None:
-        load_projector_weights(base.get_model().mm_projector, _projector_file(folder))
+    elif (projector_file := _projector_file(folder)) is not None:
+        load_projector_weights(base.get_model().mm_projector, projector_file)
     else:
         _load_partial(base, read_model_weights(folder), folder, complete=True)
     if (folder / VISION_TOWER_FOLDER / "model.safetensors").is_file():

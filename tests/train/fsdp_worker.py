@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -115,6 +116,7 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
     report["steps_with_a_text_only_rank"] = len(norms)
+    report["finite_gradient_norms"] = all(math.isfinite(norm) for norm in norms)
 
     # saving: the whole state gathered from the shards (what accelerate hands the Trainer) written by the main
     # process in the released layout, then loaded through the builder like any checkpoint

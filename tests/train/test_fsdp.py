@@ -44,7 +44,7 @@ def test_steps_where_one_rank_has_only_text(reports):
     # gradients; before, such a step stopped the run (a collective that differs between the ranks)
     for report in reports:
         assert report["text_only_leaves_no_more_weights_without_gradient"]
-        assert report["steps_with_a_text_only_rank"] == 3
+        assert report["steps_with_a_text_only_rank"] == 3 and report["finite_gradient_norms"]
 
 
 def test_saved_from_the_shards_in_the_released_layout(reports):
