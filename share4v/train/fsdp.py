@@ -14,28 +14,19 @@ Two things share4v adds to what they do:
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-logger = logging.getLogger(__name__)
-
 _COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def configure_fsdp(training_args: Any) -> None:
-    """What an FSDP2 run needs before the Trainer is built: the fp32-gradient policy, and a warning while the run
-    through the Trainer is not fully checked."""
+    """What an FSDP2 run needs before the Trainer is built: the fp32-gradient policy."""
     if getattr(training_args, "fsdp_plugin_args", None):
         use_fp32_gradients(training_args)
-        logger.warning(
-            "--fsdp is experimental: its FSDP2 training step is measured and matches DeepSpeed's, but a full run "
-            "(checkpoints, resuming) has not yet passed benchmarks/check_fsdp_training.py on two GPUs; use "
-            "--deepspeed for runs you cannot afford to lose"
-        )
 
 
 def use_fp32_gradients(training_args: Any) -> None:

@@ -12,7 +12,10 @@ Which parts of the model a stage trains, as data (`TrainablePlan`), applied by o
 Alignment with `--mm_use_im_start_end` also trains the input embeddings (the new tokens' rows).
 `--freeze_backbone` freezes the LLM body (not lm_head), `--freeze_mm_mlp_adapter` the projector,
 `--tune_vision_tower` unlocks the ViT without `--tune_entire_model`; `--tune_vit_from_layer -1` means the whole ViT.
-ViT layers are picked by their index in the encoder's module list, never by parsing parameter names.
+ViT layers are picked by their index in the encoder's module list, never by parsing parameter names. The ViT's modules
+that the selected feature never passes through (at `mm_vision_select_layer -2`: the last layer and `post_layernorm`)
+stay frozen whatever the flags say: no gradient reaches them, so they would not move anyway, and a trainable parameter
+without a gradient breaks DDP with gradient checkpointing and FSDP's optimizer-state resume.
 """
 
 from __future__ import annotations
@@ -112,16 +115,20 @@ def apply_trainable(model: nn.Module, plan: TrainablePlan) -> dict[str, tuple[in
     if plan.vit_from_layer is not None:
         if not parts["vision_tower"]:
             raise ValueError("the plan trains the ViT but the model has no vision tower")
-        layers = vit_encoder_layers(model)
+        tower, layers = model.get_model().get_vision_tower(), vit_encoder_layers(model)
         if plan.vit_from_layer == -1:
-            model.get_model().get_vision_tower().requires_grad_(True)
-            vit_note = "all"
+            tower.requires_grad_(True)
+        elif plan.vit_from_layer >= len(layers):
+            raise ValueError(f"--tune_vit_from_layer {plan.vit_from_layer}: the ViT has {len(layers)} layers")
         else:
-            if plan.vit_from_layer >= len(layers):
-                raise ValueError(f"--tune_vit_from_layer {plan.vit_from_layer}: the ViT has {len(layers)} layers")
             for layer in layers[plan.vit_from_layer :]:
                 layer.requires_grad_(True)
-            vit_note = f"encoder layers {plan.vit_from_layer}-{len(layers) - 1}"
+        unused = tower.unused_modules()  # the later layers, then post_layernorm
+        for module in unused:
+            module.requires_grad_(False)
+        last = len(layers) - len(unused)  # the last layer that feeds the selected feature
+        first = "embeddings, " if plan.vit_from_layer == -1 else ""
+        vit_note = f"{first}encoder layers {max(plan.vit_from_layer, 0)}-{last} (the rest feed nothing)"
     summary = {name: _count(params) for name, params in parts.items()}
     for name, (trainable, total) in summary.items():
         if total:

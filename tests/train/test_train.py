@@ -91,7 +91,8 @@ def test_stage_1_trainable_set_is_the_recipe(recipe):
     model = recipe["stage1"].model
     tower = model.get_vision_tower().vision_tower
     for index, layer in enumerate(tower.encoder.layers):
-        assert all(p.requires_grad == (index >= 1) for p in layer.parameters())
+        # layer 2, the last, feeds nothing at mm_vision_select_layer -2: it stays frozen
+        assert all(p.requires_grad == (index == 1) for p in layer.parameters())
     frozen_vit = [tower.embeddings, tower.pre_layrnorm, tower.post_layernorm]
     assert not any(p.requires_grad for part in frozen_vit for p in part.parameters())
     others = [p for n, p in model.named_parameters() if ".vision_tower." not in n]

@@ -4,7 +4,9 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+import torch
 
+from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.model.builder import load_pretrained_model
 from share4v.train.optim import param_groups
 from share4v.train.trainable import TrainablePlan, apply_trainable, plan_from_args, vit_encoder_layers
@@ -44,15 +46,27 @@ def test_stage_1_trains_llm_projector_and_later_vit_layers(model, caplog):
     expected_vit = {
         f"{tower}{n}"
         for n, _ in model.get_vision_tower().vision_tower.named_parameters()
-        if n.startswith(("encoder.layers.1.", "encoder.layers.2."))
+        if n.startswith("encoder.layers.1.")  # layer 2, the last, feeds nothing at mm_vision_select_layer -2
     }
     assert {n for n in names if n.startswith(tower)} == expected_vit
     everything_else = {n for n, _ in model.named_parameters() if not n.startswith(tower)}
     assert everything_else <= names
-    assert summary["vision_tower"][0] == sum(
-        p.numel() for layer in vit_encoder_layers(model)[1:] for p in layer.parameters()
-    )
-    assert "[TRAINABLE] vision_tower" in caplog.text and "encoder layers 1-2" in caplog.text
+    assert summary["vision_tower"][0] == sum(p.numel() for p in vit_encoder_layers(model)[1].parameters())
+    assert "[TRAINABLE] vision_tower" in caplog.text and "encoder layers 1-1 (the rest feed nothing)" in caplog.text
+
+
+@pytest.mark.parametrize("from_layer", [-1, 0, 1])
+def test_every_trainable_parameter_gets_a_gradient(model, from_layer):
+    """A trainable parameter that no gradient reaches breaks DDP with checkpointing and FSDP's resume."""
+    apply_trainable(model, plan_from_args(model_args(tune_entire_model=True, tune_vit_from_layer=from_layer),
+                                          training_args()))  # fmt: skip
+    size = model.get_vision_tower().config.image_size
+    ids = torch.tensor([[1, 5, IMAGE_TOKEN_INDEX, 7, 9, 11]])
+    labels = torch.tensor([[-100, -100, IMAGE_TOKEN_INDEX, 7, 9, 11]])
+    model(ids, images=torch.randn(1, 3, size, size), labels=labels).loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".vision_tower." in n for n in trainable)
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == trainable
 
 
 def test_stage_2_freezes_the_whole_vit(model):
@@ -70,7 +84,10 @@ def test_projector_alignment_trains_the_projector_only(model):
 def test_whole_vit_and_freezes(model):
     apply_trainable(model, plan_from_args(model_args(tune_vision_tower=True, freeze_backbone=True), training_args()))
     names = trainable_names(model)
-    assert {n for n, _ in model.named_parameters() if ".vision_tower." in n} <= names
+    tower = model.get_vision_tower()
+    unused = {id(p) for module in tower.unused_modules() for p in module.parameters()}
+    assert [p.requires_grad for p in tower.parameters()] == [id(p) not in unused for p in tower.parameters()]
+    assert unused and len(unused) < len(list(tower.parameters()))
     assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names  # freeze_backbone: body only
     apply_trainable(model, plan_from_args(model_args(), training_args(freeze_mm_mlp_adapter=True)))
     assert not any(".mm_projector." in n for n in trainable_names(model))

@@ -50,6 +50,13 @@ class CLIPVisionTower(nn.Module):
         if device is not None:
             self.vision_tower.to(device)
 
+    def unused_modules(self) -> list[nn.Module]:
+        """The modules the selected hidden state never passes through: the encoder layers after it and the pooled
+        output's `post_layernorm`. No gradient reaches them, so training keeps them frozen."""
+        layers = self.vision_tower.encoder.layers
+        used = self.select_layer % (len(layers) + 1)  # hidden_states[k] is the output of the first k layers
+        return [*layers[used:], self.vision_tower.post_layernorm]
+
     def feature_select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         features = hidden_states[self.select_layer]  # [N, 1 + P, C]
         return features[:, 1:] if self.select_feature == "patch" else features
