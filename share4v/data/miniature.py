@@ -357,9 +357,7 @@ def run_arm(
 
 def _engine(checkpoint: Path, device: str) -> Share4VEngine:
     """The engine without a compiled decode step: for a model this small, compiling costs more than it saves on a few
-    hundred short answers. And in GPU sweeps (torch 2.11, Python 3.12), 3 of about 60 processes that compiled it
-    failed at this point: one segfault in Python's garbage collector while inductor compiled, and twice a dict built
-    just after came out empty. Not reproduced, so not shown to be the compile's doing."""
+    hundred short answers."""
     return Share4VEngine.from_pretrained(str(checkpoint), device=device, dtype=torch.float32, conv_mode="vicuna_v1",
                                          compile_decode=False)  # fmt: skip
 
