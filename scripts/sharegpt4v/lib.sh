@@ -44,7 +44,7 @@ common_args() {
     )
 }
 
-# Stage 1: ShareGPT4V-PT captions; ViT layers 12-23, projector and LLM trainable; starts from Vicuna, CLIP and
+# Stage 1: ShareGPT4V-PT captions; ViT layers 12-22, projector and LLM trainable; starts from Vicuna, CLIP and
 # LLaVA-1.5's pre-trained projector.
 stage1_args() {
     local size=$1 data=${DATA_ROOT:-data}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ShareGPT4V-13B stage 1: pre-training on ShareGPT4V-PT (1.2M detailed captions) with the later half of the
-# ViT (layers 12-23), the projector and the LLM trainable. 2 nodes x 8 GPUs, global batch 16 x 16 = 256.
+# ViT (layers 12-22; 23 feeds nothing), the projector and the LLM trainable. 2 nodes x 8 GPUs, global batch
+# 16 x 16 = 256.
 #
 #   sbatch --partition "$PARTITION" scripts/sharegpt4v/slurm_pretrain_13b.sh
 #

@@ -80,7 +80,7 @@ class Recipe:
     def smoke(cls) -> Recipe:
         """Seconds: checks the wiring (world → pre-training → stages → benchmark → score card), learns nothing."""
         return cls(num_images=12, num_bench_images=2, image_size=96, patch_size=32, vision_hidden=32,
-                   vision_layers=2, llm_hidden=32, llm_layers=2, vocab_size=400, batch_size=4, tower_steps=2,
+                   vision_layers=3, llm_hidden=32, llm_layers=2, vocab_size=400, batch_size=4, tower_steps=2,
                    llm_steps=2, align_steps=2, stage1_steps=2, stage2_steps=2)  # fmt: skip
 
 

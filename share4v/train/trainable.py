@@ -5,14 +5,14 @@ Which parts of the model a stage trains, as data (`TrainablePlan`), applied by o
 | stage (flags)                                         | LLM | lm_head | projector | ViT                  |
 |-------------------------------------------------------|-----|---------|-----------|----------------------|
 | projector alignment (`--tune_mm_mlp_adapter`)         |  -  |    -    |   train   |  -                   |
-| stage 1 (`--tune_entire_model --tune_vit_from_layer k`)| train | train |   train   | encoder layers >= k  |
+| stage 1 (`--tune_entire_model --tune_vit_from_layer k`)| train | train |   train   | encoder layers >= k* |
 | stage 2 (default)                                     | train | train |   train   |  -                   |
 | LoRA (`--lora_enable`)                                | adapters | - |   train   | as above             |
 
 Alignment with `--mm_use_im_start_end` also trains the input embeddings (the new tokens' rows).
 `--freeze_backbone` freezes the LLM body (not lm_head), `--freeze_mm_mlp_adapter` the projector,
 `--tune_vision_tower` unlocks the ViT without `--tune_entire_model`; `--tune_vit_from_layer -1` means the whole ViT.
-ViT layers are picked by their index in the encoder's module list, never by parsing parameter names. The ViT's modules
+ViT layers are picked by their index in the encoder's module list, never by parsing parameter names. *The ViT's modules
 that the selected feature never passes through (at `mm_vision_select_layer -2`: the last layer and `post_layernorm`)
 stay frozen whatever the flags say: no gradient reaches them, so they would not move anyway, and a trainable parameter
 without a gradient breaks DDP with gradient checkpointing and FSDP's optimizer-state resume.
@@ -124,10 +124,15 @@ def apply_trainable(model: nn.Module, plan: TrainablePlan) -> dict[str, tuple[in
             for layer in layers[plan.vit_from_layer :]:
                 layer.requires_grad_(True)
         unused = tower.unused_modules()  # the later layers, then post_layernorm
+        last = len(layers) - len(unused)  # the last layer that feeds the selected feature
+        if plan.vit_from_layer > last:
+            raise ValueError(
+                f"--tune_vit_from_layer {plan.vit_from_layer}: at mm_vision_select_layer {tower.select_layer} the "
+                f"feature comes out of encoder layer {last}, so no later layer can learn"
+            )
         for module in unused:
             module.requires_grad_(False)
-        last = len(layers) - len(unused)  # the last layer that feeds the selected feature
-        first = "embeddings, " if plan.vit_from_layer == -1 else ""
+        first = "embeddings, pre_layrnorm, " if plan.vit_from_layer == -1 else ""
         vit_note = f"{first}encoder layers {max(plan.vit_from_layer, 0)}-{last} (the rest feed nothing)"
     summary = {name: _count(params) for name, params in parts.items()}
     for name, (trainable, total) in summary.items():

@@ -40,7 +40,7 @@ def test_stage_1_with_checkpointing_trains_under_ddp(run):
     assert len(losses) == 3 and all(loss == loss for loss in losses)
 
 
-def test_the_later_vit_layers_move_and_the_unreachable_one_does_not(run, tiny_ckpt):
+def test_the_trainable_vit_layer_moves_and_the_frozen_first_one_does_not(run, tiny_ckpt):
     before = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")[1].get_vision_tower().vision_tower
     after = load_pretrained_model(str(run), None, None, device="cpu")[1].get_vision_tower().vision_tower
 
@@ -49,4 +49,3 @@ def test_the_later_vit_layers_move_and_the_unreachable_one_does_not(run, tiny_ck
 
     assert same(before.encoder.layers[0], after.encoder.layers[0])
     assert not same(before.encoder.layers[1], after.encoder.layers[1])
-    assert same(before.encoder.layers[2], after.encoder.layers[2]) and same(before.post_layernorm, after.post_layernorm)

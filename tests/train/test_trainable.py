@@ -84,13 +84,39 @@ def test_projector_alignment_trains_the_projector_only(model):
 def test_whole_vit_and_freezes(model):
     apply_trainable(model, plan_from_args(model_args(tune_vision_tower=True, freeze_backbone=True), training_args()))
     names = trainable_names(model)
-    tower = model.get_vision_tower()
-    unused = {id(p) for module in tower.unused_modules() for p in module.parameters()}
-    assert [p.requires_grad for p in tower.parameters()] == [id(p) not in unused for p in tower.parameters()]
-    assert unused and len(unused) < len(list(tower.parameters()))
+    tower = "model.vision_tower.vision_tower."
+    frozen = {n for n, _ in model.named_parameters() if n.startswith(tower) and n not in names}
+    # mm_vision_select_layer -2 of 3 layers: the last layer and post_layernorm feed nothing
+    assert frozen == {n for n, _ in model.named_parameters()
+                      if n.startswith((f"{tower}encoder.layers.2.", f"{tower}post_layernorm."))}  # fmt: skip
+    assert frozen and f"{tower}embeddings.patch_embedding.weight" in names
     assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names  # freeze_backbone: body only
     apply_trainable(model, plan_from_args(model_args(), training_args(freeze_mm_mlp_adapter=True)))
     assert not any(".mm_projector." in n for n in trainable_names(model))
+
+
+@pytest.mark.parametrize(
+    ("select_layer", "unused_layers"), [(-1, []), (-2, [2]), (-4, [0, 1, 2]), (1, [1, 2]), (3, [])]
+)
+def test_unused_modules_are_the_layers_after_the_selected_feature(model, select_layer, unused_layers):
+    tower = model.get_vision_tower()
+    tower.select_layer = select_layer
+    layers = tower.vision_tower.encoder.layers
+    assert tower.unused_modules() == [*(layers[i] for i in unused_layers), tower.vision_tower.post_layernorm]
+
+
+@pytest.mark.parametrize("select_layer", [-5, 4])
+def test_unused_modules_refuse_a_feature_layer_the_tower_lacks(model, select_layer):
+    model.get_vision_tower().select_layer = select_layer
+    with pytest.raises(ValueError, match=f"mm_vision_select_layer {select_layer} is outside the 3-layer"):
+        model.get_vision_tower().unused_modules()
+
+
+def test_vit_layer_past_the_selected_feature_is_refused(model):
+    with pytest.raises(ValueError, match="^--tune_vit_from_layer 2: at mm_vision_select_layer -2 the feature comes "
+                                         "out of encoder layer 1, so no later layer can learn$"):  # fmt: skip
+        apply_trainable(model, plan_from_args(model_args(tune_entire_model=True, tune_vit_from_layer=2),
+                                              training_args()))  # fmt: skip
 
 
 def test_vit_layer_out_of_range(model):

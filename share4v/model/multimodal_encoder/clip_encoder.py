@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
+from share4v.model.checkpoint_checks import check_select_layer
+
 SELECT_FEATURES = ("patch", "cls_patch")
 
 
@@ -54,6 +56,7 @@ class CLIPVisionTower(nn.Module):
         """The modules the selected hidden state never passes through: the encoder layers after it and the pooled
         output's `post_layernorm`. No gradient reaches them, so training keeps them frozen."""
         layers = self.vision_tower.encoder.layers
+        check_select_layer(self.select_layer, len(layers), self.vision_tower_name)
         used = self.select_layer % (len(layers) + 1)  # hidden_states[k] is the output of the first k layers
         return [*layers[used:], self.vision_tower.post_layernorm]
 
