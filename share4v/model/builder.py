@@ -26,7 +26,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from share4v.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from share4v.model.checkpoint_checks import (
-    check_select_layer,
     check_shapes,
     check_tokenizer,
     check_tokenizer_files,
@@ -37,6 +36,7 @@ from share4v.model.checkpoint_checks import (
 )
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
+from share4v.model.multimodal_encoder.clip_encoder import check_select_layer
 from share4v.model.weights_io import read_weights
 from share4v.utils import resolve_device, resolve_dtype
 

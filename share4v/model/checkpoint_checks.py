@@ -2,8 +2,8 @@
 
 Checks that turn a broken or mismatched checkpoint folder into one clear line before anything large is loaded:
 the folder itself (a mistyped local path is not a hub id), config.json (a JSON object, with valid types), the
-tokenizer (present, readable, able to encode text), the weight files (readable headers, shapes that fit the
-config) and the vision feature layer (inside the tower).
+tokenizer (present, readable, able to encode text) and the weight files (readable headers, shapes that fit the
+config). The vision feature layer's check (inside the tower) lives with the tower, in `clip_encoder.py`.
 """
 
 from __future__ import annotations
@@ -129,12 +129,3 @@ def pickle_error(folder: Path, err: Exception) -> ValueError:
         f"{folder}: {files} hold Python objects beyond plain tensors; they are not loaded, since unpickling them "
         f"could run code ({type(err).__name__}). Convert them to safetensors where they are trusted."
     )
-
-
-def check_select_layer(select_layer: int, num_layers: int, tower: str) -> None:
-    """The feature layer must name one of the tower's `num_layers + 1` hidden states (embeddings + each layer)."""
-    if not -(num_layers + 1) <= select_layer <= num_layers:
-        raise ValueError(
-            f"mm_vision_select_layer {select_layer} is outside the {num_layers}-layer vision tower {tower} "
-            f"(valid: {-(num_layers + 1)} to {num_layers})"
-        )

@@ -11,9 +11,16 @@ import torch
 from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
-from share4v.model.checkpoint_checks import check_select_layer
-
 SELECT_FEATURES = ("patch", "cls_patch")
+
+
+def check_select_layer(select_layer: int, num_layers: int, tower: str) -> None:
+    """The feature layer must name one of the tower's `num_layers + 1` hidden states (embeddings + each layer)."""
+    if not -(num_layers + 1) <= select_layer <= num_layers:
+        raise ValueError(
+            f"mm_vision_select_layer {select_layer} is outside the {num_layers}-layer vision tower {tower} "
+            f"(valid: {-(num_layers + 1)} to {num_layers})"
+        )
 
 
 class CLIPVisionTower(nn.Module):
