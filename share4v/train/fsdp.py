@@ -23,12 +23,6 @@ from torch.nn.modules.module import _IncompatibleKeys
 _COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def configure_fsdp(training_args: Any) -> None:
-    """What an FSDP2 run needs before the Trainer is built: the fp32-gradient policy."""
-    if getattr(training_args, "fsdp_plugin_args", None):
-        use_fp32_gradients(training_args)
-
-
 def use_fp32_gradients(training_args: Any) -> None:
     """Give an FSDP2 run in bf16/fp16 a mixed-precision policy that reduces and accumulates gradients in fp32 and
     leaves the model's outputs as computed (the loss is fp32), unless the run brings its own policy."""

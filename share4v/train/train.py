@@ -25,7 +25,7 @@ from pathlib import Path
 
 from share4v.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
 from share4v.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
-from share4v.train.fsdp import configure_fsdp
+from share4v.train.fsdp import use_fp32_gradients
 from share4v.train.model_setup import apply_lora, configure_step_speedups, load_model, load_tokenizer, setup_vision
 from share4v.train.preprocess import conv_mode_for_version, preprocess, preprocess_multimodal
 from share4v.train.share4v_trainer import Share4VTrainer
@@ -72,7 +72,7 @@ def build_trainer(
         model = apply_lora(model, training_args)
     apply_trainable(model, plan_from_args(model_args, training_args))
     configure_step_speedups(model, training_args)
-    configure_fsdp(training_args)
+    use_fp32_gradients(training_args)  # FSDP2 runs only
 
     data_module = make_supervised_data_module(tokenizer, data_args, training_args)
     return Share4VTrainer(
