@@ -3,8 +3,9 @@
 # stage 1 on detailed captions / brief captions / none, stage 2, and the held-out benchmark, per seed.
 #   bash scripts/miniature/reproduce.sh [OUT_DIR] [SEEDS...]      (default: runs/miniature, seeds 0 1 2)
 # Writes OUT_DIR/score_card.{json,md,png}; a finished stage is not run again (delete its folder to redo it).
-# Uses the GPU when there is one (about 10 minutes per seed on one H200; one arm takes 25-30 minutes on two CPU
-# cores); docs/Miniature.md has the numbers.
+# SIZE=full (the default with a GPU: about 10 minutes per seed on one H200, 25-30 minutes per arm on two CPU cores)
+# or SIZE=quick (the default on a CPU: the CI-sized recipe, about 10 minutes for 3 seeds on two cores; it learns
+# colours and ranks the arms, not positions); docs/Miniature.md has the numbers.
 # JOBS=N runs N processes at once, one per seed's shared parts and then one per arm, spread over the visible GPUs
 # (logs in OUT_DIR/logs/); the last step then only collects the score card. Environment: RECIPE (more flags for
 # share4v.data.miniature, e.g. "--set stage1_steps=800").
@@ -20,6 +21,13 @@ SEEDS=(${SEEDS[@]})
 RECIPE=(${RECIPE:-})
 
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+SIZE=${SIZE:-$(if [ "$gpus" -gt 0 ]; then echo full; else echo quick; fi)}
+case $SIZE in
+    quick) RECIPE=(--quick "${RECIPE[@]}") ;;
+    full) ;;
+    *) echo "error: SIZE must be quick or full, not '$SIZE'" >&2; exit 2 ;;
+esac
+echo "recipe: $SIZE ${RECIPE[*]}"
 IFS=, read -ra visible_gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
 if [ "$JOBS" -gt 1 ]; then
     mkdir -p "$OUT_DIR/logs"

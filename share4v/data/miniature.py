@@ -11,7 +11,7 @@ ShareGPT4V's recipe at miniature scale on the synthetic world (`share4v.data.syn
 4. the benchmark answered greedily through the engine and scored per category (normalised exact match).
 
     python -m share4v.data.miniature --out runs/miniature --seeds 0 1 2     # the score card in runs/miniature
-    python -m share4v.data.miniature --out /tmp/m --quick                   # every stage, 4.5 CPU minutes per arm
+    python -m share4v.data.miniature --out /tmp/m --quick                   # every stage, 1.6 CPU minutes per arm
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from share4v.train.train import train
 logger = logging.getLogger(__name__)
 
 ARMS = ("detailed", "brief", "none")  # what stage 1 trains on; "none" skips it (projector-only baseline)
+LLM_CORPORA = ("world", "captions")  # what the tiny LLM is pre-trained on (`Recipe.llm_corpus`)
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,18 @@ class Recipe:
     sft_caption_rows: int = 1000  # detailed-caption rows in the stage-2 mix (as ShareGPT4V's 665K mix holds 23K)
     learning_rate: float = 1e-3
     nudge: float = 1.0  # how far shapes move off their cells' centres (`share4v.data.synthetic.sample_scene`)
+    qa_rounds: int = 4  # questions per instruction row: 2 to this many (LLaVA's VQA rows group several per image)
+    projector_lr: float = 0.0  # stages 1 and 2: the projector's learning rate (`--mm_projector_lr`); 0: the stage's own
+    llm_corpus: str = "world"  # what the LLM is pre-trained on: "world" (captions, questions, answers) or "captions"
 
     @classmethod
     def quick(cls) -> Recipe:
-        """About 4.5 minutes per arm on two CPU cores: 1,000 images, 300 steps each of stages 1 and 2. It learns
-        colours (58 % on the benchmark's colour questions where the most common answer scores 25 %, seed 0 on the
-        CPU), not positions or shapes; smaller recipes learned nothing but the answer formats
-        (docs/miniature/small-recipes-sweep.json)."""
-        return cls(num_images=1000, tower_steps=600, llm_steps=200, align_steps=100, stage1_steps=300,
-                   stage2_steps=300)  # fmt: skip
+        """About 1.6 minutes per arm on two CPU cores: 1,000 images, a barely pre-trained LLM (20 steps), 250 steps
+        each of stages 1 and 2. Its detailed-caption arm learns colours (52-73 % on the benchmark's colour questions
+        where the most common answer scores 25 %), not positions or shapes; over 3 seeds it ranks the arms as the
+        paper does (docs/Miniature.md). A better pre-trained LLM needs more steps before it reads the image."""
+        return cls(num_images=1000, tower_steps=600, llm_steps=20, align_steps=100, stage1_steps=250,
+                   stage2_steps=250)  # fmt: skip
 
     @classmethod
     def smoke(cls) -> Recipe:
@@ -95,25 +99,31 @@ def make_world(root: Path, seed: int, recipe: Recipe) -> Path:
     """The seed's world under `root`, written once; a world written with other settings is refused (one line), as
     every stage after it would silently train on it."""
     settings = {"seed": seed, "num_images": recipe.num_images, "num_bench_images": recipe.num_bench_images,
-                "image_size": recipe.image_size, "nudge": recipe.nudge}  # fmt: skip
+                "image_size": recipe.image_size, "nudge": recipe.nudge, "qa_rounds": recipe.qa_rounds}  # fmt: skip
     recorded = root / "world_settings.json"
     if (root / "bench" / "answers.jsonl").is_file():
-        if recorded.is_file() and (found := json.loads(recorded.read_text())) != settings:
+        # a setting added later is missing from older worlds, which were made at its default
+        found = {"qa_rounds": Recipe.qa_rounds, **json.loads(recorded.read_text())} if recorded.is_file() else settings
+        if found != settings:
             changed = ", ".join(f"{key} {found.get(key)} -> {value}" for key, value in settings.items()
                                 if found.get(key) != value)  # fmt: skip
             raise WorldMismatch(f"{root} holds a world made with other settings ({changed}): use another --out, or "
                                 "delete that seed's folder to start it again")  # fmt: skip
         return root
     write_world(root, recipe.num_images, seed=seed, image_size=recipe.image_size,
-                num_bench_images=recipe.num_bench_images, progress=False, nudge=recipe.nudge)  # fmt: skip
+                num_bench_images=recipe.num_bench_images, progress=False, nudge=recipe.nudge,
+                qa_rounds=recipe.qa_rounds)  # fmt: skip
     recorded.write_text(json.dumps(settings) + "\n")
     return root
 
 
-def world_texts(world: Path) -> list[str]:
-    """Every sentence the world's data holds (captions, questions, answers)."""
+def world_texts(world: Path, corpus: str = "world") -> list[str]:
+    """Every sentence the world's data holds: captions, questions and answers ("world"), or captions alone."""
+    if corpus not in LLM_CORPORA:
+        raise ValueError(f"llm_corpus must be one of {LLM_CORPORA}, not {corpus!r}")
     texts = []
-    for name in ("detailed_captions.json", "brief_captions.json", "instruct.json"):
+    names = ("detailed_captions.json", "brief_captions.json", "instruct.json")
+    for name in names if corpus == "world" else names[:2]:
         for row in json.loads((world / name).read_text()):
             texts += [turn["value"].replace("<image>\n", "") for turn in row["conversations"]]
     return texts
@@ -136,7 +146,8 @@ def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int, device: str 
     )  # fmt: skip
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(device)
-    stream = [token for text in texts for token in [*tokenizer(text).input_ids, tokenizer.eos_token_id]]
+    corpus = texts if recipe.llm_corpus == "world" else world_texts(world, recipe.llm_corpus)
+    stream = [token for text in corpus for token in [*tokenizer(text).input_ids, tokenizer.eos_token_id]]
     length, rng = 128, random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
     for _ in tqdm(range(recipe.llm_steps), desc="pre-train LLM", leave=False, disable=None):
@@ -330,6 +341,7 @@ def run_arm(
 ) -> Path:
     """Alignment (shared by the arms of a seed) → stage 1 on `arm` captions (none: skipped) → stage 2."""
     lr = str(recipe.learning_rate)
+    projector_lr = ["--mm_projector_lr", str(recipe.projector_lr)] if recipe.projector_lr else []
     projector = str(align_projector(world, parts, root, recipe, seed, device))
     if arm == "none":
         start = ["--model_name_or_path", str(parts["llm"]), "--vision_tower", str(parts["tower"]),
@@ -341,13 +353,13 @@ def run_arm(
             "--version", "plain", "--data_path", str(world / f"{arm}_captions.json"), "--image_folder", str(world),
             "--vision_tower", str(parts["tower"]), "--pretrain_mm_mlp_adapter", projector,
             "--tune_entire_model", "True", "--tune_vit_from_layer", str(recipe.vision_layers // 2),
-            "--learning_rate", str(recipe.learning_rate / 2),
+            "--learning_rate", str(recipe.learning_rate / 2), *projector_lr,
         ])  # fmt: skip
         start = ["--model_name_or_path", str(stage1), "--vision_tower", str(stage1 / "vision_tower")]
     stage2 = root / f"stage2-{arm}"
     run_stage(f"stage 2 after {arm}", stage2, [
         *common_flags(recipe, seed, recipe.stage2_steps, device), *start, "--version", "v1",
-        "--data_path", str(sft_mix(world, recipe)), "--image_folder", str(world), "--learning_rate", lr,
+        "--data_path", str(sft_mix(world, recipe)), "--image_folder", str(world), "--learning_rate", lr, *projector_lr,
     ])  # fmt: skip
     return stage2
 
@@ -522,10 +534,15 @@ def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
         name, _, value = setting.partition("=")
         if name not in fields or not value:
             raise ValueError(f"--set {setting!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
-        changes[name] = float(value) if fields[name].type == "float" else int(value)
+        cast = {"float": float, "str": str}.get(fields[name].type, int)
+        changes[name] = cast(value)
     changed = dataclasses.replace(recipe, **changes)
     if not 0.0 <= changed.nudge <= 1.0:
         raise ValueError(f"--set nudge={changed.nudge}: the nudge must lie in [0, 1]")
+    if changed.llm_corpus not in LLM_CORPORA:
+        raise ValueError(f"--set llm_corpus={changed.llm_corpus}: choose one of {', '.join(LLM_CORPORA)}")
+    if changed.qa_rounds < 2:
+        raise ValueError(f"--set qa_rounds={changed.qa_rounds}: an instruction row asks at least 2 questions")
     return changed
 
 
@@ -581,7 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: %(default)s)")
     parser.add_argument("--arms", nargs="*", choices=ARMS, default=list(ARMS),
                         help="stage-1 data (default: all); none given: only the parts the arms share")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="about 4.5 CPU minutes per arm; learns colours only")
+    parser.add_argument(
+        "--quick", action="store_true", help="the CI-sized recipe: about 1.6 CPU minutes per arm; learns colours only"
+    )
     parser.add_argument("--set", dest="settings", metavar="NAME=VALUE", nargs="+", default=[],
                         help="change a recipe setting, e.g. --set stage1_steps=800 llm_layers=6")  # fmt: skip
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when present)")

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from share4v.data.miniature import (
     CELL_CLASSES,
@@ -104,6 +105,37 @@ def test_recipe_settings_change_named_fields_and_refuse_unknown_ones():
         recipe_with(Recipe(), ["stage_one=3"])
     with pytest.raises(ValueError, match=r"nudge=2.0: the nudge must lie in \[0, 1\]"):
         recipe_with(Recipe(), ["nudge=2"])
+    recipe = recipe_with(Recipe(), ["llm_corpus=captions", "qa_rounds=8", "projector_lr=0.01"])
+    assert (recipe.llm_corpus, recipe.qa_rounds, recipe.projector_lr) == ("captions", 8, 0.01)
+    with pytest.raises(ValueError, match="llm_corpus=books: choose one of world, captions"):
+        recipe_with(Recipe(), ["llm_corpus=books"])
+    with pytest.raises(ValueError, match="qa_rounds=1"):
+        recipe_with(Recipe(), ["qa_rounds=1"])
+
+
+def test_qa_rounds_sets_how_many_questions_a_row_asks_and_is_part_of_the_world(tmp_path):
+    from share4v.data.miniature import WorldMismatch, make_world, world_texts
+
+    def rounds(world):
+        return [len(row["conversations"]) // 2 for row in json.loads((world / "instruct.json").read_text())]
+
+    smoke = recipe_with(Recipe.smoke(), ["num_images=40"])
+    default = make_world(tmp_path / "a", 0, smoke)
+    more = make_world(tmp_path / "b", 0, recipe_with(smoke, ["qa_rounds=8"]))
+    assert max(rounds(default)) == 4 and min(rounds(default)) == 2 and max(rounds(more)) > 4
+    with pytest.raises(WorldMismatch, match="qa_rounds 4 -> 8"):
+        make_world(default, 0, recipe_with(smoke, ["qa_rounds=8"]))
+    # a world recorded before the setting existed was made at its default, and is taken as such
+    settings = json.loads((default / "world_settings.json").read_text())
+    del settings["qa_rounds"]
+    (default / "world_settings.json").write_text(json.dumps(settings))
+    assert make_world(default, 0, smoke) == default
+    with pytest.raises(WorldMismatch, match="qa_rounds 4 -> 8"):
+        make_world(default, 0, recipe_with(smoke, ["qa_rounds=8"]))
+    # the LLM's pre-training text: everything, or the captions without the instruction rows
+    asked = {turn["value"].replace("<image>\n", "") for row in json.loads((default / "instruct.json").read_text())
+             for turn in row["conversations"]}  # fmt: skip
+    assert asked <= set(world_texts(default)) and not asked & set(world_texts(default, "captions"))
 
 
 def test_a_world_made_with_other_settings_is_refused_before_anything_trains(tmp_path, capsys):
@@ -126,7 +158,9 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
     """World → pre-trained ViT and LLM → alignment → stage 1 (detailed) → stage 2 → benchmark → card (seconds)."""
     from share4v.data.miniature import reproduce
 
-    card = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())
+    card = reproduce(
+        tmp_path, seeds=[0], arms=["detailed", "none"], recipe=recipe_with(Recipe.smoke(), ["projector_lr=0.01"])
+    )
     assert [run["arm"] for run in card["runs"]] == ["detailed", "none"]
     tower_reads = card["tower_cell_accuracy"]["0"]  # the ViT's own heads on the benchmark images' cells
     assert set(tower_reads) >= {"kind", "shape", "colour", "size"} and all(0 <= v <= 1 for v in tower_reads.values())
@@ -138,6 +172,12 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
         questions = (tmp_path / "seed0" / "world" / "bench" / "questions.jsonl").read_text().splitlines()
         assert len(answers) == len(questions) > 0
     assert json.loads((tmp_path / "score_card.json").read_text())["runs"][1]["scores"] == card["runs"][1]["scores"]
+    # the projector's own learning rate reaches stages 1 and 2 (alignment trains nothing else)
+    for stage, projector_lr in (("align", None), ("stage1-detailed", 0.01), ("stage2-none", 0.01)):
+        assert (
+            torch.load(tmp_path / "seed0" / stage / "training_args.bin", weights_only=False).mm_projector_lr
+            == projector_lr
+        )
     assert "| none (projector only) | 1 |" in (tmp_path / "score_card.md").read_text()
     # a second call finds every stage done and runs nothing again
     again = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())

@@ -82,10 +82,12 @@ def write_world(
     num_bench_images: int | None = None,
     progress: bool = True,
     nudge: float = 1.0,
+    qa_rounds: int = 4,
 ) -> dict[str, Path]:
     """Write `num_images` training images and `num_bench_images` (default: a fifth, at least one) benchmark images
     with all their files under `out_dir`; returns the path of each file by name (see the module docstring). `nudge`
-    bounds how far shapes move off their cells' centres (`sample_scene`)."""
+    bounds how far shapes move off their cells' centres (`sample_scene`); each instruction row asks 2 to `qa_rounds`
+    questions."""
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, not {num_images}")
     if not 0.0 <= nudge <= 1.0:
@@ -110,7 +112,7 @@ def write_world(
             prompts = random.Random(f"prompts/{scene.seed}")
             detailed.append(caption_row(sample_id, image, prompts.choice(DETAILED_PROMPTS), detailed_caption(scene)))
             brief.append(caption_row(sample_id, image, prompts.choice(BRIEF_PROMPTS), brief_caption(scene)))
-            instruct.append(instruct_row(scene, sample_id, image))
+            instruct.append(instruct_row(scene, sample_id, image, max_rounds=qa_rounds))
     paths = {
         "detailed_captions": out / "detailed_captions.json",
         "brief_captions": out / "brief_captions.json",
