@@ -33,6 +33,8 @@ from tqdm import tqdm
 
 from share4v.data.synthetic import COLOURS, SHAPES, SIZES, WORDS, Scene, write_world
 from share4v.eval.metrics import vqa_normalize
+from share4v.eval.report import build_report, find_score_files, write_report
+from share4v.eval.scores import write_scores
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.testing.make_tiny_checkpoint import CLIP_MEAN, CLIP_STD, TinySpec, preprocessor_config_dict
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
@@ -494,6 +496,9 @@ def reproduce(out: Path, seeds: list[int], arms: list[str], recipe: Recipe, devi
         for arm in arms:
             checkpoint = run_arm(arm, world, parts, root, recipe, seed, device)
             scores = score(answer_benchmark(checkpoint, world, device=device), world)
+            write_scores(out / "scores" / f"seed{seed}-{arm}" / "miniature.json", "miniature",
+                         {name: round(100 * value, 2) for name, value in scores.items()},
+                         source=checkpoint / "bench_answers.jsonl")  # fmt: skip
             losses = {stage.name: json.loads((stage / "losses.json").read_text()) for stage in stage_folders(root, arm)}
             card["runs"].append({"seed": seed, "arm": arm, "checkpoint": str(checkpoint), "scores": scores,
                                  "losses": losses})  # fmt: skip
@@ -503,9 +508,13 @@ def reproduce(out: Path, seeds: list[int], arms: list[str], recipe: Recipe, devi
 
 
 def write_card(card: dict, out: Path) -> None:
+    """The recipe's own card (every seed and arm: mean ± spread per category, the baselines, loss curves) in `out`,
+    and `share4v.eval.report`'s card of the score files written so far (one row per seed and arm) in `out/report`."""
     (out / "score_card.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / "score_card.md").write_text(score_table(card))
     plot_card(card, out / "score_card.png")
+    if (out / "scores").is_dir():
+        write_report(build_report(find_score_files(out / "scores"), benchmarks=["miniature"]), out / "report")
 
 
 def score_table(card: dict) -> str:

@@ -5,12 +5,14 @@
 Every `*.json` under ANSWERS_ROOT (recursively) is read as a score file (`share4v.eval.scores.read_scores`); one that
 is not is reported in one line and skipped. The card has one row per checkpoint (the score file's `checkpoint` field,
 else the folder it is in: the scripts write `scores/<checkpoint>/<benchmark>.json`) beside the paper's ShareGPT4V-7B
-and -13B rows, columns in `BENCHMARKS` order, "–" where a benchmark was not run or not reported, and provenance:
+and -13B rows, columns in `BENCHMARKS` order (then any of `OTHER_BENCHMARKS` a score file has), "–" where a
+benchmark was not run or not reported, and provenance:
 template and decoding settings where the score files or the answer files they name carry them, package versions,
 device and git commit of the machine writing the card. Written atomically to `score_card.md`, `score_card.json` and,
 when matplotlib is importable, `score_card.png` (bars against the paper's numbers).
 
-From Python (the miniature reproduction prints the same card): `render_markdown(build_report(score_files))`.
+From Python: `render_markdown(build_report(score_files))`; the miniature reproduction (`share4v.data.miniature`) writes
+its card with `build_report(score_files, benchmarks=["miniature"])`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from share4v.eval.scores import BENCHMARKS, read_scores
+from share4v.eval.scores import BENCHMARKS, OTHER_BENCHMARKS, read_scores
 
 # The paper's published rows (README / ModelZoo of the original; SPEC §9 "Reported results"). POPE is not reported.
 PAPER: dict[str, dict[str, float]] = {
@@ -47,6 +49,7 @@ PAPER: dict[str, dict[str, float]] = {
 # A score file with key "mme" holds both MME columns.
 _SPLIT_FILES = {"mme": ("mme_perception", "mme_cognition")}
 _MISSING = "–"
+_COLUMNS = {**BENCHMARKS, **OTHER_BENCHMARKS}  # key -> (column name, headline metric)
 _MAX_SCORE_FILE_BYTES = 1 << 20  # a score file is a few hundred bytes; anything this large is something else
 _REPORT_NAMES = ("score_card.json",)  # our own output, never collected
 # Provenance looked for in score files and in the first line of the answer file they name: label -> keys.
@@ -77,12 +80,18 @@ def find_score_files(root: str | Path) -> list[Path]:
     return sorted(path for path in root.rglob("*.json") if path.is_file() and path.name not in _REPORT_NAMES)
 
 
-def build_report(score_files: Iterable[str | Path], checkpoints: Sequence[str] | None = None) -> dict[str, Any]:
+def build_report(
+    score_files: Iterable[str | Path],
+    checkpoints: Sequence[str] | None = None,
+    benchmarks: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The score card of `score_files`, as plain JSON data.
 
     Args:
         score_files: score files (`share4v.eval.scores` format); bad ones are listed under "skipped", not raised.
         checkpoints: keep only these checkpoints, in this order (default: every one found, sorted by name).
+        benchmarks: only these columns, in this order (default: the paper's, then any other benchmark found); rows,
+            the paper's too, are shown where they have a number in one of them.
 
     Returns:
         `{"columns": [{"key", "name", "metric"}], "paper": [{"name", "scores"}], "rows": [{"checkpoint", "scores",
@@ -110,25 +119,30 @@ def build_report(score_files: Iterable[str | Path], checkpoints: Sequence[str] |
                 notes.append(f"two score files for {checkpoint} {column}: using {kept} (newer), ignoring {dropped}")
             if newer:
                 found[checkpoint][column] = (value, path, mtime)
+    if benchmarks is not None and (unknown := [key for key in benchmarks if key not in _COLUMNS]):
+        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; expected some of {', '.join(_COLUMNS)}")
+    seen = {key for columns in found.values() for key in columns}
+    shown = list(benchmarks) if benchmarks is not None else [*BENCHMARKS, *(k for k in OTHER_BENCHMARKS if k in seen)]
     order = list(checkpoints) if checkpoints else sorted(found)
     rows = [
         {
             "checkpoint": name,
-            "scores": {key: found[name][key][0] if key in found[name] else None for key in BENCHMARKS},
-            "files": {key: str(found[name][key][1]) for key in BENCHMARKS if key in found[name]},
+            "scores": {key: found[name][key][0] if key in found[name] else None for key in shown},
+            "files": {key: str(found[name][key][1]) for key in shown if key in found[name]},
             "provenance": _row_provenance(name, details.get(name, [])),
         }
         for name in order
-        if name in found
+        if name in found and any(key in found[name] for key in shown)  # a row with none of the columns is left out
     ]
     notes += [f"no score file for checkpoint {name}" for name in order if name not in found]
     return {
         "title": "ShareGPT4V score card",
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "columns": [{"key": key, "name": name, "metric": metric} for key, (name, metric) in BENCHMARKS.items()],
+        "columns": [{"key": key, "name": _COLUMNS[key][0], "metric": _COLUMNS[key][1]} for key in shown],
         "paper": [
-            {"name": f"{model} (paper)", "scores": {key: values.get(key) for key in BENCHMARKS}}
+            {"name": f"{model} (paper)", "scores": {key: values.get(key) for key in shown}}
             for model, values in PAPER.items()
+            if any(values.get(key) is not None for key in shown)
         ],
         "rows": rows,
         "environment": environment(),
@@ -149,13 +163,13 @@ def _read_one(path: Path) -> tuple[str, dict[str, float], dict]:
     benchmark = data["benchmark"]
     if benchmark in _SPLIT_FILES:
         columns = _SPLIT_FILES[benchmark]
-    elif benchmark in BENCHMARKS:
+    elif benchmark in _COLUMNS:
         columns = (benchmark,)
     else:
         raise ValueError(f"{path}: unknown benchmark {benchmark!r}")
     values = {}
     for column in columns:
-        metric = BENCHMARKS[column][1]
+        metric = _COLUMNS[column][1]
         value = data["scores"].get(metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{path}: {benchmark} needs a number under scores.{metric}, got {value!r}")
@@ -277,7 +291,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             if provenance.get(label):
                 lines.append(f"- {label}: {', '.join(provenance[label])}")
         for key, path in row.get("files", {}).items():
-            lines.append(f"- {BENCHMARKS[key][0]}: `{path}`")
+            lines.append(f"- {_COLUMNS[key][0]}: `{path}`")
     env = report.get("environment", {})
     versions = ", ".join(f"{name} {version or 'not installed'}" for name, version in env.get("versions", {}).items())
     git = env.get("git")
@@ -306,19 +320,27 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> bool:
     series = [(row["name"], row["scores"]) for row in report["paper"]]
     series += [(row["checkpoint"], row["scores"]) for row in report["rows"]]
     names = {column["key"]: column["name"] for column in report["columns"]}
-    panels = [[key for key in names if not key.startswith("mme")], [key for key in names if key.startswith("mme")]]
-    figure = Figure(figsize=(15, 5.2), layout="constrained")
-    axes = figure.subplots(1, 2, width_ratios=[len(panels[0]), max(2, len(panels[1]) + 1)])
+    # percentages on one axis, MME's sums on another; a card without one of them has one panel
+    panels = [
+        (panel, label)
+        for panel, label in (
+            ([key for key in names if not key.startswith("mme")], "score (%)"),
+            ([key for key in names if key.startswith("mme")], "MME score (sum over subtasks)"),
+        )
+        if panel
+    ] or [([], "score (%)")]
+    figure = Figure(figsize=(max(6, len(names) + 2), 5.2), layout="constrained")
+    ratios = [max(2, len(panel) + (index == 1)) for index, (panel, _) in enumerate(panels)]
+    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=ratios)[0]
     width = 0.8 / len(series)
-    for ax, panel in zip(axes, panels, strict=True):
+    for ax, (panel, label) in zip(axes, panels, strict=True):
         for index, (_, scores) in enumerate(series):
             offset = (index - (len(series) - 1) / 2) * width
             present = [(x, scores[key]) for x, key in enumerate(panel) if scores.get(key) is not None]
             ax.bar([x + offset for x, _ in present], [y for _, y in present], width, color=f"C{index % 10}")
         ax.set_xticks(range(len(panel)), [names[key] for key in panel], rotation=35, ha="right")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("score (%)")
-    axes[1].set_ylabel("MME score (sum over subtasks)")
+        ax.set_ylabel(label)
     handles = [Patch(color=f"C{index % 10}", label=label) for index, (label, _) in enumerate(series)]
     figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small")
     figure.suptitle(report.get("title", "Score card"))

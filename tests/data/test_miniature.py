@@ -172,6 +172,12 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
         questions = (tmp_path / "seed0" / "world" / "bench" / "questions.jsonl").read_text().splitlines()
         assert len(answers) == len(questions) > 0
     assert json.loads((tmp_path / "score_card.json").read_text())["runs"][1]["scores"] == card["runs"][1]["scores"]
+    # share4v.eval.report's card of the score files: one row per seed and arm, the overall score in percent
+    report = json.loads((tmp_path / "report" / "score_card.json").read_text())
+    assert [column["key"] for column in report["columns"]] == ["miniature"] and report["paper"] == []
+    assert {row["checkpoint"]: row["scores"]["miniature"] for row in report["rows"]} == {
+        f"seed0-{run['arm']}": round(100 * run["scores"]["overall"], 2) for run in card["runs"]
+    }
     # the projector's own learning rate reaches stages 1 and 2 (alignment trains nothing else)
     for stage, projector_lr in (("align", None), ("stage1-detailed", 0.01), ("stage2-none", 0.01)):
         assert (

@@ -161,3 +161,33 @@ def test_no_score_files_still_gives_the_paper_rows(tmp_path):
     assert PAPER_7B in markdown and "No score files were found." in markdown
     with pytest.raises(FileNotFoundError, match="no such folder"):
         report.find_score_files(tmp_path / "absent")
+
+
+def test_the_project_s_own_benchmarks_get_a_column_where_a_score_file_has_one(scores_root, tmp_path):
+    from share4v.eval.scores import OTHER_BENCHMARKS
+
+    without = report.build_report(report.find_score_files(scores_root))
+    assert [column["key"] for column in without["columns"]] == list(BENCHMARKS)  # no empty column of ours
+    write_scores(scores_root / "seed0-detailed" / "miniature.json", "miniature", {"overall": 34.56, "color": 65.0})
+    card = report.build_report(report.find_score_files(scores_root))
+    assert [column["key"] for column in card["columns"]] == [*BENCHMARKS, "miniature"]
+    assert OTHER_BENCHMARKS["miniature"] == ("Miniature", "overall")
+    markdown = report.render_markdown(card)
+    assert table_row(markdown, "seed0-detailed") == ["–"] * len(BENCHMARKS) + ["34.6"]
+    assert table_row(markdown, "ShareGPT4V-7B (paper)")[-1] == "–"
+
+    # only the asked-for columns; the paper's rows, with nothing in them, left out
+    only = report.build_report(report.find_score_files(scores_root), benchmarks=["miniature"])
+    assert [column["key"] for column in only["columns"]] == ["miniature"] and only["paper"] == []
+    assert [(row["checkpoint"], row["scores"]) for row in only["rows"]] == [("seed0-detailed", {"miniature": 34.56})]
+    assert report.render_markdown(only).splitlines()[2:5] == [
+        "| Model | Miniature |",
+        "|---|---:|",
+        "| seed0-detailed | 34.6 |",
+    ]
+    if report.plot_report(only, tmp_path / "one_panel.png"):  # one panel, no MME axis
+        assert (tmp_path / "one_panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="unknown benchmark.*coco"):
+        report.build_report([], benchmarks=["coco"])
+    with pytest.raises(ValueError, match="unknown benchmark 'coco'; expected one of .*miniature"):
+        write_scores(tmp_path / "x.json", "coco", {"overall": 1.0})
