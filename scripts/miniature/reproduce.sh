@@ -8,7 +8,8 @@
 # colours and ranks the arms, not positions); docs/Miniature.md has the numbers.
 # JOBS=N runs N processes at once, one per seed's shared parts and then one per arm, spread over the visible GPUs
 # (logs in OUT_DIR/logs/); the last step then only collects the score card. Environment: RECIPE (more flags for
-# share4v.data.miniature, e.g. "--set stage1_steps=800").
+# share4v.data.miniature, e.g. "--set stage1_steps=800"); DOCS_DIR (e.g. docs/miniature: the cards are copied there
+# at the end, as DOCS_DIR/<SIZE>-score_card.{json,md,png} and <SIZE>-report-score_card.md).
 set -euo pipefail
 OUT_DIR=${1:-runs/miniature}
 shift || true
@@ -65,3 +66,11 @@ fi
 # one process on one GPU (the Trainer would spread it over every visible GPU)
 if [ "$gpus" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=${visible_gpus[0]:-0}; fi
 python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" --seeds "${SEEDS[@]}"
+if [ -n "${DOCS_DIR:-}" ]; then
+    mkdir -p "$DOCS_DIR"
+    for ext in json md png; do  # no PNG without matplotlib
+        if [ -f "$OUT_DIR/score_card.$ext" ]; then cp "$OUT_DIR/score_card.$ext" "$DOCS_DIR/$SIZE-score_card.$ext"; fi
+    done
+    cp "$OUT_DIR/report/score_card.md" "$DOCS_DIR/$SIZE-report-score_card.md"
+    echo "score cards copied to $DOCS_DIR/$SIZE-*"
+fi
