@@ -2,14 +2,17 @@
 # The paper's claim at miniature scale: the synthetic world, a pre-trained tiny ViT and LLM, projector alignment,
 # stage 1 on detailed captions / brief captions / none, stage 2, and the held-out benchmark, per seed.
 #   bash scripts/miniature/reproduce.sh [OUT_DIR] [SEEDS...]      (default: runs/miniature, seeds 0 1 2)
-# Writes OUT_DIR/score_card.{json,md,png}; a finished stage is not run again (delete its folder to redo it).
+# Writes OUT_DIR/score_card.{json,md,png}, a score file per seed and arm (OUT_DIR/scores/) and share4v.eval.report's
+# card of them (OUT_DIR/report/); a finished stage is not run again (one made with other settings is refused: delete
+# its folder to redo it).
 # SIZE=full (the default with a GPU: about 10 minutes per seed on one H200, 25-30 minutes per arm on two CPU cores)
 # or SIZE=quick (the default on a CPU: the CI-sized recipe, about 10 minutes for 3 seeds on two cores; it learns
 # colours and ranks the arms, not positions); docs/Miniature.md has the numbers.
 # JOBS=N runs N processes at once, one per seed's shared parts and then one per arm, spread over the visible GPUs
 # (logs in OUT_DIR/logs/); the last step then only collects the score card. Environment: RECIPE (more flags for
 # share4v.data.miniature, e.g. "--set stage1_steps=800"); DOCS_DIR (e.g. docs/miniature: the cards are copied there
-# at the end, as DOCS_DIR/<SIZE>-score_card.{json,md,png} and <SIZE>-report-score_card.md).
+# at the end, as DOCS_DIR/<DOCS_NAME>-score_card.{json,md,png} and <DOCS_NAME>-report-score_card.md; DOCS_NAME
+# defaults to SIZE).
 set -euo pipefail
 OUT_DIR=${1:-runs/miniature}
 shift || true
@@ -24,11 +27,11 @@ RECIPE=(${RECIPE:-})
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 SIZE=${SIZE:-$(if [ "$gpus" -gt 0 ]; then echo full; else echo quick; fi)}
 case $SIZE in
-    quick) RECIPE=(--quick "${RECIPE[@]}") ;;
+    quick) RECIPE=(--quick ${RECIPE[@]+"${RECIPE[@]}"}) ;;
     full) ;;
     *) echo "error: SIZE must be quick or full, not '$SIZE'" >&2; exit 2 ;;
 esac
-echo "recipe: $SIZE ${RECIPE[*]}"
+echo "recipe: $SIZE ${RECIPE[*]:-}"
 IFS=, read -ra visible_gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
 if [ "$JOBS" -gt 1 ]; then
     mkdir -p "$OUT_DIR/logs"
@@ -47,7 +50,7 @@ if [ "$JOBS" -gt 1 ]; then
         echo "$(date +%T) $name on $device $visible"
         (
             status=0
-            CUDA_VISIBLE_DEVICES=$visible python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" \
+            CUDA_VISIBLE_DEVICES=$visible python -m share4v.data.miniature --out "$OUT_DIR" ${RECIPE[@]+"${RECIPE[@]}"} \
                 --device "$device" "$@" > "$OUT_DIR/logs/$name.log" 2>&1 || status=$?
             echo "$status" > "$OUT_DIR/logs/$name.status"
         ) &
@@ -65,12 +68,13 @@ if [ "$JOBS" -gt 1 ]; then
 fi
 # one process on one GPU (the Trainer would spread it over every visible GPU)
 if [ "$gpus" -gt 1 ]; then export CUDA_VISIBLE_DEVICES=${visible_gpus[0]:-0}; fi
-python -m share4v.data.miniature --out "$OUT_DIR" "${RECIPE[@]}" --seeds "${SEEDS[@]}"
+python -m share4v.data.miniature --out "$OUT_DIR" ${RECIPE[@]+"${RECIPE[@]}"} --seeds "${SEEDS[@]}"
 if [ -n "${DOCS_DIR:-}" ]; then
     mkdir -p "$DOCS_DIR"
+    name=${DOCS_NAME:-$SIZE}
     for ext in json md png; do  # no PNG without matplotlib
-        if [ -f "$OUT_DIR/score_card.$ext" ]; then cp "$OUT_DIR/score_card.$ext" "$DOCS_DIR/$SIZE-score_card.$ext"; fi
+        if [ -f "$OUT_DIR/score_card.$ext" ]; then cp "$OUT_DIR/score_card.$ext" "$DOCS_DIR/$name-score_card.$ext"; fi
     done
-    cp "$OUT_DIR/report/score_card.md" "$DOCS_DIR/$SIZE-report-score_card.md"
-    echo "score cards copied to $DOCS_DIR/$SIZE-*"
+    cp "$OUT_DIR/report/score_card.md" "$DOCS_DIR/$name-report-score_card.md"
+    echo "score cards copied to $DOCS_DIR/$name-*"
 fi

@@ -76,9 +76,10 @@ class Recipe:
     @classmethod
     def quick(cls) -> Recipe:
         """About 1.6 minutes per arm on two CPU cores: 1,000 images, a barely pre-trained LLM (20 steps), 250 steps
-        each of stages 1 and 2. Its detailed-caption arm learns colours (52-73 % on the benchmark's colour questions
-        where the most common answer scores 25 %), not positions or shapes; over 3 seeds it ranks the arms as the
-        paper does (docs/Miniature.md). A better pre-trained LLM needs more steps before it reads the image."""
+        each of stages 1 and 2. Its detailed-caption arm learns colours (52-82 % on the benchmark's colour questions
+        over 3 seeds on two CPU cores, where the most common answer scores 25 %), not positions or shapes; over 3
+        seeds it ranks the arms as the paper does (docs/Miniature.md). A better pre-trained LLM needs more steps
+        before it reads the image."""
         return cls(num_images=1000, tower_steps=600, llm_steps=20, align_steps=100, stage1_steps=250,
                    stage2_steps=250)  # fmt: skip
 
@@ -93,8 +94,45 @@ class Recipe:
 # ---- 1 + 2: the world and the pre-trained parts -------------------------------------------------------------------
 
 
-class WorldMismatch(ValueError):
+class SettingsMismatch(ValueError):
+    """A finished part of a run (the world, a pre-trained part, a stage) was made with other recipe settings."""
+
+
+class WorldMismatch(SettingsMismatch):
     """A seed's folder already holds a world made with other settings."""
+
+
+# The recipe settings each part is made with, its own and those of the parts it starts from (the world's are checked
+# by `make_world`): a finished part is reused only where they are unchanged.
+LLM_SETTINGS = ("vocab_size", "llm_hidden", "llm_layers", "llm_heads", "llm_steps", "llm_corpus", "batch_size",
+                "learning_rate")  # fmt: skip
+TOWER_SETTINGS = ("patch_size", "vision_hidden", "vision_layers", "tower_steps", "batch_size", "learning_rate")
+ALIGN_SETTINGS = (*LLM_SETTINGS, *(name for name in TOWER_SETTINGS if name not in LLM_SETTINGS), "align_steps")
+STAGE1_SETTINGS = (*ALIGN_SETTINGS, "stage1_steps", "projector_lr")
+STAGE2_SETTINGS = (*ALIGN_SETTINGS, "stage2_steps", "sft_caption_rows", "projector_lr")  # + stage 1's after it
+
+
+def finished(folder: Path, marker: str, recipe: Recipe, names: tuple[str, ...]) -> bool:
+    """Whether `folder` holds a finished part (its `marker` file exists) made with these of `recipe`'s settings; a
+    part made with others is refused in one line. Parts from before settings were recorded are reused as they are."""
+    if not (folder / marker).is_file():
+        return False
+    record = folder / "recipe_settings.json"
+    if not record.is_file():
+        logger.warning("%s records no recipe settings (made by an older share4v): reused as it is", folder)
+        return True
+    found, wanted = json.loads(record.read_text()), {name: getattr(recipe, name) for name in names}
+    changed = ", ".join(f"{name} {found.get(name)} -> {value}" for name, value in wanted.items()
+                        if found.get(name) != value)  # fmt: skip
+    if changed:
+        raise SettingsMismatch(f"{folder} was made with other settings ({changed}): use another --out, or delete "
+                               "that folder (and the stages after it) to make it again")  # fmt: skip
+    return True
+
+
+def record_settings(folder: Path, recipe: Recipe, names: tuple[str, ...]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe_settings.json").write_text(json.dumps({name: getattr(recipe, name) for name in names}) + "\n")
 
 
 def make_world(root: Path, seed: int, recipe: Recipe) -> Path:
@@ -132,10 +170,11 @@ def world_texts(world: Path, corpus: str = "world") -> list[str]:
 
 
 def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int, device: str = "cpu") -> Path:
-    """A tiny Llama trained as a language model on the world's text (the 'pre-trained LLM'), with its tokenizer."""
+    """A tiny Llama trained as a language model on the world's text (`recipe.llm_corpus`: all of it, or the captions
+    alone) — the 'pre-trained LLM' — with its tokenizer (trained on all of the world's text either way)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    if (out / "config.json").is_file():
+    if finished(out, "model.safetensors", recipe, LLM_SETTINGS):  # the weights: written last
         return out
     texts = world_texts(world)
     write_llama_tokenizer(out, train_sentencepiece(seed, recipe.vocab_size, sentences=texts))
@@ -160,6 +199,7 @@ def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int, device: str 
         optimizer.step()
         optimizer.zero_grad()
     logger.info("pre-trained LLM: final loss %.3f", loss.item())
+    record_settings(out, recipe, LLM_SETTINGS)
     model.save_pretrained(out)
     return out
 
@@ -226,7 +266,7 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
     tower folder with its preprocessor config."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    if (out / "config.json").is_file():
+    if finished(out, "preprocessor_config.json", recipe, TOWER_SETTINGS):  # written last
         return out
     config = CLIPVisionConfig(
         hidden_size=recipe.vision_hidden, intermediate_size=recipe.vision_hidden * 4,
@@ -275,6 +315,7 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
         (out / "cell_accuracy.json").write_text(json.dumps(accuracy, indent=1) + "\n")
         logger.info("pre-trained ViT on the benchmark's cells: %s", {k: round(v, 3) for k, v in accuracy.items()})
     tower.save_pretrained(out)
+    record_settings(out, recipe, TOWER_SETTINGS)
     spec = TinySpec(image_size=recipe.image_size, patch_size=recipe.patch_size)
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(spec)))
     return out
@@ -297,15 +338,17 @@ def common_flags(recipe: Recipe, seed: int, steps: int, device: str = "cpu") -> 
     ]  # fmt: skip
 
 
-def run_stage(name: str, out: Path, flags: list[str]) -> list[float]:
-    """One `share4v.train.train` run (skipped when its output exists); returns its logged losses."""
+def run_stage(name: str, out: Path, flags: list[str], recipe: Recipe, settings: tuple[str, ...]) -> list[float]:
+    """One `share4v.train.train` run (skipped when it finished with the same `settings` of `recipe`); returns its
+    logged losses."""
     history = out / "losses.json"
-    if history.is_file():
+    if finished(out, history.name, recipe, settings):
         return json.loads(history.read_text())
     logger.info("%s -> %s", name, out)
     trainer = train(argv=[*flags, "--output_dir", str(out)])
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    history.write_text(json.dumps(losses))
+    record_settings(out, recipe, settings)
+    history.write_text(json.dumps(losses))  # last: it marks the stage finished
     return losses
 
 
@@ -334,7 +377,7 @@ def align_projector(world: Path, parts: dict[str, Path], root: Path, recipe: Rec
         "--version", "plain", "--data_path", str(world / "brief_captions.json"), "--image_folder", str(world),
         "--vision_tower", str(parts["tower"]), "--tune_mm_mlp_adapter", "True", "--learning_rate",
         str(recipe.learning_rate),
-    ])  # fmt: skip
+    ], recipe, ALIGN_SETTINGS)  # fmt: skip
     return align / "mm_projector.safetensors"
 
 
@@ -356,13 +399,13 @@ def run_arm(
             "--vision_tower", str(parts["tower"]), "--pretrain_mm_mlp_adapter", projector,
             "--tune_entire_model", "True", "--tune_vit_from_layer", str(recipe.vision_layers // 2),
             "--learning_rate", str(recipe.learning_rate / 2), *projector_lr,
-        ])  # fmt: skip
+        ], recipe, STAGE1_SETTINGS)  # fmt: skip
         start = ["--model_name_or_path", str(stage1), "--vision_tower", str(stage1 / "vision_tower")]
     stage2 = root / f"stage2-{arm}"
     run_stage(f"stage 2 after {arm}", stage2, [
         *common_flags(recipe, seed, recipe.stage2_steps, device), *start, "--version", "v1",
         "--data_path", str(sft_mix(world, recipe)), "--image_folder", str(world), "--learning_rate", lr, *projector_lr,
-    ])  # fmt: skip
+    ], recipe, STAGE2_SETTINGS if arm == "none" else (*STAGE2_SETTINGS, "stage1_steps"))  # fmt: skip
     return stage2
 
 
@@ -550,6 +593,8 @@ def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
         raise ValueError(f"--set nudge={changed.nudge}: the nudge must lie in [0, 1]")
     if changed.llm_corpus not in LLM_CORPORA:
         raise ValueError(f"--set llm_corpus={changed.llm_corpus}: choose one of {', '.join(LLM_CORPORA)}")
+    if changed.projector_lr < 0:
+        raise ValueError(f"--set projector_lr={changed.projector_lr}: a learning rate is not negative (0: the stage's)")
     if changed.qa_rounds < 2:
         raise ValueError(f"--set qa_rounds={changed.qa_rounds}: an instruction row asks at least 2 questions")
     return changed
@@ -622,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         card = reproduce(args.out, args.seeds, args.arms, recipe, device)
-    except WorldMismatch as err:
+    except SettingsMismatch as err:
         parser.error(str(err))
     if card["runs"]:
         print(score_table(card), end="")

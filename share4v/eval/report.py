@@ -135,6 +135,8 @@ def build_report(
         if name in found and any(key in found[name] for key in shown)  # a row with none of the columns is left out
     ]
     notes += [f"no score file for checkpoint {name}" for name in order if name not in found]
+    notes += [f"{name} has no score in {', '.join(shown)}" for name in order
+              if name in found and not any(key in found[name] for key in shown)]  # fmt: skip
     return {
         "title": "ShareGPT4V score card",
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -310,7 +312,7 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> bool:
     """A bar chart of every row against the paper's rows (MME on its own axis), written atomically to `path`.
 
     Returns:
-        False (nothing written) when matplotlib is not importable.
+        False (nothing written) when matplotlib is not importable or the card has no row to draw.
     """
     try:
         from matplotlib.figure import Figure
@@ -319,6 +321,8 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> bool:
         return False
     series = [(row["name"], row["scores"]) for row in report["paper"]]
     series += [(row["checkpoint"], row["scores"]) for row in report["rows"]]
+    if not series:  # nothing to draw (a card of some columns that no score file has)
+        return False
     names = {column["key"]: column["name"] for column in report["columns"]}
     # percentages on one axis, MME's sums on another; a card without one of them has one panel
     panels = [

@@ -158,9 +158,8 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
     """World → pre-trained ViT and LLM → alignment → stage 1 (detailed) → stage 2 → benchmark → card (seconds)."""
     from share4v.data.miniature import reproduce
 
-    card = reproduce(
-        tmp_path, seeds=[0], arms=["detailed", "none"], recipe=recipe_with(Recipe.smoke(), ["projector_lr=0.01"])
-    )
+    recipe = recipe_with(Recipe.smoke(), ["projector_lr=0.01"])
+    card = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=recipe)
     assert [run["arm"] for run in card["runs"]] == ["detailed", "none"]
     tower_reads = card["tower_cell_accuracy"]["0"]  # the ViT's own heads on the benchmark images' cells
     assert set(tower_reads) >= {"kind", "shape", "colour", "size"} and all(0 <= v <= 1 for v in tower_reads.values())
@@ -186,7 +185,7 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
         )
     assert "| none (projector only) | 1 |" in (tmp_path / "score_card.md").read_text()
     # a second call finds every stage done and runs nothing again
-    again = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=Recipe.smoke())
+    again = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=recipe)
     assert again["runs"] == card["runs"]
 
 
@@ -199,3 +198,43 @@ def test_two_runs_with_the_same_seed_give_the_same_card(tmp_path):
     for run in (*first["runs"], *second["runs"]):
         run.pop("checkpoint")
     assert first == second and first["runs"][0]["losses"]["stage2-brief"]
+
+
+def test_a_finished_part_made_with_other_settings_is_refused_and_an_unchanged_one_reused(tmp_path, capsys, caplog):
+    from share4v.data.miniature import SettingsMismatch, main, reproduce
+
+    reproduce(tmp_path, seeds=[0], arms=["detailed"], recipe=Recipe.smoke())
+    stage2 = tmp_path / "seed0" / "stage2-detailed"
+    finished_at = (stage2 / "losses.json").stat().st_mtime_ns
+    reproduce(tmp_path, seeds=[0], arms=["detailed"], recipe=Recipe.smoke())  # the same recipe: nothing runs again
+    assert (stage2 / "losses.json").stat().st_mtime_ns == finished_at
+    with pytest.raises(
+        SettingsMismatch, match=r"seed0/stage2-detailed was made with other settings \(stage2_steps 2 -> 3\)"
+    ):
+        reproduce(tmp_path, seeds=[0], arms=["detailed"], recipe=recipe_with(Recipe.smoke(), ["stage2_steps=3"]))
+    with pytest.raises(SettingsMismatch, match=r"seed0/llm was made with other settings \(llm_steps 2 -> 3\)"):
+        reproduce(tmp_path, seeds=[0], arms=["detailed"], recipe=recipe_with(Recipe.smoke(), ["llm_steps=3"]))
+    with pytest.raises(SettingsMismatch, match=r"seed0/stage1-detailed was made with other settings \(projector_lr"):
+        reproduce(tmp_path, seeds=[0], arms=["detailed"], recipe=recipe_with(Recipe.smoke(), ["projector_lr=0.1"]))
+    # the "none" arm's stage 2 does not depend on stage 1's steps; the detailed arm's does
+    reproduce(tmp_path, seeds=[0], arms=["none"], recipe=Recipe.smoke())
+    none_at = (tmp_path / "seed0" / "stage2-none" / "losses.json").stat().st_mtime_ns
+    with pytest.raises(SettingsMismatch, match=r"stage1-detailed was made with other settings \(stage1_steps 2 -> 3\)"):
+        reproduce(
+            tmp_path, seeds=[0], arms=["none", "detailed"], recipe=recipe_with(Recipe.smoke(), ["stage1_steps=3"])
+        )
+    assert (tmp_path / "seed0" / "stage2-none" / "losses.json").stat().st_mtime_ns == none_at
+    # on the command line: one line, exit 2
+    sizes = ("num_images", "num_bench_images", "vision_hidden", "vision_layers", "llm_hidden", "llm_layers",
+             "vocab_size", "batch_size", "tower_steps", "align_steps", "stage1_steps", "stage2_steps")  # fmt: skip
+    smoke = [f"{field}={getattr(Recipe.smoke(), field)}" for field in sizes]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--seeds", "0", "--arms", "detailed", "--set", *smoke, "llm_steps=5"])
+    assert (
+        exit_info.value.code == 2 and "llm was made with other settings (llm_steps 2 -> 5)" in capsys.readouterr().err
+    )
+    # a part finished before settings were recorded is taken as it is, with a warning
+    (stage2 / "recipe_settings.json").unlink()
+    with caplog.at_level("WARNING"):
+        reproduce(tmp_path, seeds=[0], arms=["detailed"], recipe=recipe_with(Recipe.smoke(), ["stage2_steps=3"]))
+    assert (stage2 / "losses.json").stat().st_mtime_ns == finished_at and "records no recipe settings" in caplog.text

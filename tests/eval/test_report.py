@@ -164,14 +164,11 @@ def test_no_score_files_still_gives_the_paper_rows(tmp_path):
 
 
 def test_the_project_s_own_benchmarks_get_a_column_where_a_score_file_has_one(scores_root, tmp_path):
-    from share4v.eval.scores import OTHER_BENCHMARKS
-
     without = report.build_report(report.find_score_files(scores_root))
     assert [column["key"] for column in without["columns"]] == list(BENCHMARKS)  # no empty column of ours
     write_scores(scores_root / "seed0-detailed" / "miniature.json", "miniature", {"overall": 34.56, "color": 65.0})
     card = report.build_report(report.find_score_files(scores_root))
     assert [column["key"] for column in card["columns"]] == [*BENCHMARKS, "miniature"]
-    assert OTHER_BENCHMARKS["miniature"] == ("Miniature", "overall")
     markdown = report.render_markdown(card)
     assert table_row(markdown, "seed0-detailed") == ["–"] * len(BENCHMARKS) + ["34.6"]
     assert table_row(markdown, "ShareGPT4V-7B (paper)")[-1] == "–"
@@ -185,8 +182,13 @@ def test_the_project_s_own_benchmarks_get_a_column_where_a_score_file_has_one(sc
         "|---|---:|",
         "| seed0-detailed | 34.6 |",
     ]
-    if report.plot_report(only, tmp_path / "one_panel.png"):  # one panel, no MME axis
+    if report.plot_report(only, tmp_path / "one_panel.png"):  # drawn without an MME column
         assert (tmp_path / "one_panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a checkpoint asked for with none of the columns is named in a note; an empty card draws nothing
+    mine_only = report.build_report(report.find_score_files(scores_root), ["mine"], benchmarks=["miniature"])
+    assert mine_only["rows"] == [] and mine_only["notes"] == ["mine has no score in miniature"]
+    assert "- mine has no score in miniature" in report.render_markdown(mine_only)
+    assert report.plot_report(mine_only, tmp_path / "empty.png") is False and not (tmp_path / "empty.png").exists()
     with pytest.raises(ValueError, match="unknown benchmark.*coco"):
         report.build_report([], benchmarks=["coco"])
     with pytest.raises(ValueError, match="unknown benchmark 'coco'; expected one of .*miniature"):
