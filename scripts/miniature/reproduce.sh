@@ -14,6 +14,10 @@
 # at the end, as DOCS_DIR/<DOCS_NAME>-score_card.{json,md,png} and <DOCS_NAME>-report-score_card.md; DOCS_NAME
 # defaults to SIZE).
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment above, as help
+    sed -n '2,/^set /p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+    exit 0
+fi
 OUT_DIR=${1:-runs/miniature}
 shift || true
 SEEDS=("${@:-0 1 2}")

@@ -39,3 +39,9 @@ def test_an_unknown_size_is_refused_in_one_line(tmp_path):
     result = run_script(str(tmp_path / "out"), "0", SIZE="huge")
     assert result.returncode == 2 and result.stderr.strip() == "error: SIZE must be quick or full, not 'huge'"
     assert not (tmp_path / "out").exists()
+
+
+def test_help_prints_the_usage_and_runs_nothing(tmp_path):
+    result = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0 and "bash scripts/miniature/reproduce.sh [OUT_DIR] [SEEDS...]" in result.stdout
+    assert "SIZE=full" in result.stdout and "DOCS_DIR" in result.stdout and not list(tmp_path.iterdir())
