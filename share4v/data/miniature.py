@@ -72,6 +72,7 @@ class Recipe:
     qa_rounds: int = 4  # questions per instruction row: 2 to this many (LLaVA's VQA rows group several per image)
     projector_lr: float = 0.0  # stages 1 and 2: the projector's learning rate (`--mm_projector_lr`); 0: the stage's own
     llm_corpus: str = "world"  # what the LLM is pre-trained on: "world" (captions, questions, answers) or "captions"
+    tower_shape_weight: float = 0.0  # ViT pre-training: weight of a loss that spreads the cells' features by shape
 
     @classmethod
     def quick(cls) -> Recipe:
@@ -106,7 +107,8 @@ class WorldMismatch(SettingsMismatch):
 # by `make_world`): a finished part is reused only where they are unchanged.
 LLM_SETTINGS = ("vocab_size", "llm_hidden", "llm_layers", "llm_heads", "llm_steps", "llm_corpus", "batch_size",
                 "learning_rate")  # fmt: skip
-TOWER_SETTINGS = ("patch_size", "vision_hidden", "vision_layers", "tower_steps", "batch_size", "learning_rate")
+TOWER_SETTINGS = ("patch_size", "vision_hidden", "vision_layers", "tower_steps", "batch_size", "learning_rate",
+                  "tower_shape_weight")  # fmt: skip
 ALIGN_SETTINGS = (*LLM_SETTINGS, *(name for name in TOWER_SETTINGS if name not in LLM_SETTINGS), "align_steps")
 STAGE1_SETTINGS = (*ALIGN_SETTINGS, "stage1_steps", "projector_lr")
 STAGE2_SETTINGS = (*ALIGN_SETTINGS, "stage2_steps", "sft_caption_rows", "projector_lr")  # + stage 1's after it
@@ -222,6 +224,19 @@ def cell_targets(scene: Scene) -> list[int]:
 CELL_CLASSES = 1 + len(SHAPES) * len(COLOURS) * len(SIZES) + len(WORDS)
 
 
+def shape_variance_share(cells: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The share of the object cells' feature variance that lies between shapes (between-class over total sum of
+    squares): near 0 where colour dominates the features, as it does in a ViT trained only to classify cells."""
+    objects = (targets >= 1) & (targets < 1 + len(SHAPES) * len(COLOURS) * len(SIZES))
+    features, shapes = cells[objects], (targets[objects] - 1) // (len(COLOURS) * len(SIZES))
+    centred = features - features.mean(0)
+    members = torch.nn.functional.one_hot(shapes, len(SHAPES)).to(features.dtype)  # [n, shapes]
+    counts = members.sum(0)
+    means = members.T @ centred / counts.clamp(min=1).unsqueeze(1)
+    between = (counts * means.pow(2).sum(1)).sum()
+    return between / centred.pow(2).sum().clamp(min=1e-12)
+
+
 def cell_attributes(target: int) -> dict[str, int]:
     """What a `cell_targets` class says: {"kind": 0 empty / 1 object / 2 text} plus the object's shape, colour and
     size indices or the word's index."""
@@ -298,6 +313,8 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
         where_logits = where(features).flatten(0, 1)
         where_loss = torch.nn.functional.cross_entropy(where_logits, cell_of_patch.repeat(len(index)))
         loss = what_loss + where_loss
+        if recipe.tower_shape_weight:
+            loss = loss + recipe.tower_shape_weight * (1 - shape_variance_share(cells, targets[index].to(device)))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
