@@ -124,6 +124,7 @@ def build_report(
     seen = {key for columns in found.values() for key in columns}
     shown = list(benchmarks) if benchmarks is not None else [*BENCHMARKS, *(k for k in OTHER_BENCHMARKS if k in seen)]
     order = list(checkpoints) if checkpoints else sorted(found)
+    without_columns = [name for name in order if name in found and not any(key in found[name] for key in shown)]
     rows = [
         {
             "checkpoint": name,
@@ -132,11 +133,10 @@ def build_report(
             "provenance": _row_provenance(name, details.get(name, [])),
         }
         for name in order
-        if name in found and any(key in found[name] for key in shown)  # a row with none of the columns is left out
+        if name in found and name not in without_columns  # a row with none of the columns is left out
     ]
     notes += [f"no score file for checkpoint {name}" for name in order if name not in found]
-    notes += [f"{name} has no score in {', '.join(shown)}" for name in order
-              if name in found and not any(key in found[name] for key in shown)]  # fmt: skip
+    notes += [f"{name} has no score in {', '.join(shown)}" for name in without_columns]
     return {
         "title": "ShareGPT4V score card",
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -324,20 +324,16 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> bool:
     if not series:  # nothing to draw (a card of some columns that no score file has)
         return False
     names = {column["key"]: column["name"] for column in report["columns"]}
-    # percentages on one axis, MME's sums on another; a card without one of them has one panel
-    panels = [
-        (panel, label)
-        for panel, label in (
-            ([key for key in names if not key.startswith("mme")], "score (%)"),
-            ([key for key in names if key.startswith("mme")], "MME score (sum over subtasks)"),
-        )
-        if panel
-    ] or [([], "score (%)")]
+    # percentages on one axis, MME's sums on another (a column wider); a card without one of them has one panel
+    percent = [key for key in names if not key.startswith("mme")]
+    mme = [key for key in names if key.startswith("mme")]
+    candidates = ((percent, "score (%)", 0), (mme, "MME score (sum over subtasks)", 1))
+    panels = [(keys, label, max(2, len(keys) + extra)) for keys, label, extra in candidates if keys]
+    panels = panels or [([], "score (%)", 2)]
     figure = Figure(figsize=(max(6, len(names) + 2), 5.2), layout="constrained")
-    ratios = [max(2, len(panel) + (index == 1)) for index, (panel, _) in enumerate(panels)]
-    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=ratios)[0]
+    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=[ratio for *_, ratio in panels])[0]
     width = 0.8 / len(series)
-    for ax, (panel, label) in zip(axes, panels, strict=True):
+    for ax, (panel, label, _) in zip(axes, panels, strict=True):
         for index, (_, scores) in enumerate(series):
             offset = (index - (len(series) - 1) / 2) * width
             present = [(x, scores[key]) for x, key in enumerate(panel) if scores.get(key) is not None]
