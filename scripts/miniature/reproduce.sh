@@ -9,7 +9,8 @@
 # or SIZE=quick (the default on a CPU: the CI-sized recipe, about 10 minutes for 3 seeds on two cores; it learns
 # colours and ranks the arms, not positions); docs/Miniature.md has the numbers.
 # JOBS=N runs N processes at once, one per seed's shared parts and then one per arm, spread over the visible GPUs
-# (logs in OUT_DIR/logs/); the last step then only collects the score card. Environment: RECIPE (more flags for
+# (logs in OUT_DIR/logs/), each with its share of the CPU cores as torch threads (OMP_NUM_THREADS, unless set); the
+# last step then only collects the score card. Environment: RECIPE (more flags for
 # share4v.data.miniature, e.g. "--set stage1_steps=800"); DOCS_DIR (e.g. docs/miniature: the cards are copied there
 # at the end, as DOCS_DIR/<DOCS_NAME>-score_card.{json,md,png} and <DOCS_NAME>-report-score_card.md; DOCS_NAME
 # defaults to SIZE).
@@ -41,6 +42,8 @@ if [ "$JOBS" -gt 1 ]; then
     mkdir -p "$OUT_DIR/logs"
     rm -f "$OUT_DIR"/logs/*.status
     started=0
+    # without this each process would start a thread per core, and JOBS of them would fight over the cores
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
     launch() {  # NAME ARGS...: one background process, at most JOBS at once, round-robin over the GPUs
         local name=$1
         shift

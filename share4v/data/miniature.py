@@ -73,6 +73,8 @@ class Recipe:
     projector_lr: float = 0.0  # stages 1 and 2: the projector's learning rate (`--mm_projector_lr`); 0: the stage's own
     llm_corpus: str = "world"  # what the LLM is pre-trained on: "world" (captions, questions, answers) or "captions"
     tower_shape_weight: float = 0.0  # ViT pre-training: weight of a loss that spreads the cells' features by shape
+    tower_balance_weight: float = 0.0  # ViT pre-training: weight of `balance_loss` (shape, colour, position)
+    tower_variance_floor: float = 0.25  # the share of the variance `balance_loss` asks of each of them
 
     @classmethod
     def quick(cls) -> Recipe:
@@ -108,7 +110,7 @@ class WorldMismatch(SettingsMismatch):
 LLM_SETTINGS = ("vocab_size", "llm_hidden", "llm_layers", "llm_heads", "llm_steps", "llm_corpus", "batch_size",
                 "learning_rate")  # fmt: skip
 TOWER_SETTINGS = ("patch_size", "vision_hidden", "vision_layers", "tower_steps", "batch_size", "learning_rate",
-                  "tower_shape_weight")  # fmt: skip
+                  "tower_shape_weight", "tower_balance_weight", "tower_variance_floor")  # fmt: skip
 ALIGN_SETTINGS = (*LLM_SETTINGS, *(name for name in TOWER_SETTINGS if name not in LLM_SETTINGS), "align_steps")
 STAGE1_SETTINGS = (*ALIGN_SETTINGS, "stage1_steps", "projector_lr")
 STAGE2_SETTINGS = (*ALIGN_SETTINGS, "stage2_steps", "sft_caption_rows", "projector_lr")  # + stage 1's after it
@@ -224,17 +226,46 @@ def cell_targets(scene: Scene) -> list[int]:
 CELL_CLASSES = 1 + len(SHAPES) * len(COLOURS) * len(SIZES) + len(WORDS)
 
 
-def shape_variance_share(cells: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The share of the object cells' feature variance that lies between shapes (between-class over total sum of
-    squares): near 0 where colour dominates the features, as it does in a ViT trained only to classify cells."""
-    objects = (targets >= 1) & (targets < 1 + len(SHAPES) * len(COLOURS) * len(SIZES))
-    features, shapes = cells[objects], (targets[objects] - 1) // (len(COLOURS) * len(SIZES))
+def between_class_share(features: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The share of `features`' variance that lies between the classes (between-class over total sum of squares)."""
     centred = features - features.mean(0)
-    members = torch.nn.functional.one_hot(shapes, len(SHAPES)).to(features.dtype)  # [n, shapes]
+    members = torch.nn.functional.one_hot(classes, num_classes).to(features.dtype)  # [n, classes]
     counts = members.sum(0)
     means = members.T @ centred / counts.clamp(min=1).unsqueeze(1)
     between = (counts * means.pow(2).sum(1)).sum()
     return between / centred.pow(2).sum().clamp(min=1e-12)
+
+
+def variance_shares(cells: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How the object cells' features [B, 9, D] split their variance: the share between shapes, colours, sizes and
+    grid positions (`cell_targets` [B, 9] says what each cell holds). A ViT trained only to classify cells gives colour
+    three quarters and shape under 2 % (docs/Miniature.md)."""
+    objects = (targets >= 1) & (targets <= len(SHAPES) * len(COLOURS) * len(SIZES))
+    rest, size = (targets[objects] - 1).div(len(SIZES), rounding_mode="floor"), (targets[objects] - 1) % len(SIZES)
+    shape, colour = rest.div(len(COLOURS), rounding_mode="floor"), rest % len(COLOURS)
+    position = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)[objects]
+    features = cells[objects]
+    return {
+        "shape": between_class_share(features, shape, len(SHAPES)),
+        "colour": between_class_share(features, colour, len(COLOURS)),
+        "size": between_class_share(features, size, len(SIZES)),
+        "position": between_class_share(features, position, targets.shape[1]),
+    }
+
+
+def shape_variance_share(cells: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The share of the object cells' feature variance that lies between shapes (`variance_shares`)."""
+    return variance_shares(cells, targets)["shape"]
+
+
+BALANCED_ATTRIBUTES = ("shape", "colour", "position")  # what the captions and questions ask about each object
+
+
+def balance_loss(cells: torch.Tensor, targets: torch.Tensor, floor: float) -> torch.Tensor:
+    """How far shape, colour and position each fall short of `floor` of the object cells' feature variance (0 once
+    each carries at least that much), so that the low-variance attributes are not left to the LLM to dig out."""
+    shares = variance_shares(cells, targets)
+    return sum(torch.relu(floor - shares[name]) for name in BALANCED_ATTRIBUTES) / floor
 
 
 def cell_attributes(target: int) -> dict[str, int]:
@@ -315,6 +346,10 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
         loss = what_loss + where_loss
         if recipe.tower_shape_weight:
             loss = loss + recipe.tower_shape_weight * (1 - shape_variance_share(cells, targets[index].to(device)))
+        if recipe.tower_balance_weight:
+            loss = loss + recipe.tower_balance_weight * balance_loss(
+                cells, targets[index].to(device), recipe.tower_variance_floor
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -499,9 +534,9 @@ def caption_accuracy(
     nudge: float = 1.0,
 ) -> dict:
     """How well a checkpoint captions fresh images of the world (a split no stage saw): the mean of
-    `caption_recall` (objects, colours, counts and text named right) over `num_images` scenes, for the model's
-    greedy answer to "Describe the image in detail." and, for scale, for each scene's own brief caption. `nudge`
-    is the world's (`Recipe.nudge`)."""
+    `caption_recall` (objects, colours, counts, positions and text named right) over `num_images` scenes, for the
+    model's greedy answer to "Describe the image in detail." and, for scale, for each scene's own brief caption.
+    `nudge` is the world's (`Recipe.nudge`)."""
     import tempfile
 
     from share4v.data.synthetic import brief_caption, caption_recall, detailed_caption, render, scene_for

@@ -258,3 +258,31 @@ def test_shape_variance_share_is_the_part_of_the_object_cells_features_that_lies
     assert share.item() == pytest.approx(4 / 5)  # between shapes 4 x 2², within 4 x 1² (the colour axis)
     share.backward()
     assert both.grad[0, :4].abs().sum() > 0 and both.grad[0, 4:].abs().sum() == 0  # objects only
+
+
+def test_variance_shares_split_the_object_cells_variance_by_attribute_and_balance_loss_asks_each_for_its_floor():
+    from share4v.data.miniature import balance_loss, variance_shares
+    from share4v.data.synthetic import SIZES
+
+    def target(shape: int, colour: int) -> int:
+        return 1 + (shape * len(COLOURS) + colour) * len(SIZES)
+
+    # four objects in cells 0-3 (shapes 0 0 1 1, colours 0 1 0 1), an empty cell and a word cell, which do not count
+    targets = torch.tensor([[target(0, 0), target(0, 1), target(1, 0), target(1, 1), 0, CELL_CLASSES - 1]])
+    shape_axis = torch.tensor([[1.0, 0, 0], [1, 0, 0], [-1, 0, 0], [-1, 0, 0], [9, 9, 9], [9, 9, 9]])
+    colour_axis = torch.tensor([[0.0, 1, 0], [0, -1, 0], [0, 1, 0], [0, -1, 0], [0, 0, 0], [0, 0, 0]])
+    cells = (shape_axis + colour_axis).unsqueeze(0)
+    shares = variance_shares(cells, targets)
+    assert shares["shape"].item() == pytest.approx(0.5) and shares["colour"].item() == pytest.approx(0.5)
+    assert shares["size"].item() == pytest.approx(0.0)  # every object is the smallest size
+    assert shares["position"].item() == pytest.approx(1.0)  # one object per cell: the cell explains everything
+    # each of shape, colour and position carries at least the floor: nothing to ask
+    assert balance_loss(cells, targets, floor=0.5).item() == pytest.approx(0.0)
+    # colour squeezed to a tenth of the shape axis: only colour falls short, and its gradient widens the colour axis
+    squeezed = (shape_axis + 0.1 * colour_axis).unsqueeze(0).requires_grad_()
+    loss = balance_loss(squeezed, targets, floor=0.25)
+    colour_share = 0.01 / 1.01
+    assert loss.item() == pytest.approx((0.25 - colour_share) / 0.25, rel=1e-5)
+    loss.backward()
+    assert (squeezed.grad[0, :4, 1] * colour_axis[:4, 1]).lt(0).all()  # descent moves each object along its colour
+    assert squeezed.grad[0, 4:].abs().sum() == 0

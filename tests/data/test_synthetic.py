@@ -113,7 +113,7 @@ def test_caption_recall_is_complete_for_detailed_and_lower_for_brief_captions(sc
     brief = []
     for scene in scenes:
         recall = caption_recall(detailed_caption(scene), scene)
-        assert recall == {"object": 1.0, "colour": 1.0, "count": 1.0, "overall": 1.0,
+        assert recall == {"object": 1.0, "colour": 1.0, "count": 1.0, "position": 1.0, "overall": 1.0,
                           "text": None if scene.text is None else 1.0}, detailed_caption(scene)  # fmt: skip
         brief.append(caption_recall(brief_caption(scene), scene)["overall"])
     assert np.mean(brief) < 0.5
@@ -123,12 +123,17 @@ def test_caption_recall_counts_what_a_caption_names():
     scene = Scene((SceneObject("circle", "red", "small", 0), SceneObject("circle", "red", "large", 4),
                    SceneObject("square", "blue", "small", 8)), text=SceneText("GO", 2))  # fmt: skip
     assert caption_recall("Two red circles on a page.", scene) == {
-        "object": 0.5, "colour": 0.5, "count": 0.5, "text": 0.0, "overall": 0.5}  # fmt: skip
+        "object": 0.5, "colour": 0.5, "count": 0.5, "position": 0.0, "text": 0.0, "overall": 0.5}  # fmt: skip
     assert caption_recall("A small Blue square, 2 circles and GO.", scene) == {
-        "object": 1.0, "colour": 0.5, "count": 1.0, "text": 1.0, "overall": 2.5 / 3}  # fmt: skip
+        "object": 1.0, "colour": 0.5, "count": 1.0, "position": 0.0, "text": 1.0, "overall": 2.5 / 3}  # fmt: skip
     # Both shapes named, no right colour, and "a ... square" is the right number of squares.
     assert caption_recall("A red square and one circle.", scene) == {
-        "object": 1.0, "colour": 0.0, "count": 0.5, "text": 0.0, "overall": 0.5}  # fmt: skip
+        "object": 1.0, "colour": 0.0, "count": 0.5, "position": 0.0, "text": 0.0, "overall": 0.5}  # fmt: skip
+    # A position counts where the same sentence names the object: the blue square is in the bottom right, the small
+    # red circle in the top left; "center" lies in another sentence than the large red circle.
+    placed = "A blue square sits in the bottom right. In the top left there is a small red circle."
+    assert caption_recall(placed + " The center. A red circle.", scene)["position"] == 2 / 3
+    assert caption_recall("The bottom right holds a red circle.", scene)["position"] == 0.0
     assert caption_recall("2 red circle and a blue squares.", scene)["count"] == 0.0  # number and noun must agree
 
 

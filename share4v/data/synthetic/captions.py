@@ -63,6 +63,8 @@ def caption_recall(caption: str, scene: Scene) -> dict[str, float | None]:
         colour: distinct (colour, shape) pairs named as "<colour> [small|large] <shape(s)>".
         count: distinct shapes whose exact number is given as "<number> [up to two colour/size words] <shape>"
             (number as a word or digit; "a"/"an"/"single" count as one; plural noun above one).
+        position: objects placed right: a sentence names the object as "<colour> [size] <shape>" and its grid
+            position ("top left", "center", ...).
         text: 1.0 if the rendered word appears, 0.0 if not, None when the scene has no text.
         overall: the mean of object, colour and count.
     Mentions of things not in the scene are not penalised (this is recall, not precision).
@@ -82,10 +84,20 @@ def caption_recall(caption: str, scene: Scene) -> dict[str, float | None]:
         spoken = [NUMBER_WORDS[number], str(number), *(["a", "an", "single"] if number == 1 else [])]
         noun = shape if number == 1 else PLURALS[shape]
         found_counts.append(_has(text, rf"\b(?:{'|'.join(spoken)})\s+(?:(?:{modifiers})\s+){{0,2}}{noun}\b"))
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    found_positions = [
+        any(
+            _has(sentence, rf"\b{obj.colour}\s+(?:(?:{'|'.join(SIZES)})\s+)?{obj.shape}\b")
+            and _has(sentence, rf"\b{obj.position}\b")
+            for sentence in sentences
+        )
+        for obj in scene.objects
+    ]
     recall = {
         "object": _mean(found_objects),
         "colour": _mean(found_colours),
         "count": _mean(found_counts),
+        "position": _mean(found_positions),
         "text": None if scene.text is None else float(_has(text, rf"\b{scene.text.word.lower()}\b")),
     }
     recall["overall"] = _mean([recall["object"], recall["colour"], recall["count"]])
