@@ -21,7 +21,9 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from share4v.eval.metrics import vqa_normalize
 from share4v.eval.report import build_report, find_score_files, write_report
 from share4v.eval.scores import write_scores
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.testing.make_tiny_checkpoint import CLIP_MEAN, CLIP_STD, TinySpec, preprocessor_config_dict
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
 from share4v.train.train import train
@@ -567,6 +570,36 @@ def caption_accuracy(
             "brief_caption": mean_recall([brief_caption(scene) for scene in scenes]), "examples": examples}  # fmt: skip
 
 
+# ---- the shipped model -------------------------------------------------------------------------------------------
+
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "tokenizer.model", "special_tokens_map.json")  # fmt: skip
+TOWER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+
+
+def export_model(checkpoint: Path, dest: Path) -> Path:
+    """A trained arm's checkpoint as a self-contained model folder in the released layout: the LLM, projector,
+    tokenizer and configs, with the vision tower it was trained with in `dest/vision_tower`, which `config.json` names
+    relative to the folder (so the folder loads wherever it is copied). Training records are left out; `dest` is
+    replaced whole, and only once the new folder is complete."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    tower = Path(resolve_vision_tower_path(config["mm_vision_tower"], checkpoint))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    (staging / "vision_tower").mkdir()
+    for name in MODEL_FILES:
+        if (checkpoint / name).is_file() and name != "config.json":
+            shutil.copy2(checkpoint / name, staging / name)
+    for name in TOWER_FILES:
+        shutil.copy2(tower / name, staging / "vision_tower" / name)
+    config["mm_vision_tower"] = "vision_tower"
+    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    staging.rename(dest)
+    return dest
+
+
 # ---- the whole recipe ---------------------------------------------------------------------------------------------
 
 
@@ -710,7 +743,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="settings", metavar="NAME=VALUE", nargs="+", default=[],
                         help="change a recipe setting, e.g. --set stage1_steps=800 llm_layers=6")  # fmt: skip
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    parser.add_argument("--export", type=Path, metavar="DIR",
+                        help="afterwards, write the first seed's first arm as a self-contained model folder (the "
+                             "released layout, as share4v/assets/share4v-miniature)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.export and not args.arms:
+        parser.error("--export needs an arm to export (--arms detailed, say)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         recipe = recipe_with(Recipe.quick() if args.quick else Recipe(), args.settings)
@@ -723,6 +761,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if card["runs"]:
         print(score_table(card), end="")
+    if args.export:
+        print(f"exported {card['runs'][0]['arm']} arm of seed {args.seeds[0]} to "
+              f"{export_model(Path(card['runs'][0]['checkpoint']), args.export)}")  # fmt: skip
     return 0
 
 

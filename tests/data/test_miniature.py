@@ -1,6 +1,7 @@
 """The miniature recipe's scoring and bookkeeping (the learning run itself is in test_miniature_learns.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,6 +188,37 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
     # a second call finds every stage done and runs nothing again
     again = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=recipe)
     assert again["runs"] == card["runs"]
+
+
+def test_an_arm_exports_as_a_self_contained_model_folder_with_its_own_vision_tower(tmp_path, capsys):
+    """What share4v/assets/share4v-miniature is: the arm's LLM, projector and stage-1 ViT, found relative to the folder
+    wherever it is moved, weight for weight the checkpoint's."""
+    import shutil
+
+    from share4v.data.miniature import export_model, main, reproduce
+    from share4v.model.builder import load_pretrained_model
+
+    card = reproduce(tmp_path / "run", seeds=[0], arms=["detailed"], recipe=Recipe.smoke())
+    checkpoint = Path(card["runs"][0]["checkpoint"])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "stale.txt").write_text("from an older export")  # replaced whole
+    export_model(checkpoint, tmp_path / "model")
+    moved = shutil.move(tmp_path / "model", tmp_path / "elsewhere")
+    assert sorted(path.name for path in Path(moved).iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "vision_tower"]  # fmt: skip
+    assert json.loads((Path(moved) / "config.json").read_text())["mm_vision_tower"] == "vision_tower"
+    _, exported, _, _ = load_pretrained_model(str(moved), None, "share4v-miniature", device_map=None, device="cpu")
+    _, trained, _, _ = load_pretrained_model(str(checkpoint), None, "share4v-miniature", device_map=None, device="cpu")
+    pretrained_tower = load_pretrained_model(str(checkpoint), None, "share4v-miniature", device_map=None, device="cpu",
+                                             vision_tower=str(tmp_path / "run" / "seed0" / "tower"))[1]  # fmt: skip
+    weights, expected = exported.state_dict(), trained.state_dict()
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+    # stage 1 trained the tower, so the pre-trained one would differ: the export carries the trained one
+    assert any(not torch.equal(weights[k], v) for k, v in pretrained_tower.state_dict().items() if "vision_tower" in k)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "run"), "--arms", "--export", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "--export needs an arm" in capsys.readouterr().err
 
 
 def test_two_runs_with_the_same_seed_give_the_same_card(tmp_path):
