@@ -119,6 +119,11 @@ STAGE1_SETTINGS = (*ALIGN_SETTINGS, "stage1_steps", "projector_lr")
 STAGE2_SETTINGS = (*ALIGN_SETTINGS, "stage2_steps", "sft_caption_rows", "projector_lr")  # + stage 1's after it
 
 
+# Settings added after parts began to record theirs, with the value that does what the code did before them: a record
+# without one was made that way.
+ADDED_SETTINGS = {"tower_balance_weight": 0.0, "tower_variance_floor": 0.25}
+
+
 def finished(folder: Path, marker: str, recipe: Recipe, names: tuple[str, ...]) -> bool:
     """Whether `folder` holds a finished part (its `marker` file exists) made with these of `recipe`'s settings; a
     part made with others is refused in one line. Parts from before settings were recorded are reused as they are."""
@@ -128,7 +133,8 @@ def finished(folder: Path, marker: str, recipe: Recipe, names: tuple[str, ...]) 
     if not record.is_file():
         logger.warning("%s records no recipe settings (made by an older share4v): reused as it is", folder)
         return True
-    found, wanted = json.loads(record.read_text()), {name: getattr(recipe, name) for name in names}
+    found = {**ADDED_SETTINGS, **json.loads(record.read_text())}
+    wanted = {name: getattr(recipe, name) for name in names}
     changed = ", ".join(f"{name} {found.get(name)} -> {value}" for name, value in wanted.items()
                         if found.get(name) != value)  # fmt: skip
     if changed:

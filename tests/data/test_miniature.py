@@ -318,3 +318,20 @@ def test_variance_shares_split_the_object_cells_variance_by_attribute_and_balanc
     loss.backward()
     assert (squeezed.grad[0, :4, 1] * colour_axis[:4, 1]).lt(0).all()  # descent moves each object along its colour
     assert squeezed.grad[0, 4:].abs().sum() == 0
+
+
+def test_a_record_from_before_a_setting_existed_counts_as_made_without_it(tmp_path):
+    from share4v.data.miniature import ADDED_SETTINGS, SettingsMismatch, reproduce
+
+    without = recipe_with(Recipe.smoke(), [f"{name}={value}" for name, value in ADDED_SETTINGS.items()])
+    reproduce(tmp_path, seeds=[0], arms=[], recipe=without)
+    tower = tmp_path / "seed0" / "tower"
+    record = json.loads((tower / "recipe_settings.json").read_text())
+    assert ADDED_SETTINGS.keys() <= record.keys()
+    older = {name: value for name, value in record.items() if name not in ADDED_SETTINGS}
+    (tower / "recipe_settings.json").write_text(json.dumps(older))
+    made_at = (tower / "model.safetensors").stat().st_mtime_ns
+    reproduce(tmp_path, seeds=[0], arms=[], recipe=without)  # the same as before the settings existed: reused
+    assert (tower / "model.safetensors").stat().st_mtime_ns == made_at
+    with pytest.raises(SettingsMismatch, match=r"seed0/tower was made with other settings \(tower_balance_weight 0.0"):
+        reproduce(tmp_path, seeds=[0], arms=[], recipe=recipe_with(without, ["tower_balance_weight=2"]))
