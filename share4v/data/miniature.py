@@ -546,8 +546,6 @@ def caption_accuracy(
     `caption_recall` (objects, colours, counts, positions and text named right) over `num_images` scenes, for the
     model's greedy answer to "Describe the image in detail." and, for scale, for each scene's own brief caption.
     `nudge` is the world's (`Recipe.nudge`)."""
-    import tempfile
-
     from share4v.data.synthetic import brief_caption, caption_recall, detailed_caption, render, scene_for
 
     engine = _engine(checkpoint, device)
@@ -583,11 +581,19 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "to
 TOWER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
+def check_export_target(dest: Path) -> None:
+    """Raises FileExistsError where `dest` is a non-empty folder that holds no model (`export_model` replaces only
+    models)."""
+    if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or (dest / "config.json").is_file())):
+        raise FileExistsError(f"--export {dest}: it exists and holds no model (no config.json), so it is not replaced")
+
+
 def export_model(checkpoint: Path, dest: Path) -> Path:
     """A trained arm's checkpoint as a self-contained model folder in the released layout: the LLM, projector,
     tokenizer and configs, with the vision tower it was trained with in `dest/vision_tower`, which `config.json` names
-    relative to the folder (so the folder loads wherever it is copied). Training records are left out; `dest` is
-    replaced whole, and only once the new folder is complete."""
+    relative to the folder (so the folder loads wherever it is copied). Training records are left out. An earlier
+    model folder at `dest` is replaced whole, once the new one is complete; any other non-empty folder is refused."""
+    check_export_target(dest)
     config = json.loads((checkpoint / "config.json").read_text())
     tower = Path(resolve_vision_tower_path(config["mm_vision_tower"], checkpoint))
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -755,6 +761,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.export and not args.arms:
         parser.error("--export needs an arm to export (--arms detailed, say)")
+    try:
+        if args.export:
+            check_export_target(args.export)  # before hours of training, not after
+    except FileExistsError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         recipe = recipe_with(Recipe.quick() if args.quick else Recipe(), args.settings)

@@ -201,7 +201,10 @@ def test_an_arm_exports_as_a_self_contained_model_folder_with_its_own_vision_tow
     card = reproduce(tmp_path / "run", seeds=[0], arms=["detailed"], recipe=Recipe.smoke())
     checkpoint = Path(card["runs"][0]["checkpoint"])
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "stale.txt").write_text("from an older export")  # replaced whole
+    (tmp_path / "model" / "notes.txt").write_text("not a model")
+    with pytest.raises(FileExistsError, match="holds no model"):  # a folder that is no model is left alone
+        export_model(checkpoint, tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text("{}")  # an older export: replaced whole
     export_model(checkpoint, tmp_path / "model")
     moved = shutil.move(tmp_path / "model", tmp_path / "elsewhere")
     assert sorted(path.name for path in Path(moved).iterdir()) == [
@@ -219,6 +222,12 @@ def test_an_arm_exports_as_a_self_contained_model_folder_with_its_own_vision_tow
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path / "run"), "--arms", "--export", str(tmp_path / "x")])
     assert exit_info.value.code == 2 and "--export needs an arm" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("not a model")
+    with pytest.raises(SystemExit) as exit_info:  # refused before any training
+        main(["--out", str(tmp_path / "new"), "--arms", "detailed", "--export", str(tmp_path / "notes")])
+    assert exit_info.value.code == 2 and "holds no model" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_two_runs_with_the_same_seed_give_the_same_card(tmp_path):
