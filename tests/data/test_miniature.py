@@ -281,8 +281,8 @@ def test_a_finished_part_made_with_other_settings_is_refused_and_an_unchanged_on
     assert (stage2 / "losses.json").stat().st_mtime_ns == finished_at and "records no recipe settings" in caplog.text
 
 
-def test_shape_variance_share_is_the_part_of_the_object_cells_features_that_lies_between_shapes():
-    from share4v.data.miniature import shape_variance_share
+def test_the_shape_share_is_the_part_of_the_object_cells_features_that_lies_between_shapes():
+    from share4v.data.miniature import variance_shares
     from share4v.data.synthetic import SIZES
 
     def target(shape: int, colour: int) -> int:
@@ -292,10 +292,10 @@ def test_shape_variance_share_is_the_part_of_the_object_cells_features_that_lies
     targets = torch.tensor([[target(0, 0), target(0, 1), target(1, 0), target(1, 1), 0, CELL_CLASSES - 1]])
     by_shape = torch.tensor([[[1.0, 0.0]] * 2 + [[-1.0, 0.0]] * 2 + [[9.0, 9.0]] * 2])
     by_colour = torch.tensor([[[0.0, 1.0], [0.0, -1.0], [0.0, 1.0], [0.0, -1.0], [5.0, 5.0], [7.0, 7.0]]])
-    assert shape_variance_share(by_shape, targets).item() == pytest.approx(1.0)
-    assert shape_variance_share(by_colour, targets).item() == pytest.approx(0.0)
+    assert variance_shares(by_shape, targets)["shape"].item() == pytest.approx(1.0)
+    assert variance_shares(by_colour, targets)["shape"].item() == pytest.approx(0.0)
     both = (by_shape * 2 + by_colour).requires_grad_()
-    share = shape_variance_share(both, targets)
+    share = variance_shares(both, targets)["shape"]
     assert share.item() == pytest.approx(4 / 5)  # between shapes 4 x 2², within 4 x 1² (the colour axis)
     share.backward()
     assert both.grad[0, :4].abs().sum() > 0 and both.grad[0, 4:].abs().sum() == 0  # objects only

@@ -35,11 +35,13 @@ def captions():
 
 
 def test_it_describes_fresh_scenes_of_its_world(captions):
-    """Scenes no stage saw. The shipped model reads the written word (each scene's one-sentence brief caption never
-    gives it; a blind guess among the 10 words would be right 1 time in 10) and names colours of shapes more often
-    than the brief caption does (it still mistakes many shapes: docs/Miniature.md)."""
+    """Scenes no stage saw, against each scene's one-sentence brief caption, which names at most one object and never
+    a position or the written word. The shipped model names the shapes with their colours and counts, places them on
+    the grid and reads the word (on these 40 scenes: 82 / 81 / 59 / 50 / 100 %; docs/Miniature.md has 200)."""
     model, brief = captions["model"], captions["brief_caption"]
-    assert model["text"] >= 0.5 and brief["text"] == 0.0
-    assert model["colour"] >= brief["colour"] + 0.05
+    assert model["object"] >= brief["object"] + 0.2 and model["colour"] >= brief["colour"] + 0.4
+    assert model["count"] >= brief["count"] + 0.2
+    assert model["position"] >= 0.3 and brief["position"] == 0.0
+    assert model["text"] >= 0.8 and brief["text"] == 0.0
     texts = [example["caption"] for example in captions["examples"]]
     assert all(texts) and len(set(texts)) == len(texts)  # it describes each picture, not one stock sentence
