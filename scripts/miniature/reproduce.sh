@@ -44,7 +44,7 @@ if [ "$JOBS" -gt 1 ]; then
     rm -f "$OUT_DIR"/logs/*.status
     started=0
     # without this each process would start a thread per core, and JOBS of them would fight over the cores
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
+    threads=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
     launch() {  # NAME ARGS...: one background process, at most JOBS at once, round-robin over the GPUs
         local name=$1
         shift
@@ -58,7 +58,8 @@ if [ "$JOBS" -gt 1 ]; then
         echo "$(date +%T) $name on $device $visible"
         (
             status=0
-            CUDA_VISIBLE_DEVICES=$visible python -m share4v.data.miniature --out "$OUT_DIR" ${RECIPE[@]+"${RECIPE[@]}"} \
+            OMP_NUM_THREADS=$threads CUDA_VISIBLE_DEVICES=$visible python -m share4v.data.miniature --out "$OUT_DIR" \
+                ${RECIPE[@]+"${RECIPE[@]}"} \
                 --device "$device" "$@" > "$OUT_DIR/logs/$name.log" 2>&1 || status=$?
             echo "$status" > "$OUT_DIR/logs/$name.status"
         ) &

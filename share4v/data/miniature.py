@@ -122,6 +122,9 @@ STAGE2_SETTINGS = (*ALIGN_SETTINGS, "stage2_steps", "sft_caption_rows", "project
 # Settings added after parts began to record theirs, with the value that does what the code did before them: a record
 # without one was made that way.
 ADDED_SETTINGS = {"tower_balance_weight": 0.0, "tower_variance_floor": 0.25}
+# Settings since removed, with the value that does what the code does now: a part recorded with another was made
+# in a way no recipe describes any more.
+REMOVED_SETTINGS = {"tower_shape_weight": 0.0}
 
 
 def finished(folder: Path, marker: str, recipe: Recipe, names: tuple[str, ...]) -> bool:
@@ -135,8 +138,10 @@ def finished(folder: Path, marker: str, recipe: Recipe, names: tuple[str, ...]) 
         return True
     found = {**ADDED_SETTINGS, **json.loads(record.read_text())}
     wanted = {name: getattr(recipe, name) for name in names}
-    changed = ", ".join(f"{name} {found.get(name)} -> {value}" for name, value in wanted.items()
-                        if found.get(name) != value)  # fmt: skip
+    changed = [f"{name} {found.get(name)} -> {value}" for name, value in wanted.items() if found.get(name) != value]
+    changed += [f"{name} {found[name]} (no longer a setting)" for name, value in REMOVED_SETTINGS.items()
+                if found.get(name, value) != value]  # fmt: skip
+    changed = ", ".join(changed)
     if changed:
         raise SettingsMismatch(f"{folder} was made with other settings ({changed}): use another --out, or delete "
                                "that folder (and the stages after it) to make it again")  # fmt: skip
@@ -248,7 +253,7 @@ def between_class_share(features: torch.Tensor, classes: torch.Tensor, num_class
 def variance_shares(cells: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """How the object cells' features [B, 9, D] split their variance: the share between shapes, colours, sizes and
     grid positions (`cell_targets` [B, 9] says what each cell holds). A ViT trained only to classify cells gives colour
-    three quarters and shape under 2 % (docs/Miniature.md)."""
+    about 40 % and shape under 3 % (docs/miniature/balanced-tower-sweep.json)."""
     objects = (targets >= 1) & (targets <= len(SHAPES) * len(COLOURS) * len(SIZES))
     rest, size = (targets[objects] - 1).div(len(SIZES), rounding_mode="floor"), (targets[objects] - 1) % len(SIZES)
     shape, colour = rest.div(len(COLOURS), rounding_mode="floor"), rest % len(COLOURS)
@@ -574,21 +579,35 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "to
 TOWER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
-def check_export_target(dest: Path) -> None:
-    """Raises FileExistsError where `dest` is a non-empty folder that holds no model (`export_model` replaces only
-    models)."""
-    if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or (dest / "config.json").is_file())):
-        raise FileExistsError(f"--export {dest}: it exists and holds no model (no config.json), so it is not replaced")
+def check_export_target(dest: Path, keep: list[Path]) -> Path:
+    """`dest` resolved, where `export_model` may write it: not inside, around or at any folder of `keep` (the run's
+    folders), and either new, an empty folder or an earlier export (a share4v model whose vision tower lies within
+    it), which is replaced. Raises FileExistsError otherwise."""
+    dest = dest.resolve()
+    for folder in (path.resolve() for path in keep):
+        if dest == folder or folder in dest.parents or dest in folder.parents:
+            raise FileExistsError(f"--export {dest}: it lies in, around or at {folder}, which the run uses")
+    if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+        return dest
+    config = dest / "config.json"
+    exported = dest.is_dir() and config.is_file() and json.loads(config.read_text()).get("mm_vision_tower")
+    if exported != "vision_tower":
+        raise FileExistsError(f"--export {dest}: it exists and is no earlier export of a model, so it is not replaced")
+    return dest
 
 
 def export_model(checkpoint: Path, dest: Path) -> Path:
     """A trained arm's checkpoint as a self-contained model folder in the released layout: the LLM, projector,
     tokenizer and configs, with the vision tower it was trained with in `dest/vision_tower`, which `config.json` names
     relative to the folder (so the folder loads wherever it is copied). Training records are left out. An earlier
-    model folder at `dest` is replaced whole, once the new one is complete; any other non-empty folder is refused."""
-    check_export_target(dest)
+    export at `dest` is replaced whole, once the new one is complete; anything else there is refused
+    (`check_export_target`)."""
+    missing = [name for name in ("config.json", "model.safetensors") if not (checkpoint / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{checkpoint} is no trained arm's checkpoint: no {' or '.join(missing)}")
     config = json.loads((checkpoint / "config.json").read_text())
     tower = Path(resolve_vision_tower_path(config["mm_vision_tower"], checkpoint))
+    dest = check_export_target(dest, keep=[checkpoint, tower])
     staging = dest.parent / f".{dest.name}.partial"  # an export cut off halfway is left here, never at `dest`
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "vision_tower").mkdir(parents=True)
@@ -685,6 +704,8 @@ def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
         raise ValueError(f"--set llm_corpus={changed.llm_corpus}: choose one of {', '.join(LLM_CORPORA)}")
     if changed.projector_lr < 0:
         raise ValueError(f"--set projector_lr={changed.projector_lr}: a learning rate is not negative (0: the stage's)")
+    if not 0 < changed.tower_variance_floor <= 1:
+        raise ValueError(f"--set tower_variance_floor={changed.tower_variance_floor}: a share, in (0, 1]")
     if changed.qa_rounds < 2:
         raise ValueError(f"--set qa_rounds={changed.qa_rounds}: an instruction row asks at least 2 questions")
     return changed
@@ -756,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--export needs an arm to export (--arms detailed, say)")
     try:
         if args.export:
-            check_export_target(args.export)  # before hours of training, not after
+            check_export_target(args.export, keep=[args.out])  # before hours of training, not after
     except FileExistsError as err:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

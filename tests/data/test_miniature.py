@@ -112,6 +112,8 @@ def test_recipe_settings_change_named_fields_and_refuse_unknown_ones():
         recipe_with(Recipe(), ["llm_corpus=books"])
     with pytest.raises(ValueError, match="qa_rounds=1"):
         recipe_with(Recipe(), ["qa_rounds=1"])
+    with pytest.raises(ValueError, match=r"tower_variance_floor=0.0: a share, in \(0, 1\]"):  # balance_loss divides
+        recipe_with(Recipe(), ["tower_variance_floor=0"])
 
 
 def test_qa_rounds_sets_how_many_questions_a_row_asks_and_is_part_of_the_world(tmp_path):
@@ -202,10 +204,14 @@ def test_an_arm_exports_as_a_self_contained_model_folder_with_its_own_vision_tow
     checkpoint = Path(card["runs"][0]["checkpoint"])
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "notes.txt").write_text("not a model")
-    with pytest.raises(FileExistsError, match="holds no model"):  # a folder that is no model is left alone
+    with pytest.raises(FileExistsError, match="is no earlier export"):  # a folder that is no export is left alone
         export_model(checkpoint, tmp_path / "model")
-    (tmp_path / "model" / "config.json").write_text("{}")  # an older export: replaced whole
-    export_model(checkpoint, tmp_path / "model")
+    for folder in (checkpoint, tmp_path / "run" / "seed0" / "stage1-detailed" / "vision_tower", tmp_path / "run"):
+        with pytest.raises(FileExistsError, match="which the run uses"):  # the run's own folders, or around them
+            export_model(checkpoint, folder)
+    assert (checkpoint / "losses.json").is_file()
+    (tmp_path / "model" / "config.json").write_text('{"mm_vision_tower": "vision_tower"}')  # an earlier export:
+    export_model(checkpoint, tmp_path / "model")  # replaced whole
     moved = shutil.move(tmp_path / "model", tmp_path / "elsewhere")
     assert sorted(path.name for path in Path(moved).iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -226,7 +232,10 @@ def test_an_arm_exports_as_a_self_contained_model_folder_with_its_own_vision_tow
     (tmp_path / "notes" / "a.txt").write_text("not a model")
     with pytest.raises(SystemExit) as exit_info:  # refused before any training
         main(["--out", str(tmp_path / "new"), "--arms", "detailed", "--export", str(tmp_path / "notes")])
-    assert exit_info.value.code == 2 and "holds no model" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is no earlier export" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a folder the run would make
+        main(["--out", str(tmp_path / "new"), "--arms", "detailed", "--export", str(tmp_path / "new" / "seed0")])
+    assert exit_info.value.code == 2 and "which the run uses" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
 
@@ -344,3 +353,9 @@ def test_a_record_from_before_a_setting_existed_counts_as_made_without_it(tmp_pa
     assert (tower / "model.safetensors").stat().st_mtime_ns == made_at
     with pytest.raises(SettingsMismatch, match=r"seed0/tower was made with other settings \(tower_balance_weight 0.0"):
         reproduce(tmp_path, seeds=[0], arms=[], recipe=recipe_with(without, ["tower_balance_weight=2"]))
+    # made with a setting since removed, at a value other than today's behaviour: no recipe makes it any more
+    (tower / "recipe_settings.json").write_text(json.dumps({**older, "tower_shape_weight": 1.0}))
+    with pytest.raises(SettingsMismatch, match=r"tower_shape_weight 1.0 \(no longer a setting\)"):
+        reproduce(tmp_path, seeds=[0], arms=[], recipe=without)
+    (tower / "recipe_settings.json").write_text(json.dumps({**older, "tower_shape_weight": 0.0}))
+    reproduce(tmp_path, seeds=[0], arms=[], recipe=without)
