@@ -270,7 +270,9 @@ def run(
     peak = torch.tensor(memory, device=device, dtype=torch.float64)
     peaks = [torch.zeros_like(peak) for _ in range(world)]
     dist.all_gather(peaks, peak)
-    if dist.get_rank() != 0:
+    rank = dist.get_rank()
+    trainer.accelerator.end_training()  # leave the process group now, not in the exit handlers (see train.py's main)
+    if rank != 0:
         return
     tokens, samples, flops = totals.tolist()
     per_gpu = tokens / world / meter.elapsed

@@ -124,11 +124,14 @@ __all__ = [
 
 
 def main(attn_implementation: str | None = None) -> None:
-    """The command line: a bad setting, path or file is one line and exit status 1, not a traceback."""
+    """The command line: a bad setting, path or file is one line and exit status 1, not a traceback. A finished run
+    leaves its process group before the interpreter exits (torchrun runs otherwise tear the communicator down in the
+    exit handlers, which at times aborts a run that finished into exit status -6)."""
     try:
-        train(attn_implementation)
+        trainer = train(attn_implementation)
     except (ValueError, OSError, ImportError) as err:
         sys.exit(f"error: {err}")
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
