@@ -663,7 +663,7 @@ def write_card(card: dict, out: Path) -> None:
     """The recipe's own card (every seed and arm: mean ± spread per category, the baselines, loss curves) in `out`,
     and `share4v.eval.report`'s card of the score files written so far (one row per seed and arm) in `out/report`."""
     (out / "score_card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (out / "score_card.md").write_text(score_table(card))
+    (out / "score_card.md").write_text(score_table(card) + "\n" + claim_table(card))
     plot_card(card, out / "score_card.png")
     if (out / "scores").is_dir():
         write_report(build_report(find_score_files(out / "scores"), benchmarks=["miniature"]), out / "report")
@@ -684,6 +684,35 @@ def score_table(card: dict) -> str:
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     majority = card.get("majority_baseline", {})
     lines.append("| majority answer | - | " + " | ".join(f"{majority.get(c, 0) * 100:.1f}" for c in categories) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# The paper's claim, as pairs of arms: the first should score above the second on every seed.
+CLAIM = (("detailed", "brief"), ("brief", "none"))
+
+
+def claim_table(card: dict) -> str:
+    """The paper's claim seed by seed, as markdown: each seed's overall score per arm, the margins of `CLAIM`'s pairs
+    (each seed's arms share its world, ViT, LLM and alignment, so the margin is a paired comparison), and on how many
+    seeds each pair is in the paper's order."""
+    overall = {(run["seed"], run["arm"]): 100 * run["scores"]["overall"] for run in card["runs"]}
+    arms = [arm for arm in ARMS if any(key[1] == arm for key in overall)]
+    pairs = [(a, b) for a, b in CLAIM if a in arms and b in arms]
+    header = [*arms, *(f"{a} − {b}" for a, b in pairs)]
+    lines = ["| seed | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for seed in sorted({key[0] for key in overall}):
+        cells = [f"{overall[seed, arm]:.1f}" if (seed, arm) in overall else "-" for arm in arms]
+        for a, b in pairs:
+            both = (seed, a) in overall and (seed, b) in overall
+            cells.append(f"{overall[seed, a] - overall[seed, b]:+.1f}" if both else "-")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for a, b in pairs:
+        margins = [overall[seed, a] - overall[seed, b] for seed, arm in overall if arm == a and (seed, b) in overall]
+        if margins:
+            lines.append(f"- {a} > {b} on {sum(m > 0 for m in margins)} of {len(margins)} seeds: margin "
+                         f"{sum(margins) / len(margins):+.1f} points on average ({min(margins):+.1f} to "
+                         f"{max(margins):+.1f})")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -791,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsMismatch as err:
         parser.error(str(err))
     if card["runs"]:
-        print(score_table(card), end="")
+        print(score_table(card) + "\n" + claim_table(card), end="")
     if args.export:
         print(f"exported {card['runs'][0]['arm']} arm of seed {args.seeds[0]} to "
               f"{export_model(Path(card['runs'][0]['checkpoint']), args.export)}")  # fmt: skip
@@ -803,5 +832,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "ARMS", "Recipe", "caption_accuracy", "majority_baseline", "reproduce", "score", "score_table", "uniform_chance",
+    "ARMS", "Recipe", "caption_accuracy", "claim_table", "majority_baseline", "reproduce", "score", "score_table",
+    "uniform_chance",
 ]  # fmt: skip

@@ -12,6 +12,7 @@ from share4v.data.miniature import (
     cell_accuracy,
     cell_attributes,
     cell_targets,
+    claim_table,
     majority_baseline,
     recipe_with,
     score,
@@ -66,6 +67,27 @@ def test_score_table_reports_mean_and_spread_over_seeds():
     assert table[2] == "| detailed captions | 2 | 70.0 ± 10.0 | 50.0 ± 10.0 |"
     assert table[3] == "| none (projector only) | 1 | 50.0 ± 0.0 | 50.0 ± 0.0 |"
     assert table[4] == "| majority answer | - | 50.0 | 50.0 |"
+
+
+def test_claim_table_compares_the_arms_seed_by_seed():
+    runs = [
+        (0, "detailed", 0.6),
+        (0, "brief", 0.5),
+        (0, "none", 0.45),
+        (1, "detailed", 0.4),
+        (1, "brief", 0.45),
+        (1, "none", 0.3),
+        (2, "brief", 0.2),
+    ]  # seed 1 breaks the order; seed 2 has one arm only
+    card = {"runs": [{"seed": seed, "arm": arm, "scores": {"overall": value}} for seed, arm, value in runs]}
+    lines = claim_table(card).splitlines()
+    assert lines[0] == "| seed | detailed | brief | none | detailed − brief | brief − none |"
+    assert lines[2:5] == ["| 0 | 60.0 | 50.0 | 45.0 | +10.0 | +5.0 |", "| 1 | 40.0 | 45.0 | 30.0 | -5.0 | +15.0 |",
+                          "| 2 | - | 20.0 | - | - | - |"]  # fmt: skip
+    assert lines[-2:] == [
+        "- detailed > brief on 1 of 2 seeds: margin +2.5 points on average (-5.0 to +10.0)",
+        "- brief > none on 2 of 2 seeds: margin +10.0 points on average (+5.0 to +15.0)",
+    ]
 
 
 def _two_shapes_and_a_word() -> Scene:
