@@ -574,7 +574,8 @@ def caption_accuracy(
 
 # ---- the shipped model -------------------------------------------------------------------------------------------
 
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+# copied as they are (config.json is rewritten: it names the tower inside the export)
+MODEL_FILES = ("generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                "tokenizer.model", "special_tokens_map.json")  # fmt: skip
 TOWER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
@@ -612,7 +613,7 @@ def export_model(checkpoint: Path, dest: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "vision_tower").mkdir(parents=True)
     for name in MODEL_FILES:
-        if (checkpoint / name).is_file() and name != "config.json":
+        if (checkpoint / name).is_file():
             shutil.copyfile(checkpoint / name, staging / name)
     for name in TOWER_FILES:
         shutil.copyfile(tower / name, staging / "vision_tower" / name)
