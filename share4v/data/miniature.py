@@ -74,6 +74,7 @@ class Recipe:
     nudge: float = 1.0  # how far shapes move off their cells' centres (`share4v.data.synthetic.sample_scene`)
     qa_rounds: int = 4  # questions per instruction row: 2 to this many (LLaVA's VQA rows group several per image)
     projector_lr: float = 0.0  # stages 1 and 2: the projector's learning rate (`--mm_projector_lr`); 0: the stage's own
+    vision_tower_lr: float = 0.0  # stage 1: the ViT's learning rate (`--vision_tower_lr`); 0: the stage's own
     llm_corpus: str = "world"  # what the LLM is pre-trained on: "world" (captions, questions, answers) or "captions"
     tower_balance_weight: float = 1.0  # ViT pre-training: weight of `balance_loss` (shape, colour, position)
     tower_variance_floor: float = 0.25  # the share of the variance `balance_loss` asks of each of them
@@ -115,13 +116,13 @@ LLM_SETTINGS = ("vocab_size", "llm_hidden", "llm_layers", "llm_heads", "llm_step
 TOWER_SETTINGS = ("patch_size", "vision_hidden", "vision_layers", "tower_steps", "batch_size", "learning_rate",
                   "tower_balance_weight", "tower_variance_floor")  # fmt: skip
 ALIGN_SETTINGS = (*LLM_SETTINGS, *(name for name in TOWER_SETTINGS if name not in LLM_SETTINGS), "align_steps")
-STAGE1_SETTINGS = (*ALIGN_SETTINGS, "stage1_steps", "projector_lr")
+STAGE1_SETTINGS = (*ALIGN_SETTINGS, "stage1_steps", "projector_lr", "vision_tower_lr")
 STAGE2_SETTINGS = (*ALIGN_SETTINGS, "stage2_steps", "sft_caption_rows", "projector_lr")  # + stage 1's after it
 
 
 # Settings added after parts began to record theirs, with the value that does what the code did before them: a record
 # without one was made that way.
-ADDED_SETTINGS = {"tower_balance_weight": 0.0, "tower_variance_floor": 0.25}
+ADDED_SETTINGS = {"tower_balance_weight": 0.0, "tower_variance_floor": 0.25, "vision_tower_lr": 0.0}
 # Settings since removed, with the value that does what the code does now: a part recorded with another was made
 # in a way no recipe describes any more.
 REMOVED_SETTINGS = {"tower_shape_weight": 0.0}
@@ -446,6 +447,7 @@ def run_arm(
     """Alignment (shared by the arms of a seed) → stage 1 on `arm` captions (none: skipped) → stage 2."""
     lr = str(recipe.learning_rate)
     projector_lr = ["--mm_projector_lr", str(recipe.projector_lr)] if recipe.projector_lr else []
+    vision_tower_lr = ["--vision_tower_lr", str(recipe.vision_tower_lr)] if recipe.vision_tower_lr else []
     projector = str(align_projector(world, parts, root, recipe, seed, device))
     if arm == "none":
         start = ["--model_name_or_path", str(parts["llm"]), "--vision_tower", str(parts["tower"]),
@@ -457,7 +459,7 @@ def run_arm(
             "--version", "plain", "--data_path", str(world / f"{arm}_captions.json"), "--image_folder", str(world),
             "--vision_tower", str(parts["tower"]), "--pretrain_mm_mlp_adapter", projector,
             "--tune_entire_model", "True", "--tune_vit_from_layer", str(recipe.vision_layers // 2),
-            "--learning_rate", str(recipe.learning_rate / 2), *projector_lr,
+            "--learning_rate", str(recipe.learning_rate / 2), *projector_lr, *vision_tower_lr,
         ], recipe, STAGE1_SETTINGS)  # fmt: skip
         start = ["--model_name_or_path", str(stage1), "--vision_tower", str(stage1 / "vision_tower")]
     stage2 = root / f"stage2-{arm}"
@@ -732,8 +734,9 @@ def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
         raise ValueError(f"--set nudge={changed.nudge}: the nudge must lie in [0, 1]")
     if changed.llm_corpus not in LLM_CORPORA:
         raise ValueError(f"--set llm_corpus={changed.llm_corpus}: choose one of {', '.join(LLM_CORPORA)}")
-    if changed.projector_lr < 0:
-        raise ValueError(f"--set projector_lr={changed.projector_lr}: a learning rate is not negative (0: the stage's)")
+    for name in ("projector_lr", "vision_tower_lr"):
+        if getattr(changed, name) < 0:
+            raise ValueError(f"--set {name}={getattr(changed, name)}: a learning rate is not negative (0: the stage's)")
     if not 0 < changed.tower_variance_floor <= 1:
         raise ValueError(f"--set tower_variance_floor={changed.tower_variance_floor}: a share, in (0, 1]")
     if changed.qa_rounds < 2:

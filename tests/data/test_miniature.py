@@ -183,7 +183,7 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
     """World → pre-trained ViT and LLM → alignment → stage 1 (detailed) → stage 2 → benchmark → card (seconds)."""
     from share4v.data.miniature import reproduce
 
-    recipe = recipe_with(Recipe.smoke(), ["projector_lr=0.01"])
+    recipe = recipe_with(Recipe.smoke(), ["projector_lr=0.01", "vision_tower_lr=0.002"])
     card = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=recipe)
     assert [run["arm"] for run in card["runs"]] == ["detailed", "none"]
     tower_reads = card["tower_cell_accuracy"]["0"]  # the ViT's own heads on the benchmark images' cells
@@ -202,12 +202,12 @@ def test_the_whole_recipe_runs_and_writes_a_score_card(tmp_path):
     assert {row["checkpoint"]: row["scores"]["miniature"] for row in report["rows"]} == {
         f"seed0-{run['arm']}": round(100 * run["scores"]["overall"], 2) for run in card["runs"]
     }
-    # the projector's own learning rate reaches stages 1 and 2 (alignment trains nothing else)
-    for stage, projector_lr in (("align", None), ("stage1-detailed", 0.01), ("stage2-none", 0.01)):
-        assert (
-            torch.load(tmp_path / "seed0" / stage / "training_args.bin", weights_only=False).mm_projector_lr
-            == projector_lr
-        )
+    # the projector's own learning rate reaches stages 1 and 2 (alignment trains nothing else), the ViT's stage 1
+    for stage, projector_lr, vision_tower_lr in (
+        ("align", None, None), ("stage1-detailed", 0.01, 0.002), ("stage2-none", 0.01, None)
+    ):  # fmt: skip
+        args = torch.load(tmp_path / "seed0" / stage / "training_args.bin", weights_only=False)
+        assert (args.mm_projector_lr, args.vision_tower_lr) == (projector_lr, vision_tower_lr)
     assert "| none (projector only) | 1 |" in (tmp_path / "score_card.md").read_text()
     # a second call finds every stage done and runs nothing again
     again = reproduce(tmp_path, seeds=[0], arms=["detailed", "none"], recipe=recipe)
@@ -361,13 +361,14 @@ def test_variance_shares_split_the_object_cells_variance_by_attribute_and_balanc
 
 
 def test_a_record_from_before_a_setting_existed_counts_as_made_without_it(tmp_path):
-    from share4v.data.miniature import ADDED_SETTINGS, SettingsMismatch, reproduce
+    from share4v.data.miniature import ADDED_SETTINGS, TOWER_SETTINGS, SettingsMismatch, reproduce
 
     without = recipe_with(Recipe.smoke(), [f"{name}={value}" for name, value in ADDED_SETTINGS.items()])
     reproduce(tmp_path, seeds=[0], arms=[], recipe=without)
     tower = tmp_path / "seed0" / "tower"
     record = json.loads((tower / "recipe_settings.json").read_text())
-    assert ADDED_SETTINGS.keys() <= record.keys()
+    added = {name for name in ADDED_SETTINGS if name in TOWER_SETTINGS}
+    assert added == {"tower_balance_weight", "tower_variance_floor"} and added <= record.keys()
     older = {name: value for name, value in record.items() if name not in ADDED_SETTINGS}
     (tower / "recipe_settings.json").write_text(json.dumps(older))
     made_at = (tower / "model.safetensors").stat().st_mtime_ns
