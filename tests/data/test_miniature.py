@@ -81,12 +81,16 @@ def test_claim_table_compares_the_arms_seed_by_seed():
     ]  # seed 1 breaks the order; seed 2 has one arm only
     card = {"runs": [{"seed": seed, "arm": arm, "scores": {"overall": value}} for seed, arm, value in runs]}
     lines = claim_table(card).splitlines()
-    assert lines[0] == "| seed | detailed | brief | none | detailed − brief | brief − none |"
-    assert lines[2:5] == ["| 0 | 60.0 | 50.0 | 45.0 | +10.0 | +5.0 |", "| 1 | 40.0 | 45.0 | 30.0 | -5.0 | +15.0 |",
-                          "| 2 | - | 20.0 | - | - | - |"]  # fmt: skip
-    assert lines[-2:] == [
+    assert lines[0] == "| seed | detailed | brief | none | detailed − brief | brief − none | detailed − none |"
+    assert lines[2:5] == [
+        "| 0 | 60.0 | 50.0 | 45.0 | +10.0 | +5.0 | +15.0 |",
+        "| 1 | 40.0 | 45.0 | 30.0 | -5.0 | +15.0 | +10.0 |",
+        "| 2 | - | 20.0 | - | - | - | - |",
+    ]
+    assert lines[-3:] == [
         "- detailed > brief on 1 of 2 seeds: margin +2.5 points on average (-5.0 to +10.0)",
         "- brief > none on 2 of 2 seeds: margin +10.0 points on average (+5.0 to +15.0)",
+        "- detailed > none on 2 of 2 seeds: margin +12.5 points on average (+10.0 to +15.0)",
     ]
 
 
