@@ -700,19 +700,20 @@ def claim_table(card: dict) -> str:
     (each seed's arms share its world, ViT, LLM and alignment, so the margin is a paired comparison), and on how many
     seeds each pair is in the paper's order."""
     overall = {(run["seed"], run["arm"]): 100 * run["scores"]["overall"] for run in card["runs"]}
+    seeds = sorted({seed for seed, _ in overall})
     arms = [arm for arm in ARMS if any(key[1] == arm for key in overall)]
     pairs = [(a, b) for a, b in CLAIM if a in arms and b in arms]
+    margin = {(seed, a, b): overall[seed, a] - overall[seed, b]
+              for seed in seeds for a, b in pairs if (seed, a) in overall and (seed, b) in overall}  # fmt: skip
     header = [*arms, *(f"{a} − {b}" for a, b in pairs)]
     lines = ["| seed | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
-    for seed in sorted({key[0] for key in overall}):
+    for seed in seeds:
         cells = [f"{overall[seed, arm]:.1f}" if (seed, arm) in overall else "-" for arm in arms]
-        for a, b in pairs:
-            both = (seed, a) in overall and (seed, b) in overall
-            cells.append(f"{overall[seed, a] - overall[seed, b]:+.1f}" if both else "-")
+        cells += [f"{margin[seed, a, b]:+.1f}" if (seed, a, b) in margin else "-" for a, b in pairs]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines.append("")
     for a, b in pairs:
-        margins = [overall[seed, a] - overall[seed, b] for seed, arm in overall if arm == a and (seed, b) in overall]
+        margins = [value for (_, first, second), value in margin.items() if (first, second) == (a, b)]
         if margins:
             lines.append(f"- {a} > {b} on {sum(m > 0 for m in margins)} of {len(margins)} seeds: margin "
                          f"{sum(margins) / len(margins):+.1f} points on average ({min(margins):+.1f} to "
