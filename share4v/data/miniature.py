@@ -78,6 +78,8 @@ class Recipe:
     llm_corpus: str = "world"  # what the LLM is pre-trained on: "world" (captions, questions, answers) or "captions"
     tower_balance_weight: float = 1.0  # ViT pre-training: weight of `balance_loss` (shape, colour, position)
     tower_variance_floor: float = 0.25  # the share of the variance `balance_loss` asks of each of them
+    whole_words: bool = False  # the tokenizer keeps each written word of the world (`WORDS`) one piece wherever it
+    # stands, so a short answer (`▁` `STOP`) and a quoted one (`"` `STOP`) say the word with the same token
 
     @classmethod
     def quick(cls) -> Recipe:
@@ -112,7 +114,7 @@ class WorldMismatch(SettingsMismatch):
 # The recipe settings each part is made with, its own and those of the parts it starts from (the world's are checked
 # by `make_world`): a finished part is reused only where they are unchanged.
 LLM_SETTINGS = ("vocab_size", "llm_hidden", "llm_layers", "llm_heads", "llm_steps", "llm_corpus", "batch_size",
-                "learning_rate")  # fmt: skip
+                "learning_rate", "whole_words")  # fmt: skip
 TOWER_SETTINGS = ("patch_size", "vision_hidden", "vision_layers", "tower_steps", "batch_size", "learning_rate",
                   "tower_balance_weight", "tower_variance_floor")  # fmt: skip
 ALIGN_SETTINGS = (*LLM_SETTINGS, *(name for name in TOWER_SETTINGS if name not in LLM_SETTINGS), "align_steps")
@@ -122,7 +124,8 @@ STAGE2_SETTINGS = (*ALIGN_SETTINGS, "stage2_steps", "sft_caption_rows", "project
 
 # Settings added after parts began to record theirs, with the value that does what the code did before them: a record
 # without one was made that way.
-ADDED_SETTINGS = {"tower_balance_weight": 0.0, "tower_variance_floor": 0.25, "vision_tower_lr": 0.0}
+ADDED_SETTINGS = {"tower_balance_weight": 0.0, "tower_variance_floor": 0.25, "vision_tower_lr": 0.0,
+                  "whole_words": False}  # fmt: skip
 # Settings since removed, with the value that does what the code does now: a part recorded with another was made
 # in a way no recipe describes any more.
 REMOVED_SETTINGS = {"tower_shape_weight": 0.0}
@@ -196,7 +199,8 @@ def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int, device: str 
     if finished(out, "model.safetensors", recipe, LLM_SETTINGS):  # the weights: written last
         return out
     texts = world_texts(world)
-    write_llama_tokenizer(out, train_sentencepiece(seed, recipe.vocab_size, sentences=texts))
+    whole = WORDS if recipe.whole_words else ()
+    write_llama_tokenizer(out, train_sentencepiece(seed, recipe.vocab_size, sentences=texts, whole_words=whole))
     tokenizer = AutoTokenizer.from_pretrained(out)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=recipe.llm_hidden, intermediate_size=recipe.llm_hidden * 3,
@@ -721,6 +725,12 @@ def claim_table(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"expected true or false, not {value!r}")
+    return value.lower() in ("true", "1")
+
+
 def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
     """`recipe` with `NAME=VALUE` settings applied (`--set stage1_steps=800`); an unknown name is one line."""
     fields = {field.name: field for field in dataclasses.fields(Recipe)}
@@ -729,8 +739,11 @@ def recipe_with(recipe: Recipe, settings: list[str]) -> Recipe:
         name, _, value = setting.partition("=")
         if name not in fields or not value:
             raise ValueError(f"--set {setting!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
-        cast = {"float": float, "str": str}.get(fields[name].type, int)
-        changes[name] = cast(value)
+        cast = {"float": float, "str": str, "bool": _flag}.get(fields[name].type, int)
+        try:
+            changes[name] = cast(value)
+        except ValueError as error:
+            raise ValueError(f"--set {setting}: {error}") from None
     changed = dataclasses.replace(recipe, **changes)
     if not 0.0 <= changed.nudge <= 1.0:
         raise ValueError(f"--set nudge={changed.nudge}: the nudge must lie in [0, 1]")

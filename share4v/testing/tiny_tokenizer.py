@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -40,9 +41,12 @@ def _corpus(seed: int, num_sentences: int = 600) -> list[str]:
     return lines
 
 
-def train_sentencepiece(seed: int = 0, vocab_size: int = 512, sentences: list[str] | None = None) -> bytes:
+def train_sentencepiece(
+    seed: int = 0, vocab_size: int = 512, sentences: list[str] | None = None, whole_words: Sequence[str] = ()
+) -> bytes:
     """The serialized `tokenizer.model` of a Llama-like BPE sentencepiece model trained on a generated corpus
-    (or on `sentences`, with the conversation templates' system prompts added)."""
+    (or on `sentences`, with the conversation templates' system prompts added). Each of `whole_words` is one piece
+    wherever it stands (a user-defined symbol: after a space it is `▁` then the word, not one `▁WORD` piece)."""
     corpus = _corpus(seed) if sentences is None else [c.system for c in conv_templates.values() if c.system] + sentences
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -63,6 +67,7 @@ def train_sentencepiece(seed: int = 0, vocab_size: int = 512, sentences: list[st
         hard_vocab_limit=False,
         num_threads=1,
         minloglevel=2,
+        user_defined_symbols=list(whole_words),
     )
     return model.getvalue()
 

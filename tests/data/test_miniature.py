@@ -140,6 +140,31 @@ def test_recipe_settings_change_named_fields_and_refuse_unknown_ones():
         recipe_with(Recipe(), ["qa_rounds=1"])
     with pytest.raises(ValueError, match=r"tower_variance_floor=0.0: a share, in \(0, 1\]"):  # balance_loss divides
         recipe_with(Recipe(), ["tower_variance_floor=0"])
+    assert recipe_with(Recipe(), ["whole_words=true"]).whole_words is True
+    assert recipe_with(Recipe(), ["whole_words=0"]).whole_words is False
+    with pytest.raises(ValueError, match="--set whole_words=yes: expected true or false"):
+        recipe_with(Recipe(), ["whole_words=yes"])
+    with pytest.raises(ValueError, match="--set stage1_steps=many: invalid literal"):
+        recipe_with(Recipe(), ["stage1_steps=many"])
+
+
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_whole_words_make_the_written_word_one_token_in_quoted_and_short_answers(tmp_path, whole_words):
+    from transformers import AutoTokenizer
+
+    from share4v.data.miniature import make_world, pretrain_llm
+
+    recipe = recipe_with(Recipe.smoke(), [f"whole_words={whole_words}"])
+    world = make_world(tmp_path / "world", 0, recipe)
+    tokenizer = AutoTokenizer.from_pretrained(pretrain_llm(world, tmp_path / "llm", recipe, seed=0))
+
+    def one_token_in_both(word):
+        quoted = tokenizer.convert_ids_to_tokens(tokenizer(f'The text reads "{word}".').input_ids)
+        short = tokenizer.convert_ids_to_tokens(tokenizer(f"USER: What word is written? ASSISTANT: {word}</s>").input_ids)
+        return word in quoted and word in short
+
+    assert all(map(one_token_in_both, WORDS)) if whole_words else not any(map(one_token_in_both, WORDS))
+    assert json.loads((tmp_path / "llm" / "recipe_settings.json").read_text())["whole_words"] is whole_words
 
 
 def test_qa_rounds_sets_how_many_questions_a_row_asks_and_is_part_of_the_world(tmp_path):
