@@ -160,7 +160,7 @@ def test_whole_words_make_the_written_word_one_token_in_quoted_and_short_answers
 
     def one_token_in_both(word):
         quoted = tokenizer.convert_ids_to_tokens(tokenizer(f'The text reads "{word}".').input_ids)
-        short = tokenizer.convert_ids_to_tokens(tokenizer(f"USER: What word is written? ASSISTANT: {word}</s>").input_ids)
+        short = tokenizer.convert_ids_to_tokens(tokenizer(f"USER: Which word? ASSISTANT: {word}</s>").input_ids)
         return word in quoted and word in short
 
     assert all(map(one_token_in_both, WORDS)) if whole_words else not any(map(one_token_in_both, WORDS))
