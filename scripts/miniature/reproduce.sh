@@ -5,8 +5,8 @@
 # Writes OUT_DIR/score_card.{json,md,png}, a score file per seed and arm (OUT_DIR/scores/) and share4v.eval.report's
 # card of them (OUT_DIR/report/); a finished stage is not run again (one made with other settings is refused: delete
 # its folder to redo it).
-# SIZE=full (the default with a GPU: about 15 minutes per arm on two idle CPU cores; on one H200 an estimated 15-20
-# minutes per seed, from the 10 of the previous recipe, whose stages had 40 % fewer steps) or SIZE=quick (the default
+# SIZE=full (the default with a GPU: about 15 minutes per arm on two idle CPU cores; 5 seeds with JOBS=15 on 4 x H200
+# in about 20 minutes, measured with 10 more arms beside them) or SIZE=quick (the default
 # on a CPU: the CI-sized recipe, about 10 minutes for 3 seeds on two cores; it learns colours and ranks the arms, not
 # positions); docs/Miniature.md has the numbers.
 # JOBS=N runs N processes at once, one per seed's shared parts and then one per arm, spread over the visible GPUs
