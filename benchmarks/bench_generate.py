@@ -304,6 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also time the engine with fused_projections=False, the model's own forward (side share4v_unfused)",
     )
+    parser.add_argument(
+        "--model-prompt",
+        action="store_true",
+        help="also time the engine with fused_prompt=False, the model's own prompt pass (side share4v_model_prompt)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-generate.json")
     args = parser.parse_args(argv)
@@ -353,6 +358,10 @@ def main(argv: list[str] | None = None) -> dict:
         sides["share4v_unfused"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096,
                                                  compile_decode=compile_config, fused_projections=False)  # fmt: skip
         results["runs"]["share4v_unfused"] = {}
+    if args.model_prompt:
+        sides["share4v_model_prompt"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096,
+                                                      compile_decode=compile_config, fused_prompt=False)  # fmt: skip
+        results["runs"]["share4v_model_prompt"] = {}
     if args.eager:
         sides["share4v_eager"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=False)
         results["runs"]["share4v_eager"] = {}
@@ -417,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
     _summarize(results)
     _write(out, results)
     summary = ("decode_bs1_speedup", "generate_bs1_speedup", "caption_speedup", "unfused_decode_bs1_speedup",
-               "unfused_caption_speedup", "roofline_fraction_bs1")  # fmt: skip
+               "unfused_caption_speedup", "model_prompt_caption_speedup", "roofline_fraction_bs1")  # fmt: skip
     emit({"measurement": "summary", **{key: results.get(key) for key in summary}, "out": out and str(out)})
     differing = [(name, rows) for name, by_batch in results["equality"].items() for rows, e in by_batch.items()
                  if e["first_token_equal_rows"] < e["rows"]]  # fmt: skip
@@ -445,7 +454,8 @@ def _expected_seconds(runs: dict, rows: int, args) -> float:
 def _summarize(results: dict) -> None:
     """The headline keys from whatever has been measured so far."""
     runs = results["runs"]
-    for side, prefix in (("share4v", ""), ("share4v_unfused", "unfused_")):
+    sides = (("share4v", ""), ("share4v_unfused", "unfused_"), ("share4v_model_prompt", "model_prompt_"))
+    for side, prefix in sides:
         ours, theirs = runs.get(side, {}).get("1"), runs["baseline"].get("1")
         if ours and theirs:
             results[f"{prefix}decode_bs1_speedup"] = round(
@@ -459,7 +469,7 @@ def _summarize(results: dict) -> None:
             for name, by_batch in runs.items()
             if "1" in by_batch
         }
-    for side, prefix in (("share4v", ""), ("share4v_unfused", "unfused_")):
+    for side, prefix in sides:
         both = runs.get(side, {}).keys() & runs["baseline"].keys()  # batch sizes both sides measured
         if both:
             best = {}

@@ -100,7 +100,7 @@ def decode_continuously(
     if prompt + max(seat.budget for seat in seats) - 1 > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold the prompts and budgets of {rows} seats")
     device = embeds.device
-    mask, positions, token = begin(model, step, cache, cache_len, embeds, attention)
+    mask, positions, token = begin(step, cache, cache_len, embeds, attention)
     position, cache_position, written = positions[:, -1:] + 1, torch.tensor([prompt], device=device), prompt
     owners: list[Seat | None] = list(seats)
     for seat in seats:

@@ -185,6 +185,10 @@ class Share4VEngine:
     `fused_projections` (default True): the compiled greedy step runs each Llama layer's q/k/v and gate/up
     projections as one matrix product each (`share4v.inference.fused_llama`; the weights are re-laid in place, no
     copies; a model that is not a plain Llama keeps its own forward). False: the model's own forward.
+
+    `fused_prompt` (default True): with `fused_projections`, the greedy loops' prompt pass runs the fused layers too,
+    each through one graph compiled for any batch size and prompt length, attending over the prompt rather than the
+    whole cache. False: the model's own forward runs the prompt.
     """
 
     def __init__(
@@ -197,6 +201,7 @@ class Share4VEngine:
         image_aspect_ratio: str | None = None,
         compile_decode: bool | CompileConfig | None = None,
         fused_projections: bool = True,
+        fused_prompt: bool = True,
     ):
         get_conv_template(conv_mode)  # fail now on an unknown template
         self.tokenizer = tokenizer
@@ -213,6 +218,7 @@ class Share4VEngine:
             compile_decode = COMPILE_DECODE_BY_DEFAULT and _compiles_by_default(model)
         self.compile_decode = compile_decode
         self.fused_projections = fused_projections
+        self.fused_prompt = fused_prompt
         self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
         self._greedy_step: GreedyStep | None = None  # the compiled step of `fast_greedy`, made at first use
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
@@ -233,6 +239,7 @@ class Share4VEngine:
         image_aspect_ratio: str | None = None,
         compile_decode: bool | CompileConfig | None = None,
         fused_projections: bool = True,
+        fused_prompt: bool = True,
         **load_kwargs: Any,
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
@@ -241,7 +248,7 @@ class Share4VEngine:
         )
         conv_mode = conv_mode or default_conv_mode(model_name)
         return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio, compile_decode,
-                   fused_projections)  # fmt: skip
+                   fused_projections, fused_prompt)  # fmt: skip
 
     # ---- prompt building -------------------------------------------------------------------------------------
 
@@ -471,7 +478,9 @@ class Share4VEngine:
 
     def _make_greedy_step(self) -> None:
         if self._greedy_step is None:
-            self._greedy_step = GreedyStep.for_model(self.model, self._compile_config(), self.fused_projections)
+            self._greedy_step = GreedyStep.for_model(
+                self.model, self._compile_config(), self.fused_projections, self.fused_prompt
+            )
 
     def _serve_continuously(
         self,

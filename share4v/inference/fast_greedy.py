@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers import CompileConfig, StaticCache
 
-from share4v.inference.fused_llama import FusedLlama
+from share4v.inference.fused_llama import FusedLlama, prompt_layer
 
 LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
 
@@ -36,23 +36,29 @@ class GreedyStep:
     thread: each engine's decoding thread records its own).
 
     `fused`: run the model through `share4v.inference.fused_llama` (q/k/v and gate/up as one product each) where its
-    LLM is a plain Llama; elsewhere, and by default, the model's own forward."""
+    LLM is a plain Llama; elsewhere, and by default, the model's own forward. `fused_prompt`: with `fused`, the
+    prompt pass (`prompt`) runs the fused layers too, each through one graph compiled for any batch size and prompt
+    length (the step's backend, no CUDA graphs)."""
 
-    def __init__(self, model: torch.nn.Module, options: dict, fused: bool = False):
+    def __init__(self, model: torch.nn.Module, options: dict, fused: bool = False, fused_prompt: bool = True):
         self.model = model
         self.wants_fused = fused
+        self.fused_prompt = fused_prompt
         self.fused: FusedLlama | None = None  # laid out by `check_weights`, on the thread that decodes
         self.compiled = torch.compile(self._step, **options)
+        self.prompt_layer = torch.compile(prompt_layer, dynamic=True, backend=options.get("backend", "inductor"))
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, config: CompileConfig, fused: bool = False) -> GreedyStep:
-        """The model's step for `config`'s compile options (and `fused`), kept on the model itself (as transformers
-        keeps its compiled forward), so that it lives and dies with the model."""
+    def for_model(
+        cls, model: torch.nn.Module, config: CompileConfig, fused: bool = False, fused_prompt: bool = True
+    ) -> GreedyStep:
+        """The model's step for `config`'s compile options (and `fused`, `fused_prompt`), kept on the model itself
+        (as transformers keeps its compiled forward), so that it lives and dies with the model."""
         options = {key: getattr(config, key) for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
         steps = model.__dict__.setdefault("_share4v_greedy_steps", {})
-        key = repr((sorted(options.items()), fused))
+        key = repr((sorted(options.items()), fused, fused_prompt))
         if key not in steps:
-            steps[key] = cls(model, options, fused)
+            steps[key] = cls(model, options, fused, fused_prompt)
         return steps[key]
 
     def check_weights(self) -> None:
@@ -67,6 +73,17 @@ class GreedyStep:
         if self.fused is not None:
             return self.fused(tokens, position_ids, cache_position, attention_mask, cache)
         return _next_tokens(self.model, attention_mask, position_ids, cache_position, cache, input_ids=tokens)
+
+    def prompt(self, embeds, attention_mask, position_ids, cache) -> torch.Tensor:
+        """The first tokens `[B, 1]` (arg-max of the last logits) of left-padded prompt embeddings `[B, P, D]`
+        (mask `[B, P]`, positions from it), whose keys and values go into the reset `cache` at positions 0..P-1."""
+        if self.fused is None or not self.fused_prompt:
+            prompt = attention_mask.shape[1]
+            return prompt_pass(
+                self.model, embeds, attention_mask, position_ids, cache, torch.arange(prompt, device=embeds.device)
+            )
+        logits = self.fused.prompt_logits(embeds, position_ids, attention_mask, cache, self.prompt_layer)
+        return logits.argmax(-1, keepdim=True)
 
     def __call__(self, tokens, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are read (cloned) already
@@ -99,7 +116,7 @@ def greedy_decode(
     if prompt + max_new_tokens > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold {prompt} + {max_new_tokens} new tokens")
     device = inputs_embeds.device
-    mask, positions, token = begin(model, step, cache, cache_len, inputs_embeds, attention_mask)
+    mask, positions, token = begin(step, cache, cache_len, inputs_embeds, attention_mask)
     tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     ended = torch.zeros(rows, dtype=torch.bool, device=device)
     position, cache_position = positions[:, -1:] + 1, torch.tensor([prompt], device=device)
@@ -126,7 +143,7 @@ def greedy_decode(
     return tokens
 
 
-def begin(model, step: GreedyStep, cache: StaticCache, cache_len: int, embeds: torch.Tensor, attention: torch.Tensor):
+def begin(step: GreedyStep, cache: StaticCache, cache_len: int, embeds: torch.Tensor, attention: torch.Tensor):
     """Before a greedy loop's first step: the step's weights checked, `cache` reset and the prompt run into it.
     Returns the steps' attention mask `[B, cache_len]` (the prompt's, then ones: causality hides the positions not
     written yet), the prompt's positions `[B, P]` and the first tokens `[B, 1]`."""
@@ -136,8 +153,7 @@ def begin(model, step: GreedyStep, cache: StaticCache, cache_len: int, embeds: t
     mask = torch.ones((rows, cache_len), dtype=attention.dtype, device=embeds.device)
     mask[:, :prompt] = attention
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
-    token = prompt_pass(model, embeds, attention, positions, cache, torch.arange(prompt, device=embeds.device))
-    return mask, positions, token
+    return mask, positions, step.prompt(embeds, attention, positions, cache)
 
 
 def prompt_pass(model, embeds, attention, positions, cache, cache_position) -> torch.Tensor:

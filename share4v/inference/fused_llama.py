@@ -104,6 +104,52 @@ class FusedLlama:
             hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return self.model.lm_head(llm.norm(hidden)[:, -1])
 
+    def prompt_logits(
+        self,
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache,
+        layer_pass=None,
+    ) -> torch.Tensor:
+        """Last-position logits `[B, vocabulary]` of left-padded prompt embeddings `[B, P, D]` (`attention_mask`
+        `[B, P]`, 0 on padding; `position_ids` `[B, P]` counted from each row's first token), whose keys and values
+        go into `cache` at its count of positions written, which must be 0 (a reset cache): attention here runs
+        over the prompt itself, `P` positions, rather than the whole cache. `layer_pass`: `prompt_layer` or a
+        compiled version of it (one compile serves every layer, batch size and length)."""
+        llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
+        cos, sin = llm.rotary_emb(embeds, position_ids)
+        length = attention_mask.shape[1]
+        causal = torch.ones((length, length), dtype=torch.bool, device=embeds.device).tril()
+        # each position also sees itself, so that a padding position, which sees nothing else, gets finite keys and
+        # values (the cache masks them; a NaN there would still reach every later product); a token's own position
+        # is visible to it anyway
+        itself = torch.eye(length, dtype=torch.bool, device=embeds.device)
+        visible = ((causal & attention_mask.bool()[:, None, :]) | itself)[:, None]  # [B, 1, P, P]
+        hidden = embeds
+        for index, (layer, fused) in enumerate(zip(llm.layers, self.layers, strict=True)):
+            hidden, key, value = layer_pass(layer, fused.qkv, fused.gate_up, fused.qkv_split, hidden, cos, sin, visible)
+            cache.update(key, value, index)
+        return self.model.lm_head(llm.norm(hidden[:, -1]))
+
+
+def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible):
+    """One decoder layer over prompt hidden states `[B, P, D]` (rotary `cos`/`sin`, `visible` `[B, 1, P, P]`) with
+    the fused q/k/v and gate/up weights: the layer's output and its keys and values `[B, kv heads, P, head dim]`
+    for the cache. Tensors and the layer only, so that one compiled graph serves every layer."""
+    attn, (rows, length) = layer.self_attn, hidden.shape[:2]
+    query, key, value = F.linear(layer.input_layernorm(hidden), qkv).split(qkv_split, dim=-1)
+    query, key, value = (x.view(rows, length, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    groups = query.shape[1] // key.shape[1]
+    seen_key, seen_value = key, value
+    if groups > 1:  # as the step: PyTorch's fused kernels take no grouped heads with a mask
+        seen_key, seen_value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(query, seen_key, seen_value, attn_mask=visible, scale=attn.scaling)
+    hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
+    gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up).chunk(2, dim=-1)
+    return hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up), key, value
+
 
 def _fused_modules(layer: LlamaDecoderLayer) -> tuple[torch.nn.Module, ...]:
     attn, mlp = layer.self_attn, layer.mlp

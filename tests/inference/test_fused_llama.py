@@ -92,6 +92,50 @@ def test_one_fused_step_gives_the_models_logits(kv_heads):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads):
+    model = text_model(kv_heads)
+    embeds, mask = left_padded(model)
+    prompt = mask.shape[1]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ours, theirs = (StaticCache(config=model.config, max_cache_len=prompt + 4) for _ in range(2))
+    with torch.inference_mode():
+        expected = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                         cache_position=torch.arange(prompt), past_key_values=theirs).logits[:, -1]  # fmt: skip
+        logits = FusedLlama.of(model).prompt_logits(embeds, positions, mask, ours)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    written = mask.bool()  # the cache's padding slots are masked later: only the written ones must agree
+    for layer, reference in zip(ours.layers, theirs.layers, strict=True):
+        assert int(layer.get_seq_length()) == prompt
+        for tensor, expected_tensor in [(layer.keys, reference.keys), (layer.values, reference.values)]:
+            assert tensor[:, :, prompt:].abs().sum() == 0 and torch.isfinite(tensor).all()
+            slots, expected_slots = (t[:, :, :prompt].transpose(1, 2) for t in (tensor, expected_tensor))
+            torch.testing.assert_close(slots[written], expected_slots[written], rtol=1e-5, atol=1e-5)
+
+
+def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
+    # a graph per layer would exhaust dynamo's limit of recompiles at 32 layers and leave the prompt pass eager
+    model = text_model(2)
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    step = GreedyStep.for_model(model, CompileConfig(backend=counting), fused=True)
+    step.check_weights()
+    generator = torch.Generator().manual_seed(3)
+    for rows, prompt in [(3, 9), (2, 12), (4, 5)]:
+        ids = torch.randint(3, 300, (rows, prompt), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[0, :2] = 0
+        with torch.inference_mode():
+            cache = StaticCache(config=model.config, max_cache_len=prompt + 2)
+            embeds = model.get_input_embeddings()(ids)
+            step.prompt(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+    assert len(graphs) == 1 and len(model.get_model().layers) == 2
+
+
 def test_the_weights_are_relaid_in_place_and_compute_what_they_computed(tmp_path):
     model = text_model(2)
     ids = torch.randint(3, 300, (2, 7), generator=torch.Generator().manual_seed(2))
