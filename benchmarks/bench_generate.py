@@ -25,7 +25,10 @@ one's) ends before `--deadline-s`, and the results file is rewritten after every
 stopped still leaves its numbers.
 
 Equality: each row's greedy tokens on both sides; the common-prefix length is reported (bf16 on random weights may
-part after some tokens), and the run fails only when a row's first token differs.
+part after some tokens), and the run fails only when a row's first token differs on a side whose prompt pass is the
+model's own forward, the baseline's computation. The engine's default prompt pass (`fused_prompt`: fused layers,
+compiled, attention over the prompt alone) rounds differently in bf16 and can flip a near-tied first token of the
+random model; `check_decode_equality.py` compares it with fp32 instead.
 
 Roofline: decoding one token at batch 1 reads every LLM weight once (not the embedding table): weight bytes over
 the HBM bandwidth (a 1 GiB device-to-device copy, bytes read + written) is the fastest possible step.
@@ -428,8 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = ("decode_bs1_speedup", "generate_bs1_speedup", "caption_speedup", "unfused_decode_bs1_speedup",
                "unfused_caption_speedup", "model_prompt_caption_speedup", "roofline_fraction_bs1")  # fmt: skip
     emit({"measurement": "summary", **{key: results.get(key) for key in summary}, "out": out and str(out)})
+    own_prompt = {name for name, engine in sides.items() if not (engine.fused_projections and engine.fused_prompt)}
     differing = [(name, rows) for name, by_batch in results["equality"].items() for rows, e in by_batch.items()
-                 if e["first_token_equal_rows"] < e["rows"]]  # fmt: skip
+                 if name in own_prompt and e["first_token_equal_rows"] < e["rows"]]  # fmt: skip
     if differing:
         raise SystemExit(f"first tokens differ from the baseline's at (side, batch) {differing}")
     if results["errors"]:

@@ -10,14 +10,19 @@ and builders of `bench_generate.py`):
   two put the same token first) and absolute differences, next to the logits' spread. Random bf16 weights give flat,
   near-tied logits, so bf16 rounding alone moves many top-1 choices; the fast path passes when it stays as close to
   the fp32 reference as the eager path does (`--tolerance`).
+- bf16, the prompt pass: the last position's logits of `--prompt-rows` prompts from the greedy loop's prompt pass
+  (the fused layers, compiled for any batch and length: `fused_prompt`) and from the model's own forward, each
+  compared with the model's fp32 forward; the fused pass passes when it stays as close to fp32 as the model's own
+  bf16 forward does (`--tolerance`).
 - fp32, free-running: the greedy tokens of both paths for `--fp32-rows` prompts, which must be equal (the fast path
   here is the engine's own greedy loop, `share4v.inference.fast_greedy`, with its default fused q/k/v and gate/up
-  step; `--unfused-projections`: with the model's own forward).
+  step and fused prompt pass; `--unfused-projections`: with the model's own forward for both).
 
     python benchmarks/check_decode_equality.py --out benchmarks/results/   # GPU: DATE-GPU-decode-equality.json
     python benchmarks/check_decode_equality.py --smoke                     # tiny shapes on the CPU, in seconds
 
-Exits 1 when the fast path is further from the fp32 reference than the eager path or an fp32 row differs.
+Exits 1 when the fast path is further from the fp32 reference than the eager path, the fused prompt pass further
+than the model's own bf16 forward, or an fp32 row differs.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import CompileConfig, LogitsProcessor
+from transformers import CompileConfig, LogitsProcessor, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -84,6 +89,23 @@ def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict:
     }
 
 
+def prompt_logits(engine: Share4VEngine, batch, fused: bool) -> torch.Tensor:
+    """The last position's logits `[B, V]` of `batch`'s prompts: the greedy loop's prompt pass over the fused
+    layers (`fused`, compiled as the engine runs it) or the model's own forward."""
+    model = engine.model
+    with torch.inference_mode():
+        embeds, mask = engine._prompt_embeddings(batch)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if not fused:
+            output = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+            return output.logits[:, -1].float().cpu()
+        engine._make_greedy_step()
+        step = engine._greedy_step
+        step.check_weights()
+        cache = StaticCache(config=model.config, max_cache_len=mask.shape[1])
+        return step.fused.prompt_logits(embeds, positions, mask, cache, step.prompt_layer).float().cpu()
+
+
 def free_running(fast: Share4VEngine, eager: Share4VEngine, batch, new_tokens: int) -> dict:
     params = GenerationParams(temperature=0, max_new_tokens=new_tokens)
     ours = [c.token_ids for c in fast.run(batch, params)]
@@ -109,6 +131,7 @@ def engines(model, compile_config, fused: bool = True) -> tuple[Share4VEngine, S
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--rows", type=int, default=8, help="bf16 teacher-forced batch (default: %(default)s)")
+    parser.add_argument("--prompt-rows", type=int, default=64, help="bf16 prompt passes (default: %(default)s)")
     parser.add_argument("--fp32-rows", type=int, default=3, help="fp32 free-running prompts (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens per row (default: 128)")
     parser.add_argument(
@@ -143,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         tokens, eager_logits = step_logits(eager, batch_of(eager, args.rows), new_tokens)
         forced, fast_logits = step_logits(fast, batch_of(fast, args.rows), new_tokens, forced=tokens)
         assert torch.equal(forced, tokens), "the forced path did not follow the given tokens"
+        prompts = batch_of(fast, args.prompt_rows)
+        fused_prompt, own_prompt = prompt_logits(fast, prompts, fused=True), prompt_logits(fast, prompts, fused=False)
         cache_shape = fast._cache_shape
         del model, fast, eager
         free_memory(device)
@@ -158,6 +183,15 @@ def main(argv: list[str] | None = None) -> dict:
             "logit_std": round(reference.std().item(), 4), "fast_path_static_cache": cache_shape,
         }  # fmt: skip
         emit({"measurement": "teacher_forced", **results["teacher_forced"]})
+        prompt_reference = prompt_logits(eager, batch_of(eager, args.prompt_rows), fused=False)
+        results["prompt_pass"] = {
+            "dtype": str(low).removeprefix("torch."), "rows": args.prompt_rows,
+            "fused_vs_model": agreement(fused_prompt, own_prompt),
+            "model_vs_fp32": agreement(own_prompt, prompt_reference),
+            "fused_vs_fp32": agreement(fused_prompt, prompt_reference),
+            "logit_std": round(prompt_reference.std().item(), 4),
+        }  # fmt: skip
+        emit({"measurement": "prompt_pass", **results["prompt_pass"]})
         results["free_running"] = {
             "dtype": "float32",
             **free_running(fast, eager, batch_of(eager, args.fp32_rows), new_tokens),
@@ -174,6 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     fast_top1, eager_top1 = forced["fast_vs_fp32"]["top1_agreement"], forced["eager_vs_fp32"]["top1_agreement"]
     if fast_top1 < eager_top1 - args.tolerance:
         failures.append(f"fast path's top-1 agreement with fp32 {fast_top1} < the eager path's {eager_top1}")
+    fused_top1 = results["prompt_pass"]["fused_vs_fp32"]["top1_agreement"]
+    own_top1 = results["prompt_pass"]["model_vs_fp32"]["top1_agreement"]
+    if fused_top1 < own_top1 - args.tolerance:
+        failures.append(f"fused prompt pass's top-1 agreement with fp32 {fused_top1} < the model's own {own_top1}")
     if free["rows_equal"] < free["rows"]:
         differing = free["rows"] - free["rows_equal"]
         failures.append(f"fp32 greedy tokens differ in {differing} of {free['rows']} rows")

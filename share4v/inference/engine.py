@@ -28,6 +28,9 @@ the CPU, and over 128 tokens at 7B shape on an H100); sampling, beam search and 
 product each (`share4v.inference.fused_llama`, weights re-laid in place, no copies): batch-1 decode at 74-75 % of
 the HBM roofline on an H100, 1.29-1.54x transformers' static-cache compiled `generate` in four runs (its speed
 varies from run to run; ours does not), and 1.04-1.08x over the unfused step (benchmarks/results/2026-11-26-h100-*).
+The loop's prompt pass runs the fused layers too (`fused_prompt`), one compiled graph for every layer, batch size
+and prompt length: 128-token captions at 1.16x the baseline's images/s, each at its best batch size (128), on an
+H200 (benchmarks/results/2026-11-27-h200-fused-prompt/).
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
