@@ -89,7 +89,7 @@ def measure(option_set: str, tiny: bool) -> dict:
         def timed(count: int) -> tuple[float, torch.Tensor]:
             sync()
             start = time.perf_counter()
-            tokens = greedy_decode(model, step, cache, CACHE_LEN, embeds, mask, count, None, 0)
+            tokens = greedy_decode(step, cache, CACHE_LEN, embeds, mask, count, None, 0)
             sync()
             return time.perf_counter() - start, tokens
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, StaticCache
 
-from share4v.inference.fast_greedy import LOOKBEHIND, GreedyStep, begin, prompt_pass
+from share4v.inference.fast_greedy import LOOKBEHIND, GreedyStep, begin
 
 JOIN_ROOM = 256  # cache positions a batch that takes requests has beyond what its first rows need
 
@@ -82,7 +82,6 @@ Take = Callable[[int, int, int], list[Seat]]  # (free rows, positions written, p
 
 
 def decode_continuously(
-    model: torch.nn.Module,
     step: GreedyStep,
     cache: StaticCache,
     cache_len: int,
@@ -117,7 +116,7 @@ def decode_continuously(
         if joined:
             rows_taken = free[: len(joined)]
             try:
-                _seat(model, cache, embed(joined), rows_taken, written, mask, position, token)
+                _seat(step, cache, embed(joined), rows_taken, written, mask, position, token)
             except Exception as err:  # these requests get the error; their rows stay free, the others decode on
                 for seat in joined:
                     seat.fail(err)
@@ -146,7 +145,7 @@ def decode_continuously(
 
 
 def _seat(
-    model: torch.nn.Module,
+    step: GreedyStep,
     cache: StaticCache,
     prompts: tuple[torch.Tensor, torch.Tensor],
     rows: list[int],
@@ -164,7 +163,7 @@ def _seat(
         raise ValueError(f"a prompt of {length} positions cannot end at position {written}")
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
     scratch = DynamicCache()
-    first = prompt_pass(model, embeds, attention, positions, scratch, torch.arange(length, device=embeds.device))
+    first = step.prompt(embeds, attention, positions, scratch)  # as the batch's own prompts ran
     index = torch.tensor(rows, device=embeds.device)
     span = slice(written - length, written)
     for layer, joined in zip(cache.layers, scratch.layers, strict=True):

@@ -462,7 +462,7 @@ class Share4VEngine:
             eos, pad = self.tokenizer.eos_token_id, self.pad_token_id
             step = self._greedy_step
             on_tokens = streamer.put_tokens if streamer is not None else None
-            return greedy_decode(self.model, step, cache, length, embeds, mask, max_new_tokens, eos, pad, on_tokens)
+            return greedy_decode(step, cache, length, embeds, mask, max_new_tokens, eos, pad, on_tokens)
 
         return self._on_decoding_thread(work), max_new_tokens
 
@@ -536,7 +536,7 @@ class Share4VEngine:
         first = [seat(item, budget) for item, budget in zip(items, budgets, strict=True)]
 
         def work() -> int:
-            return decode_continuously(self.model, self._greedy_step, cache, length, first, embed, take)
+            return decode_continuously(self._greedy_step, cache, length, first, embed, take)
 
         try:
             self._on_decoding_thread(work).result()

@@ -93,7 +93,6 @@ class GreedyStep:
 
 
 def greedy_decode(
-    model: torch.nn.Module,
     step: GreedyStep,
     cache: StaticCache,
     cache_len: int,

@@ -87,9 +87,7 @@ def test_requests_join_rows_that_ended_and_answer_as_alone(engine, lookbehind):
     longest = max(request.prompt_tokens for request in requests)
     with torch.inference_mode():
         cache = engine._static_cache(3, longest + max(budgets) + 64)
-        steps = decode_continuously(
-            engine.model, step, cache, engine._cache_shape[1], seats[:3], embed, take, lookbehind=lookbehind
-        )
+        steps = decode_continuously(step, cache, engine._cache_shape[1], seats[:3], embed, take, lookbehind=lookbehind)
     assert isinstance(answers.pop(5), RuntimeError)
     expected.pop(5)
     assert [answers[index] for index in sorted(answers)] == expected

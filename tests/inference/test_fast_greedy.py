@@ -42,7 +42,7 @@ def fast(model, embeds, mask, eos: int | None, **kwargs) -> torch.Tensor:
     cache_len = mask.shape[1] + NEW_TOKENS + 3
     with torch.inference_mode():
         cache = StaticCache(config=model.config, max_cache_len=cache_len)
-        return greedy_decode(model, step, cache, cache_len, embeds, mask, NEW_TOKENS, eos, PAD, **kwargs)
+        return greedy_decode(step, cache, cache_len, embeds, mask, NEW_TOKENS, eos, PAD, **kwargs)
 
 
 def ending_token(model, embeds, mask) -> tuple[int, list[int]]:

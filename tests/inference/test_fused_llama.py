@@ -44,7 +44,7 @@ def decode(model, embeds, mask, step: GreedyStep) -> torch.Tensor:
     cache_len = mask.shape[1] + NEW_TOKENS + 3
     with torch.inference_mode():
         cache = StaticCache(config=model.config, max_cache_len=cache_len)
-        return greedy_decode(model, step, cache, cache_len, embeds, mask, NEW_TOKENS, None, PAD)
+        return greedy_decode(step, cache, cache_len, embeds, mask, NEW_TOKENS, None, PAD)
 
 
 def generated(model, embeds, mask) -> torch.Tensor:
