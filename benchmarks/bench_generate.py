@@ -39,7 +39,8 @@ the HBM bandwidth (a 1 GiB device-to-device copy, bytes read + written) is the f
 The results file holds `decode_bs1_speedup` (share4v's batch-1 decode tok/s over the baseline's),
 `caption_speedup` (images/s for 128-token captions, each side at its best batch size among those both measured),
 `generate_bs1_speedup` (batch-1 tok/s with the first token's time), the roofline and the fraction of it each side
-reaches, and the raw numbers.
+reaches, and the raw numbers. `--unfused-projections` and `--model-prompt` add the engine with `fused_projections`
+or `fused_prompt` off as sides of their own, whose keys carry the prefix `unfused_` or `model_prompt_`.
 """
 
 from __future__ import annotations
