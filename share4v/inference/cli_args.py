@@ -52,6 +52,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_warm_up_arg(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """`--warm-up` / `--no-warm-up`, for front ends that serve requests as they come (the server, the demo)."""
+    group.add_argument(
+        "--warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with compiled decoding, compile before serving so that the first requests do not wait for it (a few "
+        "minutes at 7B); --no-warm-up serves at once",
+    )
+
+
 def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 1024) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: %(default)s)")

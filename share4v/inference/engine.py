@@ -41,6 +41,8 @@ What compiles and what re-records, so callers can keep one graph busy:
   for the first shape and, at the second distinct batch size or bucket, one graph with those sizes dynamic
   (batch size 1 keeps its own); after that a new shape only records a new CUDA graph (a few decode steps' time).
 - Sampling settings and prompt contents change nothing; beam search (`num_beams` > 1) takes the dynamic cache.
+- `warm_up()` runs the few generations after which no batch size or cache length compiles anything more (the
+  server and the demo call it before serving).
 - CUDA graphs are recorded per thread, so every generation runs on the engine's one decoding thread. Concurrent
   callers of `submit` and `stream` with equal settings are queued and run as one batch (up to `MAX_BATCH_SIZE`
   rows) when the model is free; each streamed row gets its own tokens, and a consumer that leaves stops its row
@@ -63,6 +65,7 @@ import os
 import queue
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -664,6 +667,20 @@ class Share4VEngine:
         reason = FINISH_STOP if stopped else FINISH_LENGTH
         return Completion(text, tokens, reason, prompt_tokens, len(tokens))
 
+    def warm_up(self) -> int:
+        """Compile now what the first requests would otherwise wait for (with `compile_decode`: the decode steps and
+        the prompt pass; 20-60 s a compile at 7B on a GPU): a few short text-only generations of `WARM_UP_SHAPES`,
+        greedy and sampled, whose answers are dropped. Returns how many ran (0 where nothing compiles)."""
+        if not self.compile_decode:
+            return 0
+        logger.info("warming up: compiling the decoding steps before the first request")
+        started, chat = time.perf_counter(), Chat.single("Hello.")
+        for temperature in (0.0, 1.0):
+            for rows, new_tokens in WARM_UP_SHAPES:
+                self.complete([chat] * rows, GenerationParams(temperature=temperature, max_new_tokens=new_tokens))
+        logger.info("warmed up in %.0f s", time.perf_counter() - started)
+        return 2 * len(WARM_UP_SHAPES)
+
     def stream(self, chat: Chat, params: GenerationParams | None = None) -> Iterator[str]:
         """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns.
 
@@ -685,6 +702,12 @@ class Share4VEngine:
             row.closed.wait(STREAM_TIMEOUT_S)  # ... at the next step: return once it has
         if row.batch_over and (error := done.exception()) is not None:  # the row ended with its batch: failed?
             raise error
+
+
+# (rows, new tokens) of the warm-up's generations, each run greedily and sampled: batch 1 and larger batches, at
+# two cache lengths each, after which torch has compiled every graph later batches need (they only record CUDA
+# graphs; tests/inference/test_warm_up.py counts the compiles)
+WARM_UP_SHAPES = ((1, 2), (1, 300), (2, 2), (3, 300))
 
 
 def _compiles_by_default(model: torch.nn.Module) -> bool:

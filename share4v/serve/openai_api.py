@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from share4v.inference.cli_args import add_model_args, engine_from_args
+from share4v.inference.cli_args import add_model_args, add_warm_up_arg, engine_from_args
 from share4v.inference.engine import GenerationParams, Share4VEngine
 from share4v.serve.openai_messages import ImagePolicy, RequestError, chat_from_messages
 
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--max-concurrent", type=int, default=Limits.max_concurrent, help="requests at once")
     server.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
     server.add_argument("--allowed-image-dir", type=Path, default=None, help="serve local image paths under this")
+    add_warm_up_arg(server)
     args = parser.parse_args(argv)
     try:
         import uvicorn
@@ -235,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_concurrent < 1:
         raise SystemExit("error: --max-concurrent must be at least 1")
     images = ImagePolicy(args.allow_remote_images, args.allowed_image_dir, args.max_image_pixels, args.max_images)
+    if args.warm_up:
+        engine.warm_up()
     uvicorn.run(create_app(engine, name, limits, images), host=args.host, port=args.port)
     return 0
 

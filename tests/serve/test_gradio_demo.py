@@ -187,12 +187,16 @@ def test_tools_app_reads_its_flags_and_launches_the_demo(tiny_ckpt, monkeypatch)
     spec.loader.exec_module(app)
     args = app.parser().parse_args(["--model-path", "m"])
     assert (args.host, args.port, args.share, args.concurrency, args.load_4bit) == ("127.0.0.1", 7860, False, 1, False)
-    launched = {}
+    launched, warmed = {}, []
     monkeypatch.setattr(app, "launch", lambda demo, *args, **kwargs: launched.update(demo=demo, args=args, **kwargs))
+    monkeypatch.setattr(Share4VEngine, "warm_up", lambda engine: warmed.append(engine) or 0)
     flags = ["--model-path", str(tiny_ckpt), "--device", "cpu", "--port", "7999", "--max-upload-mb", "1"]
     app.main([*flags, "--share", "--concurrency", "2"])
     assert launched["args"] == ("127.0.0.1", 7999, True, UploadLimits(2**20, UploadLimits.max_pixels))
     assert launched["allowed_paths"] == [EXAMPLES] and launched["demo"].title == "ShareGPT4V"
+    assert len(warmed) == 1  # before serving, unless told not to
+    app.main([*flags, "--no-warm-up"])
+    assert len(warmed) == 1
     with pytest.raises(SystemExit, match="--concurrency must be at least 1"):
         app.main([*flags, "--concurrency", "0"])
 

@@ -127,6 +127,7 @@ def test_help_shows_the_defaults():
         [sys.executable, "-m", "share4v.serve.openai_api", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "127.0.0.1" in result.stdout and "--allow-remote-images" in result.stdout
+    assert "--no-warm-up" in result.stdout
 
 
 def test_failed_requests_never_keep_their_slot(engine, tmp_path):
