@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from share4v.inference.cli_args import add_model_args, add_warm_up_arg, engine_from_args
+from share4v.inference.cli_args import add_model_args, add_warm_up_arg, engine_from_args, warm_up
 from share4v.serve.gradio_demo import UploadLimits, build_demo, example_rows, launch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -55,8 +55,7 @@ def main(argv=None) -> int:
         engine = engine_from_args(args)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
-    if args.warm_up:
-        engine.warm_up()
+    warm_up(engine, args)
     name = args.model_name or Path(args.model_path.rstrip("/")).name
     demo = build_demo(engine, name, limits=limits, examples=example_rows(EXAMPLES), concurrency=args.concurrency)
     launch(demo, args.host, args.port, args.share, limits, allowed_paths=[EXAMPLES])

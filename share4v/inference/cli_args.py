@@ -52,8 +52,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_warm_up_arg(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
-    """`--warm-up` / `--no-warm-up`, for front ends that serve requests as they come (the server, the demo)."""
+def add_warm_up_arg(group: Any) -> None:
+    """`--warm-up` / `--no-warm-up` on a parser or argument group, for front ends that serve requests as they come
+    (the server, the demo); `warm_up` acts on it."""
     group.add_argument(
         "--warm-up",
         action=argparse.BooleanOptionalAction,
@@ -61,6 +62,20 @@ def add_warm_up_arg(group: argparse._ArgumentGroup | argparse.ArgumentParser) ->
         help="with compiled decoding, compile before serving so that the first requests do not wait for it (a few "
         "minutes at 7B); --no-warm-up serves at once",
     )
+
+
+def warm_up(engine: Share4VEngine, args: Any) -> None:
+    """`engine.warm_up()` unless `--no-warm-up`; a failure ends the program with a one-line error (it would have
+    failed the first requests the same way)."""
+    if not getattr(args, "warm_up", True):
+        return
+    try:
+        engine.warm_up()
+    except Exception as err:  # the compiler's or the device's: reported in one line, not as a traceback
+        raise SystemExit(
+            f"error: the warm-up failed ({type(err).__name__}: {str(err)[:300]}); --no-compile-decode serves "
+            "without compiling"
+        ) from None
 
 
 def add_generation_args(parser: argparse.ArgumentParser, max_new_tokens: int = 1024) -> None:

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from share4v.inference.cli_args import add_model_args, add_warm_up_arg, engine_from_args
+from share4v.inference.cli_args import add_model_args, add_warm_up_arg, engine_from_args, warm_up
 from share4v.inference.engine import GenerationParams, Share4VEngine
 from share4v.serve.openai_messages import ImagePolicy, RequestError, chat_from_messages
 
@@ -236,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_concurrent < 1:
         raise SystemExit("error: --max-concurrent must be at least 1")
     images = ImagePolicy(args.allow_remote_images, args.allowed_image_dir, args.max_image_pixels, args.max_images)
-    if args.warm_up:
-        engine.warm_up()
+    warm_up(engine, args)
     uvicorn.run(create_app(engine, name, limits, images), host=args.host, port=args.port)
     return 0
 

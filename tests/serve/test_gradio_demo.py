@@ -197,6 +197,9 @@ def test_tools_app_reads_its_flags_and_launches_the_demo(tiny_ckpt, monkeypatch)
     assert len(warmed) == 1  # before serving, unless told not to
     app.main([*flags, "--no-warm-up"])
     assert len(warmed) == 1
+    monkeypatch.setattr(Share4VEngine, "warm_up", lambda engine: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    with pytest.raises(SystemExit, match=r"the warm-up failed \(RuntimeError: no compiler\); --no-compile-decode"):
+        app.main(flags)
     with pytest.raises(SystemExit, match="--concurrency must be at least 1"):
         app.main([*flags, "--concurrency", "0"])
 
