@@ -15,22 +15,24 @@ results are `Completion`s (text, token ids, finish reason, token counts). `compl
 
 Decoding speed (`compile_decode`; on by default for a model on one CUDA device, see `COMPILE_DECODE_BY_DEFAULT`): the
 engine hands `generate` a pre-allocated `StaticCache` of its own and a `CompileConfig`, so transformers compiles the
-one-token decode step (inductor, "reduce-overhead": CUDA graphs) and runs the prompt (images spliced in) eagerly.
+one-token decode step (inductor, "reduce-overhead": CUDA graphs) and runs the prompt (images spliced in) eagerly
+(the engine's own greedy loop below compiles its prompt pass too).
 Greedy answers are those of the dynamic-cache path up to floating-point rounding of the compiled kernels (equal on
 the fp32 CPU tests, and over 128 tokens at 7B shape in fp32 on the GPU: `benchmarks/check_decode_equality.py`, run
 before greedy decoding had its own loop below).
 Stopping needs no text: the templates of the released models end answers with the end-of-sequence token, which
 is checked on the device; only a stop string that is not that token is matched in decoded text, every step.
 Greedy batches that stop on that token (streamed or not) skip `generate`'s per-step host work: they run the engine's
-own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), with `generate`'s tokens (fp32 tests on
-the CPU, and over 128 tokens at 7B shape on an H100); sampling, beam search and text stop strings go through
+own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), with `generate`'s tokens in fp32 (tests
+on the CPU, and over 128 tokens at 7B shape on H100s and H200s; in bf16 its other kernels round differently, so a
+near tie can go the other way); sampling, beam search and text stop strings go through
 `generate`. By default (`fused_projections`) that step runs each Llama layer's q/k/v and gate/up projections as one
 product each (`share4v.inference.fused_llama`, weights re-laid in place, no copies): batch-1 decode at 74-75 % of
 the HBM roofline on an H100, 1.29-1.54x transformers' static-cache compiled `generate` in four runs (its speed
 varies from run to run; ours does not), and 1.04-1.08x over the unfused step (benchmarks/results/2026-11-26-h100-*).
-The loop's prompt pass runs the fused layers too (`fused_prompt`), one compiled graph for every layer, batch size
-and prompt length: 128-token captions at 1.16x the baseline's images/s, each at its best batch size (128), on an
-H200 (benchmarks/results/2026-11-27-h200-fused-prompt/).
+The loop's prompt pass runs the fused layers too (`fused_prompt`), compiled with dynamic shapes (one graph for every
+layer, batch size and prompt length, batch size 1 aside): 128-token captions at 1.16x the baseline's images/s, each
+at its best batch size (128), on an H200 (benchmarks/results/2026-11-27-h200-fused-prompt/).
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
@@ -193,8 +195,8 @@ class Share4VEngine:
     copies; a model that is not a plain Llama keeps its own forward). False: the model's own forward.
 
     `fused_prompt` (default True): with `fused_projections`, the greedy loops' prompt pass runs the fused layers too,
-    each through one graph compiled for any batch size and prompt length, attending over the prompt rather than the
-    whole cache. False: the model's own forward runs the prompt.
+    compiled with dynamic shapes, attending over the prompt rather than the whole cache. False: the model's own
+    forward runs the prompt.
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 """inference/fast_greedy.py
 
 Greedy decoding for the engine's batches that stop on the end-of-sequence token alone: the prompt runs once
-(images spliced in) into the engine's static KV cache (through the fused layers, compiled for any shape, where the
-step is fused: `GreedyStep.prompt`), then one compiled graph per step runs the model on the last tokens and takes
+(images spliced in) into the engine's static KV cache (through the fused layers, compiled with dynamic shapes, where
+the step is fused: `GreedyStep.prompt`), then one compiled graph per step runs the model on the last tokens and takes
 the arg-max (CUDA graphs under inductor's "reduce-overhead"), and the host looks `LOOKBEHIND` steps back to learn
 whether every row has ended, so it never waits for the step it has just queued.
 
@@ -39,8 +39,11 @@ class GreedyStep:
 
     `fused`: run the model through `share4v.inference.fused_llama` (q/k/v and gate/up as one product each) where its
     LLM is a plain Llama; elsewhere, and by default, the model's own forward. `fused_prompt`: with `fused`, the
-    prompt pass (`prompt`) runs the fused layers too, each through one graph compiled for any batch size and prompt
-    length (the step's backend, no CUDA graphs)."""
+    prompt pass (`prompt`) runs the fused layers too, through `prompt_layer` compiled with dynamic shapes (the
+    step's backend, not its mode: no CUDA graphs under inductor): one graph serves every layer, batch size and
+    prompt length, except that batch size 1 and a one-token prompt get one each (torch specializes sizes 0 and 1).
+    Every step wraps the same function, whose compiled graphs torch counts together (8 at most by default, then it
+    runs uncompiled): a process that decodes with many differently shaped models reaches that limit."""
 
     def __init__(self, model: torch.nn.Module, options: dict, fused: bool = False, fused_prompt: bool = True):
         self.model = model
@@ -79,12 +82,13 @@ class GreedyStep:
     def prompt(self, embeds, attention_mask, position_ids, cache) -> torch.Tensor:
         """The first tokens `[B, 1]` (arg-max of the last logits) of left-padded prompt embeddings `[B, P, D]`
         (mask `[B, P]`, positions from it), whose keys and values go into the reset `cache` at positions 0..P-1."""
-        if self.fused is None or not self.fused_prompt:
+        fused = self.fused  # once: another engine over this model may re-lay it meanwhile (`check_weights`)
+        if fused is None or not self.fused_prompt:
             prompt = attention_mask.shape[1]
             return prompt_pass(
                 self.model, embeds, attention_mask, position_ids, cache, torch.arange(prompt, device=embeds.device)
             )
-        logits = self.fused.prompt_logits(embeds, position_ids, attention_mask, cache, self.prompt_layer)
+        logits = fused.prompt_logits(embeds, position_ids, attention_mask, cache, self.prompt_layer)
         return logits.argmax(-1, keepdim=True)
 
     def __call__(self, tokens, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:

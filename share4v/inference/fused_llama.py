@@ -116,7 +116,8 @@ class FusedLlama:
         `[B, P]`, 0 on padding; `position_ids` `[B, P]` counted from each row's first token), whose keys and values
         go into `cache` at its count of positions written, which must be 0 (a reset cache): attention here runs
         over the prompt itself, `P` positions, rather than the whole cache. `layer_pass`: `prompt_layer` or a
-        compiled version of it (one compile serves every layer, batch size and length)."""
+        compiled version of it (one graph serves every layer, and, compiled with dynamic shapes, every batch size and
+        length above 1)."""
         llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
         cos, sin = llm.rotary_emb(embeds, position_ids)
         length = attention_mask.shape[1]

@@ -115,6 +115,7 @@ def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads):
 
 def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
     # a graph per layer would exhaust dynamo's limit of recompiles at 32 layers and leave the prompt pass eager
+    torch._dynamo.reset()  # every step wraps one function: earlier tests' graphs count towards its limit
     model = text_model(2)
     graphs = []
 
@@ -125,7 +126,8 @@ def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
     step = GreedyStep.for_model(model, CompileConfig(backend=counting), fused=True)
     step.check_weights()
     generator = torch.Generator().manual_seed(3)
-    for rows, prompt in [(3, 9), (2, 12), (4, 5)]:
+    counts = []
+    for rows, prompt in [(3, 9), (2, 12), (4, 5), (1, 7), (1, 11)]:
         ids = torch.randint(3, 300, (rows, prompt), generator=generator)
         mask = torch.ones_like(ids)
         mask[0, :2] = 0
@@ -133,7 +135,9 @@ def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
             cache = StaticCache(config=model.config, max_cache_len=prompt + 2)
             embeds = model.get_input_embeddings()(ids)
             step.prompt(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
-    assert len(graphs) == 1 and len(model.get_model().layers) == 2
+        counts.append(len(graphs))
+    assert len(model.get_model().layers) == 2
+    assert counts == [1, 1, 1, 2, 2]  # batch size 1 gets a graph of its own (torch specializes size 1)
 
 
 def test_the_weights_are_relaid_in_place_and_compute_what_they_computed(tmp_path):
@@ -220,3 +224,17 @@ def test_the_engine_by_default_fuses_and_answers_as_without(tiny_ckpt):
     assert [c.token_ids for c in fused.complete(chats, params)] == expected
     assert fused._greedy_step.fused is not None and plain._greedy_step.fused is None
     assert [c.token_ids for c in plain.complete(chats, params)] == expected  # the re-laid weights, unfused
+
+
+def test_the_prompt_pass_runs_the_fused_layers_unless_told_not_to(tiny_ckpt, monkeypatch):
+    tokenizer, model, processor, context = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
+    chats = [Chat.single("What is shown?", [random_image(1)]), Chat.single("Tell me a story about the sea.")]
+    params = GenerationParams(temperature=0, max_new_tokens=6)
+    passes = []
+    prompt_logits = FusedLlama.prompt_logits
+    monkeypatch.setattr(FusedLlama, "prompt_logits", lambda *args: passes.append(1) or prompt_logits(*args))
+    own = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER, fused_prompt=False)
+    expected = [c.token_ids for c in own.complete(chats, params)]
+    assert own._greedy_step.fused is not None and passes == []  # the step is fused, the prompt pass is not
+    fused = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)  # fused_prompt: the default
+    assert [c.token_ids for c in fused.complete(chats, params)] == expected and passes == [1]

@@ -2,6 +2,7 @@
 images, run whole or through the queue, compile nothing more (torch only records their CUDA graphs on a GPU), so a
 server's first users do not wait for the compiler; an engine that decodes eagerly has nothing to warm up."""
 
+import torch
 from transformers import CompileConfig
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
@@ -9,6 +10,7 @@ from tests.helpers import random_image
 
 
 def test_after_the_warm_up_later_batches_compile_nothing(tiny):
+    torch._dynamo.reset()  # earlier tests' graphs count towards the compiled functions' limits
     graphs = []
 
     def counting(graph, example_inputs, **options):  # a compile: one graph handed to the backend
