@@ -95,10 +95,7 @@ class FusedLlama:
             query, key, value = (x.view(rows, 1, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             key, value = cache.update(key, value, index)
-            groups = query.shape[1] // key.shape[1]
-            if groups > 1:  # as transformers' SDPA path: PyTorch's fused kernels take no grouped heads with a mask
-                key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=attn.scaling)
+            out = decode_attention(query, key, value, visible, attn.scaling)
             hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, 1, -1))
             gate, up = F.linear(layer.post_attention_layernorm(hidden), fused.gate_up).chunk(2, dim=-1)
             hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
@@ -132,6 +129,15 @@ class FusedLlama:
             hidden, key, value = layer_pass(layer, fused.qkv, fused.gate_up, fused.qkv_split, hidden, cos, sin, visible)
             cache.update(key, value, index)
         return self.model.lm_head(llm.norm(hidden[:, -1]))
+
+
+def decode_attention(query, key, value, visible, scale) -> torch.Tensor:
+    """One new query a row `[B, H, 1, D]` over the whole static cache `[B, kv heads, slots, D]`, `visible`
+    `[B, 1, 1, slots]` marking the written, non-padding slots: SDPA, as transformers' attention computes it."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # as transformers' SDPA path: PyTorch's fused kernels take no grouped heads with a mask
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=scale)
 
 
 def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible):

@@ -1,0 +1,189 @@
+"""benchmarks/profile_decode_step.py
+
+Where the time of one greedy decode step goes: the engine's compiled fused step (`share4v.inference.fast_greedy`,
+`share4v.inference.fused_llama`) on `bench_generate`'s random ShareGPT4V-7B model (bf16, SDPA) and prompts (one
+image + 36..44 text tokens a row), in a 768-position static cache.
+
+For each batch size it writes one JSON line with
+- the step's time: a 128-token greedy call minus a 1-token call (the prompt pass), over 127 steps (median of 3);
+- a kernel-time table of `--profile-steps` steps alone (torch's profiler, after the prompt pass), each kernel in one
+  of the groups of `GROUPS` (matrix products, attention, element-wise and norm kernels, copies, other), in
+  microseconds a step, and the rate at which the matrix products read the LLM's weights (meaningful at batch 1,
+  where the step reads each weight once and little else);
+- with `--attention NAME`, the step runs with that formulation of `decode_attention_options.py` in place of
+  `fused_llama.decode_attention` (replaced for the run, restored after), and `common_prefix` counts the tokens it
+  shares with the step's own attention: the formulations of that script, compared inside the whole step.
+
+    PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --out $OUT/decode-step.json       # GPU, ~2 min a side
+    PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --attention sdpa flex --batch-sizes 1
+    PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --smoke                          # CPU, tiny shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_generate import (
+    PAD_ID,
+    IdTokenizer,
+    _environment,
+    _write,
+    build_share4v,
+    emit,
+    llm_weight_bytes,
+    save_tower,
+    shape_and_device,
+    share4v_requests,
+    synchronize,
+)
+from decode_attention_options import FORMULATIONS
+from transformers import CompileConfig, StaticCache
+
+from share4v.inference import fused_llama
+from share4v.inference.engine import Share4VEngine
+from share4v.inference.fast_greedy import GreedyStep, begin, greedy_decode
+
+CACHE_LEN, NEW_TOKENS, TEXT_TOKENS = 768, 128, 36
+# a kernel goes to the group of the first entry one of whose words its lower-cased name holds: inductor's own kernels
+# (triton on a GPU, C++ on the CPU) are element-wise or norm work even where their names list the attention they feed
+GROUPS = (
+    ("element-wise and norms", ("triton_", "cpp_fused")),
+    ("attention", ("attention", "sdpa", "fmha", "flash", "cudnn", "flex")),
+    ("matrix products", ("gemm", "gemv", "nvjet", "cutlass", "splitk", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("copies", ("memcpy", "memset", "copy", "multi_tensor_apply")),
+    ("element-wise and norms", ("elementwise", "reduce_kernel", "at::native::")),
+)
+
+
+def group_of(kernel: str) -> str:
+    name = kernel.lower()
+    return next((group for group, words in GROUPS if any(word in name for word in words)), "other")
+
+
+@contextlib.contextmanager
+def attention_replaced(name: str | None):
+    """`fused_llama.decode_attention` as `decode_attention_options.FORMULATIONS[name]` (None: unchanged) inside."""
+    own = fused_llama.decode_attention
+    if name is not None:
+        fused_llama.decode_attention = FORMULATIONS[name]
+    try:
+        yield
+    finally:
+        fused_llama.decode_attention = own
+
+
+def kernel_table(step: GreedyStep, cache, embeds, mask, steps: int, device: torch.device) -> list[dict]:
+    """Each kernel of `steps` decode steps (the prompt pass runs before the profiler starts): its group, time and
+    calls a step, longest first. Self times, so that an operator and the kernels under it are not counted twice."""
+    from torch.profiler import ProfilerActivity, profile
+
+    full_mask, positions, token = begin(step, cache, CACHE_LEN, embeds, mask)
+    position, cache_position = positions[:, -1:] + 1, torch.tensor([mask.shape[1]], device=device)
+    activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU
+    synchronize(device)
+    with profile(activities=[activity]) as profiler:
+        for _ in range(steps):
+            token = step(token, position, cache_position, full_mask, cache)
+            position += 1
+            cache_position += 1
+        synchronize(device)
+    table = []
+    for event in profiler.key_averages():
+        spent = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        if spent > 0:
+            per_step = {"us_per_step": round(spent / steps, 2), "calls_per_step": round(event.count / steps, 2)}
+            table.append({"kernel": event.key[:120], "group": group_of(event.key), **per_step})
+    return sorted(table, key=lambda row: -row["us_per_step"])
+
+
+def measure(engine, step, rows: int, shape, device, profile_steps: int, reference: dict) -> dict:
+    batch = engine.collate(share4v_requests(rows, shape, TEXT_TOKENS))
+    with torch.inference_mode():
+        embeds, mask = engine._prompt_embeddings(batch)
+        cache = StaticCache(config=engine.model.config, max_cache_len=CACHE_LEN)
+
+        def timed(new_tokens: int) -> tuple[float, list[list[int]]]:
+            synchronize(device)
+            start = time.perf_counter()
+            tokens = greedy_decode(step, cache, CACHE_LEN, embeds, mask, new_tokens, None, PAD_ID)
+            synchronize(device)
+            return time.perf_counter() - start, tokens.tolist()
+
+        start = time.perf_counter()
+        for _ in range(2):  # compiles, then records the CUDA graphs
+            timed(NEW_TOKENS)
+        compile_s = time.perf_counter() - start
+        runs = [timed(NEW_TOKENS) for _ in range(3)]
+        prompt_s = statistics.median(timed(1)[0] for _ in range(3))
+        table = kernel_table(step, cache, embeds, mask, profile_steps, device)
+    step_s = (statistics.median(run[0] for run in runs) - prompt_s) / (NEW_TOKENS - 1)
+    tokens = runs[0][1]
+    first = reference.setdefault(rows, tokens)
+    groups = {group: round(sum(row["us_per_step"] for row in table if row["group"] == group), 1)
+              for group in [*dict.fromkeys(name for name, _ in GROUPS), "other"]}  # fmt: skip
+    products_s = groups["matrix products"] / 1e6
+    return {
+        "rows": rows, "step_ms": round(step_s * 1e3, 3), "decode_tok_s": round(rows / step_s, 1),
+        "prompt_s": round(prompt_s, 4), "compile_s": round(compile_s, 1),
+        "common_prefix": statistics.mean(_common(ours, theirs) for ours, theirs in zip(tokens, first, strict=True)),
+        "kernel_us_per_step": round(sum(groups.values()), 1), "groups_us_per_step": groups,
+        "weights_read_tb_per_s_in_products": round(llm_weight_bytes(engine.model) / products_s / 1e12, 3)
+        if products_s else None,
+        "kernels": table[:30],
+    }  # fmt: skip
+
+
+def _common(ours: list[int], theirs: list[int]) -> int:
+    return next((index for index, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), len(ours))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--batch-sizes", default="1,64", help="comma-separated (default: %(default)s)")
+    parser.add_argument("--attention", nargs="+", default=[None], choices=list(FORMULATIONS),
+                        help="run the step with these formulations of decode_attention_options.py, each in turn "
+                        "(default: the step's own)")  # fmt: skip
+    parser.add_argument("--profile-steps", type=int, default=32, help="steps profiled (default: %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
+    parser.add_argument("--out", type=Path, help="write the results here (JSON)")
+    args = parser.parse_args(argv)
+    shape, device = shape_and_device(args.smoke)
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    with tempfile.TemporaryDirectory() as tmp:
+        save_tower(shape, Path(tmp) / "clip", device)
+        model = build_share4v(shape, Path(tmp) / "clip", device, dtype)
+    engine = Share4VEngine(IdTokenizer(), model, None, context_len=4096)  # prepares the prompts only
+    # on the CPU (--smoke): dynamo's graph capture without inductor's code generation, seconds rather than minutes
+    config = CompileConfig(backend="eager") if args.smoke else CompileConfig()
+    options = {key: getattr(config, key) for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
+    results = {**_environment(device), "cache_len": CACHE_LEN, "new_tokens": NEW_TOKENS,
+               "llm_weight_bytes": llm_weight_bytes(model), "runs": []}  # fmt: skip
+    reference: dict[int, list[list[int]]] = {}
+    for rows in (int(size) for size in args.batch_sizes.split(",")):
+        for attention in args.attention:
+            torch._dynamo.reset()  # each formulation compiles afresh
+            with attention_replaced(attention):
+                step = GreedyStep(model, options, fused=True)
+                record = {"attention": attention or "step's own",
+                          **measure(engine, step, rows, shape, device, args.profile_steps, reference)}  # fmt: skip
+            results["runs"].append(record)
+            emit({key: value for key, value in record.items() if key != "kernels"})
+            _write(args.out, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""benchmarks/profile_decode_step.py on the CPU (tiny fp32 model): it times and profiles the engine's greedy step,
+groups the kernels, and runs another attention formulation inside the step when asked (then restores the step's
+own)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import profile_decode_step  # noqa: E402
+
+from share4v.inference import fused_llama  # noqa: E402
+
+
+def test_profiles_the_step_and_swaps_its_attention(tmp_path):
+    own = fused_llama.decode_attention
+    out = tmp_path / "step.json"
+    argv = ["--smoke", "--batch-sizes", "1,3", "--attention", "sdpa", "matmul_softmax", "--profile-steps", "4"]
+    results = profile_decode_step.main([*argv, "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert fused_llama.decode_attention is own  # restored after the run
+    runs = {(run["rows"], run["attention"]): run for run in results["runs"]}
+    assert set(runs) == {(rows, name) for rows in (1, 3) for name in ("sdpa", "matmul_softmax")}
+    for (rows, name), run in runs.items():
+        assert run["step_ms"] > 0 and run["decode_tok_s"] == pytest.approx(rows * 1e3 / run["step_ms"], rel=0.01)
+        assert run["kernel_us_per_step"] == pytest.approx(sum(run["groups_us_per_step"].values()), abs=0.5)
+        assert run["groups_us_per_step"]["matrix products"] > 0
+        # in fp32 both formulations compute the same attention: the same greedy tokens
+        assert run["common_prefix"] == profile_decode_step.NEW_TOKENS
+        # SDPA's kernel runs only where the step's attention is SDPA: the replacement took effect
+        assert (run["groups_us_per_step"]["attention"] > 0) == (name == "sdpa")
+
+
+def test_kernels_are_grouped_by_name():
+    group = profile_decode_step.group_of
+    assert group("nvjet_sm90_tst_256x8_64x6_4x1_v_bz_TNT") == "matrix products"
+    assert group("void cublasLt::splitKreduce_kernel<32, 16, int, float>") == "matrix products"
+    assert group("cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16") == "attention"
+    # inductor's kernels that feed attention are element-wise work, whatever their names list
+    assert group("triton_poi_fused__scaled_dot_product_cudnn_attention__to_copy_add") == "element-wise and norms"
+    assert group("Memcpy DtoD (Device -> Device)") == "copies"
+    assert group("aten::addmm") == "matrix products"
+    assert group("some_new_kernel") == "other"
+    assert group("void at::native::vectorized_elementwise_kernel<2, at::native::CUDAFunctorOnSelf_add<long>>") == (
+        "element-wise and norms"
+    )
+    assert group("void at::native::multi_tensor_apply_kernel<at::native::TensorListMetadata<2>>") == "copies"
