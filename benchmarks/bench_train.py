@@ -17,10 +17,17 @@ timed runs are recorded. Throughput: useful tokens (text + 576 per image, never 
 `--steps` steps after `--warmup`; MFU = model FLOPs of those tokens (share4v.train.throughput: 6 x parameters +
 causal attention) over time, against the bf16 matmul rate measured in the same run.
 
-Samples mirror the LLaVA-665K mix: 90% with one image, 1-4 question/answer rounds (rounds 1,1,2,3,4 equally
-likely), questions of 4-16 words, answers log-normal in words (median 25, sigma 1, capped at 500), 1.3 tokens per
-word, a 40-token system prompt; answers (and their end-of-turn token) are the targets. Micro-batches are drawn in
-random order (no length grouping), as a plain Trainer would.
+Samples mirror the LLaVA-665K mix, 1.3 tokens per word, a 40-token system prompt; answers (and their end-of-turn
+token) are the targets:
+- 94% with one image: 1-4 question/answer rounds (rounds 1,1,2,3,4 equally likely), questions of 4-16 words, answers
+  log-normal in words (median 25, sigma 1, capped at 500);
+- 6% text-only ShareGPT conversations (LLaVA-665K holds 40,688 among 665,298 rows), longer: 1-8 rounds, questions
+  log-normal (median 30 words, sigma 1), answers log-normal (median 150 words, sigma 0.8, capped at 1,000), cut at
+  `--max-length`.
+Micro-batches are drawn in random order (no length grouping), as a plain Trainer would: padding takes 33% of a
+right-padded micro-batch of 8 on average (over 1,000 batches; the issue's anchor mix: 36%), and 26.8% of the 30
+timed batches of the default run. Before 2026-11-27 text-only rows were as short as the others (10% of rows), and
+the timed batches padded 18.9%.
 
     python benchmarks/bench_train.py --compile --out benchmarks/results/DATE-GPU-train.json   # on the GPU
     python benchmarks/bench_train.py --tiny --steps 2 --warmup 1                      # a smoke test on the CPU
@@ -95,20 +102,31 @@ class Sample:
         return IMAGE_TOKEN_INDEX in self.tokens
 
 
+TEXT_ONLY_SHARE = 0.06  # LLaVA-665K: 40,688 ShareGPT conversations among 665,298 rows
+
+
 def make_samples(count: int, shape: Shape, max_length: int, seed: int) -> list[Sample]:
     """LLaVA-mix-like samples (see the module docstring), cut to `max_length` merged positions."""
     rng = random.Random(seed)
     word_tokens, system = 1.3, 40
+
+    def words(median: int, sigma: float, cap: int) -> int:
+        return int(min(int(math.exp(rng.gauss(math.log(median), sigma))), cap) * word_tokens)
+
     samples = []
     for _ in range(count):
         tokens, targets = [1] + [rng.randrange(3, shape.vocab - 1) for _ in range(system - 1)], [False] * system
-        has_image = rng.random() < 0.9
-        if has_image:
+        has_image = rng.random() >= TEXT_ONLY_SHARE
+        if has_image:  # a visual question/answer or instruction row: 1-4 rounds, short answers
             tokens.append(IMAGE_TOKEN_INDEX)
             targets.append(False)
-        for _ in range(rng.choice([1, 1, 2, 3, 4])):
-            question = int(rng.randint(4, 16) * word_tokens) + 5  # + the role markers
-            answer = int(min(int(math.exp(rng.gauss(math.log(25), 1.0))), 500) * word_tokens) + 1  # + </s>
+            rounds = [
+                (int(rng.randint(4, 16) * word_tokens), words(25, 1.0, 500)) for _ in range(rng.choice([1, 1, 2, 3, 4]))
+            ]
+        else:  # a ShareGPT conversation: more rounds, longer questions and answers
+            rounds = [(words(30, 1.0, 500), words(150, 0.8, 1000)) for _ in range(rng.randint(1, 8))]
+        for question, answer in rounds:
+            question, answer = question + 5, answer + 1  # + the role markers; + </s>
             tokens += [rng.randrange(3, shape.vocab - 1) for _ in range(question + answer)]
             targets += [False] * question + [True] * answer
         budget = max_length - (shape.patches - 1 if has_image else 0)
@@ -350,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--micro-batch", type=int, default=8, help="samples per step (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=2048, help="model_max_length (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="also time share4v with compiled decoder layers")
     parser.add_argument("--profile", type=Path, help="write a kernel-time table of two compiled share4v steps here")
     parser.add_argument("--tiny", action="store_true", help="tiny shape on the CPU: checks the script, times nothing")

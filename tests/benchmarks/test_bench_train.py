@@ -33,3 +33,18 @@ def test_llava_batch_expands_each_image_to_its_patches():
         assert int(theirs["attention_mask"][row].sum()) == bench_train.merged_length(sample, shape)
         assert int(ours["attention_mask"][row].sum()) == len(sample.tokens)
     assert int((theirs["labels"] != -100).sum()) == int((ours["labels"] != -100).sum())
+
+
+def test_the_mix_pads_about_a_third_of_a_batch_with_long_text_only_rows():
+    shape = bench_train.Shape()  # lengths only: the 7B shape's 576 patches a image
+    samples = bench_train.make_samples(4000, shape, max_length=2048, seed=1)
+    lengths = [bench_train.merged_length(sample, shape) for sample in samples]
+    text_only = [length for length, sample in zip(lengths, samples, strict=True) if not sample.has_image]
+    with_image = [length for length, sample in zip(lengths, samples, strict=True) if sample.has_image]
+    assert 0.04 < len(text_only) / len(samples) < 0.08  # LLaVA-665K's share of ShareGPT conversations: 6%
+    # the ShareGPT rows are the long ones, image and all
+    assert sum(text_only) / len(text_only) > 1.5 * sum(with_image) / len(with_image)
+    assert max(lengths) == 2048
+    batches = [lengths[i : i + 8] for i in range(0, len(lengths), 8)]
+    padding = 1 - sum(lengths) / sum(max(batch) * len(batch) for batch in batches)
+    assert 0.28 < padding < 0.38  # the anchor mix pads 36%
