@@ -10,6 +10,10 @@ For each batch size it writes one JSON line with
   of the groups of `GROUPS` (matrix products, attention, element-wise and norm kernels, copies, other), in
   microseconds a step, and the rate at which the matrix products read the LLM's weights (meaningful at batch 1,
   where the step reads each weight once and little else);
+- the prompt pass (the step's `prompt`: the fused layers over the prompt's embeddings, into the cache): its time
+  (`prompt_s`, from the 1-token call), the same groups for one pass (`prompt_groups_us`, its kernels in
+  `prompt_kernels`), and the time of the embeddings that feed it (vision tower, projector, splicing:
+  `embeddings_s`);
 - with `--attention NAME`, the step runs with that formulation of `decode_attention_options.py` in place of
   `fused_llama.decode_attention` (replaced for the run, restored after), and `common_prefix` counts the tokens it
   shares with the step's own attention: the formulations of that script, compared inside the whole step.
@@ -83,28 +87,55 @@ def attention_replaced(name: str | None):
         fused_llama.decode_attention = own
 
 
-def kernel_table(step: GreedyStep, cache, embeds, mask, steps: int, device: torch.device) -> list[dict]:
-    """Each kernel of `steps` decode steps (the prompt pass runs before the profiler starts): its group, time and
-    calls a step, longest first. Self times, so that an operator and the kernels under it are not counted twice."""
+def profiled(call, repeats: int, device: torch.device, per: str) -> list[dict]:
+    """Each kernel of `repeats` calls of `call`: its group, time (`us_per_<per>`) and calls a call, longest first.
+    Self times, so that an operator and the kernels under it are not counted twice."""
     from torch.profiler import ProfilerActivity, profile
 
-    full_mask, positions, token = begin(step, cache, CACHE_LEN, embeds, mask)
-    position, cache_position = positions[:, -1:] + 1, torch.tensor([mask.shape[1]], device=device)
     activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU
     synchronize(device)
     with profile(activities=[activity]) as profiler:
-        for _ in range(steps):
-            token = step(token, position, cache_position, full_mask, cache)
-            position += 1
-            cache_position += 1
+        for _ in range(repeats):
+            call()
         synchronize(device)
     table = []
     for event in profiler.key_averages():
         spent = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
         if spent > 0:
-            per_step = {"us_per_step": round(spent / steps, 2), "calls_per_step": round(event.count / steps, 2)}
-            table.append({"kernel": event.key[:120], "group": group_of(event.key), **per_step})
-    return sorted(table, key=lambda row: -row["us_per_step"])
+            times = {f"us_per_{per}": round(spent / repeats, 2), f"calls_per_{per}": round(event.count / repeats, 2)}
+            table.append({"kernel": event.key[:120], "group": group_of(event.key), **times})
+    return sorted(table, key=lambda row: -row[f"us_per_{per}"])
+
+
+def grouped(table: list[dict], key: str) -> dict[str, float]:
+    """The table's `key` (microseconds) summed by group."""
+    return {group: round(sum(row[key] for row in table if row["group"] == group), 1)
+            for group in [*dict.fromkeys(name for name, _ in GROUPS), "other"]}  # fmt: skip
+
+
+def step_kernels(step: GreedyStep, cache, embeds, mask, steps: int, device: torch.device) -> list[dict]:
+    """The kernels of `steps` decode steps; the prompt pass runs before the profiler starts."""
+    full_mask, positions, token = begin(step, cache, CACHE_LEN, embeds, mask)
+    position, cache_position = positions[:, -1:] + 1, torch.tensor([mask.shape[1]], device=device)
+    last = [token]
+
+    def one_step() -> None:
+        last[0] = step(last[0], position, cache_position, full_mask, cache)
+        position.add_(1)
+        cache_position.add_(1)
+
+    return profiled(one_step, steps, device, "step")
+
+
+def prompt_kernels(step: GreedyStep, cache, embeds, mask, device: torch.device) -> list[dict]:
+    """The kernels of one prompt pass (the step's `prompt`, into the reset cache)."""
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def one_pass() -> None:
+        cache.reset()
+        step.prompt(embeds, mask, positions, cache)
+
+    return profiled(one_pass, 1, device, "pass")
 
 
 def measure(engine, step, rows: int, shape, device, profile_steps: int, reference: dict) -> dict:
@@ -126,22 +157,32 @@ def measure(engine, step, rows: int, shape, device, profile_steps: int, referenc
         compile_s = time.perf_counter() - start
         runs = [timed(NEW_TOKENS) for _ in range(3)]
         prompt_s = statistics.median(timed(1)[0] for _ in range(3))
-        table = kernel_table(step, cache, embeds, mask, profile_steps, device)
+        embeddings_s = statistics.median(_seconds(lambda: engine._prompt_embeddings(batch), device) for _ in range(3))
+        steps = step_kernels(step, cache, embeds, mask, profile_steps, device)
+        prompt = prompt_kernels(step, cache, embeds, mask, device)
     step_s = (statistics.median(run[0] for run in runs) - prompt_s) / (NEW_TOKENS - 1)
     tokens = runs[0][1]
     first = reference.setdefault(rows, tokens)
-    groups = {group: round(sum(row["us_per_step"] for row in table if row["group"] == group), 1)
-              for group in [*dict.fromkeys(name for name, _ in GROUPS), "other"]}  # fmt: skip
+    groups = grouped(steps, "us_per_step")
     products_s = groups["matrix products"] / 1e6
     return {
         "rows": rows, "step_ms": round(step_s * 1e3, 3), "decode_tok_s": round(rows / step_s, 1),
-        "prompt_s": round(prompt_s, 4), "compile_s": round(compile_s, 1),
+        "prompt_s": round(prompt_s, 4), "embeddings_s": round(embeddings_s, 4), "compile_s": round(compile_s, 1),
         "common_prefix": statistics.mean(_common(ours, theirs) for ours, theirs in zip(tokens, first, strict=True)),
         "kernel_us_per_step": round(sum(groups.values()), 1), "groups_us_per_step": groups,
         "weights_read_tb_per_s_in_products": round(llm_weight_bytes(engine.model) / products_s / 1e12, 3)
         if products_s else None,
-        "kernels": table[:30],
+        "prompt_groups_us": grouped(prompt, "us_per_pass"),
+        "kernels": steps[:30], "prompt_kernels": prompt[:20],
     }  # fmt: skip
+
+
+def _seconds(call, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    call()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def _common(ours: list[int], theirs: list[int]) -> int:
@@ -180,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                 record = {"attention": attention or "step's own",
                           **measure(engine, step, rows, shape, device, args.profile_steps, reference)}  # fmt: skip
             results["runs"].append(record)
-            emit({key: value for key, value in record.items() if key != "kernels"})
+            emit({key: value for key, value in record.items() if not key.endswith("kernels")})
             _write(args.out, results)
     return results
 

@@ -29,6 +29,9 @@ def test_profiles_the_step_and_swaps_its_attention(tmp_path):
         assert run["step_ms"] > 0 and run["decode_tok_s"] == pytest.approx(rows * 1e3 / run["step_ms"], rel=0.01)
         assert run["kernel_us_per_step"] == pytest.approx(sum(run["groups_us_per_step"].values()), abs=0.5)
         assert run["groups_us_per_step"]["matrix products"] > 0
+        # the prompt pass runs SDPA whatever the step's attention, over the prompt's positions
+        assert run["prompt_groups_us"]["matrix products"] > 0 and run["prompt_groups_us"]["attention"] > 0
+        assert run["embeddings_s"] > 0 and run["prompt_kernels"]
         # in fp32 both formulations compute the same attention: the same greedy tokens
         assert run["common_prefix"] == profile_decode_step.NEW_TOKENS
         # SDPA's kernel runs only where the step's attention is SDPA: the replacement took effect
