@@ -19,10 +19,14 @@ from share4v.inference import fused_llama  # noqa: E402
 def test_profiles_the_step_and_swaps_its_attention(tmp_path):
     own = fused_llama.decode_attention
     out = tmp_path / "step.json"
-    argv = ["--smoke", "--batch-sizes", "1,3", "--attention", "sdpa", "matmul_softmax", "--profile-steps", "4"]
+    argv = ["--smoke", "--batch-sizes", "1,3", "--attention", "sdpa", "matmul_softmax", "sdpa_cudnn"]
+    argv += ["--profile-steps", "4"]
     results = profile_decode_step.main([*argv, "--out", str(out)])
     assert json.loads(out.read_text()) == results
     assert fused_llama.decode_attention is own  # restored after the run
+    # cuDNN's kernel cannot run on the CPU: recorded with its reason, and the other formulations still run
+    failed = [(error["rows"], error["attention"]) for error in results["errors"]]
+    assert failed == [(1, "sdpa_cudnn"), (3, "sdpa_cudnn")]
     runs = {(run["rows"], run["attention"]): run for run in results["runs"]}
     assert set(runs) == {(rows, name) for rows in (1, 3) for name in ("sdpa", "matmul_softmax")}
     for (rows, name), run in runs.items():
