@@ -14,6 +14,9 @@ For each batch size it writes one JSON line with
   (`prompt_s`, from the 1-token call), the same groups for one pass (`prompt_groups_us`, its kernels in
   `prompt_kernels`), and the time of the embeddings that feed it (vision tower, projector, splicing:
   `embeddings_s`);
+- with `--prompt-compile static` (or `dynamic static`, each in turn), the prompt pass is compiled for the run's
+  shapes (`dynamic=False`) rather than with the engine's dynamic shapes (one graph for every batch size and length):
+  whether dynamic shapes slow its element-wise kernels;
 - with `--attention NAME`, the step runs with that formulation of `decode_attention_options.py` in place of
   `fused_llama.decode_attention` (replaced for the run, restored after), and `common_prefix` counts the tokens it
   shares with the step's own attention: the formulations of that script, compared inside the whole step.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import sys
 import tempfile
@@ -57,6 +61,7 @@ from transformers import CompileConfig, StaticCache
 from share4v.inference import fused_llama
 from share4v.inference.engine import Share4VEngine
 from share4v.inference.fast_greedy import GreedyStep, begin, greedy_decode
+from share4v.inference.fused_llama import prompt_layer
 
 CACHE_LEN, NEW_TOKENS, TEXT_TOKENS = 768, 128, 36
 # a kernel goes to the group of the first entry one of whose words its lower-cased name holds: inductor's own kernels
@@ -198,6 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run the step with these formulations of decode_attention_options.py, each in turn "
                         "(default: the step's own); they take as many key/value heads as query heads, as "
                         "Vicuna-7B has")  # fmt: skip
+    parser.add_argument("--prompt-compile", nargs="+", default=["dynamic"], choices=["dynamic", "static"],
+                        help="compile the prompt pass with dynamic shapes (the engine's) or for each run's shapes, "
+                        "each in turn (default: %(default)s)")  # fmt: skip
     parser.add_argument("--profile-steps", type=int, default=32, help="steps profiled (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
@@ -215,16 +223,19 @@ def main(argv: list[str] | None = None) -> dict:
                "llm_weight_bytes": llm_weight_bytes(model), "runs": [], "errors": []}  # fmt: skip
     reference: dict[int, list[list[int]]] = {}
     for rows in (int(size) for size in args.batch_sizes.split(",")):
-        for attention in args.attention:
-            torch._dynamo.reset()  # each formulation compiles afresh
+        for attention, prompt_compile in itertools.product(args.attention, args.prompt_compile):
+            torch._dynamo.reset()  # each variant compiles afresh
             name = attention or "step's own"
             try:
                 with attention_replaced(attention):
                     step = GreedyStep(model, options, fused=True)
-                    record = {"attention": name,
+                    if prompt_compile == "static":
+                        step.prompt_layer = torch.compile(prompt_layer, dynamic=False, backend=options["backend"])
+                    record = {"attention": name, "prompt_compile": prompt_compile,
                               **measure(engine, step, rows, shape, device, args.profile_steps, reference)}  # fmt: skip
             except Exception as err:  # a kernel this device lacks: recorded, the others go on
-                error = {"attention": name, "rows": rows, "error": f"{type(err).__name__}: {err}"[:300]}
+                error = {"attention": name, "prompt_compile": prompt_compile, "rows": rows,
+                         "error": f"{type(err).__name__}: {err}"[:300]}  # fmt: skip
                 results["errors"].append(error)
                 emit(error)
             else:

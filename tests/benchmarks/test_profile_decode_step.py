@@ -56,3 +56,11 @@ def test_kernels_are_grouped_by_name():
         "element-wise and norms"
     )
     assert group("void at::native::multi_tensor_apply_kernel<at::native::TensorListMetadata<2>>") == "copies"
+
+
+def test_a_prompt_pass_compiled_for_its_shapes_gives_the_same_tokens():
+    argv = ["--smoke", "--batch-sizes", "2", "--profile-steps", "2", "--prompt-compile", "dynamic", "static"]
+    dynamic, static = profile_decode_step.main(argv)["runs"]
+    assert (dynamic["prompt_compile"], static["prompt_compile"]) == ("dynamic", "static")
+    assert static["common_prefix"] == profile_decode_step.NEW_TOKENS  # against the dynamic pass's tokens
+    assert static["prompt_groups_us"]["matrix products"] > 0
