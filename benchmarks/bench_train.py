@@ -24,10 +24,10 @@ token) are the targets:
 - 6% text-only ShareGPT conversations (LLaVA-665K holds 40,688 among 665,298 rows), longer: 1-8 rounds, questions
   log-normal (median 30 words, sigma 1), answers log-normal (median 150 words, sigma 0.8, capped at 1,000), cut at
   `--max-length`.
-Micro-batches are drawn in random order (no length grouping), as a plain Trainer would: padding takes 33% of a
-right-padded micro-batch of 8 on average (over 10,000 batches; the issue's anchor mix: 36%), and 26.8% of the 30
-timed batches of the default run. Before 2026-11-27 text-only rows were as short as the others (10% of rows), and
-the timed batches padded 18.9%.
+Micro-batches are drawn in random order (no length grouping), as a plain Trainer would: padding takes 33% of all
+positions of right-padded micro-batches of 8 (over 10,000 batches; the issue's anchor mix: 36%), and 26.8% of those
+of the 30 timed batches of the default run. Before 2026-11-27 text-only rows were as short as the others (10% of
+rows), and the timed batches padded 18.9%.
 
     python benchmarks/bench_train.py --compile --out benchmarks/results/DATE-GPU-train.json   # on the GPU
     python benchmarks/bench_train.py --tiny --steps 2 --warmup 1                      # a smoke test on the CPU

@@ -4,12 +4,14 @@ Where the time of one greedy decode step goes: the engine's compiled fused step 
 `share4v.inference.fused_llama`) on `bench_generate`'s random ShareGPT4V-7B model (bf16, SDPA) and prompts (one
 image + 36..44 text tokens a row), in a 768-position static cache.
 
-For each batch size it writes one JSON line with
+For each batch size and variant it writes one JSON line with
 - the step's time: a 128-token greedy call minus a 1-token call (the prompt pass), over 127 steps (median of 3);
 - a kernel-time table of `--profile-steps` steps alone (torch's profiler, after the prompt pass), each kernel in one
   of the groups of `GROUPS` (matrix products, attention, element-wise and norm kernels, copies, other), in
   microseconds a step, and the rate at which the matrix products read the LLM's weights (meaningful at batch 1,
-  where the step reads each weight once and little else);
+  where the step reads each weight once and little else). The step's time less its kernels' is the gaps between
+  kernels plus the greedy loop's own few kernels a step (padding ended rows, copying the tokens out), which the
+  table leaves out;
 - the prompt pass (the step's `prompt`: the fused layers over the prompt's embeddings, into the cache): its time
   (`prompt_s`, from the 1-token call), the same groups for one pass (`prompt_groups_us`, its kernels in
   `prompt_kernels`), and the time of the embeddings that feed it (vision tower, projector, splicing:
@@ -17,12 +19,14 @@ For each batch size it writes one JSON line with
 - with `--prompt-compile static` (or `dynamic static`, each in turn), the prompt pass is compiled for the run's
   shapes (`dynamic=False`) rather than with the engine's dynamic shapes (one graph for every batch size and length):
   whether dynamic shapes slow its element-wise kernels;
-- with `--attention NAME`, the step runs with that formulation of `decode_attention_options.py` in place of
-  `fused_llama.decode_attention` (replaced for the run, restored after), and `common_prefix` counts the tokens it
-  shares with the step's own attention: the formulations of that script, compared inside the whole step.
+- with `--attention NAME...`, the step runs with each formulation of `decode_attention_options.py` in turn in
+  place of `fused_llama.decode_attention` (replaced for the run, restored after; `own`: the step's own). Inductor
+  writes the `reduction` formulation as its own kernels, which the table counts as element-wise work.
+`common_prefix` counts the greedy tokens a run shares with the first run at its batch size (list `own` first to
+compare the others with the step's own attention; bf16 rounding parts them on random weights).
 
-    PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --out $OUT/decode-step.json       # GPU, ~2 min a side
-    PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --attention sdpa flex --batch-sizes 1
+    PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --out $OUT/decode-step.json    # GPU, ~2 min a batch size
+    PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --attention own flex --batch-sizes 1
     PYTHONPATH=$PWD python benchmarks/profile_decode_step.py --smoke                          # CPU, tiny shapes
 """
 
@@ -64,9 +68,13 @@ from share4v.inference.fast_greedy import GreedyStep, begin, greedy_decode
 from share4v.inference.fused_llama import prompt_layer
 
 CACHE_LEN, NEW_TOKENS, TEXT_TOKENS = 768, 128, 36
-# a kernel goes to the group of the first entry one of whose words its lower-cased name holds: inductor's own kernels
-# (triton on a GPU, C++ on the CPU) are element-wise or norm work even where their names list the attention they feed
+OWN = "own"  # the step's own attention
+# a kernel goes to the group of the first entry one of whose words its lower-cased name holds: inductor's templates
+# (`triton_tem_...`) are flex attention or matrix products, its other kernels (triton on a GPU, C++ on the CPU)
+# element-wise or norm work even where their names list the attention they feed
 GROUPS = (
+    ("attention", ("triton_tem_fused_flex", "flex_attention")),
+    ("matrix products", ("triton_tem_",)),
     ("element-wise and norms", ("triton_", "cpp_fused")),
     ("attention", ("attention", "sdpa", "fmha", "flash", "cudnn", "flex")),
     ("matrix products", ("gemm", "gemv", "nvjet", "cutlass", "splitk", "aten::mm", "aten::addmm", "aten::bmm")),
@@ -81,10 +89,10 @@ def group_of(kernel: str) -> str:
 
 
 @contextlib.contextmanager
-def attention_replaced(name: str | None):
-    """`fused_llama.decode_attention` as `decode_attention_options.FORMULATIONS[name]` (None: unchanged) inside."""
+def attention_replaced(name: str):
+    """`fused_llama.decode_attention` as `decode_attention_options.FORMULATIONS[name]` (`own`: unchanged) inside."""
     own = fused_llama.decode_attention
-    if name is not None:
+    if name != OWN:
         fused_llama.decode_attention = FORMULATIONS[name]
     try:
         yield
@@ -94,7 +102,8 @@ def attention_replaced(name: str | None):
 
 def profiled(call, repeats: int, device: torch.device, per: str) -> list[dict]:
     """Each kernel of `repeats` calls of `call`: its group, time (`us_per_<per>`) and calls a call, longest first.
-    Self times, so that an operator and the kernels under it are not counted twice."""
+    On a GPU only device activity is recorded, so the table holds kernels alone (with operators recorded too, an
+    operator's device time would count its kernels' again); on the CPU, operators' self times."""
     from torch.profiler import ProfilerActivity, profile
 
     activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU
@@ -144,6 +153,8 @@ def prompt_kernels(step: GreedyStep, cache, embeds, mask, device: torch.device) 
 
 
 def measure(engine, step, rows: int, shape, device, profile_steps: int, reference: dict) -> dict:
+    """One run's record (see the module docstring) for `rows` of bench_generate's prompts; `reference` holds the
+    first run's tokens at each batch size."""
     batch = engine.collate(share4v_requests(rows, shape, TEXT_TOKENS))
     with torch.inference_mode():
         embeds, mask = engine._prompt_embeddings(batch)
@@ -199,10 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated (default: %(default)s)")
-    parser.add_argument("--attention", nargs="+", default=[None], choices=list(FORMULATIONS),
+    parser.add_argument("--attention", nargs="+", default=[OWN], choices=[OWN, *FORMULATIONS],
                         help="run the step with these formulations of decode_attention_options.py, each in turn "
-                        "(default: the step's own); they take as many key/value heads as query heads, as "
-                        "Vicuna-7B has")  # fmt: skip
+                        "(own: the step's own; default: %(default)s); they take as many key/value heads as query "
+                        "heads, as Vicuna-7B has")  # fmt: skip
     parser.add_argument("--prompt-compile", nargs="+", default=["dynamic"], choices=["dynamic", "static"],
                         help="compile the prompt pass with dynamic shapes (the engine's) or for each run's shapes, "
                         "each in turn (default: %(default)s)")  # fmt: skip
@@ -225,16 +236,17 @@ def main(argv: list[str] | None = None) -> dict:
     for rows in (int(size) for size in args.batch_sizes.split(",")):
         for attention, prompt_compile in itertools.product(args.attention, args.prompt_compile):
             torch._dynamo.reset()  # each variant compiles afresh
-            name = attention or "step's own"
             try:
                 with attention_replaced(attention):
                     step = GreedyStep(model, options, fused=True)
                     if prompt_compile == "static":
                         step.prompt_layer = torch.compile(prompt_layer, dynamic=False, backend=options["backend"])
-                    record = {"attention": name, "prompt_compile": prompt_compile,
+                    record = {"attention": attention, "prompt_compile": prompt_compile,
                               **measure(engine, step, rows, shape, device, args.profile_steps, reference)}  # fmt: skip
             except Exception as err:  # a kernel this device lacks: recorded, the others go on
-                error = {"attention": name, "prompt_compile": prompt_compile, "rows": rows,
+                if (attention, prompt_compile) == (OWN, "dynamic"):
+                    raise  # the engine's own step failed: nothing to compare with
+                error = {"attention": attention, "prompt_compile": prompt_compile, "rows": rows,
                          "error": f"{type(err).__name__}: {err}"[:300]}  # fmt: skip
                 results["errors"].append(error)
                 emit(error)

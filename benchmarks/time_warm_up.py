@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
     for name, rows, temperature, new_tokens, with_image in REQUESTS:
         chat = Chat.single("Describe the image in detail.", [image] if with_image else [])
         params = GenerationParams(temperature=temperature, max_new_tokens=new_tokens)
-        seconds = []
+        seconds, failed = [], []
         for _ in range(2):
             start = time.perf_counter()
             completions = engine.complete([chat] * rows, params)
             synchronize(device)
             seconds.append(round(time.perf_counter() - start, 2))
-        failed = [completion.error for completion in completions if completion.error]
+            failed += [completion.error for completion in completions if completion.error]
         record = {"request": name, "first_s": seconds[0], "again_s": seconds[1], "errors": failed}
         results["requests"].append(record)
         emit(record)

@@ -36,7 +36,7 @@ def test_llava_batch_expands_each_image_to_its_patches():
 
 
 def test_the_mix_pads_about_a_third_of_a_batch_with_long_text_only_rows():
-    shape = bench_train.Shape()  # lengths only: the 7B shape's 576 patches a image
+    shape = bench_train.Shape()  # lengths only, with the 576 patches of an image at 336 pixels
     samples = bench_train.make_samples(4000, shape, max_length=2048, seed=1)
     lengths = [bench_train.merged_length(sample, shape) for sample in samples]
     text_only = [length for length, sample in zip(lengths, samples, strict=True) if not sample.has_image]

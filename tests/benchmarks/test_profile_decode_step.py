@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -19,7 +19,7 @@ from share4v.inference import fused_llama  # noqa: E402
 def test_profiles_the_step_and_swaps_its_attention(tmp_path):
     own = fused_llama.decode_attention
     out = tmp_path / "step.json"
-    argv = ["--smoke", "--batch-sizes", "1,3", "--attention", "sdpa", "matmul_softmax", "sdpa_cudnn"]
+    argv = ["--smoke", "--batch-sizes", "1,3", "--attention", "own", "matmul_softmax", "sdpa_cudnn"]
     argv += ["--profile-steps", "4"]
     results = profile_decode_step.main([*argv, "--out", str(out)])
     assert json.loads(out.read_text()) == results
@@ -28,18 +28,16 @@ def test_profiles_the_step_and_swaps_its_attention(tmp_path):
     failed = [(error["rows"], error["attention"]) for error in results["errors"]]
     assert failed == [(1, "sdpa_cudnn"), (3, "sdpa_cudnn")]
     runs = {(run["rows"], run["attention"]): run for run in results["runs"]}
-    assert set(runs) == {(rows, name) for rows in (1, 3) for name in ("sdpa", "matmul_softmax")}
-    for (rows, name), run in runs.items():
-        assert run["step_ms"] > 0 and run["decode_tok_s"] == pytest.approx(rows * 1e3 / run["step_ms"], rel=0.01)
-        assert run["kernel_us_per_step"] == pytest.approx(sum(run["groups_us_per_step"].values()), abs=0.5)
-        assert run["groups_us_per_step"]["matrix products"] > 0
+    assert set(runs) == {(rows, name) for rows in (1, 3) for name in ("own", "matmul_softmax")}
+    for (_, name), run in runs.items():
+        assert run["step_ms"] > 0 and run["groups_us_per_step"]["matrix products"] > 0
         # the prompt pass runs SDPA whatever the step's attention, over the prompt's positions
         assert run["prompt_groups_us"]["matrix products"] > 0 and run["prompt_groups_us"]["attention"] > 0
         assert run["embeddings_s"] > 0 and run["prompt_kernels"]
-        # in fp32 both formulations compute the same attention: the same greedy tokens
+        # in fp32 both formulations compute the same attention: the same greedy tokens as the step's own
         assert run["common_prefix"] == profile_decode_step.NEW_TOKENS
-        # SDPA's kernel runs only where the step's attention is SDPA: the replacement took effect
-        assert (run["groups_us_per_step"]["attention"] > 0) == (name == "sdpa")
+        # SDPA's kernel runs only where the step's attention is its own (SDPA): the replacement took effect
+        assert (run["groups_us_per_step"]["attention"] > 0) == (name == "own")
 
 
 def test_kernels_are_grouped_by_name():
@@ -52,15 +50,27 @@ def test_kernels_are_grouped_by_name():
     assert group("Memcpy DtoD (Device -> Device)") == "copies"
     assert group("aten::addmm") == "matrix products"
     assert group("some_new_kernel") == "other"
+    # inductor's templates: flex attention's kernel, else a matrix product
+    assert group("triton_tem_fused_flex_attention_0") == "attention"
+    assert group("triton_tem_fused_mm_3") == "matrix products"
     assert group("void at::native::vectorized_elementwise_kernel<2, at::native::CUDAFunctorOnSelf_add<long>>") == (
         "element-wise and norms"
     )
     assert group("void at::native::multi_tensor_apply_kernel<at::native::TensorListMetadata<2>>") == "copies"
 
 
-def test_a_prompt_pass_compiled_for_its_shapes_gives_the_same_tokens():
+def test_a_prompt_pass_compiled_for_its_shapes_gives_the_same_tokens(monkeypatch):
+    compiled, real_compile = [], torch.compile
+
+    def counting_compile(function, **options):
+        compiled.append((getattr(function, "__name__", None), options.get("dynamic")))
+        return real_compile(function, **options)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
     argv = ["--smoke", "--batch-sizes", "2", "--profile-steps", "2", "--prompt-compile", "dynamic", "static"]
     dynamic, static = profile_decode_step.main(argv)["runs"]
+    # each run's step compiles the prompt pass with dynamic shapes; the static run compiles it once more, static
+    assert [dynamic for name, dynamic in compiled if name == "prompt_layer"] == [True, True, False]
     assert (dynamic["prompt_compile"], static["prompt_compile"]) == ("dynamic", "static")
     assert static["common_prefix"] == profile_decode_step.NEW_TOKENS  # against the dynamic pass's tokens
     assert static["prompt_groups_us"]["matrix products"] > 0
