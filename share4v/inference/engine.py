@@ -71,7 +71,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -92,6 +92,7 @@ from share4v.inference.requests import (
     RequestEncoder,
     stack_pixels,
 )
+from share4v.inference.sampling import Sampling
 from share4v.mm_utils import KeywordsStoppingCriteria
 from share4v.model.builder import load_pretrained_model
 
@@ -197,6 +198,11 @@ class Share4VEngine:
     `fused_prompt` (default True): with `fused_projections`, the greedy loops' prompt pass runs the fused layers too,
     compiled with dynamic shapes, attending over the prompt rather than the whole cache. False: the model's own
     forward runs the prompt.
+
+    `fast_sampling` (default False): with compiled decoding, sampled batches (one beam, stopping on the
+    end-of-sequence token) run the engine's own loop too, over a compiled step that returns the logits, drawing as
+    `generate` draws (`share4v.inference.sampling`; from the same random state, `generate`'s tokens in the CPU tests).
+    Off by default until it has been checked on a GPU. False: `generate` samples.
     """
 
     def __init__(
@@ -210,6 +216,7 @@ class Share4VEngine:
         compile_decode: bool | CompileConfig | None = None,
         fused_projections: bool = True,
         fused_prompt: bool = True,
+        fast_sampling: bool = False,
     ):
         get_conv_template(conv_mode)  # fail now on an unknown template
         self.tokenizer = tokenizer
@@ -227,6 +234,7 @@ class Share4VEngine:
         self.compile_decode = compile_decode
         self.fused_projections = fused_projections
         self.fused_prompt = fused_prompt
+        self.fast_sampling = fast_sampling
         self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
         self._greedy_step: GreedyStep | None = None  # the compiled step of `fast_greedy`, made at first use
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
@@ -248,6 +256,7 @@ class Share4VEngine:
         compile_decode: bool | CompileConfig | None = None,
         fused_projections: bool = True,
         fused_prompt: bool = True,
+        fast_sampling: bool = False,
         **load_kwargs: Any,
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
@@ -256,7 +265,7 @@ class Share4VEngine:
         )
         conv_mode = conv_mode or default_conv_mode(model_name)
         return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio, compile_decode,
-                   fused_projections, fused_prompt)  # fmt: skip
+                   fused_projections, fused_prompt, fast_sampling)  # fmt: skip
 
     # ---- prompt building -------------------------------------------------------------------------------------
 
@@ -451,10 +460,14 @@ class Share4VEngine:
         """Greedy decoding of `batch` by `fast_greedy` (the future gives `[B, new tokens]`, with the token budget;
         `streamer` gets each step's tokens and stops the rows whose reader left), where it answers as `generate`
         would and is faster: compiled decoding, greedy, a stop that is the
-        end-of-sequence token, a generation config that changes no arg-max, and a static cache that fits. None
-        elsewhere (then `generate` runs)."""
+        end-of-sequence token, a generation config that changes no arg-max, and a static cache that fits; with
+        `fast_sampling`, sampled batches too, where `Sampling.of` takes the settings. None elsewhere (then `generate`
+        runs)."""
+        sampling = None
         if not self._plain_greedy(params, batch.stop_str):
-            return None
+            sampling = self._plain_sampling(params, batch.stop_str)
+            if sampling is None:
+                return None
         max_new_tokens = self._max_new_tokens(batch, params)
         cache = self._static_cache(batch.input_ids.shape[0], batch.prompt_len + max_new_tokens)
         if cache is None:
@@ -467,7 +480,8 @@ class Share4VEngine:
             eos, pad = self.tokenizer.eos_token_id, self.pad_token_id
             step = self._greedy_step
             on_tokens = streamer.put_tokens if streamer is not None else None
-            return greedy_decode(step, cache, length, embeds, mask, max_new_tokens, eos, pad, on_tokens)
+            return greedy_decode(step, cache, length, embeds, mask, max_new_tokens, eos, pad, on_tokens,
+                                 sampling=sampling)  # fmt: skip
 
         return self._on_decoding_thread(work), max_new_tokens
 
@@ -483,6 +497,17 @@ class Share4VEngine:
             and not self._stopping_criteria(stop_str)
             and all(getattr(config, name, None) in neutral for name, neutral in _NO_EFFECT_ON_ARGMAX.items())
         )
+
+    def _plain_sampling(self, params: GenerationParams, stop_str: str) -> Sampling | None:
+        """The settings `generate` would sample this batch with, where the engine's loop draws as it would (with
+        `fast_sampling`: as `_plain_greedy`, but sampled, and a generation config with no warper beyond
+        temperature, top-k and top-p); else None."""
+        if not (self.fast_sampling and params.sampling):
+            return None
+        greedy = replace(params, temperature=0.0)  # every other condition is the greedy loop's
+        if not self._plain_greedy(greedy, stop_str):
+            return None
+        return Sampling.of(self.model.generation_config, params.temperature, params.top_p)
 
     def _make_greedy_step(self) -> None:
         if self._greedy_step is None:

@@ -12,6 +12,10 @@ step, to know whether to go on, leave the GPU idle between steps. Measured at 7B
 batch 1, 1.27x transformers' own static-cache compiled `generate` in the same run
 (benchmarks/results/2026-11-26-h200-generate-fast-greedy.json, docs/Performance.md).
 
+Sampled batches (`sampling`, `share4v.inference.sampling`) run the same loop over a second compiled step that
+returns the last logits; the draw (transformers' warpers, then `torch.multinomial`) runs outside the graph, as in
+`generate`, so that from the same random state the loop writes `generate`'s sampled tokens (CPU tests).
+
 The answers are `generate`'s: the same prompt pass (positions from the attention mask, the same cache contents, the
 last position's logits; the fused pass equals the model's own to rounding: 1e-5 in the fp32 tests), the same
 step, arg-max; a row that has ended writes the padding id and the batch stops where all have ended, as in `generate`
@@ -28,6 +32,7 @@ import torch
 from transformers import CompileConfig, StaticCache
 
 from share4v.inference.fused_llama import FusedLlama, prompt_layer
+from share4v.inference.sampling import Sampling
 
 LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
 
@@ -51,6 +56,7 @@ class GreedyStep:
         self.fused_prompt = fused_prompt
         self.fused: FusedLlama | None = None  # laid out by `check_weights`, on the thread that decodes
         self.compiled = torch.compile(self._step, **options)
+        self.compiled_logits = torch.compile(self._logits, **options)  # for sampled batches: graphs of its own
         self.prompt_layer = torch.compile(prompt_layer, dynamic=True, backend=options.get("backend", "inductor"))
 
     @classmethod
@@ -75,25 +81,35 @@ class GreedyStep:
             self.fused = FusedLlama.of(self.model)
 
     def _step(self, tokens, position_ids, cache_position, attention_mask, cache):
-        if self.fused is not None:
-            return self.fused(tokens, position_ids, cache_position, attention_mask, cache)
-        return _next_tokens(self.model, attention_mask, position_ids, cache_position, cache, input_ids=tokens)
+        return self._logits(tokens, position_ids, cache_position, attention_mask, cache).argmax(-1, keepdim=True)
 
-    def prompt(self, embeds, attention_mask, position_ids, cache) -> torch.Tensor:
-        """The first tokens `[B, 1]` (arg-max of the last logits) of left-padded prompt embeddings `[B, P, D]`
-        (mask `[B, P]`, positions from it), whose keys and values go into the reset `cache` at positions 0..P-1."""
+    def _logits(self, tokens, position_ids, cache_position, attention_mask, cache):
+        if self.fused is not None:
+            return self.fused.logits(tokens, position_ids, cache_position, attention_mask, cache)
+        return _last_logits(self.model, attention_mask, position_ids, cache_position, cache, input_ids=tokens)
+
+    def prompt(self, embeds, attention_mask, position_ids, cache, sampling: Sampling | None = None) -> torch.Tensor:
+        """The first tokens `[B, 1]` (arg-max of the last logits; with `sampling`, drawn) of left-padded prompt
+        embeddings `[B, P, D]` (mask `[B, P]`, positions from it), whose keys and values go into the reset `cache`
+        at positions 0..P-1."""
         fused = self.fused  # once: another engine over this model may re-lay it meanwhile (`check_weights`)
         if fused is None or not self.fused_prompt:
-            prompt = attention_mask.shape[1]
-            return prompt_pass(
-                self.model, embeds, attention_mask, position_ids, cache, torch.arange(prompt, device=embeds.device)
-            )
-        logits = fused.prompt_logits(embeds, position_ids, attention_mask, cache, self.prompt_layer)
-        return logits.argmax(-1, keepdim=True)
+            positions = torch.arange(attention_mask.shape[1], device=embeds.device)
+            logits = _last_logits(self.model, attention_mask, position_ids, positions, cache, inputs_embeds=embeds)
+        else:
+            logits = fused.prompt_logits(embeds, position_ids, attention_mask, cache, self.prompt_layer)
+        return logits.argmax(-1, keepdim=True) if sampling is None else sampling.draw(logits)
 
-    def __call__(self, tokens, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
+    def __call__(
+        self, tokens, position_ids, cache_position, attention_mask, cache, sampling: Sampling | None = None
+    ) -> torch.Tensor:
+        """Next tokens `[B, 1]` after last tokens `[B, 1]`: the arg-max (one compiled graph); with `sampling`, a
+        draw from the last logits (the compiled logits, then the draw outside the graph)."""
         torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are read (cloned) already
-        return self.compiled(tokens, position_ids, cache_position, attention_mask, cache).clone()
+        if sampling is None:
+            return self.compiled(tokens, position_ids, cache_position, attention_mask, cache).clone()
+        logits = self.compiled_logits(tokens, position_ids, cache_position, attention_mask, cache)
+        return sampling.draw(logits)
 
 
 def greedy_decode(
@@ -107,11 +123,13 @@ def greedy_decode(
     pad_token_id: int,
     on_tokens: Callable[[list[int]], list[int]] | None = None,
     lookbehind: int | None = None,
+    sampling: Sampling | None = None,
 ) -> torch.Tensor:
     """New tokens `[B, steps]` for left-padded prompt embeddings `[B, P, D]` with their mask `[B, P]`, as
     `generate` writes them: a row that has ended (its end-of-sequence token, or stopped) gets padding ids, and
     decoding stops once every row has ended (`steps`) or at `max_new_tokens`. `cache` holds `cache_len` >=
-    P + `max_new_tokens` positions and is reset here.
+    P + `max_new_tokens` positions and is reset here. Greedy, or with `sampling` each token drawn as `generate`
+    draws it.
 
     `on_tokens`, when given, receives each step's new tokens (one per row, `lookbehind` steps late) and returns rows
     to stop (e.g. streams whose reader left): they write padding from the next step queued after that, which on a
@@ -121,7 +139,7 @@ def greedy_decode(
     if prompt + max_new_tokens > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold {prompt} + {max_new_tokens} new tokens")
     device = inputs_embeds.device
-    mask, positions, token = begin(step, cache, cache_len, inputs_embeds, attention_mask)
+    mask, positions, token = begin(step, cache, cache_len, inputs_embeds, attention_mask, sampling)
     tokens = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     ended = torch.zeros(rows, dtype=torch.bool, device=device)
     position, cache_position = positions[:, -1:] + 1, torch.tensor([prompt], device=device)
@@ -130,7 +148,7 @@ def greedy_decode(
         lookbehind = LOOKBEHIND if device.type == "cuda" else 0
     for index in range(max_new_tokens):
         if index > 0:
-            token = step(token, position, cache_position, mask, cache)
+            token = step(token, position, cache_position, mask, cache, sampling)
             position += 1
             cache_position += 1
         token = token.masked_fill(ended[:, None], pad_token_id)  # as generate: ended rows write padding
@@ -148,28 +166,29 @@ def greedy_decode(
     return tokens
 
 
-def begin(step: GreedyStep, cache: StaticCache, cache_len: int, embeds: torch.Tensor, attention: torch.Tensor):
-    """Before a greedy loop's first step: the step's weights checked, `cache` reset and the prompt run into it.
-    Returns the steps' attention mask `[B, cache_len]` (the prompt's, then ones: causality hides the positions not
-    written yet), the prompt's positions `[B, P]` and the first tokens `[B, 1]`."""
+def begin(
+    step: GreedyStep,
+    cache: StaticCache,
+    cache_len: int,
+    embeds: torch.Tensor,
+    attention: torch.Tensor,
+    sampling: Sampling | None = None,
+):
+    """Before a greedy (or, with `sampling`, sampled) loop's first step: the step's weights checked, `cache` reset
+    and the prompt run into it. Returns the steps' attention mask `[B, cache_len]` (the prompt's, then ones:
+    causality hides the positions not written yet), the prompt's positions `[B, P]` and the first tokens `[B, 1]`."""
     rows, prompt = attention.shape
     step.check_weights()
     cache.reset()
     mask = torch.ones((rows, cache_len), dtype=attention.dtype, device=embeds.device)
     mask[:, :prompt] = attention
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
-    return mask, positions, step.prompt(embeds, attention, positions, cache)
+    return mask, positions, step.prompt(embeds, attention, positions, cache, sampling)
 
 
-def prompt_pass(model, embeds, attention, positions, cache, cache_position) -> torch.Tensor:
-    """Run left-padded prompt embeddings `[B, P, D]` (mask `[B, P]`, positions from it) into `cache` at
-    `cache_position`; the arg-max of each row's last logits `[B, 1]`, as `generate` takes its first token."""
-    return _next_tokens(model, attention, positions, cache_position, cache, inputs_embeds=embeds)
-
-
-def _next_tokens(model, attention_mask, position_ids, cache_position, cache, **inputs) -> torch.Tensor:
-    """The model over `inputs` (token ids or embeddings) with `cache`: the arg-max of each row's last logits."""
-    logits = model(
+def _last_logits(model, attention_mask, position_ids, cache_position, cache, **inputs) -> torch.Tensor:
+    """The model over `inputs` (token ids or embeddings) with `cache`: each row's last logits `[B, vocabulary]`."""
+    return model(
         **inputs,
         attention_mask=attention_mask,
         position_ids=position_ids,
@@ -177,8 +196,7 @@ def _next_tokens(model, attention_mask, position_ids, cache_position, cache, **i
         past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
-    ).logits
-    return logits[:, -1].argmax(-1, keepdim=True)
+    ).logits[:, -1]
 
 
 @dataclass

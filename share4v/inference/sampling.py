@@ -1,0 +1,66 @@
+"""inference/sampling.py
+
+The draw of a sampled token, as transformers' `generate` makes it (`do_sample=True`, one beam): the last logits in
+fp32, warped by temperature, then top-k, then top-p (transformers' own warpers, each only where `generate` adds it),
+then one `torch.multinomial` draw from their softmax. The engine's own decoding loop (`fast_greedy`) draws its
+sampled tokens here, so that, from the same random state and the same logits, it writes the tokens `generate`
+writes (the tests compare them on the CPU).
+
+`Sampling.of` gives None where the model's generation config asks for more than these warpers (min-p, typical,
+epsilon or eta sampling, top-h): `generate` runs such batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+# `generate`'s top-k where neither the call nor the checkpoint's generation config sets one
+GENERATE_DEFAULT_TOP_K = 50
+# the settings of a generation config, beyond those that change no arg-max (the engine checks those), that make
+# `generate` warp or renormalize the sampled logits unless they hold one of these values
+_NEUTRAL_WARPERS = {
+    "min_p": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
+    "top_h": (None,), "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One batch's sampling settings: `temperature` > 0, `top_k` (0: none), `top_p` in (0, 1]."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+
+    @classmethod
+    def of(cls, config, temperature: float, top_p: float | None) -> Sampling | None:
+        """The settings `generate` samples with for `temperature` and `top_p` (None: 1.0) over the generation
+        `config` (its top-k, else `generate`'s default); None where `config` sets another warper."""
+        if any(getattr(config, name, None) not in neutral for name, neutral in _NEUTRAL_WARPERS.items()):
+            return None
+        top_k = getattr(config, "top_k", None)
+        return cls(temperature, GENERATE_DEFAULT_TOP_K if top_k is None else top_k, 1.0 if top_p is None else top_p)
+
+    def warpers(self) -> LogitsProcessorList:
+        """transformers' warpers for these settings, in `generate`'s order, each only where `generate` adds it."""
+        warpers = LogitsProcessorList()
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k:
+            warpers.append(TopKLogitsWarper(top_k=self.top_k, min_tokens_to_keep=1))
+        if self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
+        return warpers
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """Next tokens `[B, 1]` drawn from last logits `[B, vocabulary]`."""
+        scores = self.warpers()(None, logits.to(torch.float32))  # these warpers do not read the tokens so far
+        return torch.multinomial(scores.softmax(dim=-1), num_samples=1)
