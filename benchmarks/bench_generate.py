@@ -39,7 +39,12 @@ the HBM bandwidth (a 1 GiB device-to-device copy, bytes read + written) is the f
 The results file holds `decode_bs1_speedup` (share4v's batch-1 decode tok/s over the baseline's),
 `caption_speedup` (images/s for 128-token captions, each side at its best batch size among those both measured),
 `generate_bs1_speedup` (batch-1 tok/s with the first token's time), the roofline and the fraction of it each side
-reaches, and the raw numbers. `--unfused-projections` and `--model-prompt` add the engine with `fused_projections`
+reaches, and the raw numbers.
+
+`--sample` times sampled decoding instead (temperature 0.7, top-p 0.9 and `generate`'s default top-k, `SAMPLED`):
+the baseline's `generate(do_sample=True)` against the engine with `fast_sampling` (its own loop, drawing as
+`generate` draws). Tokens then differ by the draws; only their counts are compared. The results file ends in
+`-generate-sampled.json`. `--unfused-projections` and `--model-prompt` add the engine with `fused_projections`
 or `fused_prompt` off as sides of their own, whose keys carry the prefix `unfused_` or `model_prompt_`.
 """
 
@@ -79,6 +84,7 @@ from share4v.inference.requests import Request
 
 SEVEN_B = Shape(layers=32)
 PAD_ID = 0
+SAMPLED = {"temperature": 0.7, "top_p": 0.9}  # --sample: both sides' settings
 
 
 class IdTokenizer:
@@ -313,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also time the engine with fused_prompt=False, the model's own prompt pass (side share4v_model_prompt)",
     )
+    parser.add_argument("--sample", action="store_true", help=f"sampled decoding ({SAMPLED}), the engine with "
+                        "fast_sampling, instead of greedy")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-generate.json")
     args = parser.parse_args(argv)
@@ -330,12 +338,13 @@ def main(argv: list[str] | None = None) -> dict:
         if hasattr(torch._dynamo.config, limit):  # one cache of compiled code, whose default limit is 8 entries
             setattr(torch._dynamo.config, limit, 64)
             break
-    out = _results_path(args.out, device)
+    out = _results_path(args.out, device, "generate-sampled" if args.sample else "generate")
 
     bandwidth = hbm_bandwidth(device)
     results = {"shape": shape.__dict__, "dtype": str(dtype).removeprefix("torch."), "new_tokens": args.new_tokens,
                "text_tokens": args.text_tokens, "batch_sizes": batch_sizes, "warmup": args.warmup,
                "repeats": args.repeats, "hbm_bandwidth_tb_s": round(bandwidth / 1e12, 3),
+               "sampling": SAMPLED if args.sample else None,
                "runs": {"baseline": {}, "share4v": {}}, "equality": {}, "skipped": [], "errors": [],
                "environment": _environment(device)}  # fmt: skip
     emit(
@@ -356,7 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["roofline_bs1_tokens_per_s"] = round(bandwidth / weight_bytes, 1)
     # on the CPU (--smoke): dynamo's graph capture without inductor's code generation, seconds rather than minutes
     compile_config = CompileConfig(backend="eager") if args.smoke else True
-    sides = {"share4v": Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config)}
+    sides = {"share4v": Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config,
+                                      fast_sampling=args.sample)}  # fmt: skip
     results["fused_projections"] = sides["share4v"].fused_projections
     if args.unfused_projections:  # the same weights: the views of the fused tensors serve the model's own forward
         sides["share4v_unfused"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096,
@@ -382,8 +392,9 @@ def main(argv: list[str] | None = None) -> dict:
         cache_len = -(-(inputs["input_ids"].shape[1] + args.new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
 
         def baseline(new_tokens: int, inputs=inputs, cache_len=cache_len) -> list[list[int]]:
-            output = llava.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=PAD_ID,
-                                    cache_implementation="static", max_cache_len=cache_len)  # fmt: skip
+            output = llava.generate(**inputs, max_new_tokens=new_tokens, do_sample=args.sample, pad_token_id=PAD_ID,
+                                    cache_implementation="static", max_cache_len=cache_len,
+                                    **(SAMPLED if args.sample else {}))  # fmt: skip
             return output[:, inputs["input_ids"].shape[1] :].tolist()
 
         calls = {"baseline": baseline}
@@ -391,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
             batch = engine.collate(share4v_requests(rows, shape, args.text_tokens))
 
             def ours(new_tokens: int, engine=engine, batch=batch) -> list[list[int]]:
-                params = GenerationParams(temperature=0, max_new_tokens=new_tokens)
+                settings = SAMPLED if args.sample else {"temperature": 0}
+                params = GenerationParams(**settings, max_new_tokens=new_tokens)
                 return [completion.token_ids for completion in engine.run(batch, params)]
 
             calls[name] = ours
@@ -436,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
                   if not (engine.compile_decode and engine.fused_projections and engine.fused_prompt)}  # fmt: skip
     differing = [(name, rows) for name, by_batch in results["equality"].items() for rows, e in by_batch.items()
                  if name in own_prompt and e["first_token_equal_rows"] < e["rows"]]  # fmt: skip
-    if differing:
+    if differing and not args.sample:  # sampled tokens differ by their draws
         raise SystemExit(f"first tokens differ from the baseline's at (side, batch) {differing}")
     if results["errors"]:
         raise SystemExit(f"{len(results['errors'])} measurement(s) failed: {results['errors'][0]['error'][:300]}")
@@ -488,13 +500,13 @@ def _summarize(results: dict) -> None:
             )
 
 
-def _results_path(out: Path | None, device: torch.device) -> Path | None:
+def _results_path(out: Path | None, device: torch.device, kind: str = "generate") -> Path | None:
     if out is None or out.suffix == ".json":
         return out
     name = _device_name(device)
     match = re.search(r"\b([A-Z]\d{2,4})\b", name)
     gpu = match.group(1).lower() if match else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
-    return out / f"{time.strftime('%Y-%m-%d')}-{gpu}-generate.json"
+    return out / f"{time.strftime('%Y-%m-%d')}-{gpu}-{kind}.json"
 
 
 def _write(out: Path | None, results: dict) -> None:

@@ -50,6 +50,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="decode with a static KV cache and a compiled step (default: on for a model on one CUDA device "
         "without quantized weights, off otherwise; the first batch of each shape compiles)",
     )
+    group.add_argument(
+        "--fast-sampling",
+        action="store_true",
+        help="with compiled decoding, sampled batches run the engine's own loop instead of generate (the same "
+        "draws; not yet checked on a GPU, hence off by default)",
+    )
 
 
 def add_warm_up_arg(group: Any) -> None:
@@ -123,5 +129,6 @@ def engine_from_args(args: Any) -> Share4VEngine:
         load_8bit=getattr(args, "load_8bit", False),
         load_4bit=getattr(args, "load_4bit", False),
         compile_decode=getattr(args, "compile_decode", None),
+        fast_sampling=getattr(args, "fast_sampling", False),
         **load_kwargs,
     )

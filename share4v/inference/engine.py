@@ -23,16 +23,18 @@ before greedy decoding had its own loop below).
 Stopping needs no text: the templates of the released models end answers with the end-of-sequence token, which
 is checked on the device; only a stop string that is not that token is matched in decoded text, every step.
 Greedy batches that stop on that token (streamed or not) skip `generate`'s per-step host work: they run the engine's
-own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), with `generate`'s tokens in fp32 (tests
-on the CPU, and over 128 tokens at 7B shape on H100s and H200s; in bf16 its other kernels round differently, so a
-near tie can go the other way); sampling, beam search and text stop strings go through
-`generate`. By default (`fused_projections`) that step runs each Llama layer's q/k/v and gate/up projections as one
-product each (`share4v.inference.fused_llama`, weights re-laid in place, no copies): batch-1 decode at 74-75 % of
-the HBM roofline on an H100, 1.29-1.54x transformers' static-cache compiled `generate` in four runs (its speed
-varies from run to run; ours does not), and 1.04-1.08x over the unfused step (benchmarks/results/2026-11-26-h100-*).
-The loop's prompt pass runs the fused layers too (`fused_prompt`), compiled with dynamic shapes (one graph for every
-layer, batch size and prompt length, batch size 1 aside): 128-token captions at 1.16x the baseline's images/s, each
-at its best batch size (128), on an H200 (benchmarks/results/2026-11-27-h200-fused-prompt/).
+own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), with `generate`'s tokens in fp32
+(tests on the CPU, and over 128 tokens at 7B shape on H100s and H200s; in bf16 its other kernels round differently,
+so a near tie can go the other way); sampling, beam search and text stop strings go through `generate`, except that
+with `fast_sampling` (off by default until it has been checked on a GPU) sampled batches run the same loop, drawing
+as `generate` draws (`share4v.inference.sampling`). By default (`fused_projections`) that step runs each Llama
+layer's q/k/v and gate/up projections as one product each (`share4v.inference.fused_llama`, weights re-laid in
+place, no copies): batch-1 decode at 74-75 % of the HBM roofline on an H100, 1.29-1.54x transformers' static-cache
+compiled `generate` in four runs (its speed varies from run to run; ours does not), and 1.04-1.08x over the unfused
+step (benchmarks/results/2026-11-26-h100-*). The loop's prompt pass runs the fused layers too (`fused_prompt`),
+compiled with dynamic shapes (one graph for every layer, batch size and prompt length, batch size 1 aside):
+128-token captions at 1.16x the baseline's images/s, each at its best batch size (128), on an H200
+(benchmarks/results/2026-11-27-h200-fused-prompt/).
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark

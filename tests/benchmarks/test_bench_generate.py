@@ -84,3 +84,19 @@ def test_the_fused_and_unfused_engines_write_the_baselines_tokens():
         (equality,) = results["equality"][side].values()
         assert equality["rows_fully_equal"] == equality["rows"] == 3 and equality["common_prefix_min"] == 8
     assert results["unfused_caption_speedup"] > 0 and "3" in results["runs"]["share4v_unfused"]
+
+
+def test_a_sampled_run_times_the_engines_own_sampling_loop(tmp_path, monkeypatch):
+    from share4v.model import Share4VLlamaForCausalLM
+
+    def no_generate(*args, **kwargs):
+        raise AssertionError("the engine sampled through generate")
+
+    monkeypatch.setattr(Share4VLlamaForCausalLM, "generate", no_generate)  # the baseline is transformers' Llava
+    results = bench_generate.main(["--smoke", "--sample", "--batch-sizes", "2", "--out", str(tmp_path)])
+    (out,) = tmp_path.glob("*-cpu-generate-sampled.json")
+    assert json.loads(out.read_text())["sampling"] == bench_generate.SAMPLED == results["sampling"]
+    assert results["errors"] == []
+    for side in ("baseline", "share4v"):
+        assert results["runs"][side]["2"]["tokens_per_row"] == 8
+    assert results["caption_speedup"] > 0

@@ -2,10 +2,13 @@
 `generate` draws (tiny fp32 model, a left-padded batch with images), with generate's warpers and its default top-k,
 and batches whose generation config asks for other warpers go to `generate`."""
 
+import argparse
+
 import pytest
 import torch
 from transformers import CompileConfig, StaticCache
 
+from share4v.inference.cli_args import add_model_args, engine_from_args
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
 from share4v.inference.sampling import GENERATE_DEFAULT_TOP_K, Sampling
@@ -93,3 +96,11 @@ def test_the_engine_samples_on_its_loop_as_generate_does(tiny, monkeypatch):
     fast.complete(chats, GenerationParams(temperature=0, max_new_tokens=4))
     with pytest.raises(AssertionError, match="generate ran"):
         fast.complete(chats, GenerationParams(temperature=0.7, num_beams=2, max_new_tokens=4))
+
+
+def test_the_command_line_flag_reaches_the_engine(tiny_ckpt):
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    base = ["--model-path", str(tiny_ckpt), "--device", "cpu"]
+    assert engine_from_args(parser.parse_args([*base, "--fast-sampling"])).fast_sampling is True
+    assert engine_from_args(parser.parse_args(base)).fast_sampling is False
