@@ -68,10 +68,6 @@ class FusedLlama:
             model.__dict__["_share4v_fused_llama"] = fused
             return fused
 
-    def __call__(self, *step_inputs) -> torch.Tensor:
-        """Next tokens `[B, 1]`: the arg-max of `logits(*step_inputs)`."""
-        return self.logits(*step_inputs).argmax(-1, keepdim=True)
-
     def logits(
         self,
         tokens: torch.Tensor,
