@@ -53,8 +53,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--fast-sampling",
         action="store_true",
-        help="with compiled decoding, sampled batches run the engine's own loop instead of generate (the same "
-        "draws; not yet checked on a GPU, hence off by default)",
+        help="with compiled decoding, sampled batches run the engine's own loop instead of generate (generate's "
+        "warpers and draw; not yet checked on a GPU, hence off by default)",
     )
 
 

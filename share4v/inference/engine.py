@@ -26,8 +26,8 @@ Greedy batches that stop on that token (streamed or not) skip `generate`'s per-s
 own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), with `generate`'s tokens in fp32
 (tests on the CPU, and over 128 tokens at 7B shape on H100s and H200s; in bf16 its other kernels round differently,
 so a near tie can go the other way); sampling, beam search and text stop strings go through `generate`, except that
-with `fast_sampling` (off by default until it has been checked on a GPU) sampled batches run the same loop, drawing
-as `generate` draws (`share4v.inference.sampling`). By default (`fused_projections`) that step runs each Llama
+with `fast_sampling` (off by default until it has been checked on a GPU) sampled batches run the same loop, with
+`generate`'s warpers and draw (`share4v.inference.sampling`). By default (`fused_projections`) that step runs each Llama
 layer's q/k/v and gate/up projections as one product each (`share4v.inference.fused_llama`, weights re-laid in
 place, no copies): batch-1 decode at 74-75 % of the HBM roofline on an H100, 1.29-1.54x transformers' static-cache
 compiled `generate` in four runs (its speed varies from run to run; ours does not), and 1.04-1.08x over the unfused
@@ -73,7 +73,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -139,6 +139,10 @@ class GenerationParams:
             raise ValueError(f"temperature must be >= 0, not {self.temperature}")
         if self.top_p is not None and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        # floats, as transformers' warpers require (a JSON or Python 1 is an int)
+        object.__setattr__(self, "temperature", float(self.temperature))
+        if self.top_p is not None:
+            object.__setattr__(self, "top_p", float(self.top_p))
         for name in ("num_beams", "max_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -202,9 +206,10 @@ class Share4VEngine:
     forward runs the prompt.
 
     `fast_sampling` (default False): with compiled decoding, sampled batches (one beam, stopping on the
-    end-of-sequence token) run the engine's own loop too, over a compiled step that returns the logits, drawing as
-    `generate` draws (`share4v.inference.sampling`; from the same random state, `generate`'s tokens in the CPU tests).
-    Off by default until it has been checked on a GPU. False: `generate` samples.
+    end-of-sequence token) run the engine's own loop too, over a compiled step that returns the logits, drawing with
+    `generate`'s warpers and draw (`share4v.inference.sampling`): from the same random state, the same tokens where
+    the logits agree bit for bit (the fp32 CPU tests; the fused kernels round differently in bf16, so a draw near a
+    boundary can go the other way). Off by default until it has been checked on a GPU. False: `generate` samples.
     """
 
     def __init__(
@@ -488,28 +493,29 @@ class Share4VEngine:
         return self._on_decoding_thread(work), max_new_tokens
 
     def _plain_greedy(self, params: GenerationParams, stop_str: str) -> bool:
-        """Whether the engine's own greedy loops answer as `generate` would and faster: compiled decoding, greedy,
-        a stop that is the end-of-sequence token, and a generation config that changes no arg-max."""
+        """Whether the engine's own greedy loops answer as `generate` would and faster: greedy, and `_loop_serves`."""
+        return not params.sampling and self._loop_serves(params, stop_str)
+
+    def _plain_sampling(self, params: GenerationParams, stop_str: str) -> Sampling | None:
+        """The settings `generate` would sample this batch with, where the engine's loop draws as it would: with
+        `fast_sampling`, sampled, `_loop_serves`, and a generation config that asks `generate` for nothing beyond
+        temperature, top-k and top-p (`Sampling.of`); else None."""
+        if not (self.fast_sampling and params.sampling and self._loop_serves(params, stop_str)):
+            return None
+        return Sampling.of(self.model.generation_config, params.temperature, params.top_p)
+
+    def _loop_serves(self, params: GenerationParams, stop_str: str) -> bool:
+        """What the engine's own loops need, greedy or sampled: compiled decoding, one beam, a stop that is the
+        end-of-sequence token, no cache implementation of the checkpoint's own, and a generation config whose
+        logits processors change no arg-max (or are off)."""
         config = self.model.generation_config
         return bool(
             self.compile_decode
-            and not params.sampling
             and params.num_beams == 1
             and config.cache_implementation is None
             and not self._stopping_criteria(stop_str)
             and all(getattr(config, name, None) in neutral for name, neutral in _NO_EFFECT_ON_ARGMAX.items())
         )
-
-    def _plain_sampling(self, params: GenerationParams, stop_str: str) -> Sampling | None:
-        """The settings `generate` would sample this batch with, where the engine's loop draws as it would (with
-        `fast_sampling`: as `_plain_greedy`, but sampled, and a generation config with no warper beyond
-        temperature, top-k and top-p); else None."""
-        if not (self.fast_sampling and params.sampling):
-            return None
-        greedy = replace(params, temperature=0.0)  # every other condition is the greedy loop's
-        if not self._plain_greedy(greedy, stop_str):
-            return None
-        return Sampling.of(self.model.generation_config, params.temperature, params.top_p)
 
     def _make_greedy_step(self) -> None:
         if self._greedy_step is None:

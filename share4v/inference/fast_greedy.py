@@ -38,17 +38,19 @@ LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
 
 
 class GreedyStep:
-    """The compiled one-token step of one model: last tokens → next tokens (arg-max of the last logits). Get it
-    with `for_model`, so that every engine over a model shares its compiled code (CUDA graphs are recorded per
-    thread: each engine's decoding thread records its own).
+    """The compiled one-token step of one model: last tokens → next tokens, the arg-max of the last logits (one
+    compiled function), or, for sampled batches, a draw from them (a second compiled function returns the logits;
+    the draw runs outside its graph). Get it with `for_model`, so that every engine over a model shares its compiled
+    code (CUDA graphs are recorded per thread: each engine's decoding thread records its own).
 
     `fused`: run the model through `share4v.inference.fused_llama` (q/k/v and gate/up as one product each) where its
     LLM is a plain Llama; elsewhere, and by default, the model's own forward. `fused_prompt`: with `fused`, the
     prompt pass (`prompt`) runs the fused layers too, through `prompt_layer` compiled with dynamic shapes (the
     step's backend, not its mode: no CUDA graphs under inductor): one graph serves every layer, batch size and
     prompt length, except that batch size 1 and a one-token prompt get one each (torch specializes sizes 0 and 1).
-    Every step wraps the same function, whose compiled graphs torch counts together (8 at most by default, then it
-    runs uncompiled): a process that decodes with many differently shaped models reaches that limit."""
+    Every step wraps the same functions, whose compiled graphs torch counts together, function by function (8 at
+    most by default, then it runs uncompiled): a process that decodes with many differently shaped models reaches
+    that limit."""
 
     def __init__(self, model: torch.nn.Module, options: dict, fused: bool = False, fused_prompt: bool = True):
         self.model = model
@@ -146,6 +148,9 @@ def greedy_decode(
     pending: deque[_Written] = deque()
     if lookbehind is None:
         lookbehind = LOOKBEHIND if device.type == "cuda" else 0
+    # sampled, with a look-behind: the random state after each step's draw, to undo the draws of the steps queued
+    # past the end (generate draws only for the steps it returns, so later draws continue from the same state)
+    states: dict[int, torch.Tensor] = {}
     for index in range(max_new_tokens):
         if index > 0:
             token = step(token, position, cache_position, mask, cache, sampling)
@@ -156,12 +161,17 @@ def greedy_decode(
         if eos_token_id is not None:
             ended |= token[:, 0] == eos_token_id
         pending.append(_Written.queue(index, token, ended))
+        if sampling is not None and lookbehind:
+            states[index] = _random_state(device)
         while len(pending) > lookbehind or (index == max_new_tokens - 1 and pending):
             written = pending.popleft()
+            state = states.pop(written.index, None)
             stop = on_tokens(written.tokens()) if on_tokens is not None else []
             if stop:
                 ended[stop] = True
             if written.all_ended():
+                if state is not None and index > written.index:
+                    _set_random_state(state, device)
                 return tokens[:, : written.index + 1]  # where generate stops; later steps were only queued
     return tokens
 
@@ -197,6 +207,18 @@ def _last_logits(model, attention_mask, position_ids, cache_position, cache, **i
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]
+
+
+def _random_state(device: torch.device) -> torch.Tensor:
+    """The state of `device`'s default random generator (on a GPU read on the host, without waiting)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_random_state(state: torch.Tensor, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 @dataclass

@@ -6,15 +6,20 @@ then one `torch.multinomial` draw from their softmax. The engine's own decoding 
 sampled tokens here, so that, from the same random state and the same logits, it writes the tokens `generate`
 writes (the tests compare them on the CPU).
 
-`Sampling.of` gives None where the model's generation config asks for more than these warpers (min-p, typical,
-epsilon or eta sampling, top-h): `generate` runs such batches.
+`Sampling.of` gives None where the model's generation config asks `generate` for more than these warpers (min-p,
+typical, epsilon or eta sampling, top-h, renormalized logits) or for another mode (assisted or DoLa decoding,
+several sequences a prompt, a time limit): `generate` runs such batches.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
+from transformers.generation import GenerationMode
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -41,14 +46,24 @@ class Sampling:
     top_p: float
 
     @classmethod
-    def of(cls, config, temperature: float, top_p: float | None) -> Sampling | None:
+    def of(cls, config: GenerationConfig, temperature: float, top_p: float | None) -> Sampling | None:
         """The settings `generate` samples with for `temperature` and `top_p` (None: 1.0) over the generation
-        `config` (its top-k, else `generate`'s default); None where `config` sets another warper."""
+        `config` (its top-k, else `generate`'s default); None where `config` sets another warper or makes
+        `generate` do more than sample one sequence a prompt."""
         if any(getattr(config, name, None) not in neutral for name, neutral in _NEUTRAL_WARPERS.items()):
+            return None
+        sampled = copy.deepcopy(config)
+        sampled.update(do_sample=True, num_beams=1, temperature=temperature)
+        if (
+            sampled.get_generation_mode() != GenerationMode.SAMPLE
+            or getattr(config, "num_return_sequences", None) not in (None, 1)
+            or getattr(config, "max_time", None) is not None
+        ):
             return None
         top_k = getattr(config, "top_k", None)
         return cls(temperature, GENERATE_DEFAULT_TOP_K if top_k is None else top_k, 1.0 if top_p is None else top_p)
 
+    @functools.cached_property
     def warpers(self) -> LogitsProcessorList:
         """transformers' warpers for these settings, in `generate`'s order, each only where `generate` adds it."""
         warpers = LogitsProcessorList()
@@ -62,5 +77,6 @@ class Sampling:
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """Next tokens `[B, 1]` drawn from last logits `[B, vocabulary]`."""
-        scores = self.warpers()(None, logits.to(torch.float32))  # these warpers do not read the tokens so far
+        # a copy in fp32, as generate takes the logits (the step's output is the CUDA graph's, reused by its next run)
+        scores = self.warpers(None, logits.to(torch.float32, copy=True))  # these warpers read no tokens so far
         return torch.multinomial(scores.softmax(dim=-1), num_samples=1)

@@ -33,20 +33,20 @@ def prompt(tiny):
     return engine.model, embeds, mask
 
 
-def generated(model, embeds, mask, seed: int, **settings) -> torch.Tensor:
+def generated(model, embeds, mask, seed: int, eos: int | None = None, **settings) -> torch.Tensor:
     torch.manual_seed(seed)
     with torch.inference_mode():
         return model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=True,
-                              eos_token_id=None, pad_token_id=PAD, **settings)  # fmt: skip
+                              eos_token_id=eos, pad_token_id=PAD, **settings)  # fmt: skip
 
 
-def looped(model, embeds, mask, seed: int, sampling: Sampling) -> torch.Tensor:
+def looped(model, embeds, mask, seed: int, sampling: Sampling, eos: int | None = None, **kwargs) -> torch.Tensor:
     step = GreedyStep.for_model(model, EAGER)  # the model's own forward: generate's logits, bit for bit
     cache_len = mask.shape[1] + NEW_TOKENS
     torch.manual_seed(seed)
     with torch.inference_mode():
         cache = StaticCache(config=model.config, max_cache_len=cache_len)
-        return greedy_decode(step, cache, cache_len, embeds, mask, NEW_TOKENS, None, PAD, sampling=sampling)
+        return greedy_decode(step, cache, cache_len, embeds, mask, NEW_TOKENS, eos, PAD, sampling=sampling, **kwargs)
 
 
 @pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.7, 20, 0.9), (1.0, 0, 0.5), (1.3, 5, 1.0)])
@@ -57,6 +57,29 @@ def test_the_loop_draws_what_generate_draws(prompt, temperature, top_k, top_p):
     assert torch.equal(looped(model, embeds, mask, 7, Sampling(temperature, top_k, top_p)), expected)
     # another random state, other tokens: the equality above is the draws', not a fixed answer's
     assert not torch.equal(looped(model, embeds, mask, 8, Sampling(temperature, top_k, top_p)), expected)
+
+
+def test_a_row_that_ends_writes_padding_as_generate_does(prompt):
+    model, embeds, mask = prompt
+    settings = {"temperature": 0.9, "top_k": 0}
+    ending = generated(model, embeds, mask, 5, **settings)[0, 3].item()  # row 0's fourth token
+    expected = generated(model, embeds, mask, 5, eos=ending, **settings)
+    assert (expected[0, 4:] == PAD).all() and expected.shape[1] == NEW_TOKENS  # the other rows went on
+    assert torch.equal(looped(model, embeds, mask, 5, Sampling(0.9, 0, 1.0), ending), expected)
+
+
+@pytest.mark.parametrize("lookbehind", [0, 2])
+def test_draws_queued_past_the_end_are_undone(prompt, lookbehind):
+    """A batch whose rows all end stops early; steps the host queued past that point drew tokens nobody reads:
+    the random state after the batch is the one after generate's, so the next batch draws as after generate."""
+    model, embeds, mask = prompt
+    embeds, mask, settings = embeds[:1], mask[:1], {"temperature": 0.9, "top_k": 0}
+    ending = generated(model, embeds, mask, 5, **settings)[0, 3].item()
+    expected = generated(model, embeds, mask, 5, eos=ending, **settings)
+    after_generate = torch.rand(4)
+    assert expected.shape[1] <= 4 < NEW_TOKENS - lookbehind  # steps were queued past the end
+    assert torch.equal(looped(model, embeds, mask, 5, Sampling(0.9, 0, 1.0), ending, lookbehind=lookbehind), expected)
+    assert torch.equal(torch.rand(4), after_generate)
 
 
 def test_an_unset_top_k_is_generates_default(prompt):
@@ -98,9 +121,49 @@ def test_the_engine_samples_on_its_loop_as_generate_does(tiny, monkeypatch):
         fast.complete(chats, GenerationParams(temperature=0.7, num_beams=2, max_new_tokens=4))
 
 
+@pytest.mark.parametrize("top_k", [5, 0])
+def test_the_checkpoints_top_k_is_kept(tiny, monkeypatch, top_k):
+    chats = [Chat.single("What is shown?", [random_image(1)]), Chat.single("Tell me about the sea.")]
+    params = GenerationParams(temperature=1.2, max_new_tokens=NEW_TOKENS)
+    monkeypatch.setattr(tiny[1].generation_config, "top_k", top_k)
+    answers = []
+    for fast_sampling in (False, True):
+        torch.manual_seed(2)
+        engine = Share4VEngine(*tiny, compile_decode=EAGER, fast_sampling=fast_sampling)
+        answers.append([completion.token_ids for completion in engine.complete(chats, params)])
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("setting", ["repetition_penalty", "text_stop", "assisted", "sequences"])
+def test_batches_the_loop_cannot_sample_as_generate_go_to_generate(tiny, monkeypatch, setting):
+    config, conv_mode = tiny[1].generation_config, "vicuna_v1"
+    if setting == "repetition_penalty":
+        monkeypatch.setattr(config, "repetition_penalty", 1.2)
+    elif setting == "text_stop":
+        conv_mode = "share4v_v0"  # answers end at "###", a text stop: only generate checks it
+    elif setting == "assisted":
+        monkeypatch.setattr(config, "prompt_lookup_num_tokens", 3)
+    else:
+        monkeypatch.setattr(config, "num_return_sequences", 2)
+    engine = Share4VEngine(*tiny, conv_mode=conv_mode, compile_decode=EAGER, fast_sampling=True)
+    params = GenerationParams(temperature=0.7, max_new_tokens=4)
+    batch = engine.prepare([Chat.single("What is shown?", [random_image(1)])])
+    assert engine._fast_greedy(batch, params) is None
+
+
 def test_the_command_line_flag_reaches_the_engine(tiny_ckpt):
     parser = argparse.ArgumentParser()
     add_model_args(parser)
     base = ["--model-path", str(tiny_ckpt), "--device", "cpu"]
     assert engine_from_args(parser.parse_args([*base, "--fast-sampling"])).fast_sampling is True
     assert engine_from_args(parser.parse_args(base)).fast_sampling is False
+
+
+def test_whole_number_settings_sample_as_floats(tiny):
+    """transformers' temperature warper takes floats only: an integer temperature (JSON's 1 or 2) samples too."""
+    params = GenerationParams(temperature=2, top_p=1, max_new_tokens=3)
+    assert isinstance(params.temperature, float) and isinstance(params.top_p, float)
+    engine = Share4VEngine(*tiny, compile_decode=EAGER, fast_sampling=True)
+    torch.manual_seed(0)
+    (completion,) = engine.complete([Chat.single("What is shown?", [random_image(1)])], params)
+    assert completion.error is None and 1 <= completion.completion_tokens <= 3
