@@ -17,20 +17,6 @@ NEW_TOKENS = 10
 PAD = 0
 
 
-@pytest.fixture(scope="module")
-def prompt(tiny):
-    """Prompt embeddings and mask of a left-padded batch (two images, one text-only row), and the engine's model."""
-    engine = Share4VEngine(*tiny, compile_decode=False)
-    chats = [
-        Chat.single("What is shown?", [random_image(1)]),
-        Chat.single("Tell me a long story about the sea, please."),
-        Chat.single("Describe it.", [random_image(3, (30, 90))]),
-    ]
-    with torch.inference_mode():
-        embeds, mask = engine._prompt_embeddings(engine.prepare(chats))
-    return engine.model, embeds, mask
-
-
 def reference(model, embeds, mask, eos: int | None) -> torch.Tensor:
     with torch.inference_mode():
         return model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,

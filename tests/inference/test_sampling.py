@@ -19,20 +19,6 @@ PAD = 0
 EAGER = CompileConfig(backend="eager")
 
 
-@pytest.fixture(scope="module")
-def prompt(tiny):
-    """Prompt embeddings and mask of a left-padded batch (two images, one text-only row), and the engine's model."""
-    engine = Share4VEngine(*tiny, compile_decode=False)
-    chats = [
-        Chat.single("What is shown?", [random_image(1)]),
-        Chat.single("Tell me a long story about the sea, please."),
-        Chat.single("Describe it.", [random_image(3, (30, 90))]),
-    ]
-    with torch.inference_mode():
-        embeds, mask = engine._prompt_embeddings(engine.prepare(chats))
-    return engine.model, embeds, mask
-
-
 def generated(model, embeds, mask, seed: int, eos: int | None = None, **settings) -> torch.Tensor:
     torch.manual_seed(seed)
     with torch.inference_mode():
