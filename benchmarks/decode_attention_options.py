@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_generate import _write
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -180,9 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["runs"].append(record)
                 print(json.dumps(record), flush=True)
             torch._dynamo.reset()  # each formulation compiles afresh
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    _write(args.out, results)
     return results
 
 
