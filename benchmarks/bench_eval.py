@@ -48,7 +48,6 @@ import contextlib
 import json
 import math
 import random
-import re
 import sys
 import tempfile
 import time
@@ -62,8 +61,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_generate import _device_name, _environment, _write, default_dtype, emit, free_memory, shape_and_device
+from bench_generate import _environment, default_dtype, emit, free_memory, shape_and_device
 from bench_train import Shape, save_tower
+from results_file import results_path, write_results
 
 from share4v.eval import answer_loop, model_vqa_loader
 from share4v.inference.cli_args import engine_from_args
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.images = min(args.images or (5 if args.smoke else 100), args.questions)
     args.num_workers = args.num_workers if args.num_workers is not None else (0 if args.smoke else 4)
     sizes = (40, 120) if args.smoke else (240, 640)
-    out = _results_path(args.out, device)
+    out = results_path(args.out, device, "eval")
     dtype_name = str(dtype).removeprefix("torch.")
     results = {"shape": shape.__dict__, "dtype": dtype_name, "questions": args.questions, "images": args.images,
                "image_sides": list(sizes), "max_new_tokens": args.max_new_tokens, "batch_sizes": [1, args.batch_size],
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             results["runs"][str(batch)] = run
             emit({"measurement": "answer", "batch": batch, **{k: v for k, v in run.items() if k != "warmup"}})
-            _write(out, results)
+            write_results(out, results)
 
     equality = compare(answers[1], answers[args.batch_size])
     results.update(equality)
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = results["runs"]
     results["speedup"] = round(runs[str(args.batch_size)]["questions_per_s"] / runs["1"]["questions_per_s"], 3)
     results["total_seconds"] = round(time.perf_counter() - started, 1)
-    _write(out, results)
+    write_results(out, results)
     emit({"measurement": "summary", "questions_per_s": {b: r["questions_per_s"] for b, r in runs.items()},
           "speedup": results["speedup"], "answers_equal_fraction": results["answers_equal_fraction"],
           "total_s": results["total_seconds"], "out": out and str(out)})  # fmt: skip
@@ -348,15 +348,6 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
 
 def _read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _results_path(out: Path | None, device: torch.device) -> Path | None:
-    if out is None or out.suffix == ".json":
-        return out
-    name = _device_name(device)
-    match = re.search(r"\b([A-Z]\d{2,4})\b", name)
-    gpu = match.group(1).lower() if match else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
-    return out / f"{time.strftime('%Y-%m-%d')}-{gpu}-eval.json"
 
 
 if __name__ == "__main__":

@@ -56,9 +56,7 @@ import gc
 import importlib
 import json
 import os
-import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -75,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import TINY, Shape, _module_names, save_tower
+from results_file import device_name, results_path, write_results
 
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.convert.llava_format import to_llava_names
@@ -85,6 +84,7 @@ from share4v.inference.requests import Request
 SEVEN_B = Shape(layers=32)
 PAD_ID = 0
 SAMPLED = {"temperature": 0.7, "top_p": 0.9}  # --sample: both sides' settings
+DRAW_SEED = 0  # --sample: the random state each timed call starts from, on both sides
 
 
 class IdTokenizer:
@@ -238,6 +238,7 @@ def measure(name: str, generate: Callable[[int], list[list[int]]], rows: int, ar
         torch.cuda.reset_peak_memory_stats(device)
     times, tokens = [], []
     for _ in range(args.repeats):
+        torch.manual_seed(DRAW_SEED)  # --sample: each side's kept tokens are drawn from the same random state
         seconds, tokens = timed(lambda: generate(args.new_tokens), device)
         times.append(seconds)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
         if hasattr(torch._dynamo.config, limit):  # one cache of compiled code, whose default limit is 8 entries
             setattr(torch._dynamo.config, limit, 64)
             break
-    out = _results_path(args.out, device, "generate-sampled" if args.sample else "generate")
+    out = results_path(args.out, device, "generate-sampled" if args.sample else "generate")
 
     bandwidth = hbm_bandwidth(device)
     results = {"shape": shape.__dict__, "dtype": str(dtype).removeprefix("torch."), "new_tokens": args.new_tokens,
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["runs"][name][str(rows)] = run
             free_memory(device)
             _summarize(results)
-            _write(out, results)
+            write_results(out, results)
         for name in tokens.keys() - {"baseline"}:
             if "baseline" in tokens:
                 equality = compare(tokens[name], tokens["baseline"])
@@ -434,13 +435,13 @@ def main(argv: list[str] | None = None) -> dict:
         del inputs, calls, tokens
         free_memory(device)
         _summarize(results)
-        _write(out, results)
+        write_results(out, results)
 
     results["compile_counters"] = {key: dict(value) for key, value in torch._dynamo.utils.counters.items()
                                    if key in ("stats", "graph_break", "recompiles")}  # fmt: skip
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     _summarize(results)
-    _write(out, results)
+    write_results(out, results)
     summary = ("decode_bs1_speedup", "generate_bs1_speedup", "caption_speedup", "unfused_decode_bs1_speedup",
                "unfused_caption_speedup", "model_prompt_caption_speedup", "roofline_fraction_bs1")  # fmt: skip
     emit({"measurement": "summary", **{key: results.get(key) for key in summary}, "out": out and str(out)})
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict:
                   if not (engine.compile_decode and engine.fused_projections and engine.fused_prompt)}  # fmt: skip
     differing = [(name, rows) for name, by_batch in results["equality"].items() for rows, e in by_batch.items()
                  if name in own_prompt and e["first_token_equal_rows"] < e["rows"]]  # fmt: skip
-    if differing and not args.sample:  # sampled tokens differ by their draws
+    if differing and not args.sample:  # sampled: the same draws, but in bf16 a near-tie can draw another token
         raise SystemExit(f"first tokens differ from the baseline's at (side, batch) {differing}")
     if results["errors"]:
         raise SystemExit(f"{len(results['errors'])} measurement(s) failed: {results['errors'][0]['error'][:300]}")
@@ -500,32 +501,10 @@ def _summarize(results: dict) -> None:
             )
 
 
-def _results_path(out: Path | None, device: torch.device, kind: str = "generate") -> Path | None:
-    if out is None or out.suffix == ".json":
-        return out
-    name = _device_name(device)
-    match = re.search(r"\b([A-Z]\d{2,4})\b", name)
-    gpu = match.group(1).lower() if match else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
-    return out / f"{time.strftime('%Y-%m-%d')}-{gpu}-{kind}.json"
-
-
-def _write(out: Path | None, results: dict) -> None:
-    if out is None:
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".json.part")
-    partial.write_text(json.dumps(results, indent=1) + "\n")
-    partial.replace(out)
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
-
 def _environment(device: torch.device) -> dict:
     import transformers
 
-    return {"device": _device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 

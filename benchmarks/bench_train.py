@@ -29,7 +29,7 @@ positions of right-padded micro-batches of 8 (over 10,000 batches; the issue's a
 of the 30 timed batches of the default run. Before 2026-11-27 text-only rows were as short as the others (10% of
 rows), and the timed batches padded 18.9%.
 
-    python benchmarks/bench_train.py --compile --out benchmarks/results/DATE-GPU-train.json   # on the GPU
+    python benchmarks/bench_train.py --compile --out benchmarks/results/   # on the GPU
     python benchmarks/bench_train.py --tiny --steps 2 --warmup 1                      # a smoke test on the CPU
 
 Prints one JSON line per measurement; the results file holds `train_speedup` (share4v's useful tok/s over the
@@ -43,7 +43,6 @@ import argparse
 import gc
 import json
 import math
-import platform
 import random
 import sys
 import tempfile
@@ -54,6 +53,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import device_name, results_path, write_results
 
 from share4v.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from share4v.convert.llava_format import to_llava_names
@@ -206,7 +208,8 @@ def build_share4v(shape: Shape, tower_dir: Path, device, compile_layers: bool = 
     model.get_vision_tower().load_model(str(tower_dir))
     tower = model.get_vision_tower().to(device=device, dtype=torch.bfloat16)
     tower.requires_grad_(False)
-    flags = argparse.Namespace(pack_sequences=True, fused_cross_entropy=True, compile_decoder_layers=compile_layers)
+    flags = argparse.Namespace(pack_sequences=True, fused_cross_entropy=True, compile_decoder_layers=compile_layers,
+                               gradient_checkpointing=False)  # fmt: skip
     configure_step_speedups(model, flags)
     return model
 
@@ -372,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also time share4v with compiled decoder layers")
     parser.add_argument("--profile", type=Path, help="write a kernel-time table of two compiled share4v steps here")
     parser.add_argument("--tiny", action="store_true", help="tiny shape on the CPU: checks the script, times nothing")
-    parser.add_argument("--out", type=Path, help="results JSON to write")
+    parser.add_argument("--out", type=Path, help="results JSON to write, or a folder for DATE-GPU-train.json")
     args = parser.parse_args(argv)
 
     shape = TINY if args.tiny else Shape(layers=args.layers)
@@ -383,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
     useful = [merged_length(s, shape) for s in samples[args.warmup * args.micro_batch :]]
     padded_positions = sum(max(merged_length(s, shape) for s in g) * len(g) for g in groups[args.warmup :])
     peak_flops = measure_matmul_peak(device) if device.type == "cuda" else None
-    emit({"measurement": "setup", "device": _device_name(device), "peak_tflops": _tera(peak_flops),
+    emit({"measurement": "setup", "device": device_name(device), "peak_tflops": _tera(peak_flops),
           "useful_tokens": sum(useful), "padding_fraction": round(1 - sum(useful) / padded_positions, 3)})  # fmt: skip
 
     if device.type == "cuda":
@@ -436,9 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["environment"] = _environment(device, peak_flops)
     summary = {key: value for key, value in results.items() if key.startswith(("train_speedup", "train_mfu"))}
     emit({"measurement": "summary", **summary, "equal": results["equality"]["equal"], "loss_difference": relative})
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(results_path(args.out, device, "train"), results)
     if not results["equality"]["equal"]:
         raise SystemExit(f"losses differ: {ours_first} vs {base_first}")
     return results
@@ -460,14 +461,10 @@ def _tera(flops: float | None) -> float | None:
     return round(flops / 1e12, 1) if flops else None
 
 
-def _device_name(device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
-
 def _environment(device, peak_flops) -> dict:
     import transformers
 
-    return {"device": _device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
             "matmul_peak_tflops": _tera(peak_flops), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 

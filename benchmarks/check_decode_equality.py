@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generate import (
     IdTokenizer,
     _environment,
-    _results_path,
     build_share4v,
     emit,
     free_memory,
@@ -50,6 +49,7 @@ from bench_generate import (
     shape_and_device,
     share4v_requests,
 )
+from results_file import results_path
 
 from share4v.inference.engine import GenerationParams, Share4VEngine
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         emit({"measurement": "free_running", **results["free_running"]})
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     if args.out is not None:
-        out = _results_path(args.out, device)
+        out = results_path(args.out, device, "decode-equality")
         out = out.with_name(out.name.replace("-generate.json", "-decode-equality.json"))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")

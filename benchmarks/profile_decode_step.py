@@ -50,7 +50,6 @@ from bench_generate import (
     PAD_ID,
     IdTokenizer,
     _environment,
-    _write,
     build_share4v,
     emit,
     llm_weight_bytes,
@@ -60,6 +59,7 @@ from bench_generate import (
     synchronize,
 )
 from decode_attention_options import FORMULATIONS
+from results_file import write_results
 from transformers import CompileConfig, StaticCache
 
 from share4v.inference import fused_llama
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 results["runs"].append(record)
                 emit({key: value for key, value in record.items() if not key.endswith("kernels")})
-            _write(args.out, results)
+            write_results(args.out, results)
     return results
 
 

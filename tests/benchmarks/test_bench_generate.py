@@ -100,3 +100,6 @@ def test_a_sampled_run_times_the_engines_own_sampling_loop(tmp_path, monkeypatch
     for side in ("baseline", "share4v"):
         assert results["runs"][side]["2"]["tokens_per_row"] == 8
     assert results["caption_speedup"] > 0
+    # fp32, each timed call from the same random state: the engine's draws are transformers' Llava's draws
+    (equality,) = results["equality"]["share4v"].values()
+    assert equality["rows_fully_equal"] == equality["rows"] == 2

@@ -11,10 +11,10 @@ import bench_train  # noqa: E402
 
 
 def test_tiny_run_writes_results_with_equal_losses(tmp_path):
-    out = tmp_path / "train.json"
     results = bench_train.main(
-        ["--tiny", "--micro-batch", "3", "--warmup", "1", "--steps", "1", "--max-length", "200", "--out", str(out)]
+        ["--tiny", "--micro-batch", "3", "--warmup", "1", "--steps", "1", "--max-length", "200", "--out", str(tmp_path)]
     )
+    (out,) = tmp_path.glob("*-train.json")  # a folder gets DATE-GPU-train.json, like the other benchmarks
     written = json.loads(out.read_text())
     assert written["train_speedup"] == results["train_speedup"] > 0
     assert written["equality"]["equal"] and written["equality"]["max_relative_difference"] < 1e-4
@@ -22,6 +22,15 @@ def test_tiny_run_writes_results_with_equal_losses(tmp_path):
     # same samples, same initial weights, same optimizer: the two runs train alike, step after step
     for ours, theirs in zip(written["share4v"]["losses"], written["baseline"]["losses"], strict=True):
         assert abs(ours - theirs) < 1e-3 * abs(theirs)
+
+
+def test_compiled_layers_build_with_the_benchmarks_flags(tmp_path):
+    """--compile's model: the trainer's step settings read every flag they need from the bench's namespace."""
+    tower = tmp_path / "tower"
+    bench_train.save_tower(bench_train.TINY, tower, "cpu")
+    model = bench_train.build_share4v(bench_train.TINY, tower, "cpu", compile_layers=True)
+    assert all(layer._compiled_call_impl is not None for layer in model.get_model().layers)
+    assert model.fused_cross_entropy
 
 
 def test_llava_batch_expands_each_image_to_its_patches():
