@@ -30,7 +30,7 @@ of the 30 timed batches of the default run. Before 2026-11-27 text-only rows wer
 rows), and the timed batches padded 18.9%.
 
     python benchmarks/bench_train.py --compile --out benchmarks/results/   # on the GPU
-    python benchmarks/bench_train.py --tiny --steps 2 --warmup 1                      # a smoke test on the CPU
+    python benchmarks/bench_train.py --tiny --steps 2 --warmup 1           # a smoke test on the CPU
 
 Prints one JSON line per measurement; the results file holds `train_speedup` (share4v's useful tok/s over the
 baseline's) and `train_mfu` (share4v's MFU) for the trainer's defaults, the same two keys suffixed

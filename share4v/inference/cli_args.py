@@ -52,9 +52,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--fast-sampling",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="with compiled decoding, sampled batches run the engine's own loop instead of generate (generate's "
-        "warpers and draw; not yet checked on a GPU, hence off by default)",
+        "warpers and draw; default: on); --no-fast-sampling samples through generate",
     )
 
 
@@ -129,6 +130,6 @@ def engine_from_args(args: Any) -> Share4VEngine:
         load_8bit=getattr(args, "load_8bit", False),
         load_4bit=getattr(args, "load_4bit", False),
         compile_decode=getattr(args, "compile_decode", None),
-        fast_sampling=getattr(args, "fast_sampling", False),
+        fast_sampling=getattr(args, "fast_sampling", True),
         **load_kwargs,
     )

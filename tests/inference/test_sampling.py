@@ -141,8 +141,9 @@ def test_the_command_line_flag_reaches_the_engine(tiny_ckpt):
     parser = argparse.ArgumentParser()
     add_model_args(parser)
     base = ["--model-path", str(tiny_ckpt), "--device", "cpu"]
-    assert engine_from_args(parser.parse_args([*base, "--fast-sampling"])).fast_sampling is True
-    assert engine_from_args(parser.parse_args(base)).fast_sampling is False
+    assert engine_from_args(parser.parse_args(base)).fast_sampling is True  # on by default
+    assert engine_from_args(parser.parse_args([*base, "--no-fast-sampling"])).fast_sampling is False
+    assert Share4VEngine.from_pretrained(str(tiny_ckpt), device="cpu").fast_sampling is True
 
 
 def test_whole_number_settings_sample_as_floats(tiny):
