@@ -1,6 +1,6 @@
 """inference/continuous.py
 
-Greedy decoding in which waiting requests join a batch while it decodes (continuous batching), for the engine's
+Decoding in which waiting requests join a batch while it decodes (continuous batching), for the engine's
 queue (`Share4VEngine.submit` and `stream`). The batch's rows share one static KV cache and one compiled step, as
 in `fast_greedy.greedy_decode`. When a row's answer has ended (its end-of-sequence token, its token budget, or a
 stream whose reader left), a waiting request takes the row: its prompt runs into a scratch cache (with those
@@ -8,11 +8,17 @@ joining at the same step, left-padded together), and its keys and values are cop
 prompt ends where the batch writes next. The row's positions before that are masked out, as left padding is. From
 the next step on it decodes with the others. A request whose prompt pass fails gets its error; the batch goes on.
 
-Each answer is the one the request gets alone, up to rounding: its prompt pass and its steps see its own tokens at
-its own positions (rotary positions come from its mask, not from the cache slot), the masked slots count for
-nothing, and greedy decoding takes the arg-max per row. fp32 tests on the CPU check the tokens exactly
+Each greedy answer is the one the request gets alone, up to rounding: its prompt pass and its steps see its own
+tokens at its own positions (rotary positions come from its mask, not from the cache slot), the masked slots count
+for nothing, and greedy decoding takes the arg-max per row. fp32 tests on the CPU check the tokens exactly
 (tests/inference/test_continuous.py); on a GPU, attention over a longer cache rounds differently, which can flip a
 near-tie (benchmarks/check_continuous.py).
+
+A seat with `sampling` draws its tokens with its own settings from those same logits (`RowSampling`: greedy and
+sampled requests of any settings share a batch). Its draws come from the one random generator that the whole batch
+draws from, so which tokens it gets depends on what else decodes; each token is drawn from the distribution that
+`generate` would draw it from. A row whose seat has ended keeps its settings until another takes it, so a batch of
+equal settings that nobody joins draws as `generate` would.
 
 A request can take a row only where it fits: its prompt no longer than the positions written so far (it ends where
 the batch writes next), and its whole token budget within the cache's positions left. The engine gives a batch
@@ -30,6 +36,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from share4v.inference.fast_greedy import LOOKBEHIND, GreedyStep, begin
+from share4v.inference.sampling import RowSampling, Sampling
 
 JOIN_ROOM = 256  # cache positions a batch that takes requests has beyond what its first rows need
 
@@ -47,6 +54,7 @@ class Seat:
     on_end: Callable[[list[int]], None]
     on_token: Callable[[int], bool] | None = None
     on_error: Callable[[BaseException], None] | None = None  # its prompt pass failed (it never decoded)
+    sampling: Sampling | None = None  # how its tokens are drawn (None: the arg-max)
     request: Any = None  # what the caller seats (its `embed` reads it)
     tokens: list[int] = field(default_factory=list)
     queued: int = 0  # tokens of this seat queued on the device (read or not)
@@ -93,13 +101,14 @@ def decode_continuously(
     """Decode `seats` (one cache row each; `cache` holds `len(seats)` rows of `cache_len` positions and is reset
     here) greedily, seating the requests `take` hands over in rows whose answer has ended while another row still
     decodes, until every seat has ended. `take(free, written, left)` returns at most `free` seats whose prompt is at
-    most `written` positions and whose budget is at most `left` + 1 tokens. Returns the compiled steps run."""
+    most `written` positions and whose budget is at most `left` + 1 tokens. Each seat's tokens are its arg-max or,
+    with `sampling`, drawn so. Returns the compiled steps run."""
     embeds, attention = embed(seats)
     rows, prompt = attention.shape
     if prompt + max(seat.budget for seat in seats) - 1 > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold the prompts and budgets of {rows} seats")
     device = embeds.device
-    mask, positions, token = begin(step, cache, cache_len, embeds, attention)
+    mask, positions, token = begin(step, cache, cache_len, embeds, attention, _draw(seats))
     position, cache_position, written = positions[:, -1:] + 1, torch.tensor([prompt], device=device), prompt
     owners: list[Seat | None] = list(seats)
     for seat in seats:
@@ -116,7 +125,7 @@ def decode_continuously(
         if joined:
             rows_taken = free[: len(joined)]
             try:
-                _seat(step, cache, embed(joined), rows_taken, written, mask, position, token)
+                _seat(step, cache, embed(joined), rows_taken, written, mask, position, token, _draw(joined))
             except Exception as err:  # these requests get the error; their rows stay free, the others decode on
                 for seat in joined:
                     seat.fail(err)
@@ -127,7 +136,7 @@ def decode_continuously(
                 pending.append(_Queued.of(seated, token))
         decoding = [seat if seat is not None and seat.decoding else None for seat in owners]
         if any(decoding):
-            token = step(token, position, cache_position, mask, cache)
+            token = step(token, position, cache_position, mask, cache, _draw(owners))
             position += 1
             cache_position += 1
             written, steps = written + 1, steps + 1
@@ -153,17 +162,18 @@ def _seat(
     mask: torch.Tensor,
     position: torch.Tensor,
     token: torch.Tensor,
+    sampling: Sampling | RowSampling | None = None,
 ) -> None:
     """Run the joining prompts (left-padded embeddings and mask) into a scratch cache, copy their keys and values
     into `rows` of `cache` so that they end at `written`, and set those rows' mask, next position and next token
-    in place (the step reads them from there)."""
+    (the arg-max, or drawn with `sampling`) in place (the step reads them from there)."""
     embeds, attention = prompts
     length = attention.shape[1]
     if length > written:
         raise ValueError(f"a prompt of {length} positions cannot end at position {written}")
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
     scratch = DynamicCache()
-    first = step.prompt(embeds, attention, positions, scratch)  # as the batch's own prompts ran
+    first = step.prompt(embeds, attention, positions, scratch, sampling)  # as the batch's own prompts ran
     index = torch.tensor(rows, device=embeds.device)
     span = slice(written - length, written)
     for layer, joined in zip(cache.layers, scratch.layers, strict=True):
@@ -182,6 +192,11 @@ def _seat(
     mask[index] = row_mask
     position[index] = positions[:, -1:] + 1
     token[index] = first
+
+
+def _draw(seats: Sequence[Seat | None]) -> Sampling | RowSampling | None:
+    """How the rows of `seats` (None: a row nobody has taken) draw their next tokens."""
+    return RowSampling.of([seat.sampling if seat is not None else None for seat in seats])
 
 
 @dataclass

@@ -50,10 +50,11 @@ What compiles and what re-records, so callers can keep one graph busy:
 - CUDA graphs are recorded per thread, so every generation runs on the engine's one decoding thread. Concurrent
   callers of `submit` and `stream` with equal settings are queued and run as one batch (up to `MAX_BATCH_SIZE`
   rows) when the model is free; each streamed row gets its own tokens, and a consumer that leaves stops its row
-  only. Where the greedy loop serves such a batch, it is continuous (`share4v.inference.continuous`): a queued
-  greedy request (any `max_new_tokens`) takes the row of an answer that has ended while the others decode, where
-  its prompt and budget fit the batch's cache (which gets `JOIN_ROOM` more positions when it has two rows or
-  more), and each answer is handed back as soon as it ends.
+  only. Where the engine's own loop serves the oldest request (greedy, or sampled with `fast_sampling`), the
+  batch is continuous (`share4v.inference.continuous`) and takes every such request, whatever its settings: a
+  queued one (any `max_new_tokens`, temperature or top-p) takes the row of an answer that has ended while the others
+  decode, where its prompt and budget fit the batch's cache (which gets `JOIN_ROOM` more positions when it has two
+  rows or more), each row draws with its own settings, and each answer is handed back as soon as it ends.
 - A cache that would not fit in free device memory is not allocated: that batch takes the dynamic cache.
 """
 
@@ -505,6 +506,11 @@ class Share4VEngine:
             return None
         return Sampling.of(self.model.generation_config, params.temperature, params.top_p)
 
+    def _in_loop(self, params: GenerationParams, stop_str: str) -> bool:
+        """Whether the engine's own loops decode a request with these settings: greedy, or sampled as `generate`
+        would (`_plain_sampling`)."""
+        return self._plain_greedy(params, stop_str) or self._plain_sampling(params, stop_str) is not None
+
     def _loop_serves(self, params: GenerationParams, stop_str: str) -> bool:
         """What the engine's own loops need, greedy or sampled: compiled decoding, one beam, a stop that is the
         end-of-sequence token, no cache implementation of the checkpoint's own, and a generation config whose
@@ -533,9 +539,10 @@ class Share4VEngine:
         (`share4v.inference.continuous`): as rows end, requests still waiting in the queue take them
         (`take_items(fits, free rows)` hands over at most that many queued items that `fits` accepts). Each future
         gets its `Completion` as soon as its answer ends. False, with nothing run, where the batch cannot decode so
-        (not plain greedy, or no static cache fits): then it runs as a fixed batch."""
+        (one that the engine's loops do not serve, `_in_loop`, or no static cache fits): then it runs as a fixed
+        batch. Greedy and sampled requests share the batch, each drawn with its own settings."""
         requests = [item[0] for item in items]
-        if not all(self._plain_greedy(params, request.stop_str) for request, params, *_ in items):
+        if not all(self._in_loop(params, request.stop_str) for request, params, *_ in items):
             return False
         budgets = [self._budget(request.prompt_tokens, params) for request, params, *_ in items]
         longest = max(request.prompt_tokens for request in requests)
@@ -548,16 +555,17 @@ class Share4VEngine:
         seated: list[tuple[Seat, Future, _StreamRow | None]] = []  # every seat, first rows and joined
 
         def seat(item: tuple[Request, GenerationParams, Future, _StreamRow | None], budget: int) -> Seat:
-            request, _, future, stream = item
+            request, params, future, stream = item
             ending = _Answering(self, request, budget, future, stream)
             new = Seat(request.prompt_tokens, budget, self.tokenizer.eos_token_id, ending.end,
-                       _streaming(stream) if stream else None, ending.fail, request=request)  # fmt: skip
+                       _streaming(stream) if stream else None, ending.fail, request=request,
+                       sampling=self._plain_sampling(params, request.stop_str))  # fmt: skip
             seated.append((new, future, stream))
             return new
 
         def fits(request: Request, params: GenerationParams, written: int, left: int) -> bool:
             return (
-                self._plain_greedy(params, request.stop_str)
+                self._in_loop(params, request.stop_str)
                 and request.prompt_tokens <= written
                 and self._budget(request.prompt_tokens, params, warn=False) - 1 <= left
             )
@@ -780,8 +788,9 @@ def _end_threads() -> None:
 
 class _Batcher:
     """The requests `submit` queued, run in batches by one thread (on the engine's decoding thread), oldest first:
-    greedy requests the engine's greedy loop serves as one continuous batch, which takes more from the queue as its
-    rows end (`take`, first come first served); other requests in batches of equal settings. It holds the engine
+    requests the engine's own loop serves (greedy, or sampled with `fast_sampling`: `_in_loop`) as one continuous
+    batch of any settings, which takes more from the queue as its rows end (`take`, first come first served); other
+    requests in batches of equal settings. It holds the engine
     weakly: an engine nobody uses can be freed."""
 
     def __init__(self, engine: Share4VEngine):
@@ -818,8 +827,8 @@ class _Batcher:
 
     def _next_batch(self) -> list[tuple[Request, GenerationParams, Future, _StreamRow | None]]:
         """Up to `MAX_BATCH_SIZE` waiting requests, oldest first: those with the oldest request's settings, or,
-        where the engine's greedy loop would serve the oldest request, those it would serve (each keeping its own
-        `max_new_tokens`). A request whose caller cancelled its future while it waited is dropped."""
+        where the engine's own loop would serve the oldest request, those it would serve (each keeping its own
+        settings). A request whose caller cancelled its future while it waited is dropped."""
         while True:
             with self.ready:
                 while not self.pending and not self.stopped:
@@ -833,18 +842,18 @@ class _Batcher:
                 return running
 
     def _together(self, oldest: tuple) -> Callable[[tuple], bool]:
-        """Which waiting items may share a batch with `oldest`: those the engine's greedy loop serves too, where it
+        """Which waiting items may share a batch with `oldest`: those the engine's own loop serves too, where it
         serves `oldest`; else those with equal settings."""
         engine = self.engine()
 
-        def greedy(item: tuple) -> bool:
+        def in_loop(item: tuple) -> bool:
             try:
-                return engine._plain_greedy(item[1], item[0].stop_str)
+                return engine._in_loop(item[1], item[0].stop_str)
             except Exception:  # whatever asking raised: not this way (the run reports the error)
                 return False
 
-        if engine is not None and greedy(oldest):
-            return greedy
+        if engine is not None and in_loop(oldest):
+            return in_loop
         return lambda item: item[1] == oldest[1]
 
     def take(self, fits: Callable[[Request, GenerationParams], bool], free: int) -> list[tuple]:

@@ -32,7 +32,7 @@ import torch
 from transformers import CompileConfig, StaticCache
 
 from share4v.inference.fused_llama import FusedLlama, prompt_layer
-from share4v.inference.sampling import Sampling
+from share4v.inference.sampling import RowSampling, Sampling
 
 LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
 
@@ -90,7 +90,9 @@ class GreedyStep:
             return self.fused.logits(tokens, position_ids, cache_position, attention_mask, cache)
         return _last_logits(self.model, attention_mask, position_ids, cache_position, cache, input_ids=tokens)
 
-    def prompt(self, embeds, attention_mask, position_ids, cache, sampling: Sampling | None = None) -> torch.Tensor:
+    def prompt(
+        self, embeds, attention_mask, position_ids, cache, sampling: Sampling | RowSampling | None = None
+    ) -> torch.Tensor:
         """The first tokens `[B, 1]` (arg-max of the last logits; with `sampling`, drawn) of left-padded prompt
         embeddings `[B, P, D]` (mask `[B, P]`, positions from it), whose keys and values go into the reset `cache`
         at positions 0..P-1."""
@@ -103,10 +105,17 @@ class GreedyStep:
         return logits.argmax(-1, keepdim=True) if sampling is None else sampling.draw(logits)
 
     def __call__(
-        self, tokens, position_ids, cache_position, attention_mask, cache, sampling: Sampling | None = None
+        self,
+        tokens,
+        position_ids,
+        cache_position,
+        attention_mask,
+        cache,
+        sampling: Sampling | RowSampling | None = None,
     ) -> torch.Tensor:
         """Next tokens `[B, 1]` after last tokens `[B, 1]`: the arg-max (one compiled graph); with `sampling`, a
-        draw from the last logits (the compiled logits, then the draw outside the graph)."""
+        draw from the last logits (the compiled logits, then the draw outside the graph; a `RowSampling` draws
+        each row with its own settings)."""
         torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are read (cloned) already
         if sampling is None:
             return self.compiled(tokens, position_ids, cache_position, attention_mask, cache).clone()
@@ -182,7 +191,7 @@ def begin(
     cache_len: int,
     embeds: torch.Tensor,
     attention: torch.Tensor,
-    sampling: Sampling | None = None,
+    sampling: Sampling | RowSampling | None = None,
 ):
     """Before a greedy (or, with `sampling`, sampled) loop's first step: the step's weights checked, `cache` reset
     and the prompt run into it. Returns the steps' attention mask `[B, cache_len]` (the prompt's, then ones:

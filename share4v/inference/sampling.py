@@ -6,6 +6,10 @@ then one `torch.multinomial` draw from their softmax. The engine's own decoding 
 sampled tokens here, so that, from the same random state and the same logits, it writes the tokens `generate`
 writes (the tests compare them on the CPU).
 
+`RowSampling` draws each row of a batch with its own settings (or takes its arg-max): the engine's continuous
+batches seat greedy and sampled requests of any settings together. Rows with equal settings are drawn together,
+one `torch.multinomial` call per group; a batch whose rows all share one setting is drawn as `generate` draws it.
+
 `Sampling.of` gives None where the model's generation config asks `generate` for more than these warpers (min-p,
 typical, epsilon or eta sampling, top-h, renormalized logits) or for another mode (assisted or DoLa decoding,
 several sequences a prompt, a time limit): `generate` runs such batches.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,3 +85,34 @@ class Sampling:
         # a copy in fp32, as generate takes the logits (the step's output is the CUDA graph's, reused by its next run)
         scores = self.warpers(None, logits.to(torch.float32, copy=True))  # these warpers read no tokens so far
         return torch.multinomial(scores.softmax(dim=-1), num_samples=1)
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """Each row's own settings (None: the arg-max) for one step of a batch; get it with `of`."""
+
+    rows: tuple[Sampling | None, ...]
+
+    @classmethod
+    def of(cls, rows: Sequence[Sampling | None]) -> Sampling | RowSampling | None:
+        """The draw for rows with these settings: None where every row takes its arg-max (the greedy step), the
+        one `Sampling` where every row has it (drawn as `generate` draws a batch), else a `RowSampling`."""
+        settings = set(rows)
+        if settings == {None}:
+            return None
+        if len(settings) == 1:
+            return rows[0]
+        return cls(tuple(rows))
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """Next tokens `[B, 1]` from last logits `[B, vocabulary]`: each sampled row drawn with its settings (the
+        rows of one setting in one draw, settings in the order of their first row), the others' arg-max."""
+        tokens = logits.argmax(-1, keepdim=True)
+        groups: dict[Sampling, list[int]] = {}
+        for row, sampling in enumerate(self.rows):
+            if sampling is not None:
+                groups.setdefault(sampling, []).append(row)
+        for sampling, rows in groups.items():
+            index = torch.tensor(rows, device=logits.device)
+            tokens[index] = sampling.draw(logits[index])
+        return tokens

@@ -10,9 +10,9 @@ server-sent events) with `image_url` parts, `GET /v1/models`, `GET /health`.
 Listens on 127.0.0.1 unless `--host` says otherwise. Requests over the limits are answered with 4xx and a one-line
 message: body size (413), image pixels (413), `max_tokens` (400), concurrent requests (429). Images: `data:` URLs
 always; http(s) only with `--allow-remote-images`; local paths only under `--allowed-image-dir`. One model serves
-every request: whole and streamed answers that arrive while it is busy run together as one batch of equal settings
-(`Share4VEngine.submit`; greedy answers equal those of a request alone); requests past the concurrency limit get
-429. `usage` counts come from the engine: prompt tokens with each image's patches, completion tokens generated.
+every request: whole and streamed answers that arrive while it is busy run together as one batch
+(`Share4VEngine.submit`: on a GPU one continuous batch of any settings, else batches of equal settings; greedy
+answers equal those of a request alone); requests past the concurrency limit get 429. `usage` counts come from the engine: prompt tokens with each image's patches, completion tokens generated.
 """
 
 import argparse
@@ -165,7 +165,7 @@ class _EventStream:
         return f"data: {json.dumps(body)}\n\n"
 
     def _generate(self) -> None:
-        try:  # the engine batches concurrent streams (and whole answers) with equal settings
+        try:  # the engine batches concurrent streams (and whole answers) together
             answer = self.engine.stream(self.chat, self.params)
             try:
                 for piece in answer:

@@ -125,7 +125,7 @@ def test_a_queued_request_joins_a_batch_while_it_decodes(engine):
         futures["late"].add_done_callback(lambda _: order.append("late"))
 
     engine._serve_continuously = held_serve
-    # the third step of the batch of two (the first batch samples: generate() answers it, and nobody joins it)
+    # the third step of the batch of two (the first batch, of one row, takes nobody in)
     engine._greedy_step = CountingStep(real_step, at={3: reader_leaves_and_a_request_arrives})
     try:
         hold = engine.submit(
@@ -173,9 +173,12 @@ def test_an_error_while_decoding_reaches_every_answer_and_stream(engine):
 
 
 def test_a_batch_the_loop_cannot_take_is_left_to_the_fixed_path(engine, tiny):
-    sampled = GenerationParams(temperature=0.7, max_new_tokens=4)
-    item = (engine.encode(Chat.single("Hi?")), sampled, _running(), None)
+    beams = GenerationParams(temperature=0, num_beams=2, max_new_tokens=4)
+    item = (engine.encode(Chat.single("Hi?")), beams, _running(), None)
     assert engine._serve_continuously([item], lambda fits, free: []) is False
+    sampled = GenerationParams(temperature=0.7, max_new_tokens=4)
+    generate_samples = Share4VEngine(*tiny, compile_decode=EAGER, fast_sampling=False)
+    assert generate_samples._serve_continuously([(item[0], sampled, _running(), None)], lambda f, n: []) is False
     plain = Share4VEngine(*tiny)  # no compiled decoding on the CPU by default: generate() answers
     assert plain._serve_continuously([(item[0], greedy(4), _running(), None)], lambda fits, free: []) is False
 
@@ -243,7 +246,7 @@ def test_a_request_that_cannot_join_is_not_passed_and_both_are_answered_after(en
 
     entered, release = threading.Event(), threading.Event()
 
-    def held_serve(items, take):  # the first batch (sampled: generate() answers it) holds the model
+    def held_serve(items, take):  # the first batch (one row: it takes nobody in) holds the model
         batches.append(len(items))
         if len(batches) == 1:
             entered.set()
@@ -293,3 +296,52 @@ def test_a_callback_on_an_answer_may_generate(engine):
     finally:
         del engine._serve_continuously
     assert got and got[0].token_ids == alone(engine, Chat.single("Again."), 2)
+
+
+def test_greedy_and_sampled_requests_share_a_batch_each_drawn_with_its_own_settings(engine, monkeypatch):
+    """Queued requests of different settings start one continuous batch on the engine's loop (generate is never
+    called), and a sampled one joins it while it decodes. Greedy rows answer as alone; a row sampled with a top-p so
+    small that only the likeliest token is left writes its greedy answer; a row sampled at temperature 1 draws."""
+    chats = {"greedy": Chat.single("Describe it.", [random_image(8)]), "narrow": Chat.single("Count to ten."),
+             "wide": Chat.single("Tell me a story."), "late": Chat.single("And now?")}  # fmt: skip
+    settings = {"greedy": greedy(10), "narrow": GenerationParams(temperature=1.0, top_p=1e-6, max_new_tokens=6),
+                "wide": GenerationParams(temperature=1.0, max_new_tokens=6),
+                "late": GenerationParams(temperature=1.0, top_p=1e-6, max_new_tokens=3)}  # fmt: skip
+    expected = {name: alone(engine, chat, settings[name].max_new_tokens) for name, chat in chats.items()}
+
+    def no_generate(*args, **kwargs):
+        raise AssertionError("a request went to generate()")
+
+    monkeypatch.setattr(engine.model, "generate", no_generate)
+    engine._make_greedy_step()
+    real_step, batches, futures = engine._greedy_step, [], {}
+    serve, entered, release = engine._serve_continuously, threading.Event(), threading.Event()
+
+    def held_serve(items, take):  # the first batch (one row) holds the model until the three are queued
+        batches.append([item[1] for item in items])
+        if len(batches) == 1:
+            entered.set()
+            release.wait(timeout=30)
+        return serve(items, take)
+
+    def arrive():  # the narrow row ends after 6 tokens; the late request waits for a row
+        futures["late"] = engine.submit(engine.encode(chats["late"]), settings["late"])
+
+    monkeypatch.setattr(engine, "_serve_continuously", held_serve)
+    torch.manual_seed(0)
+    hold = engine.submit(engine.encode(Chat.single("Wait.")), greedy(2))
+    assert entered.wait(timeout=30)
+    for name in ("greedy", "narrow", "wide"):
+        futures[name] = engine.submit(engine.encode(chats[name]), settings[name])
+    engine._greedy_step = CountingStep(real_step, at={4: arrive})  # the hold's one step, then the three's third
+    try:
+        release.set()
+        hold.result(timeout=120)
+        answers = {name: futures[name].result(timeout=120).token_ids for name in ("greedy", "narrow", "wide")}
+        answers["late"] = futures["late"].result(timeout=120).token_ids
+    finally:
+        engine._greedy_step = real_step
+    assert [len(batch) for batch in batches] == [1, 3]  # three settings in one batch; the late one joined it
+    assert answers["greedy"] == expected["greedy"]
+    assert answers["narrow"] == expected["narrow"] and answers["late"] == expected["late"]
+    assert answers["wide"] != expected["wide"]  # drawn at temperature 1 (6 tokens of a near-uniform vocabulary)

@@ -154,3 +154,22 @@ def test_whole_number_settings_sample_as_floats(tiny):
     torch.manual_seed(0)
     (completion,) = engine.complete([Chat.single("What is shown?", [random_image(1)])], params)
     assert completion.error is None and 1 <= completion.completion_tokens <= 3
+
+
+def test_each_row_draws_with_its_own_settings():
+    """`RowSampling`: greedy rows take the arg-max, rows of one setting are drawn together (in the order of their
+    first row), and one setting for every row is that `Sampling` itself (drawn as generate draws a batch)."""
+    from share4v.inference.sampling import RowSampling
+
+    warm, flat, narrow = Sampling(0.7, 50, 0.9), Sampling(1.5, 0, 1.0), Sampling(1.0, 0, 1e-6)
+    assert RowSampling.of([None, None]) is None and RowSampling.of([warm, warm]) is warm
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(1))
+    mixed = RowSampling.of([warm, None, warm, flat])
+    torch.manual_seed(5)
+    tokens = mixed.draw(logits)[:, 0].tolist()
+    torch.manual_seed(5)
+    warm_rows, flat_row = warm.draw(logits[[0, 2]])[:, 0].tolist(), flat.draw(logits[[3]])[:, 0].tolist()
+    assert tokens == [warm_rows[0], logits[1].argmax().item(), warm_rows[1], flat_row[0]]
+    # a top-p that leaves one token draws the arg-max, while a row beside it at temperature 1.5 spreads its draws
+    draws = torch.stack([RowSampling.of([narrow, flat]).draw(logits[:2]) for _ in range(20)])[..., 0]
+    assert (draws[:, 0] == logits[0].argmax()).all() and len(set(draws[:, 1].tolist())) > 5
