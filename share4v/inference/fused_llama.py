@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 
+from share4v.inference.matvec import linear
+
 
 @dataclass(frozen=True)
 class _FusedLayer:
@@ -87,15 +89,15 @@ class FusedLlama:
         visible = attention_mask.bool()[:, None, None, :] & (slots <= cache_position)[None, None, None, :]
         for index, (layer, fused) in enumerate(zip(llm.layers, self.layers, strict=True)):
             attn = layer.self_attn
-            query, key, value = F.linear(layer.input_layernorm(hidden), fused.qkv).split(fused.qkv_split, dim=-1)
+            query, key, value = linear(layer.input_layernorm(hidden), fused.qkv).split(fused.qkv_split, dim=-1)
             query, key, value = (x.view(rows, 1, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             key, value = cache.update(key, value, index)
             out = decode_attention(query, key, value, visible, attn.scaling)
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, 1, -1))
-            gate, up = F.linear(layer.post_attention_layernorm(hidden), fused.gate_up).chunk(2, dim=-1)
-            hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-        return self.model.lm_head(llm.norm(hidden)[:, -1])
+            hidden = hidden + _project(attn.o_proj, out.transpose(1, 2).reshape(rows, 1, -1))
+            gate, up = linear(layer.post_attention_layernorm(hidden), fused.gate_up).chunk(2, dim=-1)
+            hidden = hidden + _project(layer.mlp.down_proj, layer.mlp.act_fn(gate) * up)
+        return _project(self.model.lm_head, llm.norm(hidden)[:, -1])
 
     def prompt_logits(
         self,
@@ -152,6 +154,13 @@ def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible):
     hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
     gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up).chunk(2, dim=-1)
     return hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up), key, value
+
+
+def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`; a plain `nn.Linear` without bias through `matvec.linear` (its kernel at batch 1 on a GPU)."""
+    if type(module) is torch.nn.Linear and module.bias is None:
+        return linear(x, module.weight)
+    return module(x)
 
 
 def _fused_modules(layer: LlamaDecoderLayer) -> tuple[torch.nn.Module, ...]:

@@ -12,7 +12,8 @@ message: body size (413), image pixels (413), `max_tokens` (400), concurrent req
 always; http(s) only with `--allow-remote-images`; local paths only under `--allowed-image-dir`. One model serves
 every request: whole and streamed answers that arrive while it is busy run together as one batch
 (`Share4VEngine.submit`: on a GPU one continuous batch of any settings, else batches of equal settings; greedy
-answers equal those of a request alone); requests past the concurrency limit get 429. `usage` counts come from the engine: prompt tokens with each image's patches, completion tokens generated.
+answers equal those of a request alone); requests past the concurrency limit get 429. `usage` counts come from
+the engine: prompt tokens with each image's patches, completion tokens generated.
 """
 
 import argparse
