@@ -29,9 +29,10 @@ so a near tie can go the other way). Sampled batches run the same loop too (`fas
 `generate`'s warpers and draw (`share4v.inference.sampling`); beam search, text stop strings and settings the loop
 does not take go through `generate`. By default (`fused_projections`) that step runs each Llama
 layer's q/k/v and gate/up projections as one product each (`share4v.inference.fused_llama`, weights re-laid in
-place, no copies): batch-1 decode at 74-75 % of the HBM roofline on an H100, 1.29-1.54x transformers' static-cache
-compiled `generate` in four runs (its speed varies from run to run; ours does not), and 1.04-1.08x over the unfused
-step (benchmarks/results/2026-11-26-h100-*). The loop's prompt pass runs the fused layers too (`fused_prompt`),
+place, no copies), and at batch 1 on a GPU every projection through a Triton matrix-vector kernel
+(`share4v.inference.matvec`): batch-1 decode at 78 % of the HBM roofline on an H200, 1.63x transformers'
+static-cache compiled `generate` (1.51x without the kernel on the same machine;
+benchmarks/results/2026-11-27-h200-matvec/). The loop's prompt pass runs the fused layers too (`fused_prompt`),
 compiled with dynamic shapes (one graph for every layer, batch size and prompt length, batch size 1 aside):
 128-token captions at 1.16x the baseline's images/s, each at its best batch size (128), on an H200
 (benchmarks/results/2026-11-27-h200-fused-prompt/).

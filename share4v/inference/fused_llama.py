@@ -13,6 +13,10 @@ weights into one tensor and makes the modules' weights views of it, so nothing i
 model (generate, training, saving its state) sees the same values. Weights replaced since (the model moved to
 another device, say) are re-laid at the next `of`.
 
+At one row (batch-1 decoding on a GPU) every projection of the step, the fused ones, the attention output, down and
+the output head, runs through `share4v.inference.matvec`'s Triton kernel, which reads the weights faster than
+cuBLAS's one-row kernels (1.11x the step on an H200); elsewhere `F.linear`.
+
 The step computes what transformers' Llama computes for one new token per row over a static cache (the same
 modules for norms, rotary embedding, output and down projections; SDPA over the cache with the padding mask and
 causality); the tests compare its logits with the model's own step and its greedy tokens with `generate`'s in fp32.

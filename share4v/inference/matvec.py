@@ -39,15 +39,18 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `linear` runs the kernel for these inputs."""
     return (
         triton is not None
-        and x.device.type == "cuda"
+        and _on_gpu(x, weight)
         and x.dtype in (torch.bfloat16, torch.float16)
         and weight.dtype == x.dtype
-        and weight.device == x.device
         and weight.dim() == 2
         and weight.is_contiguous()
         and x.shape[-1] == weight.shape[1]
         and x.numel() == weight.shape[1]
     )
+
+
+def _on_gpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.device.type == "cuda" and weight.device == x.device
 
 
 def launch_config(rows: int, columns: int) -> tuple[int, int, int, int]:

@@ -1,0 +1,60 @@
+"""`share4v.inference.matvec`: the Triton matrix-vector kernel computes `weight @ vector` (run by Triton's
+interpreter on the CPU, in a subprocess: the interpreter is chosen when Triton is imported), including rows and
+columns that do not fill its blocks; off the GPU, `linear` is `F.linear`."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from share4v.inference import matvec
+
+KERNEL_CHECK = textwrap.dedent(
+    """
+    import torch
+    from share4v.inference import matvec
+
+    torch.manual_seed(0)
+    configs = [None, (16, 1024, 8, 3), (8, 256, 4, 2), (32, 512, 8, 4)]
+    for rows, columns in ((37, 1500), (16, 1024), (5, 3000), (4096 + 3, 300), (1, 11008)):
+        weight, vector = torch.randn(rows, columns), torch.randn(columns)
+        for config in configs:
+            block_rows, block_columns, warps, stages = config or matvec.launch_config(rows, columns)
+            out = torch.full((rows,), float("nan"))
+            grid = (matvec.triton.cdiv(rows, block_rows),)
+            matvec._matvec_kernel[grid](weight, vector, out, rows, columns, BLOCK_ROWS=block_rows,
+                                        BLOCK_COLUMNS=block_columns, num_warps=warps, num_stages=stages)
+            error = (out.double() - weight.double() @ vector.double()).abs().max().item()
+            assert error < 1e-3, (rows, columns, config, error)
+    print("kernel ok")
+    """
+)
+
+
+def test_the_kernel_computes_the_product_where_blocks_overhang():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "kernel ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_off_the_gpu_linear_is_f_linear():
+    x, weight = torch.randn(1, 1, 64, dtype=torch.bfloat16), torch.randn(96, 64, dtype=torch.bfloat16)
+    assert not matvec.applies(x, weight)
+    assert torch.equal(matvec.linear(x, weight), F.linear(x, weight))
+
+
+def test_the_kernel_takes_one_row_only():
+    """Several rows (a batch, or a prompt) stay with cuBLAS's matrix products, whatever the device."""
+    weight = torch.empty(96, 64, dtype=torch.bfloat16, device="meta")
+    one, several = (torch.empty(*shape, dtype=torch.bfloat16, device="meta") for shape in ((1, 1, 64), (2, 1, 64)))
+    cuda_like = pytest.MonkeyPatch()
+    with cuda_like.context() as patch:  # decide as on a GPU: only the row count differs between the two
+        patch.setattr(matvec, "_on_gpu", lambda x, weight: True)
+        assert matvec.applies(one, weight) is (matvec.triton is not None)
+        assert not matvec.applies(several, weight)
+        assert not matvec.applies(one, weight.float())  # another dtype than the input's
