@@ -28,7 +28,6 @@ than the model's own bf16 forward, or an fp32 row differs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from bench_generate import (
     shape_and_device,
     share4v_requests,
 )
-from results_file import results_path
+from results_file import results_path, write_results
 
 from share4v.inference.engine import GenerationParams, Share4VEngine
 
@@ -198,11 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         emit({"measurement": "free_running", **results["free_running"]})
     results["total_seconds"] = round(time.perf_counter() - started, 1)
-    if args.out is not None:
-        out = results_path(args.out, device, "decode-equality")
-        out = out.with_name(out.name.replace("-generate.json", "-decode-equality.json"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results_path(args.out, device, "decode-equality"), results)
     failures = []
     forced, free = results["teacher_forced"], results["free_running"]
     fast_top1, eager_top1 = forced["fast_vs_fp32"]["top1_agreement"], forced["eager_vs_fp32"]["top1_agreement"]

@@ -55,7 +55,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with compiled decoding, sampled batches run the engine's own loop instead of generate (generate's "
-        "warpers and draw; default: on); --no-fast-sampling samples through generate",
+        "warpers and draw); --no-fast-sampling samples through generate",
     )
 
 

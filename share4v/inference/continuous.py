@@ -17,8 +17,8 @@ near-tie (benchmarks/check_continuous.py).
 A seat with `sampling` draws its tokens with its own settings from those same logits (`RowSampling`: greedy and
 sampled requests of any settings share a batch). Its draws come from the one random generator that the whole batch
 draws from, so which tokens it gets depends on what else decodes; each token is drawn from the distribution that
-`generate` would draw it from. A row whose seat has ended keeps its settings until another takes it, so a batch of
-equal settings that nobody joins draws as `generate` would.
+`generate` would draw it from. Rows whose seat has ended (or that nobody holds) take their arg-max, so a batch goes
+back to the greedy step once its last sampled answer has ended.
 
 A request can take a row only where it fits: its prompt no longer than the positions written so far (it ends where
 the batch writes next), and its whole token budget within the cache's positions left. The engine gives a batch
@@ -195,8 +195,9 @@ def _seat(
 
 
 def _draw(seats: Sequence[Seat | None]) -> Sampling | RowSampling | None:
-    """How the rows of `seats` (None: a row nobody has taken) draw their next tokens."""
-    return RowSampling.of([seat.sampling if seat is not None else None for seat in seats])
+    """How the rows of `seats` draw their next tokens: a decoding seat's own way, every other row (nobody's, or
+    an ended answer's) its arg-max."""
+    return RowSampling.of([seat.sampling if seat is not None and seat.decoding else None for seat in seats])
 
 
 @dataclass

@@ -49,13 +49,14 @@ What compiles and what re-records, so callers can keep one graph busy:
 - `warm_up()` runs the few generations after which no batch size or cache length compiles anything more (the
   server and the demo call it before serving).
 - CUDA graphs are recorded per thread, so every generation runs on the engine's one decoding thread. Concurrent
-  callers of `submit` and `stream` with equal settings are queued and run as one batch (up to `MAX_BATCH_SIZE`
-  rows) when the model is free; each streamed row gets its own tokens, and a consumer that leaves stops its row
-  only. Where the engine's own loop serves the oldest request (greedy, or sampled with `fast_sampling`), the
-  batch is continuous (`share4v.inference.continuous`) and takes every such request, whatever its settings: a
-  queued one (any `max_new_tokens`, temperature or top-p) takes the row of an answer that has ended while the others
-  decode, where its prompt and budget fit the batch's cache (which gets `JOIN_ROOM` more positions when it has two
-  rows or more), each row draws with its own settings, and each answer is handed back as soon as it ends.
+  callers of `submit` and `stream` are queued and run as one batch (up to `MAX_BATCH_SIZE` rows) when the model is
+  free: any settings where the engine's own loop serves them (below), else equal settings; each streamed row gets
+  its own tokens, and a consumer that leaves stops its row only. Where the engine's own loop serves the oldest
+  request (greedy, or sampled with `fast_sampling`), the batch is continuous (`share4v.inference.continuous`) and
+  takes every such request, whatever its settings: a queued one (any `max_new_tokens`, temperature or top-p) takes
+  the row of an answer that has ended while the others decode, where its prompt and budget fit the batch's cache
+  (which gets `JOIN_ROOM` more positions when it has two rows or more), each row draws with its own settings, and
+  each answer is handed back as soon as it ends.
 - A cache that would not fit in free device memory is not allocated: that batch takes the dynamic cache.
 """
 
@@ -211,7 +212,7 @@ class Share4VEngine:
     end-of-sequence token) run the engine's own loop too, over a compiled step that returns the logits, drawing with
     `generate`'s warpers and draw (`share4v.inference.sampling`): from the same random state, the same tokens where
     the logits agree bit for bit (the fp32 CPU tests; the fused kernels round differently in bf16, so a draw near a
-    boundary can go the other way: at 7B shape on an H200, 55 of 64 first tokens equal `generate`'s). 1.42-1.56x
+    boundary can go the other way: at 7B shape on an H200, 55 of 64 first tokens equal `generate`'s). 1.42-1.53x
     `generate`'s sampled batch-1 decoding there. False: `generate` samples.
     """
 
@@ -565,10 +566,10 @@ class Share4VEngine:
             return new
 
         def fits(request: Request, params: GenerationParams, written: int, left: int) -> bool:
-            return (
-                self._in_loop(params, request.stop_str)
-                and request.prompt_tokens <= written
+            return (  # the cheap checks first: this runs under the queue's lock, often
+                request.prompt_tokens <= written
                 and self._budget(request.prompt_tokens, params, warn=False) - 1 <= left
+                and self._in_loop(params, request.stop_str)
             )
 
         def take(free: int, written: int, left: int) -> list[Seat]:
@@ -675,13 +676,14 @@ class Share4VEngine:
     ) -> Future:
         """Queue one encoded request for generation; the `Future` gives its `Completion`.
 
-        Requests submitted while the model is busy wait, and those with equal `params` then run together as one
-        batch (at most `MAX_BATCH_SIZE` rows, oldest first): concurrent callers, such as a server's handlers, share
-        the model's batch instead of queueing one by one; with compiled greedy decoding, a waiting greedy request
-        also takes the row of an answer that has ended while the batch decodes, first come first served (see the
-        module docstring). Greedy answers equal those of the request run alone (on a GPU, up to the rounding of
-        kernels chosen by batch size and cache length). A
-        request that failed to encode completes at once with its error. With `stream`, its new tokens also go
+        Requests submitted while the model is busy wait, then run together as one batch (at most `MAX_BATCH_SIZE`
+        rows, oldest first): concurrent callers, such as a server's handlers, share the model's batch instead of
+        queueing one by one. Where the engine's own loop serves them (compiled decoding, greedy or sampled with
+        `fast_sampling`), any settings share the batch and a waiting request also takes the row of an answer that
+        has ended while the batch decodes, first come first served (see the module docstring); otherwise requests
+        with equal `params` run together. Greedy answers equal those of the request run alone (on a GPU, up to the
+        rounding of kernels chosen by batch size and cache length). A request that failed to encode completes at
+        once with its error. With `stream`, its new tokens also go
         to that row's queue as they are decoded (what `stream` reads)."""
         if self._batcher is None:
             with self._starting:
@@ -730,7 +732,7 @@ class Share4VEngine:
         """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns.
 
         Streams go through `submit`'s queue like whole answers: concurrent callers (a demo's users, a server's
-        streaming requests) with equal settings share one batch. Stopping early (closing the iterator) stops this
+        streaming requests) share one batch, as `submit` says. Stopping early (closing the iterator) stops this
         chat's row only."""
         params = params or GenerationParams()
         if params.num_beams > 1:

@@ -25,6 +25,8 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: `linear` is F.linear
     triton = None
+if not hasattr(torch.library, "triton_op"):  # torch < 2.6 (its CUDA builds ship Triton): F.linear too
+    triton = None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,11 @@ def _on_gpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def launch_config(rows: int, columns: int) -> tuple[int, int, int, int]:
     """(weight rows a program, columns a loop step, warps, pipeline stages) for a `[rows, columns]` weight: the
-    fastest of the configurations timed on an H200 at the 7B shapes (`benchmarks/matvec_options.py`)."""
+    configuration whose decode step was measured at 1.63x transformers' on an H200
+    (benchmarks/results/2026-11-27-h200-matvec/). `benchmarks/matvec_options.py` times it against others one
+    projection at a time, where 16x1024x8x3 was 0.4 µs faster for the down projection and 32x256x8x2 up to 2 µs
+    faster for the shapes of 12288 rows or more; a step with the latter ran slower (1.57x), so the table is not the
+    whole story and this stays until a step measures better."""
     if columns >= 8192:  # the down projection
         return 16, 1024, 8, 4
     return 16, 1024, 8, 3

@@ -113,6 +113,15 @@ class RowSampling:
             if sampling is not None:
                 groups.setdefault(sampling, []).append(row)
         for sampling, rows in groups.items():
-            index = torch.tensor(rows, device=logits.device)
+            index = _on_device(rows, logits.device)
             tokens[index] = sampling.draw(logits[index])
         return tokens
+
+
+def _on_device(rows: list[int], device: torch.device) -> torch.Tensor:
+    """`rows` as an index tensor on `device`, copied from pinned memory without waiting on a GPU (a plain copy
+    would make the host wait for the step it has just queued)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    if device.type != "cuda":
+        return index.to(device)
+    return index.pin_memory().to(device, non_blocking=True)
