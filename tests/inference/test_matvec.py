@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import StaticCache
 
 from share4v.inference import matvec
 
@@ -58,3 +59,42 @@ def test_the_kernel_takes_one_row_only():
         assert matvec.applies(one, weight) is (matvec.triton is not None)
         assert not matvec.applies(several, weight)
         assert not matvec.applies(one, weight.float())  # another dtype than the input's
+
+
+def test_every_projection_of_the_fused_step_goes_through_linear(monkeypatch):
+    """The decode step's five projections a layer (fused q/k/v, attention output, fused gate/up, down) and the output
+    head all reach `matvec.linear`, the function that takes the kernel at batch 1 on a GPU; the logits are the
+    same as before."""
+    from share4v.inference import fused_llama
+    from share4v.inference.fused_llama import FusedLlama
+    from tests.inference.test_fused_llama import left_padded, text_model
+
+    model = text_model(kv_heads=2)
+    embeds, mask = left_padded(model)
+    fused = FusedLlama.of(model)
+    shapes: list[tuple[int, int]] = []
+
+    def counted(x, weight):
+        shapes.append(tuple(weight.shape))
+        return matvec.linear(x, weight)
+
+    def one_step() -> torch.Tensor:  # the prompt into a new cache, then one decode step
+        cache_len = mask.shape[1] + 4
+        with torch.inference_mode():
+            cache = StaticCache(config=model.config, max_cache_len=cache_len)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            fused.prompt_logits(embeds, positions, mask, cache)
+            step_mask = torch.ones((3, cache_len), dtype=mask.dtype)
+            step_mask[:, : mask.shape[1]] = mask
+            tokens, at = torch.tensor([[5], [6], [7]]), torch.tensor([mask.shape[1]])
+            return fused.logits(tokens, positions[:, -1:] + 1, at, step_mask, cache)
+
+    expected = one_step()
+    monkeypatch.setattr(fused_llama, "linear", counted)
+    logits = one_step()
+    config = model.config
+    per_layer = [(config.hidden_size + 2 * 2 * config.head_dim, config.hidden_size),
+                 (config.hidden_size, config.hidden_size), (2 * config.intermediate_size, config.hidden_size),
+                 (config.hidden_size, config.intermediate_size)]  # fmt: skip
+    assert shapes == per_layer * config.num_hidden_layers + [(config.vocab_size, config.hidden_size)]
+    assert torch.allclose(logits, expected, atol=1e-5)
