@@ -11,7 +11,13 @@ of the random tiny model can flip: `fixed_batch_differing` and, with the queue's
 `fixed_batch_longer_cache_differing` list those), and the queue must run fewer steps than
 the answers one after another.
 
+`--sampled-neighbours N` also queues N sampled requests (temperature 1.0, top-p 0.9), one after each of the first N
+greedy ones: the batches then mix greedy and sampled rows, and a step with any sampled row runs the step that
+returns the logits and takes the greedy rows' arg-max outside it. The greedy answers must still equal their answers
+alone (the sampled ones are only counted).
+
     python benchmarks/check_continuous.py --out $OUT/continuous.json     # GPU: a minute, most of it compiling
+    python benchmarks/check_continuous.py --sampled-neighbours 12 --out $OUT/continuous-mixed.json
     python benchmarks/check_continuous.py --cpu                          # the same on the CPU (eager graphs)
 
 Exits 1 when an answer differs where the fixed batch's does not.
@@ -23,6 +29,7 @@ import argparse
 import importlib
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +38,10 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import CompileConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import write_results
 
 from share4v.inference.continuous import JOIN_ROOM
 from share4v.inference.engine import MAX_BATCH_SIZE, Chat, GenerationParams, Share4VEngine
@@ -60,6 +71,7 @@ def image(seed: int) -> Image.Image:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--requests", type=int, default=24, help="chats submitted (default: %(default)s)")
+    parser.add_argument("--sampled-neighbours", type=int, default=0, help="sampled requests queued among them")
     parser.add_argument("--cpu", action="store_true", help="on the CPU, compiled as eager graphs")
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
     args = parser.parse_args(argv)
@@ -95,9 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
     engine._make_greedy_step()
     engine._greedy_step = step = CountingStep(engine._greedy_step)
     requests = [engine.encode(chat) for chat in chats]
-    futures = [engine.submit(request, GenerationParams(temperature=0, max_new_tokens=budget))
-               for request, budget in zip(requests, budgets, strict=True)]  # fmt: skip
+    futures, neighbours = [], []
+    for index, (request, budget) in enumerate(zip(requests, budgets, strict=True)):
+        futures.append(engine.submit(request, GenerationParams(temperature=0, max_new_tokens=budget)))
+        if index < args.sampled_neighbours:  # a sampled request right behind it in the queue
+            sampled = GenerationParams(temperature=1.0, top_p=0.9, max_new_tokens=budgets[-1 - index])
+            neighbours.append(engine.submit(engine.encode(chats[-1 - index]), sampled))
     answers = [future.result(timeout=600) for future in futures]
+    sampled_answers = [future.result(timeout=600) for future in neighbours]
     equal = [a.token_ids == b.token_ids and a.text == b.text for a, b in zip(answers, alone, strict=True)]
     results = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -108,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fixed_batch_differing": fixed_differing,  # of the first rows, as one fixed batch (no queue)
         "fixed_batch_longer_cache_differing": room_differing,  # the same with the queue's cache length
         "joined_differing": [index for index, ok in enumerate(equal) if not ok and index >= first],
+        "sampled_neighbours": args.sampled_neighbours,
+        "sampled_answers_written": sum(bool(answer.token_ids) for answer in sampled_answers),
         "queue_steps": step.calls,
         "alone_steps_at_most": alone_steps,
         "tokens": sum(len(a.token_ids) for a in answers),
@@ -115,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"torch": torch.__version__, "transformers": importlib.import_module("transformers").__version__},
     }
     print(json.dumps(results))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.out, results)
     unexplained = [index for index in results["differing"] if index not in fixed_differing + room_differing]
     if unexplained:
         raise SystemExit(f"answers differ from the answers alone for requests {unexplained}")

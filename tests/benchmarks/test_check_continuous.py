@@ -17,3 +17,15 @@ def test_the_queue_answers_as_alone_in_fewer_steps(tmp_path):
     assert results["answers_equal"] == 20 and results["differing"] == [] == results["fixed_batch_differing"]
     assert results["tokens"] == sum(results["budgets"])  # the tiny model does not end early: every budget is used
     assert results["queue_steps"] < results["alone_steps_at_most"]
+
+
+def test_greedy_answers_stay_as_alone_beside_sampled_neighbours(monkeypatch):
+    from share4v.inference.sampling import RowSampling
+
+    mixed_steps = []
+    draw = RowSampling.draw
+    monkeypatch.setattr(RowSampling, "draw", lambda self, logits: mixed_steps.append(1) or draw(self, logits))
+    results = check_continuous.main(["--cpu", "--requests", "12", "--sampled-neighbours", "6"])
+    assert results["answers_equal"] == 12 and results["differing"] == []
+    assert results["sampled_answers_written"] == 6
+    assert mixed_steps  # greedy and sampled rows drew in the same steps
