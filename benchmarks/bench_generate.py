@@ -504,8 +504,18 @@ def _summarize(results: dict) -> None:
 def _environment(device: torch.device) -> dict:
     import transformers
 
+    from share4v.inference import matvec
+
+    kernel = {name: "x".join(map(str, matvec.launch_config(*shape))) for name, shape in MATVEC_SHAPES.items()}
     return {"device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
-            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+            "date": time.strftime("%Y-%m-%d"),
+            # the batch-1 projections' kernel (`share4v.inference.matvec`), its launch configuration at 7B shapes
+            "matvec_kernel": kernel if matvec.triton is not None and device.type == "cuda" else None}  # fmt: skip
+
+
+# the projections of a 7B decode step, [rows, columns] of their weights
+MATVEC_SHAPES = {"qkv": (12288, 4096), "o_proj": (4096, 4096), "gate_up": (22016, 4096), "down_proj": (4096, 11008),
+                 "lm_head": (32000, 4096)}  # fmt: skip
 
 
 def emit(record: dict) -> None:

@@ -386,8 +386,9 @@ def main(argv: list[str] | None = None) -> dict:
     useful = [merged_length(s, shape) for s in samples[args.warmup * args.micro_batch :]]
     padded_positions = sum(max(merged_length(s, shape) for s in g) * len(g) for g in groups[args.warmup :])
     peak_flops = measure_matmul_peak(device) if device.type == "cuda" else None
+    padding_fraction = round(1 - sum(useful) / padded_positions, 3)  # of the timed, right-padded batches
     emit({"measurement": "setup", "device": device_name(device), "peak_tflops": _tera(peak_flops),
-          "useful_tokens": sum(useful), "padding_fraction": round(1 - sum(useful) / padded_positions, 3)})  # fmt: skip
+          "useful_tokens": sum(useful), "padding_fraction": padding_fraction})  # fmt: skip
 
     if device.type == "cuda":
         emit({"measurement": "packed_attention_check", **check_packed_attention(device)})
@@ -417,7 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
         _free(device)
         del ours_batches
 
-    results = {"shape": shape.__dict__, "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup}
+    results = {"shape": shape.__dict__, "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup,
+               "padding_fraction": padding_fraction}  # fmt: skip
     config = _flops_config(shape)
     for name, run in [(name, run) for name, run in runs.items() if run is not None]:
         rate = sum(useful) / run["seconds"]

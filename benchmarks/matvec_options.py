@@ -23,12 +23,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_generate import MATVEC_SHAPES
 from results_file import write_results
 
 from share4v.inference import matvec
 
-SHAPES = {"qkv": (12288, 4096), "o_proj": (4096, 4096), "gate_up": (22016, 4096), "down_proj": (4096, 11008),
-          "lm_head": (32000, 4096)}  # fmt: skip
 # (weight rows a program, columns a loop step, warps, stages), beside `launch_config`'s choice
 CONFIGS = ((16, 1024, 8, 3), (16, 1024, 8, 4), (8, 1024, 8, 3), (32, 256, 8, 2), (32, 512, 8, 3), (64, 256, 8, 3))
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     device = torch.device("cuda")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}}
-    for name, (rows, columns) in SHAPES.items():
+    for name, (rows, columns) in MATVEC_SHAPES.items():
         count = 4 if name == "lm_head" else 32
         weights = [torch.randn(rows, columns, device=device, dtype=torch.bfloat16) * 0.02 for _ in range(count)]
         x = torch.randn(columns, device=device, dtype=torch.bfloat16)

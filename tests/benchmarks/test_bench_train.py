@@ -17,6 +17,7 @@ def test_tiny_run_writes_results_with_equal_losses(tmp_path):
     (out,) = tmp_path.glob("*-train.json")  # a folder gets DATE-GPU-train.json, like the other benchmarks
     written = json.loads(out.read_text())
     assert written["train_speedup"] == results["train_speedup"] > 0
+    assert 0 < written["padding_fraction"] < 1  # of the timed batches, right-padded
     assert written["equality"]["equal"] and written["equality"]["max_relative_difference"] < 1e-4
     assert len(written["share4v"]["losses"]) == len(written["baseline"]["losses"]) == 2
     # same samples, same initial weights, same optimizer: the two runs train alike, step after step
