@@ -55,16 +55,6 @@ def graph_time_us(products: Callable[[], list[torch.Tensor]], count: int, replay
     return start.elapsed_time(end) * 1000 / replays / count
 
 
-def kernel(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int]) -> torch.Tensor:
-    rows, columns = weight.shape
-    out = x.new_empty((rows,))
-    block_rows, block_columns, warps, stages = config
-    grid = (matvec.triton.cdiv(rows, block_rows),)
-    matvec._matvec_kernel[grid](weight, x, out, rows, columns, BLOCK_ROWS=block_rows, BLOCK_COLUMNS=block_columns,
-                                num_warps=warps, num_stages=stages)  # fmt: skip
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", type=Path, help="results JSON to write")
@@ -84,9 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
         errors = {"op": (matvec.linear(x[None], weights[0])[0].float() - reference).abs().max().item()}
         for config in dict.fromkeys((chosen, *CONFIGS)):
             key = "x".join(map(str, config))
-            products = lambda config=config, x=x, weights=weights: [kernel(x, w, config) for w in weights]  # noqa: E731
+            products = lambda config=config, x=x, weights=weights: [matvec.run_kernel(x, w, config) for w in weights]  # noqa: E731
             timed[key] = graph_time_us(products, count)
-            errors[key] = (kernel(x, weights[0], config).float() - reference).abs().max().item()
+            errors[key] = (matvec.run_kernel(x, weights[0], config).float() - reference).abs().max().item()
         results["shapes"][name] = {
             "rows": rows, "columns": columns, "launch_config": "x".join(map(str, chosen)),
             "us_per_product": {key: round(us, 2) for key, us in timed.items()},

@@ -87,12 +87,23 @@ if triton is not None:
 
     @torch.library.triton_op("share4v::matvec", mutates_args=())
     def _matvec(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        rows, columns = weight.shape
-        out = vector.new_empty((rows,))
-        block_rows, block_columns, warps, stages = launch_config(rows, columns)
-        grid = (triton.cdiv(rows, block_rows),)
-        torch.library.wrap_triton(_matvec_kernel)[grid](
-            weight, vector, out, rows, columns, BLOCK_ROWS=block_rows, BLOCK_COLUMNS=block_columns,
-            num_warps=warps, num_stages=stages,
-        )  # fmt: skip
-        return out
+        return run_kernel(vector, weight, traced=True)
+
+
+def run_kernel(
+    vector: torch.Tensor,
+    weight: torch.Tensor,
+    config: tuple[int, int, int, int] | None = None,
+    out: torch.Tensor | None = None,
+    traced: bool = False,
+) -> torch.Tensor:
+    """`weight @ vector` `[rows]` by the kernel, at `config` (default: `launch_config`'s), into `out` (default: a
+    new tensor). `traced`: launched through `torch.library.wrap_triton`, as inside the custom op."""
+    rows, columns = weight.shape
+    out = vector.new_empty((rows,)) if out is None else out
+    block_rows, block_columns, warps, stages = config or launch_config(rows, columns)
+    kernel = torch.library.wrap_triton(_matvec_kernel) if traced else _matvec_kernel
+    grid = (triton.cdiv(rows, block_rows),)
+    kernel[grid](weight, vector, out, rows, columns, BLOCK_ROWS=block_rows, BLOCK_COLUMNS=block_columns,
+                 num_warps=warps, num_stages=stages)  # fmt: skip
+    return out

@@ -24,11 +24,7 @@ KERNEL_CHECK = textwrap.dedent(
     for rows, columns in ((37, 1500), (16, 1024), (5, 3000), (4096 + 3, 300), (1, 11008)):
         weight, vector = torch.randn(rows, columns), torch.randn(columns)
         for config in configs:
-            block_rows, block_columns, warps, stages = config or matvec.launch_config(rows, columns)
-            out = torch.full((rows,), float("nan"))
-            grid = (matvec.triton.cdiv(rows, block_rows),)
-            matvec._matvec_kernel[grid](weight, vector, out, rows, columns, BLOCK_ROWS=block_rows,
-                                        BLOCK_COLUMNS=block_columns, num_warps=warps, num_stages=stages)
+            out = matvec.run_kernel(vector, weight, config, out=torch.full((rows,), float("nan")))
             error = (out.double() - weight.double() @ vector.double()).abs().max().item()
             assert error < 1e-3, (rows, columns, config, error)
     print("kernel ok")
@@ -49,16 +45,14 @@ def test_off_the_gpu_linear_is_f_linear():
     assert torch.equal(matvec.linear(x, weight), F.linear(x, weight))
 
 
-def test_the_kernel_takes_one_row_only():
+def test_the_kernel_takes_one_row_only(monkeypatch):
     """Several rows (a batch, or a prompt) stay with cuBLAS's matrix products, whatever the device."""
     weight = torch.empty(96, 64, dtype=torch.bfloat16, device="meta")
     one, several = (torch.empty(*shape, dtype=torch.bfloat16, device="meta") for shape in ((1, 1, 64), (2, 1, 64)))
-    cuda_like = pytest.MonkeyPatch()
-    with cuda_like.context() as patch:  # decide as on a GPU: only the row count differs between the two
-        patch.setattr(matvec, "_on_gpu", lambda x, weight: True)
-        assert matvec.applies(one, weight) is (matvec.triton is not None)
-        assert not matvec.applies(several, weight)
-        assert not matvec.applies(one, weight.float())  # another dtype than the input's
+    monkeypatch.setattr(matvec, "_on_gpu", lambda x, weight: True)  # decide as on a GPU
+    assert matvec.applies(one, weight) is (matvec.triton is not None)
+    assert not matvec.applies(several, weight)
+    assert not matvec.applies(one, weight.float())  # another dtype than the input's
 
 
 def test_every_projection_of_the_fused_step_goes_through_linear(monkeypatch):
