@@ -50,7 +50,7 @@ from bench_generate import (
     synchronize,
 )
 from check_continuous import CountingStep
-from results_file import write_results
+from results_file import results_path, write_results
 
 from share4v.inference.engine import MAX_BATCH_SIZE, GenerationParams, Share4VEngine
 from share4v.inference.fused_llama import FusedLlama
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     emit({"measurement": "summary", "queue_speedup": results["queue_speedup"],
           "queue_mean_latency_ratio": results["queue_mean_latency_ratio"],
           "answers_equal": results["answers_equal"], "of": len(greedy)})  # fmt: skip
-    write_results(args.out, results)
+    write_results(results_path(args.out, device, "queue-sampled" if args.sample else "queue"), results)
     return results
 
 

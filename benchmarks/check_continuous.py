@@ -41,7 +41,7 @@ from transformers import CompileConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_file import write_results
+from results_file import results_path, write_results
 
 from share4v.inference.continuous import JOIN_ROOM
 from share4v.inference.engine import MAX_BATCH_SIZE, Chat, GenerationParams, Share4VEngine
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"torch": torch.__version__, "transformers": importlib.import_module("transformers").__version__},
     }
     print(json.dumps(results))
-    write_results(args.out, results)
+    write_results(results_path(args.out, torch.device(device), "continuous"), results)
     unexplained = [index for index in results["differing"] if index not in fixed_differing + room_differing]
     if unexplained:
         raise SystemExit(f"answers differ from the answers alone for requests {unexplained}")

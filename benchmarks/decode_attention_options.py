@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from results_file import write_results
+from results_file import results_path, write_results
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["runs"].append(record)
                 print(json.dumps(record), flush=True)
             torch._dynamo.reset()  # each formulation compiles afresh
-    write_results(args.out, results)
+    write_results(results_path(args.out, device, "decode-attention"), results)
     return results
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import MATVEC_SHAPES
-from results_file import write_results
+from results_file import results_path, write_results
 
 from share4v.inference import matvec
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(name, results["shapes"][name], flush=True)
         del weights
         torch.cuda.empty_cache()
-    write_results(args.out, results)
+    write_results(results_path(args.out, device, "matvec-options"), results)
     return results
 
 

@@ -59,7 +59,7 @@ from bench_generate import (
     synchronize,
 )
 from decode_attention_options import FORMULATIONS
-from results_file import write_results
+from results_file import results_path, write_results
 from transformers import CompileConfig, StaticCache
 
 from share4v.inference import fused_llama
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 results["runs"].append(record)
                 emit({key: value for key, value in record.items() if not key.endswith("kernels")})
-            write_results(args.out, results)
+            write_results(results_path(args.out, device, "decode-step"), results)
     return results
 
 

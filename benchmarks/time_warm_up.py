@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import _environment, build_share4v, emit, save_tower, shape_and_device, synchronize
 from PIL import Image
-from results_file import write_results
+from results_file import results_path, write_results
 from transformers import AutoTokenizer, CLIPImageProcessor, CompileConfig
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         record = {"request": name, "first_s": seconds[0], "again_s": seconds[1], "errors": failed}
         results["requests"].append(record)
         emit(record)
-        write_results(args.out, results)
-    write_results(args.out, results)
+        write_results(results_path(args.out, device, "warm-up"), results)
+    write_results(results_path(args.out, device, "warm-up"), results)
     return results
 
 
