@@ -46,6 +46,10 @@ the baseline's `generate(do_sample=True)` against the engine with `fast_sampling
 `generate` draws). Tokens then differ by the draws; only their counts are compared. The results file ends in
 `-generate-sampled.json`. `--unfused-projections` and `--model-prompt` add the engine with `fused_projections`
 or `fused_prompt` off as sides of their own, whose keys carry the prefix `unfused_` or `model_prompt_`.
+`--kv-cache-dtype fp8` times the engine with an fp8 KV cache (`share4v.inference.fp8_cache`) in place of the default
+one (side `share4v_fp8_kv`, keys prefixed `fp8_kv_`, file `-generate-fp8-kv.json`): its tokens part from the
+baseline's by design (keys and values rounded), so only the first token (from the unrounded prompt pass) is
+expected to agree.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from results_file import device_name, results_path, write_results
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.convert.llava_format import to_llava_names
 from share4v.inference.engine import CACHE_BUCKET, GenerationParams, Share4VEngine
+from share4v.inference.fp8_cache import KV_CACHE_DTYPES
 from share4v.inference.fused_llama import FusedLlama
 from share4v.inference.requests import Request
 
@@ -322,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--sample", action="store_true", help=f"sampled decoding ({SAMPLED}), the engine with "
                         "fast_sampling, instead of greedy")  # fmt: skip
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                        help="the engine's KV cache (fp8: side share4v_fp8_kv in place of share4v)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-generate.json")
     args = parser.parse_args(argv)
@@ -339,14 +346,16 @@ def main(argv: list[str] | None = None) -> dict:
         if hasattr(torch._dynamo.config, limit):  # one cache of compiled code, whose default limit is 8 entries
             setattr(torch._dynamo.config, limit, 64)
             break
-    out = results_path(args.out, device, "generate-sampled" if args.sample else "generate")
+    kind = "generate-sampled" if args.sample else "generate"
+    out = results_path(args.out, device, kind + ("-fp8-kv" if args.kv_cache_dtype == "fp8" else ""))
+    main_side = "share4v_fp8_kv" if args.kv_cache_dtype == "fp8" else "share4v"
 
     bandwidth = hbm_bandwidth(device)
     results = {"shape": shape.__dict__, "dtype": str(dtype).removeprefix("torch."), "new_tokens": args.new_tokens,
                "text_tokens": args.text_tokens, "batch_sizes": batch_sizes, "warmup": args.warmup,
                "repeats": args.repeats, "hbm_bandwidth_tb_s": round(bandwidth / 1e12, 3),
                "sampling": SAMPLED if args.sample else None,
-               "runs": {"baseline": {}, "share4v": {}}, "equality": {}, "skipped": [], "errors": [],
+               "runs": {"baseline": {}, main_side: {}}, "equality": {}, "skipped": [], "errors": [],
                "environment": _environment(device)}  # fmt: skip
     emit(
         {"measurement": "setup", "device": results["environment"]["device"], "hbm_tb_s": results["hbm_bandwidth_tb_s"]}
@@ -366,9 +375,10 @@ def main(argv: list[str] | None = None) -> dict:
     results["roofline_bs1_tokens_per_s"] = round(bandwidth / weight_bytes, 1)
     # on the CPU (--smoke): dynamo's graph capture without inductor's code generation, seconds rather than minutes
     compile_config = CompileConfig(backend="eager") if args.smoke else True
-    sides = {"share4v": Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config,
-                                      fast_sampling=args.sample)}  # fmt: skip
-    results["fused_projections"] = sides["share4v"].fused_projections
+    sides = {main_side: Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config,
+                                      fast_sampling=args.sample, kv_cache_dtype=args.kv_cache_dtype)}  # fmt: skip
+    results["fused_projections"] = sides[main_side].fused_projections
+    results["kv_cache_dtype"] = args.kv_cache_dtype
     if args.unfused_projections:  # the same weights: the views of the fused tensors serve the model's own forward
         sides["share4v_unfused"] = Share4VEngine(IdTokenizer(), model, None, context_len=4096,
                                                  compile_decode=compile_config, fused_projections=False)  # fmt: skip
@@ -443,7 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
     _summarize(results)
     write_results(out, results)
     summary = ("decode_bs1_speedup", "generate_bs1_speedup", "caption_speedup", "unfused_decode_bs1_speedup",
-               "unfused_caption_speedup", "model_prompt_caption_speedup", "roofline_fraction_bs1")  # fmt: skip
+               "unfused_caption_speedup", "model_prompt_caption_speedup", "fp8_kv_decode_bs1_speedup",
+               "fp8_kv_caption_speedup", "roofline_fraction_bs1")  # fmt: skip
     emit({"measurement": "summary", **{key: results.get(key) for key in summary}, "out": out and str(out)})
     own_prompt = {name for name, engine in sides.items()  # the eager side runs generate: the model's own pass
                   if not (engine.compile_decode and engine.fused_projections and engine.fused_prompt)}  # fmt: skip
@@ -473,7 +484,8 @@ def _expected_seconds(runs: dict, rows: int, args) -> float:
 def _summarize(results: dict) -> None:
     """The headline keys from whatever has been measured so far."""
     runs = results["runs"]
-    sides = (("share4v", ""), ("share4v_unfused", "unfused_"), ("share4v_model_prompt", "model_prompt_"))
+    sides = (("share4v", ""), ("share4v_unfused", "unfused_"), ("share4v_model_prompt", "model_prompt_"),
+             ("share4v_fp8_kv", "fp8_kv_"))  # fmt: skip
     for side, prefix in sides:
         ours, theirs = runs.get(side, {}).get("1"), runs["baseline"].get("1")
         if ours and theirs:

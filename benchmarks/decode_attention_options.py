@@ -9,7 +9,10 @@ of 128, a 768-slot cache with 680 slots written, bf16), under several formulatio
 - `matmul_softmax`: two batched products and a softmax;
 - `reduction`: scores and output as element-wise products summed in fp32, which inductor writes as its own
   reduction kernels, parallel over every cached position rather than over rows x heads;
-- `flex`: flex attention with a block mask of the written slots.
+- `flex`: flex attention with a block mask of the written slots;
+- `fp8_kernel` (and `fp8_kernel_BxW`: B cache positions a loop step, W warps): the keys and values stored as e4m3
+  bytes, read by `share4v.inference.fp8_cache`'s Triton kernel up to the last written slot (the engine's
+  `kv_cache_dtype="fp8"`); `fp8_sdpa`: the same bytes converted to bf16, then SDPA (its CPU path).
 
 Why: a batch-1 step reads 13 GB of weights and only 0.4 GB of keys and values, yet its time is about 1.3 ms over
 what reading the weights costs, and an attention kernel that runs one query of one row over 32 heads keeps only 32
@@ -37,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from results_file import results_path, write_results
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from share4v.inference import fp8_cache
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -76,6 +81,25 @@ def _flex(query, key, value, visible, scale):
     return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
 
 
+def _fp8(config: tuple[int, int] | None) -> Attention:
+    def attention(query, keys, values, visible, scale):
+        rows, heads, _, dim = query.shape
+        last = visible.shape[-1] * 680 // 768 - 1  # `inputs`' last written slot
+        at = torch.full((1,), last, device=query.device)
+        flat = visible.reshape(rows, -1)
+        if config is None:
+            return fp8_cache.decode_attention(query, keys, values, visible, at, scale)
+        out = fp8_cache.run_kernel(query.reshape(rows, heads, dim), keys, values, flat, at, scale, config, traced=True)
+        return out.view(rows, heads, 1, dim)
+
+    return attention
+
+
+def _fp8_sdpa(query, keys, values, visible, scale):
+    return _sdpa(query, fp8_cache.from_bytes(keys, query.dtype), fp8_cache.from_bytes(values, query.dtype), visible,
+                 scale)  # fmt: skip
+
+
 FORMULATIONS: dict[str, Attention] = {
     "sdpa": _sdpa,
     "sdpa_efficient": _sdpa_with(SDPBackend.EFFICIENT_ATTENTION),
@@ -84,7 +108,11 @@ FORMULATIONS: dict[str, Attention] = {
     "matmul_softmax": _matmul_softmax,
     "reduction": _reduction,
     "flex": _flex,
+    "fp8_kernel": _fp8(None),
+    **{f"fp8_kernel_{block}x{warps}": _fp8((block, warps)) for block, warps in ((32, 4), (64, 8), (128, 4), (128, 8))},
+    "fp8_sdpa": _fp8_sdpa,
 }
+DEFAULT = ["sdpa", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "matmul_softmax", "reduction", "flex"]
 
 
 def inputs(rows: int, layers: int, heads: int, slots: int, head_dim: int, device, dtype):
@@ -113,6 +141,10 @@ def run_layers(attention: Attention, query, caches, visible, scale) -> torch.Ten
 
 def measure(name: str, rows: int, shape: dict, device: torch.device, dtype, repeats: int) -> dict:
     query, caches, visible = inputs(rows, **shape, device=device, dtype=dtype)
+    if name.startswith("fp8"):  # the cache as e4m3 bytes; the reference below still reads the bf16 values
+        stored = [fp8_cache.to_bytes(cache) for cache in caches]
+        for cache in stored:
+            torch._dynamo.mark_static_address(cache)
     scale = shape["head_dim"] ** -0.5
     reference = query.float()
     with sdpa_kernel([SDPBackend.MATH]):  # fp32, one layer's keys and values upcast at a time
@@ -124,7 +156,7 @@ def measure(name: str, rows: int, shape: dict, device: torch.device, dtype, repe
     def call() -> torch.Tensor:
         if device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        return compiled(FORMULATIONS[name], query, caches, visible, scale)
+        return compiled(FORMULATIONS[name], query, stored if name.startswith("fp8") else caches, visible, scale)
 
     for _ in range(3):  # compiles, records, replays
         out = call().clone()
@@ -139,7 +171,8 @@ def measure(name: str, rows: int, shape: dict, device: torch.device, dtype, repe
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) / 20)
     per_layer = statistics.median(times) / shape["layers"]
-    cache_bytes = 2 * rows * shape["heads"] * shape["slots"] * shape["head_dim"] * caches[0].element_size()
+    value_bytes = 1 if name.startswith("fp8") else caches[0].element_size()
+    cache_bytes = 2 * rows * shape["heads"] * shape["slots"] * shape["head_dim"] * value_bytes
     return {
         "formulation": name, "rows": rows, "us_per_layer": round(per_layer * 1e6, 2),
         "kv_tb_per_s": round(cache_bytes / per_layer / 1e12, 3),
@@ -149,7 +182,8 @@ def measure(name: str, rows: int, shape: dict, device: torch.device, dtype, repe
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--formulations", nargs="+", default=list(FORMULATIONS), choices=list(FORMULATIONS))
+    parser.add_argument("--formulations", nargs="+", default=DEFAULT, choices=list(FORMULATIONS),
+                        help="default: all but the fp8 ones")  # fmt: skip
     parser.add_argument("--batch-sizes", default="1,16,64", help="comma-separated (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of 20 calls (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")

@@ -89,6 +89,7 @@ from share4v.constants import DEFAULT_CONV_MODE
 from share4v.conversation import Conversation, default_conv_mode, get_conv_template
 from share4v.inference.continuous import JOIN_ROOM, Seat, decode_continuously
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
+from share4v.inference.fp8_cache import KV_CACHE_DTYPES
 from share4v.inference.requests import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -214,6 +215,12 @@ class Share4VEngine:
     the logits agree bit for bit (the fp32 CPU tests; the fused kernels round differently in bf16, so a draw near a
     boundary can go the other way: at 7B shape on an H200, 55 of 64 first tokens equal `generate`'s). 1.42-1.53x
     `generate`'s sampled batch-1 decoding there. False: `generate` samples.
+
+    `kv_cache_dtype` ("auto", the default: the model's dtype; or "fp8"): "fp8" keeps the engine's loops' cache as
+    e4m3 values, one byte each (`share4v.inference.fp8_cache`): half the cache's memory and of what a step reads from
+    it, for larger and faster captioning batches, at the cost of rounding keys and values to 3 mantissa bits (answers
+    change slightly). It needs `fused_projections` and `fused_prompt` and a plain Llama LLM; batches that `generate`
+    decodes (beam search, text stop strings) keep the model's dtype in a dynamic cache.
     """
 
     def __init__(
@@ -228,8 +235,13 @@ class Share4VEngine:
         fused_projections: bool = True,
         fused_prompt: bool = True,
         fast_sampling: bool = True,
+        kv_cache_dtype: str = "auto",
     ):
         get_conv_template(conv_mode)  # fail now on an unknown template
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {kv_cache_dtype!r}")
+        if kv_cache_dtype == "fp8" and not (fused_projections and fused_prompt):
+            raise ValueError("kv_cache_dtype='fp8' needs fused_projections and fused_prompt")
         self.tokenizer = tokenizer
         self.model = model
         self.image_processor = image_processor
@@ -243,9 +255,12 @@ class Share4VEngine:
         if compile_decode is None:
             compile_decode = COMPILE_DECODE_BY_DEFAULT and _compiles_by_default(model)
         self.compile_decode = compile_decode
+        if kv_cache_dtype == "fp8" and not compile_decode:
+            raise ValueError("kv_cache_dtype='fp8' needs compiled decoding (compile_decode), whose loops read it")
         self.fused_projections = fused_projections
         self.fused_prompt = fused_prompt
         self.fast_sampling = fast_sampling
+        self.kv_fp8 = kv_cache_dtype == "fp8"
         self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
         self._greedy_step: GreedyStep | None = None  # the compiled step of `fast_greedy`, made at first use
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
@@ -268,6 +283,7 @@ class Share4VEngine:
         fused_projections: bool = True,
         fused_prompt: bool = True,
         fast_sampling: bool = True,
+        kv_cache_dtype: str = "auto",
         **load_kwargs: Any,
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
@@ -276,7 +292,7 @@ class Share4VEngine:
         )
         conv_mode = conv_mode or default_conv_mode(model_name)
         return cls(tokenizer, model, image_processor, context_len, conv_mode, image_aspect_ratio, compile_decode,
-                   fused_projections, fused_prompt, fast_sampling)  # fmt: skip
+                   fused_projections, fused_prompt, fast_sampling, kv_cache_dtype)  # fmt: skip
 
     # ---- prompt building -------------------------------------------------------------------------------------
 
@@ -374,7 +390,13 @@ class Share4VEngine:
             "stopping_criteria": self._stopping_criteria(batch.stop_str),
         }
         # a checkpoint whose generation_config names a cache implementation keeps it (generate takes one or the other)
-        if self.compile_decode and params.num_beams == 1 and self.model.generation_config.cache_implementation is None:
+        # (an fp8 cache holds bytes that only the engine's loops read: generate gets its dynamic cache)
+        if (
+            self.compile_decode
+            and not self.kv_fp8
+            and params.num_beams == 1
+            and self.model.generation_config.cache_implementation is None
+        ):
             cache = self._static_cache(batch.input_ids.shape[0], batch.prompt_len + max_new_tokens)
             if cache is not None:  # generate() compiles the decode step for a cache that can be compiled
                 config.update(cache_implementation=None, compile_config=self._compile_config())
@@ -412,7 +434,8 @@ class Share4VEngine:
         text = self.model.config.get_text_config(decoder=True)
         heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        need = 2 * text.num_hidden_layers * batch_size * heads * head_dim * length * weight.element_size()
+        value_bytes = 1 if self.kv_fp8 else weight.element_size()
+        need = 2 * text.num_hidden_layers * batch_size * heads * head_dim * length * value_bytes
         free, _ = torch.cuda.mem_get_info(weight.device)
         free += torch.cuda.memory_reserved(weight.device) - torch.cuda.memory_allocated(weight.device)
         if need <= CACHE_MEMORY_FRACTION * free:
@@ -529,7 +552,7 @@ class Share4VEngine:
     def _make_greedy_step(self) -> None:
         if self._greedy_step is None:
             self._greedy_step = GreedyStep.for_model(
-                self.model, self._compile_config(), self.fused_projections, self.fused_prompt
+                self.model, self._compile_config(), self.fused_projections, self.fused_prompt, self.kv_fp8
             )
 
     def _serve_continuously(

@@ -48,14 +48,25 @@ class GreedyStep:
     prompt pass (`prompt`) runs the fused layers too, through `prompt_layer` compiled with dynamic shapes (the
     step's backend, not its mode: no CUDA graphs under inductor): one graph serves every layer, batch size and
     prompt length, except that batch size 1 and a one-token prompt get one each (torch specializes sizes 0 and 1).
-    Every step wraps the same functions, whose compiled graphs torch counts together, function by function (8 at
-    most by default, then it runs uncompiled): a process that decodes with many differently shaped models reaches
-    that limit."""
+    `kv_fp8` (needs both): the cache holds keys and values as e4m3 bytes (`share4v.inference.fp8_cache`). Every
+    step wraps the same functions, whose compiled graphs torch counts together, function by function (8 at most by
+    default, then it runs uncompiled): a process that decodes with many differently shaped models reaches that
+    limit."""
 
-    def __init__(self, model: torch.nn.Module, options: dict, fused: bool = False, fused_prompt: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        options: dict,
+        fused: bool = False,
+        fused_prompt: bool = True,
+        kv_fp8: bool = False,
+    ):
+        if kv_fp8 and not (fused and fused_prompt):
+            raise ValueError("an fp8 KV cache needs the fused step and the fused prompt pass")
         self.model = model
         self.wants_fused = fused
         self.fused_prompt = fused_prompt
+        self.kv_fp8 = kv_fp8
         self.fused: FusedLlama | None = None  # laid out by `check_weights`, on the thread that decodes
         self.compiled = torch.compile(self._step, **options)
         self.compiled_logits = torch.compile(self._logits, **options)  # for sampled batches: graphs of its own
@@ -63,15 +74,20 @@ class GreedyStep:
 
     @classmethod
     def for_model(
-        cls, model: torch.nn.Module, config: CompileConfig, fused: bool = False, fused_prompt: bool = True
+        cls,
+        model: torch.nn.Module,
+        config: CompileConfig,
+        fused: bool = False,
+        fused_prompt: bool = True,
+        kv_fp8: bool = False,
     ) -> GreedyStep:
-        """The model's step for `config`'s compile options (and `fused`, `fused_prompt`), kept on the model itself
-        (as transformers keeps its compiled forward), so that it lives and dies with the model."""
+        """The model's step for `config`'s compile options (and `fused`, `fused_prompt`, `kv_fp8`), kept on the model
+        itself (as transformers keeps its compiled forward), so that it lives and dies with the model."""
         options = {key: getattr(config, key) for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
         steps = model.__dict__.setdefault("_share4v_greedy_steps", {})
-        key = repr((sorted(options.items()), fused, fused_prompt))
+        key = repr((sorted(options.items()), fused, fused_prompt, kv_fp8))
         if key not in steps:
-            steps[key] = cls(model, options, fused, fused_prompt)
+            steps[key] = cls(model, options, fused, fused_prompt, kv_fp8)
         return steps[key]
 
     def check_weights(self) -> None:
@@ -81,13 +97,18 @@ class GreedyStep:
         if self.wants_fused:
             self.fused = None  # the old fused tensors can go before new ones are made
             self.fused = FusedLlama.of(self.model)
+        if self.kv_fp8 and self.fused is None:
+            raise ValueError(
+                "an fp8 KV cache needs the fused step, which takes transformers' Llama layers with plain nn.Linear "
+                "projections (not LoRA or quantized ones): use kv_cache_dtype='auto' for this model"
+            )
 
     def _step(self, tokens, position_ids, cache_position, attention_mask, cache):
         return self._logits(tokens, position_ids, cache_position, attention_mask, cache).argmax(-1, keepdim=True)
 
     def _logits(self, tokens, position_ids, cache_position, attention_mask, cache):
         if self.fused is not None:
-            return self.fused.logits(tokens, position_ids, cache_position, attention_mask, cache)
+            return self.fused.logits(tokens, position_ids, cache_position, attention_mask, cache, self.kv_fp8)
         return _last_logits(self.model, attention_mask, position_ids, cache_position, cache, input_ids=tokens)
 
     def prompt(
@@ -101,7 +122,7 @@ class GreedyStep:
             positions = torch.arange(attention_mask.shape[1], device=embeds.device)
             logits = _last_logits(self.model, attention_mask, position_ids, positions, cache, inputs_embeds=embeds)
         else:
-            logits = fused.prompt_logits(embeds, position_ids, attention_mask, cache, self.prompt_layer)
+            logits = fused.prompt_logits(embeds, position_ids, attention_mask, cache, self.prompt_layer, self.kv_fp8)
         return logits.argmax(-1, keepdim=True) if sampling is None else sampling.draw(logits)
 
     def __call__(

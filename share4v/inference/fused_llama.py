@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 
+from share4v.inference import fp8_cache
 from share4v.inference.matvec import linear
 
 
@@ -81,11 +82,13 @@ class FusedLlama:
         cache_position: torch.Tensor,
         attention_mask: torch.Tensor,
         cache,
+        kv_fp8: bool = False,
     ) -> torch.Tensor:
         """Next-token logits `[B, vocabulary]` for last tokens `[B, 1]` at `position_ids` `[B, 1]`. The static
         `cache` writes them at its own count of positions written, which `cache_position` `[1]` must equal (as in
         `fast_greedy.greedy_decode`): the mask hides the slots after it. `attention_mask` `[B, cache length]` marks
-        the positions that hold a token (padding: 0)."""
+        the positions that hold a token (padding: 0). `kv_fp8`: the cache holds e4m3 bytes (`fp8_cache`): the new keys
+        and values are written rounded, and attention reads them so."""
         llm, rows = self.model.get_model(), tokens.shape[0]
         hidden = llm.embed_tokens(tokens)
         cos, sin = llm.rotary_emb(hidden, position_ids)
@@ -96,8 +99,12 @@ class FusedLlama:
             query, key, value = linear(layer.input_layernorm(hidden), fused.qkv).split(fused.qkv_split, dim=-1)
             query, key, value = (x.view(rows, 1, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            key, value = cache.update(key, value, index)
-            out = decode_attention(query, key, value, visible, attn.scaling)
+            if kv_fp8:
+                keys, values = cache.update(fp8_cache.to_bytes(key), fp8_cache.to_bytes(value), index)
+                out = fp8_cache.decode_attention(query, keys, values, visible, cache_position, attn.scaling)
+            else:
+                key, value = cache.update(key, value, index)
+                out = decode_attention(query, key, value, visible, attn.scaling)
             hidden = hidden + _project(attn.o_proj, out.transpose(1, 2).reshape(rows, 1, -1))
             gate, up = linear(layer.post_attention_layernorm(hidden), fused.gate_up).chunk(2, dim=-1)
             hidden = hidden + _project(layer.mlp.down_proj, layer.mlp.act_fn(gate) * up)
@@ -110,13 +117,15 @@ class FusedLlama:
         attention_mask: torch.Tensor,
         cache,
         layer_pass=None,
+        kv_fp8: bool = False,
     ) -> torch.Tensor:
         """Last-position logits `[B, vocabulary]` of left-padded prompt embeddings `[B, P, D]` (`attention_mask`
         `[B, P]`, 0 on padding; `position_ids` `[B, P]` counted from each row's first token), whose keys and values
         go into `cache` at its count of positions written, which must be 0 (a reset cache): attention here runs
         over the prompt itself, `P` positions, rather than the whole cache. `layer_pass`: `prompt_layer` or a
         compiled version of it (one graph serves every layer, and, compiled with dynamic shapes, every batch size and
-        length above 1)."""
+        length above 1). `kv_fp8`: the keys and values go into the cache as e4m3 bytes (`fp8_cache`), after the prompt
+        attended over them unrounded."""
         llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
         cos, sin = llm.rotary_emb(embeds, position_ids)
         length = attention_mask.shape[1]
@@ -128,7 +137,9 @@ class FusedLlama:
         visible = ((causal & attention_mask.bool()[:, None, :]) | itself)[:, None]  # [B, 1, P, P]
         hidden = embeds
         for index, (layer, fused) in enumerate(zip(llm.layers, self.layers, strict=True)):
-            hidden, key, value = layer_pass(layer, fused.qkv, fused.gate_up, fused.qkv_split, hidden, cos, sin, visible)
+            hidden, key, value = layer_pass(
+                layer, fused.qkv, fused.gate_up, fused.qkv_split, hidden, cos, sin, visible, kv_fp8=kv_fp8
+            )
             cache.update(key, value, index)
         return self.model.lm_head(llm.norm(hidden[:, -1]))
 
@@ -142,10 +153,11 @@ def decode_attention(query, key, value, visible, scale) -> torch.Tensor:
     return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=scale)
 
 
-def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible):
+def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=False):
     """One decoder layer over prompt hidden states `[B, P, D]` (rotary `cos`/`sin`, `visible` `[B, 1, P, P]`) with
     the fused q/k/v and gate/up weights: the layer's output and its keys and values `[B, kv heads, P, head dim]`
-    for the cache. Tensors and the layer only, so that one compiled graph serves every layer."""
+    for the cache (with `kv_fp8`, as e4m3 bytes: `fp8_cache.to_bytes`). Tensors and the layer only, so that one
+    compiled graph serves every layer."""
     attn, (rows, length) = layer.self_attn, hidden.shape[:2]
     query, key, value = F.linear(layer.input_layernorm(hidden), qkv).split(qkv_split, dim=-1)
     query, key, value = (x.view(rows, length, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
@@ -157,7 +169,10 @@ def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible):
     out = F.scaled_dot_product_attention(query, seen_key, seen_value, attn_mask=visible, scale=attn.scaling)
     hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
     gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up).chunk(2, dim=-1)
-    return hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up), key, value
+    hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+    if kv_fp8:
+        return hidden, fp8_cache.to_bytes(key), fp8_cache.to_bytes(value)
+    return hidden, key, value
 
 
 def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,16 @@ def test_smoke_run_writes_results_with_equal_tokens(tmp_path):
     assert written["errors"] == written["skipped"] == []
 
 
+def test_the_fp8_kv_cache_side_replaces_the_default_and_writes_its_own_keys(tmp_path):
+    results = bench_generate.main(["--smoke", "--kv-cache-dtype", "fp8", "--batch-sizes", "3", "--out", str(tmp_path)])
+    (out,) = tmp_path.glob("*-cpu-generate-fp8-kv.json")
+    written = json.loads(out.read_text())
+    assert set(written["runs"]) == {"baseline", "share4v_fp8_kv"} and written["kv_cache_dtype"] == "fp8"
+    assert written["fp8_kv_caption_speedup"] == results["fp8_kv_caption_speedup"] > 0
+    assert "caption_speedup" not in written and written["errors"] == []
+    assert written["equality"]["share4v_fp8_kv"]["3"]["first_token_equal_rows"] == 3  # the unrounded prompt pass
+
+
 def test_batch_sizes_that_would_end_past_the_deadline_are_skipped_and_listed():
     results = bench_generate.main(["--smoke", "--deadline-s", "0", "--batch-sizes", "2"])
     assert results["skipped"] == [{"batch": 2, "reason": "expected to end past the 0 s deadline"}]

@@ -1,0 +1,151 @@
+"""`share4v.inference.fp8_cache` and `Share4VEngine(kv_cache_dtype="fp8")`: keys and values stored as e4m3 bytes;
+the fused step with them computes what transformers' Llama computes over a cache holding the same rounded values
+(fp32, grouped and plain heads, left padding); the Triton kernel (run by Triton's interpreter in a subprocess)
+computes the reference attention; the engine's loops, fixed and continuous batches, decode over such a cache."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import StaticCache
+
+from share4v.inference import fp8_cache
+from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.inference.fused_llama import FusedLlama
+from share4v.model.builder import load_pretrained_model
+from tests.helpers import random_image
+from tests.inference.test_fused_llama import EAGER, left_padded, text_model
+
+
+def rounded(x: torch.Tensor) -> torch.Tensor:
+    return fp8_cache.from_bytes(fp8_cache.to_bytes(x), x.dtype)
+
+
+class RoundingCache(StaticCache):
+    """A static cache that stores what it is given rounded to e4m3 (kept in the model's dtype): the reference."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return super().update(rounded(key_states), rounded(value_states), layer_idx, *args, **kwargs)
+
+
+def test_bytes_round_to_e4m3_and_saturate():
+    x = torch.tensor([0.0, 1.0, -1.0, 0.3, 1000.0, -1e6, 1e-3, 447.0])
+    stored = fp8_cache.to_bytes(x)
+    assert stored.dtype == torch.uint8 and stored.shape == x.shape
+    back = fp8_cache.from_bytes(stored, torch.float32)
+    inside = x.abs() <= fp8_cache.FP8_MAX
+    assert torch.equal(back[inside], x[inside].to(torch.float8_e4m3fn).float())
+    assert back[3] != 0.3 and abs(back[3] - 0.3) < 0.3 / 16  # rounded to 3 mantissa bits
+    assert back[4] == 448 and back[5] == -448  # saturated, not NaN
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_the_fp8_step_computes_the_models_step_over_rounded_keys_and_values(kv_heads):
+    """After the prompt (attended unrounded, written rounded), one step: transformers' own forward over a cache that
+    holds the prompt's keys and values rounded and rounds the new ones is the reference."""
+    model = text_model(kv_heads)
+    embeds, mask = left_padded(model)
+    rows, prompt = mask.shape
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step_mask = torch.ones(rows, prompt + 4, dtype=mask.dtype)
+    step_mask[:, :prompt] = mask
+    tokens, at = torch.tensor([[5], [6], [7]]), torch.tensor([prompt])
+    with torch.inference_mode():
+        reference = RoundingCache(config=model.config, max_cache_len=prompt + 4)
+        plain = StaticCache(config=model.config, max_cache_len=prompt + 4)
+        expected_first = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                               cache_position=torch.arange(prompt), past_key_values=plain).logits[:, -1]  # fmt: skip
+        for ours, theirs in zip(reference.layers, plain.layers, strict=False):  # the prompt's, rounded
+            ours.lazy_initialization(theirs.keys, theirs.values)
+            ours.keys.copy_(rounded(theirs.keys))
+            ours.values.copy_(rounded(theirs.values))
+            ours.cumulative_length.fill_(prompt)
+        expected = model(input_ids=tokens, attention_mask=step_mask, position_ids=positions[:, -1:] + 1,
+                         cache_position=at, past_key_values=reference, use_cache=True).logits[:, -1]  # fmt: skip
+
+        fused, cache = FusedLlama.of(model), StaticCache(config=model.config, max_cache_len=prompt + 4)
+        first = fused.prompt_logits(embeds, positions, mask, cache, kv_fp8=True)
+        torch.testing.assert_close(first, expected_first, rtol=1e-5, atol=1e-5)  # the prompt attends unrounded
+        written = mask.bool()
+        for layer, theirs in zip(cache.layers, plain.layers, strict=True):
+            assert layer.keys.dtype == torch.uint8
+            for stored, expected_values in ((layer.keys, theirs.keys), (layer.values, theirs.values)):
+                slots = fp8_cache.from_bytes(stored, torch.float32)[:, :, :prompt].transpose(1, 2)
+                torch.testing.assert_close(
+                    slots[written], rounded(expected_values[:, :, :prompt].transpose(1, 2))[written]
+                )
+        logits = fused.logits(tokens, positions[:, -1:] + 1, at, step_mask, cache, kv_fp8=True)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():  # and the rounding is real: the unrounded step differs
+        unrounded = model(input_ids=tokens, attention_mask=step_mask, position_ids=positions[:, -1:] + 1,
+                          cache_position=at, past_key_values=plain, use_cache=True).logits[:, -1]  # fmt: skip
+    assert not torch.allclose(logits, unrounded, rtol=1e-5, atol=1e-5)
+
+
+KERNEL_CHECK = textwrap.dedent(
+    """
+    import torch
+    from share4v.inference import fp8_cache
+
+    torch.manual_seed(0)
+    shapes = ((3, 4, 2, 150, 32, 130), (2, 4, 4, 64, 16, 63), (1, 2, 1, 200, 64, 5))
+    for rows, heads, kv_heads, slots, dim, last in shapes:
+        query = torch.randn(rows, heads, 1, dim)
+        keys = fp8_cache.to_bytes(torch.randn(rows, kv_heads, slots, dim) * 3)
+        values = fp8_cache.to_bytes(torch.randn(rows, kv_heads, slots, dim))
+        mask = torch.ones(rows, slots, dtype=torch.long)
+        mask[0, : min(70, last)] = 0  # left padding longer than a block of the kernel
+        mask[-1, :2] = 0
+        at = torch.tensor([last])
+        visible = mask.bool()[:, None, None, :] & (torch.arange(slots) <= at)[None, None, None, :]
+        expected = fp8_cache.decode_attention(query, keys, values, visible, at, 0.17)  # off the GPU: the reference
+        out = fp8_cache.run_kernel(query.reshape(rows, heads, dim).contiguous(), keys, values,
+                                   visible.reshape(rows, slots).contiguous(), at, 0.17)
+        error = (out.view(rows, heads, 1, dim) - expected).abs().max().item()
+        assert error < 1e-5, (rows, heads, kv_heads, slots, dim, last, error)
+    print("kernel ok")
+    """
+)
+
+
+def test_the_kernel_computes_the_reference_attention():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "kernel ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_engine_decodes_over_an_fp8_cache(tiny_ckpt):
+    tokenizer, model, processor, context = load_pretrained_model(str(tiny_ckpt), None, "fp8", device="cpu")
+    chats = [Chat.single("What is shown?", [random_image(1)]), Chat.single("Tell me a story about the sea."),
+             Chat.single("Describe it.", [random_image(3, (30, 90))])]  # fmt: skip
+    params = GenerationParams(temperature=0, max_new_tokens=8)
+    default = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)
+    fp8 = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER, kv_cache_dtype="fp8")
+    expected = default.complete(chats, params)
+    answers = fp8.complete(chats, params)
+    assert fp8._cache.layers[0].keys.dtype == torch.uint8
+    assert fp8._greedy_step is not default._greedy_step and fp8._greedy_step.kv_fp8
+    # the first token comes from the prompt pass, which attends unrounded; later ones may part
+    assert [a.token_ids[0] for a in answers] == [e.token_ids[0] for e in expected]
+    assert all(a.finish_reason == "length" and len(a.token_ids) == 8 for a in answers)
+    # queued requests share a continuous batch over the fp8 cache (joiners' keys and values copied in as bytes);
+    # a request answers as it does alone
+    futures = [fp8.submit(fp8.encode(chat), GenerationParams(temperature=0, max_new_tokens=n))
+               for chat, n in zip(chats * 2, (3, 8, 5, 8, 2, 6), strict=True)]  # fmt: skip
+    queued = [future.result(timeout=300) for future in futures]
+    alone = [fp8.complete([chat], GenerationParams(temperature=0, max_new_tokens=n))[0]
+             for chat, n in zip(chats * 2, (3, 8, 5, 8, 2, 6), strict=True)]  # fmt: skip
+    assert [q.token_ids for q in queued] == [a.token_ids for a in alone]
+
+
+def test_an_fp8_cache_needs_the_fused_loops(tiny):
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+        Share4VEngine(*tiny, compile_decode=EAGER, kv_cache_dtype="int4")
+    with pytest.raises(ValueError, match="fused_projections and fused_prompt"):
+        Share4VEngine(*tiny, compile_decode=EAGER, fused_prompt=False, kv_cache_dtype="fp8")
+    with pytest.raises(ValueError, match="compiled decoding"):
+        Share4VEngine(*tiny, compile_decode=False, kv_cache_dtype="fp8")
