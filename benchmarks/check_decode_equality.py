@@ -18,6 +18,11 @@ and builders of `bench_generate.py`):
   here is the engine's own greedy loop, `share4v.inference.fast_greedy`, with its default fused q/k/v and gate/up
   step and fused prompt pass; `--unfused-projections`: with the model's own forward for both).
 
+`--kv-cache-dtype fp8` adds the engine's own loop, teacher-forced on the same tokens (prompt pass, then the compiled
+step), once over its default cache and once over an fp8 one (`share4v.inference.fp8_cache`): how much further from
+fp32 rounding keys and values to e4m3 takes the logits (`teacher_forced.loop_vs_fp32`, `loop_fp8_kv_vs_fp32`);
+reported, not a pass criterion.
+
     python benchmarks/check_decode_equality.py --out benchmarks/results/   # GPU: DATE-GPU-decode-equality.json
     python benchmarks/check_decode_equality.py --smoke                     # tiny shapes on the CPU, in seconds
 
@@ -51,6 +56,7 @@ from bench_generate import (
 from results_file import results_path, write_results
 
 from share4v.inference.engine import GenerationParams, Share4VEngine
+from share4v.inference.fp8_cache import KV_CACHE_DTYPES
 
 
 class ForceTokens(LogitsProcessor):
@@ -105,6 +111,30 @@ def prompt_logits(engine: Share4VEngine, batch, fused: bool) -> torch.Tensor:
         return step.fused.prompt_logits(embeds, positions, mask, cache, step.prompt_layer).float().cpu()
 
 
+def loop_logits(engine: Share4VEngine, batch, forced: torch.Tensor) -> torch.Tensor:
+    """The engine's own loop's logits `[B, T, V]` over `forced` tokens `[B, T]`: its prompt pass (the fused layers)
+    for the first, then its compiled step fed the forced tokens (with the engine's `kv_cache_dtype`)."""
+    engine._make_greedy_step()
+    step = engine._greedy_step
+    step.check_weights()
+    with torch.inference_mode():
+        embeds, mask = engine._prompt_embeddings(batch)
+        (rows, prompt), device = mask.shape, embeds.device
+        cache = StaticCache(config=engine.model.config, max_cache_len=prompt + forced.shape[1])
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = [step.fused.prompt_logits(embeds, positions, mask, cache, step.prompt_layer, step.kv_fp8)]
+        step_mask = torch.ones((rows, prompt + forced.shape[1]), dtype=mask.dtype, device=device)
+        step_mask[:, :prompt] = mask
+        position, at = positions[:, -1:] + 1, torch.tensor([prompt], device=device)
+        for index in range(forced.shape[1] - 1):
+            torch.compiler.cudagraph_mark_step_begin()
+            token = forced[:, index : index + 1].to(device)
+            logits.append(step.compiled_logits(token, position, at, step_mask, cache).clone())
+            position += 1
+            at += 1
+    return torch.stack(logits, dim=1).float().cpu()
+
+
 def free_running(fast: Share4VEngine, eager: Share4VEngine, batch, new_tokens: int) -> dict:
     params = GenerationParams(temperature=0, max_new_tokens=new_tokens)
     ours = [c.token_ids for c in fast.run(batch, params)]
@@ -142,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--unfused-projections", action="store_true", help="the fast path's greedy loop runs the model's forward"
     )
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                        help="fp8: also the engine's loop over an fp8 cache, teacher-forced (reported)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (fp32 both times)")
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-decode-equality.json")
     args = parser.parse_args(argv)
@@ -168,6 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = batch_of(fast, args.prompt_rows)
         fused_prompt, own_prompt = prompt_logits(fast, prompts, fused=True), prompt_logits(fast, prompts, fused=False)
         cache_shape = fast._cache_shape
+        loops = {}
+        if args.kv_cache_dtype == "fp8":  # the loop over each cache, fed the same tokens
+            loops["loop"] = loop_logits(fast, batch_of(fast, args.rows), tokens)
+            fp8 = Share4VEngine(IdTokenizer(), model, None, context_len=4096, compile_decode=compile_config,
+                                kv_cache_dtype="fp8")  # fmt: skip
+            loops["loop_fp8_kv"] = loop_logits(fp8, batch_of(fp8, args.rows), tokens)
+            del fp8
         del model, fast, eager
         free_memory(device)
 
@@ -180,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             "eager_vs_fp32": agreement(eager_logits, reference),
             "fast_vs_fp32": agreement(fast_logits, reference),
             "logit_std": round(reference.std().item(), 4), "fast_path_static_cache": cache_shape,
+            **{f"{name}_vs_fp32": agreement(logits, reference) for name, logits in loops.items()},
         }  # fmt: skip
         emit({"measurement": "teacher_forced", **results["teacher_forced"]})
         prompt_reference = prompt_logits(eager, batch_of(eager, args.prompt_rows), fused=False)

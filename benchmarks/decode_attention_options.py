@@ -10,9 +10,9 @@ of 128, a 768-slot cache with 680 slots written, bf16), under several formulatio
 - `reduction`: scores and output as element-wise products summed in fp32, which inductor writes as its own
   reduction kernels, parallel over every cached position rather than over rows x heads;
 - `flex`: flex attention with a block mask of the written slots;
-- `fp8_kernel` (and `fp8_kernel_BxW`: B cache positions a loop step, W warps): the keys and values stored as e4m3
-  bytes, read by `share4v.inference.fp8_cache`'s Triton kernel up to the last written slot (the engine's
-  `kv_cache_dtype="fp8"`); `fp8_sdpa`: the same bytes converted to bf16, then SDPA (its CPU path).
+- `fp8_kernel` (and `fp8_kernel_BxWxS`: B cache positions a loop step, W warps, S stages): the keys and values
+  stored as e4m3 bytes, read by `share4v.inference.fp8_cache`'s Triton kernel up to the last written slot (the
+  engine's `kv_cache_dtype="fp8"`); `fp8_sdpa`: the same bytes converted to bf16, then SDPA (its CPU path).
 
 Why: a batch-1 step reads 13 GB of weights and only 0.4 GB of keys and values, yet its time is about 1.3 ms over
 what reading the weights costs, and an attention kernel that runs one query of one row over 32 heads keeps only 32
@@ -81,7 +81,7 @@ def _flex(query, key, value, visible, scale):
     return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
 
 
-def _fp8(config: tuple[int, int] | None) -> Attention:
+def _fp8(config: tuple[int, int, int] | None) -> Attention:
     def attention(query, keys, values, visible, scale):
         rows, heads, _, dim = query.shape
         last = visible.shape[-1] * 680 // 768 - 1  # `inputs`' last written slot
@@ -100,6 +100,7 @@ def _fp8_sdpa(query, keys, values, visible, scale):
                  scale)  # fmt: skip
 
 
+FP8_CONFIGS = [(block, warps, 2) for block in (32, 64, 128, 256) for warps in (1, 2, 4, 8)]  # stages: no effect
 FORMULATIONS: dict[str, Attention] = {
     "sdpa": _sdpa,
     "sdpa_efficient": _sdpa_with(SDPBackend.EFFICIENT_ATTENTION),
@@ -109,7 +110,7 @@ FORMULATIONS: dict[str, Attention] = {
     "reduction": _reduction,
     "flex": _flex,
     "fp8_kernel": _fp8(None),
-    **{f"fp8_kernel_{block}x{warps}": _fp8((block, warps)) for block, warps in ((32, 4), (64, 8), (128, 4), (128, 8))},
+    **{f"fp8_kernel_{'x'.join(map(str, config))}": _fp8(config) for config in FP8_CONFIGS},
     "fp8_sdpa": _fp8_sdpa,
 }
 DEFAULT = ["sdpa", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "matmul_softmax", "reduction", "flex"]

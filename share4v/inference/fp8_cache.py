@@ -90,8 +90,17 @@ def _kernel_applies(query, keys, values, visible) -> bool:
     )
 
 
-BLOCK_SLOTS = 64  # cache positions a loop step of the kernel reads
-WARPS = 4
+def launch_config(programs: int) -> tuple[int, int, int]:
+    """(cache positions a loop step, warps, pipeline stages) for `programs` = rows x heads, from
+    `benchmarks/decode_attention_options.py` on an H200 at 7B shape (benchmarks/results/2026-11-27-h200-fp8-kv/):
+    with many programs in flight, small ones read fastest (batch 128: 195 µs a layer at 32 x 1 against 216 at
+    64 x 2 and SDPA's 364 over bf16; batch 64: 113 µs at 64 x 2, 175 at 64 x 4, SDPA 187); at batch 1, 32 programs,
+    wide ones (16.5 µs at 256 x 4, SDPA 11.4). Pipeline stages made no difference."""
+    if programs >= 4096:
+        return 32, 1, 2
+    if programs >= 512:
+        return 64, 2, 2
+    return 256, 4, 2
 
 
 if triton is not None:
@@ -113,7 +122,8 @@ if triton is not None:
     ):
         row, head = tl.program_id(0), tl.program_id(1)
         dims = tl.arange(0, DIM)
-        q = tl.load(query + (row * heads + head) * DIM + dims).to(tl.float32) * scale
+        # fp32 throughout (inductor passes `scale` as fp64, which would make the scores and the loop's state fp64)
+        q = (tl.load(query + (row * heads + head) * DIM + dims).to(tl.float32) * scale).to(tl.float32)
         cache = ((row * (heads // groups) + head // groups) * slots).to(tl.int64) * DIM
         end = tl.load(cache_position) + 1
         best = tl.full((), -1e30, tl.float32)  # the running maximum score (finite: a fully hidden block stays 0)
@@ -154,16 +164,17 @@ def run_kernel(
     visible: torch.Tensor,
     cache_position: torch.Tensor,
     scale: float,
-    config: tuple[int, int] | None = None,
+    config: tuple[int, int, int] | None = None,
     traced: bool = False,
 ) -> torch.Tensor:
     """The kernel on contiguous `query` `[B, H, D]`, cache bytes `[B, kv heads, slots, D]`, `visible` `[B, slots]`:
-    `[B, H, D]`. `config`: (cache positions a loop step, warps), default (`BLOCK_SLOTS`, `WARPS`). `traced`:
+    `[B, H, D]`. `config`: (cache positions a loop step, warps, pipeline stages), default `launch_config`'s. `traced`:
     launched through `torch.library.wrap_triton`, as inside the custom op."""
     rows, heads, dim = query.shape
-    block, warps = config or (BLOCK_SLOTS, WARPS)
+    block, warps, stages = config or launch_config(rows * heads)
     out = torch.empty_like(query)
     kernel = torch.library.wrap_triton(_fp8_attention_kernel) if traced else _fp8_attention_kernel
     kernel[(rows, heads)](query, keys, values, visible, cache_position, out, heads, heads // keys.shape[1],
-                          keys.shape[2], scale, DIM=dim, BLOCK=block, num_warps=warps)  # fmt: skip
+                          keys.shape[2], scale, DIM=dim, BLOCK=block, num_warps=warps,
+                          num_stages=stages)  # fmt: skip
     return out

@@ -24,6 +24,15 @@ def test_smoke_run_compares_fast_eager_and_fp32(tmp_path):
     assert results["free_running"]["rows_equal"] == 2 and results["free_running"]["common_prefix"] == [8, 8]
 
 
+def test_the_fp8_option_feeds_the_engines_loop_the_same_tokens(tmp_path):
+    results = check_decode_equality.main(["--smoke", "--rows", "3", "--fp32-rows", "1", "--kv-cache-dtype", "fp8"])
+    forced = results["teacher_forced"]
+    # the loop over its default cache, teacher-forced, computes the eager path's fp32 logits: the forcing is right
+    assert forced["loop_vs_fp32"]["top1_agreement"] == 1.0 and forced["loop_vs_fp32"]["max_abs_logit_difference"] < 1e-4
+    rounded = forced["loop_fp8_kv_vs_fp32"]  # keys and values rounded to e4m3: close, not equal
+    assert 1e-4 < rounded["max_abs_logit_difference"] < forced["logit_std"]
+
+
 def test_force_tokens_picks_the_given_token_at_each_step():
     force = check_decode_equality.ForceTokens(torch.tensor([[4, 1], [0, 2]]))
     scores = torch.randn(2, 5)

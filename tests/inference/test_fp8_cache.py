@@ -102,10 +102,11 @@ KERNEL_CHECK = textwrap.dedent(
         at = torch.tensor([last])
         visible = mask.bool()[:, None, None, :] & (torch.arange(slots) <= at)[None, None, None, :]
         expected = fp8_cache.decode_attention(query, keys, values, visible, at, 0.17)  # off the GPU: the reference
-        out = fp8_cache.run_kernel(query.reshape(rows, heads, dim).contiguous(), keys, values,
-                                   visible.reshape(rows, slots).contiguous(), at, 0.17)
-        error = (out.view(rows, heads, 1, dim) - expected).abs().max().item()
-        assert error < 1e-5, (rows, heads, kv_heads, slots, dim, last, error)
+        for config in (None, (32, 1, 2), (64, 2, 2), (256, 4, 2)):  # launch_config's choices
+            out = fp8_cache.run_kernel(query.reshape(rows, heads, dim).contiguous(), keys, values,
+                                       visible.reshape(rows, slots).contiguous(), at, 0.17, config)
+            error = (out.view(rows, heads, 1, dim) - expected).abs().max().item()
+            assert error < 1e-5, (rows, heads, kv_heads, slots, dim, last, config, error)
     print("kernel ok")
     """
 )
