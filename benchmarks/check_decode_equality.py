@@ -113,11 +113,13 @@ def prompt_logits(engine: Share4VEngine, batch, fused: bool) -> torch.Tensor:
 
 def loop_logits(engine: Share4VEngine, batch, forced: torch.Tensor) -> torch.Tensor:
     """The engine's own loop's logits `[B, T, V]` over `forced` tokens `[B, T]`: its prompt pass (the fused layers)
-    for the first, then its compiled step fed the forced tokens (with the engine's `kv_cache_dtype`)."""
+    for the first, then its compiled step fed the forced tokens (with the engine's `kv_cache_dtype`), on the engine's
+    decoding thread, where its CUDA graphs live."""
     engine._make_greedy_step()
     step = engine._greedy_step
-    step.check_weights()
-    with torch.inference_mode():
+
+    def work() -> torch.Tensor:
+        step.check_weights()
         embeds, mask = engine._prompt_embeddings(batch)
         (rows, prompt), device = mask.shape, embeds.device
         cache = StaticCache(config=engine.model.config, max_cache_len=prompt + forced.shape[1])
@@ -132,7 +134,9 @@ def loop_logits(engine: Share4VEngine, batch, forced: torch.Tensor) -> torch.Ten
             logits.append(step.compiled_logits(token, position, at, step_mask, cache).clone())
             position += 1
             at += 1
-    return torch.stack(logits, dim=1).float().cpu()
+        return torch.stack(logits, dim=1).float().cpu()
+
+    return engine._on_decoding_thread(work).result()
 
 
 def free_running(fast: Share4VEngine, eager: Share4VEngine, batch, new_tokens: int) -> dict:

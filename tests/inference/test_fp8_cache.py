@@ -3,6 +3,7 @@ the fused step with them computes what transformers' Llama computes over a cache
 (fp32, grouped and plain heads, left padding); the Triton kernel (run by Triton's interpreter in a subprocess)
 computes the reference attention; the engine's loops, fixed and continuous batches, decode over such a cache."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from transformers import StaticCache
 
 from share4v.inference import fp8_cache
+from share4v.inference.cli_args import add_model_args, engine_from_args
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fused_llama import FusedLlama
 from share4v.model.builder import load_pretrained_model
@@ -150,3 +152,13 @@ def test_an_fp8_cache_needs_the_fused_loops(tiny):
         Share4VEngine(*tiny, compile_decode=EAGER, fused_prompt=False, kv_cache_dtype="fp8")
     with pytest.raises(ValueError, match="compiled decoding"):
         Share4VEngine(*tiny, compile_decode=False, kv_cache_dtype="fp8")
+
+
+def test_the_command_line_flag_reaches_the_engine(tiny_ckpt):
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    base = ["--model-path", str(tiny_ckpt), "--device", "cpu"]
+    assert engine_from_args(parser.parse_args(base)).kv_fp8 is False  # the model's dtype by default
+    assert engine_from_args(parser.parse_args([*base, "--compile-decode", "--kv-cache-dtype", "fp8"])).kv_fp8 is True
+    with pytest.raises(ValueError, match="compiled decoding"):  # on the CPU decoding is not compiled by default
+        engine_from_args(parser.parse_args([*base, "--kv-cache-dtype", "fp8"]))
