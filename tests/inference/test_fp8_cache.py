@@ -162,3 +162,16 @@ def test_the_command_line_flag_reaches_the_engine(tiny_ckpt):
     assert engine_from_args(parser.parse_args([*base, "--compile-decode", "--kv-cache-dtype", "fp8"])).kv_fp8 is True
     with pytest.raises(ValueError, match="compiled decoding"):  # on the CPU decoding is not compiled by default
         engine_from_args(parser.parse_args([*base, "--kv-cache-dtype", "fp8"]))
+
+
+def test_batches_that_generate_decodes_keep_the_models_dtype_in_its_own_cache(tiny_ckpt):
+    """A generation config the engine's loops do not serve (a repetition penalty) sends the batch through
+    `generate`, which cannot read e4m3 bytes: it decodes over its own cache, as without the fp8 option."""
+    tokenizer, model, processor, context = load_pretrained_model(str(tiny_ckpt), None, "fp8", device="cpu")
+    model.generation_config.repetition_penalty = 1.3
+    chats = [Chat.single("What is shown?", [random_image(1)]), Chat.single("Tell me a story about the sea.")]
+    params = GenerationParams(temperature=0, max_new_tokens=6)
+    fp8 = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER, kv_cache_dtype="fp8")
+    default = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)
+    assert [a.token_ids for a in fp8.complete(chats, params)] == [a.token_ids for a in default.complete(chats, params)]
+    assert fp8._cache is None and fp8._greedy_step is None  # neither the static cache nor the loop's step made
