@@ -37,7 +37,8 @@ the HBM bandwidth (a 1 GiB device-to-device copy, bytes read + written) is the f
     python benchmarks/bench_generate.py --smoke                       # tiny shapes on the CPU, in seconds
 
 The results file holds `decode_bs1_speedup` (share4v's batch-1 decode tok/s over the baseline's),
-`caption_speedup` (images/s for 128-token captions, each side at its best batch size among those both measured),
+`caption_speedup` (images/s for 128-token captions, each side at its best batch size among those it measured and
+the other side tried: measured, or ran out of memory there, so a batch size one side cannot fit counts for the other),
 `generate_bs1_speedup` (batch-1 tok/s with the first token's time), the roofline and the fraction of it each side
 reaches, and the raw numbers.
 
@@ -500,12 +501,19 @@ def _summarize(results: dict) -> None:
             for name, by_batch in runs.items()
             if "1" in by_batch
         }
+
+    def tried(name: str) -> set[str]:  # measured, or out of memory: a batch size that does not fit is not a best
+        unfit = {str(skip["batch"]) for skip in results.get("skipped", [])
+                 if skip.get("side") == name and skip["reason"] == "out of memory"}  # fmt: skip
+        return runs.get(name, {}).keys() | unfit
+
     for side, prefix in sides:
-        both = runs.get(side, {}).keys() & runs["baseline"].keys()  # batch sizes both sides measured
-        if both:
+        # each side's best among the batch sizes it measured that the other tried too (not one it never reached)
+        ours, theirs = runs.get(side, {}).keys() & tried("baseline"), runs["baseline"].keys() & tried(side)
+        if ours and theirs:
             best = {}
-            for name in (side, "baseline"):
-                rows = max(both, key=lambda r, name=name: runs[name][r]["images_per_s"])
+            for name, sizes in ((side, ours), ("baseline", theirs)):
+                rows = max(sizes, key=lambda r, name=name: runs[name][r]["images_per_s"])
                 best[name] = {"batch": int(rows), "images_per_s": runs[name][rows]["images_per_s"]}
             results[f"{prefix}caption_best"] = best
             results[f"{prefix}caption_speedup"] = round(

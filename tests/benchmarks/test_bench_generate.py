@@ -57,6 +57,24 @@ def test_batch_sizes_that_would_end_past_the_deadline_are_skipped_and_listed():
     assert bench_generate._expected_seconds({}, 64, args) == 0.0
 
 
+def test_each_side_captions_at_its_best_batch_size_that_the_baseline_tried():
+    def run(images_per_s):
+        return {"images_per_s": images_per_s}
+
+    results = {
+        "runs": {"baseline": {"64": run(20.0), "128": run(25.0)},
+                 "share4v": {"64": run(24.0), "128": run(30.0), "256": run(40.0)}},
+        "skipped": [{"batch": 256, "side": "baseline", "reason": "out of memory"}],
+    }  # fmt: skip
+    bench_generate._summarize(results)  # the baseline could not fit 256: each at its own best
+    assert results["caption_best"] == {"share4v": {"batch": 256, "images_per_s": 40.0},
+                                       "baseline": {"batch": 128, "images_per_s": 25.0}}  # fmt: skip
+    assert results["caption_speedup"] == 1.6
+    results["skipped"] = [{"batch": 256, "reason": "expected to end past the 510 s deadline"}]
+    bench_generate._summarize(results)  # not tried on the baseline's side: it might have done better there
+    assert results["caption_best"]["share4v"]["batch"] == 128 and results["caption_speedup"] == 1.2
+
+
 def test_llava_inputs_expand_each_image_to_its_patches():
     shape = bench_generate.TINY
     requests = bench_generate.share4v_requests(3, shape, 10)
