@@ -89,7 +89,8 @@ from share4v.constants import DEFAULT_CONV_MODE
 from share4v.conversation import Conversation, default_conv_mode, get_conv_template
 from share4v.inference.continuous import JOIN_ROOM, Seat, decode_continuously
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
-from share4v.inference.fp8_cache import KV_CACHE_DTYPES
+from share4v.inference.fp8_cache import KV_CACHE_DTYPES, has_fp8_kernel
+from share4v.inference.fused_llama import FusedLlama
 from share4v.inference.requests import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -219,8 +220,9 @@ class Share4VEngine:
     `kv_cache_dtype` ("auto", the default: the model's dtype; or "fp8"): "fp8" keeps the engine's loops' cache as
     e4m3 values, one byte each (`share4v.inference.fp8_cache`): half the cache's memory and of what a step reads from
     it, for larger and faster captioning batches, at the cost of rounding keys and values to 3 mantissa bits (answers
-    change slightly). It needs `fused_projections` and `fused_prompt` and a plain Llama LLM; batches that `generate`
-    decodes (beam search, text stop strings) keep the model's dtype in a dynamic cache.
+    change slightly). It needs compiled decoding, `fused_projections` and `fused_prompt`, a plain Llama LLM and, on a
+    GPU, compute capability 8.9 or higher. Batches that `generate` decodes (beam search, text stop strings, a static
+    cache that does not fit) run uncompiled there, over a dynamic cache in the model's dtype.
     """
 
     def __init__(
@@ -255,8 +257,8 @@ class Share4VEngine:
         if compile_decode is None:
             compile_decode = COMPILE_DECODE_BY_DEFAULT and _compiles_by_default(model)
         self.compile_decode = compile_decode
-        if kv_cache_dtype == "fp8" and not compile_decode:
-            raise ValueError("kv_cache_dtype='fp8' needs compiled decoding (compile_decode), whose loops read it")
+        if kv_cache_dtype == "fp8":
+            _check_fp8_cache(model, compile_decode)
         self.fused_projections = fused_projections
         self.fused_prompt = fused_prompt
         self.fast_sampling = fast_sampling
@@ -778,6 +780,23 @@ class Share4VEngine:
 # two cache lengths each, after which torch has compiled every graph later batches need (they only record CUDA
 # graphs; tests/inference/test_warm_up.py counts the compiles)
 WARM_UP_SHAPES = ((1, 2), (1, 300), (2, 2), (3, 300))
+
+
+def _check_fp8_cache(model: torch.nn.Module, compile_decode: Any) -> None:
+    """Refuse `kv_cache_dtype='fp8'` where the engine's loops would not use it or could not read it fast."""
+    if not compile_decode:
+        raise ValueError("kv_cache_dtype='fp8' needs compiled decoding (compile_decode), whose loops read it")
+    if not FusedLlama.can_fuse(model):
+        raise ValueError(
+            "kv_cache_dtype='fp8' needs the fused step, which takes transformers' Llama layers with plain nn.Linear "
+            "projections (not LoRA or quantized ones)"
+        )
+    device = model.get_input_embeddings().weight.device
+    if device.type == "cuda" and not has_fp8_kernel(device):
+        raise ValueError(
+            "kv_cache_dtype='fp8' needs a GPU with fp8 conversions (compute capability 8.9 or higher: Ada, Hopper) "
+            "and Triton"
+        )
 
 
 def _compiles_by_default(model: torch.nn.Module) -> bool:

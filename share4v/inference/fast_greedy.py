@@ -118,6 +118,8 @@ class GreedyStep:
         embeddings `[B, P, D]` (mask `[B, P]`, positions from it), whose keys and values go into the reset `cache`
         at positions 0..P-1."""
         fused = self.fused  # once: another engine over this model may re-lay it meanwhile (`check_weights`)
+        if self.kv_fp8 and fused is None:  # the model's own forward cannot write e4m3 bytes
+            raise RuntimeError("the fused layers were re-laid while this fp8-cache batch started: run it again")
         if fused is None or not self.fused_prompt:
             positions = torch.arange(attention_mask.shape[1], device=embeds.device)
             logits = _last_logits(self.model, attention_mask, position_ids, positions, cache, inputs_embeds=embeds)

@@ -5,16 +5,18 @@ the decode step's attention over them: `Share4VEngine(kv_cache_dtype="fp8")`.
 
 Why: a captioning batch's decode step is bound by reading its cache. At batch 128 with one image a row (about 750
 positions) a 7B model's cache is 51.5 GB in bf16 against 13.2 GB of weights, so halving the cache's bytes cuts the
-step's reads by 40 %. The values are rounded to e4m3 (3 mantissa bits, saturating at +-448, no scale: keys and values
-of Llama models stay far inside that range), so answers change slightly: this is an opt-in trade, not an exact path.
+step's reads by 40 %. The values are rounded to e4m3 (3 mantissa bits; no scale, so magnitudes past 448 saturate),
+so answers change slightly: this is an opt-in trade, not an exact path.
 
 The cache stores the e4m3 bytes as `uint8` (transformers' static cache allocates its tensors in the dtype of what it
 is first given, and copies bytes at any index), `to_bytes` makes them. `decode_attention` attends one new query a
 row over them: on a CUDA device with Triton, a kernel that reads the bytes, converts them in registers and stops at
-the last position written (`share4v::fp8_decode_attention`, a `torch.library.triton_op`, so the compiled step and its
-CUDA graph hold it); elsewhere it converts the cache to the query's dtype and runs SDPA (the reference the CPU tests
-hold the kernel to). The prompt pass attends over its own keys and values before they are rounded, and writes them
-rounded; every later step reads them rounded.
+the last position written (`share4v::fp8_decode_attention`, a custom operator that compiled code calls as it is, so
+the compiled step and its CUDA graph hold it and the launch configuration is chosen from the actual batch size, with
+no guard or recompile per size range); on GPUs with fp8 conversions (compute capability 8.9 and up: Ada, Hopper).
+Elsewhere it converts the cache to the query's dtype and runs SDPA (the reference the CPU tests hold the kernel
+to). The prompt pass attends over its own keys and values before they are rounded, and writes them rounded; every
+later step reads them rounded.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: the SDPA reference
     triton = None
-if not hasattr(torch.library, "triton_op"):
+if not hasattr(torch.library, "custom_op"):  # torch < 2.4
     triton = None
 
 FP8 = torch.float8_e4m3fn
@@ -56,7 +58,7 @@ def decode_attention(
     """One new query a row `[B, H, 1, D]` over cache bytes `keys`/`values` `[B, kv heads, slots, D]` (`to_bytes`),
     `visible` `[B, 1, 1, slots]` marking the slots each row may see, all at or before `cache_position` `[1]` (the
     slot just written): `[B, H, 1, D]` in the query's dtype, as SDPA over the cache's values computes it."""
-    if _kernel_applies(query, keys, values, visible):
+    if _kernel_applies(query, keys, values, visible, cache_position):
         rows, heads, _, dim = query.shape
         out = torch.ops.share4v.fp8_decode_attention(
             query.reshape(rows, heads, dim).contiguous(),
@@ -74,16 +76,23 @@ def decode_attention(
     return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=scale)
 
 
-def _kernel_applies(query, keys, values, visible) -> bool:
+def has_fp8_kernel(device: torch.device) -> bool:
+    """Whether `decode_attention` runs the kernel on `device`: a CUDA GPU whose Triton converts e4m3 (compute
+    capability 8.9 and up), with Triton installed."""
+    return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def _kernel_applies(query, keys, values, visible, cache_position) -> bool:
     return (
-        triton is not None
-        and query.device.type == "cuda"
-        and all(t.device == query.device for t in (keys, values, visible))
+        has_fp8_kernel(query.device)
+        and all(t.device == query.device for t in (keys, values, visible, cache_position))
+        and visible.dtype == torch.bool
         and query.dtype in (torch.bfloat16, torch.float16, torch.float32)
         and keys.dtype == values.dtype == torch.uint8
         and keys.is_contiguous()
         and values.is_contiguous()
         and query.shape[2] == 1
+        and query.shape[3] == keys.shape[3]
         and query.shape[3] & (query.shape[3] - 1) == 0  # a power of two (the kernel's block of dimensions)
         and query.shape[1] % keys.shape[1] == 0
         and visible.numel() == keys.shape[0] * keys.shape[2]
@@ -94,8 +103,10 @@ def launch_config(programs: int) -> tuple[int, int, int]:
     """(cache positions a loop step, warps, pipeline stages) for `programs` = rows x heads, from
     `benchmarks/decode_attention_options.py` on an H200 at 7B shape (benchmarks/results/2026-11-27-h200-fp8-kv/):
     with many programs in flight, small ones read fastest (batch 128: 195 µs a layer at 32 x 1 against 216 at
-    64 x 2 and SDPA's 364 over bf16; batch 64: 113 µs at 64 x 2, 175 at 64 x 4, SDPA 187); at batch 1, 32 programs,
-    wide ones (16.5 µs at 256 x 4, SDPA 11.4). Pipeline stages made no difference."""
+    64 x 2, and SDPA's 364 over bf16; batch 64: 113 µs at 64 x 2 against 175 at 64 x 4, and SDPA's 188 in another
+    call); at batch 1 (32 programs) wide ones (16.5 µs at 256 x 4; SDPA 11.4). Pipeline stages made no difference.
+    Batches between 2 and 63 were not measured: the thresholds between them are a guess. Chosen when the operator
+    runs, from the actual sizes (compiled code sees the operator, not this choice)."""
     if programs >= 4096:
         return 32, 1, 2
     if programs >= 512:
@@ -145,7 +156,7 @@ if triton is not None:
             best = new_best
         tl.store(out + (row * heads + head) * DIM + dims, (acc / total).to(out.dtype.element_ty))
 
-    @torch.library.triton_op("share4v::fp8_decode_attention", mutates_args=())
+    @torch.library.custom_op("share4v::fp8_decode_attention", mutates_args=())
     def _fp8_decode_attention(
         query: torch.Tensor,
         keys: torch.Tensor,
@@ -154,7 +165,11 @@ if triton is not None:
         cache_position: torch.Tensor,
         scale: float,
     ) -> torch.Tensor:
-        return run_kernel(query, keys, values, visible, cache_position, scale, traced=True)
+        return run_kernel(query, keys, values, visible, cache_position, scale)
+
+    @_fp8_decode_attention.register_fake
+    def _(query, keys, values, visible, cache_position, scale):
+        return torch.empty_like(query)
 
 
 def run_kernel(

@@ -55,6 +55,12 @@ class FusedLlama:
         self.layers = layers
         self._layout = _layout(model)
 
+    @staticmethod
+    def can_fuse(model: torch.nn.Module) -> bool:
+        """Whether `of` would fuse `model` now (without fusing it)."""
+        layers = getattr(model.get_model(), "layers", None) if hasattr(model, "get_model") else None
+        return bool(layers) and _fusable(layers)
+
     @classmethod
     def of(cls, model: torch.nn.Module) -> FusedLlama | None:
         """The fused step of `model` (a share4v or Llama causal LM), made on first use and kept on the model, and

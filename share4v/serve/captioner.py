@@ -179,6 +179,8 @@ def captioning_engine(args) -> Any:
         for flag in ("load_4bit", "load_8bit", "model_base"):
             if getattr(args, flag, None):
                 raise ValueError(f"--{flag.replace('_', '-')} is for share4v models, not with --trust-remote-code")
+        if (getattr(args, "kv_cache_dtype", None) or "auto") != "auto":
+            raise ValueError("--kv-cache-dtype is for share4v models, not with --trust-remote-code")
         path = args.model_path if given_path or not args.model_name else args.model_name
         return ShareCaptionerEngine.from_pretrained(
             path, trust_remote_code=args.trust_remote_code, device=getattr(args, "device", None),

@@ -15,6 +15,7 @@ from transformers import StaticCache
 
 from share4v.inference import fp8_cache
 from share4v.inference.cli_args import add_model_args, engine_from_args
+from share4v.inference.continuous import Seat, decode_continuously
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fused_llama import FusedLlama
 from share4v.model.builder import load_pretrained_model
@@ -60,7 +61,7 @@ def test_the_fp8_step_computes_the_models_step_over_rounded_keys_and_values(kv_h
         plain = StaticCache(config=model.config, max_cache_len=prompt + 4)
         expected_first = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                                cache_position=torch.arange(prompt), past_key_values=plain).logits[:, -1]  # fmt: skip
-        for ours, theirs in zip(reference.layers, plain.layers, strict=False):  # the prompt's, rounded
+        for ours, theirs in zip(reference.layers, plain.layers, strict=True):  # the prompt's, rounded
             ours.lazy_initialization(theirs.keys, theirs.values)
             ours.keys.copy_(rounded(theirs.keys))
             ours.values.copy_(rounded(theirs.values))
@@ -104,9 +105,11 @@ KERNEL_CHECK = textwrap.dedent(
         at = torch.tensor([last])
         visible = mask.bool()[:, None, None, :] & (torch.arange(slots) <= at)[None, None, None, :]
         expected = fp8_cache.decode_attention(query, keys, values, visible, at, 0.17)  # off the GPU: the reference
+        # the kernel is shown slots past the last written one too: it must stop reading at `at` by itself
+        shown = mask.bool().contiguous()
         for config in (None, (32, 1, 2), (64, 2, 2), (256, 4, 2)):  # launch_config's choices
-            out = fp8_cache.run_kernel(query.reshape(rows, heads, dim).contiguous(), keys, values,
-                                       visible.reshape(rows, slots).contiguous(), at, 0.17, config)
+            out = fp8_cache.run_kernel(query.reshape(rows, heads, dim).contiguous(), keys, values, shown, at, 0.17,
+                                       config)
             error = (out.view(rows, heads, 1, dim) - expected).abs().max().item()
             assert error < 1e-5, (rows, heads, kv_heads, slots, dim, last, config, error)
     print("kernel ok")
@@ -135,14 +138,39 @@ def test_the_engine_decodes_over_an_fp8_cache(tiny_ckpt):
     # the first token comes from the prompt pass, which attends unrounded; later ones may part
     assert [a.token_ids[0] for a in answers] == [e.token_ids[0] for e in expected]
     assert all(a.finish_reason == "length" and len(a.token_ids) == 8 for a in answers)
-    # queued requests share a continuous batch over the fp8 cache (joiners' keys and values copied in as bytes);
-    # a request answers as it does alone
-    futures = [fp8.submit(fp8.encode(chat), GenerationParams(temperature=0, max_new_tokens=n))
-               for chat, n in zip(chats * 2, (3, 8, 5, 8, 2, 6), strict=True)]  # fmt: skip
-    queued = [future.result(timeout=300) for future in futures]
-    alone = [fp8.complete([chat], GenerationParams(temperature=0, max_new_tokens=n))[0]
-             for chat, n in zip(chats * 2, (3, 8, 5, 8, 2, 6), strict=True)]  # fmt: skip
-    assert [q.token_ids for q in queued] == [a.token_ids for a in alone]
+
+
+def test_requests_join_a_continuous_batch_over_an_fp8_cache_and_answer_as_alone(tiny):
+    """Two seats start; when the short one ends a waiting request takes its row (its keys and values copied in as
+    bytes) while the other decodes; every answer is the one the fp8 engine gives it alone."""
+    engine = Share4VEngine(*tiny, compile_decode=EAGER, kv_cache_dtype="fp8")
+    chats = [Chat.single("What is here?", [random_image(3)]), Chat.single("Count."), Chat.single("Tell me a story.")]
+    budgets = [9, 2, 4]
+    expected = [engine.complete([chat], GenerationParams(temperature=0, max_new_tokens=budget))[0].token_ids
+                for chat, budget in zip(chats, budgets, strict=True)]  # fmt: skip
+    requests = [engine.encode(chat) for chat in chats]
+    end, answers, joined = engine.tokenizer.eos_token_id, {}, []
+    seats = [Seat(request.prompt_tokens, budget, end,
+                  lambda tokens, index=index: answers.__setitem__(index, [t for t in tokens if t != end]),
+                  request=request)
+             for index, (request, budget) in enumerate(zip(requests, budgets, strict=True))]  # fmt: skip
+    waiting = [seats[2]]
+
+    def take(free: int, written: int, left: int) -> list[Seat]:
+        fitting = [seat for seat in waiting if seat.prompt_len <= written and seat.budget - 1 <= left][:free]
+        waiting[:] = [seat for seat in waiting if seat not in fitting]
+        joined.extend(fitting)
+        return fitting
+
+    def embed(batch):
+        return engine._prompt_embeddings(engine.collate([seat.request for seat in batch]))
+
+    engine._make_greedy_step()
+    with torch.inference_mode():
+        cache = engine._static_cache(2, max(request.prompt_tokens for request in requests) + 64)
+        decode_continuously(engine._greedy_step, cache, engine._cache_shape[1], seats[:2], embed, take)
+    assert joined == [seats[2]] and cache.layers[0].keys.dtype == torch.uint8
+    assert [answers[index] for index in range(3)] == expected
 
 
 def test_an_fp8_cache_needs_the_fused_loops(tiny):
@@ -175,3 +203,64 @@ def test_batches_that_generate_decodes_keep_the_models_dtype_in_its_own_cache(ti
     default = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)
     assert [a.token_ids for a in fp8.complete(chats, params)] == [a.token_ids for a in default.complete(chats, params)]
     assert fp8._cache is None and fp8._greedy_step is None  # neither the static cache nor the loop's step made
+
+
+GUARD_CHECK = textwrap.dedent(
+    """
+    import torch
+    from share4v.inference import fp8_cache
+
+    # decide as on a GPU (Triton's interpreter runs the kernel on the CPU), with a launch choice that changes
+    # between the batch sizes below: compiled code must not guard on it
+    fp8_cache.has_fp8_kernel = lambda device: True
+    fp8_cache.launch_config = lambda programs: (16, 1, 2) if programs >= 8 else (32, 2, 2)
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    attend = torch.compile(fp8_cache.decode_attention, backend=counting)
+    torch.manual_seed(0)
+    for rows in (2, 3, 5, 6):
+        query = torch.randn(rows, 2, 1, 16)
+        keys, values = (fp8_cache.to_bytes(torch.randn(rows, 2, 40, 16)) for _ in range(2))
+        at = torch.tensor([30])
+        visible = torch.ones(rows, 1, 1, 40, dtype=torch.bool) & (torch.arange(40) <= at)
+        fp8_cache.has_fp8_kernel = lambda device: False
+        expected = fp8_cache.decode_attention(query, keys, values, visible, at, 0.25)
+        fp8_cache.has_fp8_kernel = lambda device: True
+        out = attend(query, keys, values, visible, at, 0.25)
+        assert (out - expected).abs().max() < 1e-5, rows
+    assert len(graphs) == 2, len(graphs)  # the first shape, then one with dynamic sizes: none per launch choice
+    print("guards ok")
+    """
+)
+
+
+def test_compiled_code_does_not_recompile_for_the_kernels_launch_choice():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", GUARD_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "guards ok" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("rows", [1, 64, 128])
+def test_on_a_gpu_the_operator_eager_and_compiled_gives_the_reference(rows):
+    device = torch.device("cuda")
+    if not fp8_cache.has_fp8_kernel(device):
+        pytest.skip("this GPU has no fp8 conversions")
+    generator = torch.Generator(device).manual_seed(rows)
+    query = torch.randn(rows, 32, 1, 128, device=device, dtype=torch.bfloat16, generator=generator)
+    keys, values = (fp8_cache.to_bytes(torch.randn(rows, 8, 300, 128, device=device, generator=generator))
+                    for _ in range(2))  # fmt: skip
+    at = torch.tensor([250], device=device)
+    visible = torch.ones(rows, 1, 1, 300, dtype=torch.bool, device=device) & (torch.arange(300, device=device) <= at)
+    visible[1:, ..., :37] = False
+    key, value = (fp8_cache.from_bytes(t, torch.float32).repeat_interleave(4, dim=1) for t in (keys, values))
+    expected = torch.nn.functional.scaled_dot_product_attention(query.float(), key, value, attn_mask=visible,
+                                                                scale=0.09)  # fmt: skip
+    for attend in (fp8_cache.decode_attention, torch.compile(fp8_cache.decode_attention)):
+        out = attend(query, keys, values, visible, at, 0.09)
+        assert out.dtype == torch.bfloat16 and (out.float() - expected).abs().max() < 0.02
