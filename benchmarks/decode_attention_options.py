@@ -84,7 +84,7 @@ def _flex(query, key, value, visible, scale):
 def _fp8(config: tuple[int, int, int] | None) -> Attention:
     def attention(query, keys, values, visible, scale):
         rows, heads, _, dim = query.shape
-        last = visible.shape[-1] * 680 // 768 - 1  # `inputs`' last written slot
+        last = written_slots(visible.shape[-1]) - 1  # `inputs`' last written slot
         at = torch.full((1,), last, device=query.device)
         flat = visible.reshape(rows, -1)
         if config is None:
@@ -116,6 +116,11 @@ FORMULATIONS: dict[str, Attention] = {
 DEFAULT = ["sdpa", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "matmul_softmax", "reduction", "flex"]
 
 
+def written_slots(slots: int) -> int:
+    """How many of a cache's first slots `inputs` marks written: 680 of 768, scaled."""
+    return slots * 680 // 768
+
+
 def inputs(rows: int, layers: int, heads: int, slots: int, head_dim: int, device, dtype):
     """A query `[B, H, 1, D]`, each layer's keys and values `[B, H, slots, D]` and the mask `[B, 1, 1, slots]`:
     the first 680 of 768 slots written (scaled for other sizes), row 0 without padding, the others with 8 slots
@@ -126,7 +131,7 @@ def inputs(rows: int, layers: int, heads: int, slots: int, head_dim: int, device
               for _ in range(2 * layers)]  # fmt: skip
     for cache in caches:
         torch._dynamo.mark_static_address(cache)  # as the engine's static cache: no copy at each replay
-    written = slots * 680 // 768
+    written = written_slots(slots)
     visible = torch.zeros(rows, 1, 1, slots, dtype=torch.bool, device=device)
     visible[..., :written] = True
     visible[1:, ..., : max(1, slots // 96)] = False
@@ -172,8 +177,11 @@ def measure(name: str, rows: int, shape: dict, device: torch.device, dtype, repe
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) / 20)
     per_layer = statistics.median(times) / shape["layers"]
+    # SDPA and the others read every slot; the fp8 kernel stops at the last written one (one byte a value)
+    fp8 = name.startswith("fp8_kernel")
+    read = written_slots(shape["slots"]) if fp8 else shape["slots"]
     value_bytes = 1 if name.startswith("fp8") else caches[0].element_size()
-    cache_bytes = 2 * rows * shape["heads"] * shape["slots"] * shape["head_dim"] * value_bytes
+    cache_bytes = 2 * rows * shape["heads"] * read * shape["head_dim"] * value_bytes
     return {
         "formulation": name, "rows": rows, "us_per_layer": round(per_layer * 1e6, 2),
         "kv_tb_per_s": round(cache_bytes / per_layer / 1e12, 3),
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", default="1,16,64", help="comma-separated (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of 20 calls (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
-    parser.add_argument("--out", type=Path, help="write the results here (JSON)")
+    parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-decode-attention.json")
     args = parser.parse_args(argv)
     if args.smoke:
         device, dtype, shape = (

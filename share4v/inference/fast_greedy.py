@@ -16,7 +16,8 @@ Sampled batches (`sampling`, `share4v.inference.sampling`) run the same loop ove
 returns the last logits; the draw (transformers' warpers, then `torch.multinomial`) runs outside the graph, as in
 `generate`, so that from the same random state the loop writes `generate`'s sampled tokens (CPU tests).
 
-The answers are `generate`'s: the same prompt pass (positions from the attention mask, the same cache contents, the
+The answers are `generate`'s (with an fp8 cache, `kv_fp8`, the same computation over keys and values rounded to
+e4m3: not `generate`'s): the same prompt pass (positions from the attention mask, the same cache contents, the
 last position's logits; the fused pass equals the model's own to rounding: 1e-5 in the fp32 tests), the same
 step, arg-max; a row that has ended writes the padding id and the batch stops where all have ended, as in `generate`
 (the few steps queued past that point are dropped).
