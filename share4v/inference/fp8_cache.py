@@ -136,8 +136,7 @@ if triton is not None:
         # fp32 throughout (inductor passes `scale` as fp64, which would make the scores and the loop's state fp64)
         q = (tl.load(query + (row * heads + head) * DIM + dims).to(tl.float32) * scale).to(tl.float32)
         cache = ((row * (heads // groups) + head // groups) * slots).to(tl.int64) * DIM
-        # (a one-element block summed, not a scalar load: Triton's interpreter takes a 0-d loop bound only)
-        end = tl.sum(tl.load(cache_position + tl.arange(0, 1)), axis=0) + 1
+        end = tl.load(cache_position) + 1
         best = tl.full((), -1e30, tl.float32)  # the running maximum score (finite: a fully hidden block stays 0)
         total = tl.zeros((), tl.float32)  # sum of exp(score - best)
         acc = tl.zeros((DIM,), tl.float32)
