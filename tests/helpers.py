@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -11,6 +15,14 @@ def random_image(seed: int, size: tuple[int, int] = (70, 40)) -> Image.Image:
     """A reproducible noise image of `size` (width, height)."""
     pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)
+
+
+def run_in_triton_interpreter(script: str, done_marker: str) -> None:
+    """Run a Python `script` with Triton's interpreter (chosen when Triton is imported, hence a new process), so that
+    Triton kernels run on the CPU; fails with the script's error unless it ran through and printed `done_marker`."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done_marker in done.stdout, done.stderr[-3000:]
 
 
 def plain_llama_like(model) -> LlamaForCausalLM:

@@ -4,9 +4,6 @@ the fused step with them computes what transformers' Llama computes over a cache
 computes the reference attention; the engine's loops, fixed and continuous batches, decode over such a cache."""
 
 import argparse
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,7 +16,7 @@ from share4v.inference.continuous import Seat, decode_continuously
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fused_llama import FusedLlama
 from share4v.model.builder import load_pretrained_model
-from tests.helpers import random_image
+from tests.helpers import random_image, run_in_triton_interpreter
 from tests.inference.test_fused_llama import EAGER, left_padded, text_model
 
 
@@ -119,9 +116,7 @@ KERNEL_CHECK = textwrap.dedent(
 
 def test_the_kernel_computes_the_reference_attention():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "kernel ok" in done.stdout, done.stderr[-3000:]
+    run_in_triton_interpreter(KERNEL_CHECK, "kernel ok")
 
 
 def test_the_engine_decodes_over_an_fp8_cache(tiny_ckpt):
@@ -240,9 +235,7 @@ GUARD_CHECK = textwrap.dedent(
 
 def test_compiled_code_does_not_recompile_for_the_kernels_launch_choice():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", GUARD_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "guards ok" in done.stdout, done.stderr[-3000:]
+    run_in_triton_interpreter(GUARD_CHECK, "guards ok")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

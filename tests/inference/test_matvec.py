@@ -2,9 +2,6 @@
 interpreter on the CPU, in a subprocess: the interpreter is chosen when Triton is imported), including rows and
 columns that do not fill its blocks; off the GPU, `linear` is `F.linear`."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -13,6 +10,7 @@ import torch.nn.functional as F
 from transformers import StaticCache
 
 from share4v.inference import matvec
+from tests.helpers import run_in_triton_interpreter
 
 KERNEL_CHECK = textwrap.dedent(
     """
@@ -34,9 +32,7 @@ KERNEL_CHECK = textwrap.dedent(
 
 def test_the_kernel_computes_the_product_where_blocks_overhang():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "kernel ok" in done.stdout, done.stderr[-3000:]
+    run_in_triton_interpreter(KERNEL_CHECK, "kernel ok")
 
 
 def test_off_the_gpu_linear_is_f_linear():

@@ -86,6 +86,9 @@ def test_remote_code_runs_only_when_asked(captioner, folder, tmp_path):
     odd = subprocess.run([*base, "--model-path", str(captioner), "--trust-remote-code", "--load-4bit"],
                          capture_output=True, text=True)  # fmt: skip
     assert odd.returncode == 1 and "--load-4bit" in odd.stderr and len(odd.stderr.splitlines()) == 1
+    fp8 = subprocess.run([*base, "--model-path", str(captioner), "--trust-remote-code", "--kv-cache-dtype", "fp8"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert fp8.returncode == 1 and "--kv-cache-dtype" in fp8.stderr and len(fp8.stderr.splitlines()) == 1
     # with consent, and the original's decoding (3 beams, sampling at temperature 1.0) by default
     ran = subprocess.run([*base, "--model-name", str(captioner), "--trust-remote-code", "--max-new-tokens", "4",
                           "--num-workers", "0"], capture_output=True, text=True)  # fmt: skip
