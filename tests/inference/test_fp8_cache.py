@@ -17,7 +17,7 @@ from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fused_llama import FusedLlama
 from share4v.model.builder import load_pretrained_model
 from tests.helpers import random_image, run_in_triton_interpreter
-from tests.inference.test_fused_llama import EAGER, left_padded, text_model
+from tests.inference.test_fused_llama import EAGER, left_padded, one_step_inputs, text_model
 
 
 def rounded(x: torch.Tensor) -> torch.Tensor:
@@ -48,11 +48,8 @@ def test_the_fp8_step_computes_the_models_step_over_rounded_keys_and_values(kv_h
     holds the prompt's keys and values rounded and rounds the new ones is the reference."""
     model = text_model(kv_heads)
     embeds, mask = left_padded(model)
-    rows, prompt = mask.shape
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    step_mask = torch.ones(rows, prompt + 4, dtype=mask.dtype)
-    step_mask[:, :prompt] = mask
-    tokens, at = torch.tensor([[5], [6], [7]]), torch.tensor([prompt])
+    prompt = mask.shape[1]
+    positions, step_mask, tokens, at = one_step_inputs(mask)
     with torch.inference_mode():
         reference = RoundingCache(config=model.config, max_cache_len=prompt + 4)
         plain = StaticCache(config=model.config, max_cache_len=prompt + 4)

@@ -53,6 +53,15 @@ def generated(model, embeds, mask) -> torch.Tensor:
                               eos_token_id=None, pad_token_id=PAD)  # fmt: skip
 
 
+def one_step_inputs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For one decode step after `left_padded`'s prompt: its positions `[3, 9]`, the step's mask (the prompt's,
+    then 4 free slots), the rows' last tokens `[3, 1]` and the cache position `[1]` they are written at."""
+    rows, prompt = mask.shape
+    step_mask = torch.ones(rows, prompt + 4, dtype=mask.dtype)
+    step_mask[:, :prompt] = mask
+    return (mask.cumsum(-1) - 1).clamp(min=0), step_mask, torch.tensor([[5], [6], [7]]), torch.tensor([prompt])
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_the_fused_step_writes_what_generate_writes(kv_heads, monkeypatch):
     model = text_model(kv_heads)
@@ -73,11 +82,8 @@ def test_one_fused_step_gives_the_models_logits(kv_heads):
     # after the same prompt pass, one step over the cache: the model's own forward and the fused step
     model = text_model(kv_heads)
     embeds, mask = left_padded(model)
-    rows, prompt = mask.shape
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    step_mask = torch.ones(rows, prompt + 4, dtype=mask.dtype)
-    step_mask[:, :prompt] = mask
-    tokens, at = torch.tensor([[5], [6], [7]]), torch.tensor([prompt])
+    prompt = mask.shape[1]
+    positions, step_mask, tokens, at = one_step_inputs(mask)
 
     def prefilled() -> StaticCache:
         cache = StaticCache(config=model.config, max_cache_len=prompt + 4)
