@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if name in sides:  # [rows, positions] of the engine's static cache; None: the dynamic cache served
                     run["static_cache"] = sides[name]._cache_shape
                 results["runs"][name][str(rows)] = run
+            if name in sides:  # room for the next side and size (a cache kept for 256 rows left none at 128)
+                sides[name].release_cache()
             free_memory(device)
             _summarize(results)
             write_results(out, results)

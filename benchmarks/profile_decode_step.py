@@ -17,8 +17,9 @@ For each batch size and variant it writes one JSON line with
   `prompt_kernels`), and the time of the embeddings that feed it (vision tower, projector, splicing:
   `embeddings_s`);
 - with `--prompt-compile static` (or `dynamic static`, each in turn), the prompt pass is compiled for the run's
-  shapes (`dynamic=False`) rather than with the engine's dynamic shapes (one graph for every batch size and length):
-  whether dynamic shapes slow its element-wise kernels;
+  shapes (`dynamic=False`) rather than as the engine compiles it (one graph for every batch size and length: those
+  two sizes dynamic, `fused_llama.compile_prompt_layer`); `all-dynamic` compiles it with every size dynamic
+  (`dynamic=True`, the engine's compile before 2026-11-28): whether dynamic shapes slow its element-wise kernels;
 - with `--attention NAME...`, the step runs with each formulation of `decode_attention_options.py` in turn in
   place of `fused_llama.decode_attention` (replaced for the run, restored after; `own`: the step's own). Inductor
   writes the `reduction` formulation as its own kernels, which the table counts as element-wise work.
@@ -69,6 +70,8 @@ from share4v.inference.fused_llama import prompt_layer
 
 CACHE_LEN, NEW_TOKENS, TEXT_TOKENS = 768, 128, 36
 OWN = "own"  # the step's own attention
+# how the prompt pass compiles: `dynamic` as the engine does (compile_prompt_layer); else torch.compile's `dynamic`
+PROMPT_COMPILES = {"dynamic": None, "all-dynamic": True, "static": False}
 # a kernel goes to the group of the first entry one of whose words its lower-cased name holds: inductor's templates
 # (`triton_tem_...`) are flex attention or matrix products, its other kernels (triton on a GPU, C++ on the CPU)
 # element-wise or norm work even where their names list the attention they feed
@@ -214,9 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run the step with these formulations of decode_attention_options.py, each in turn "
                         "(own: the step's own; default: %(default)s); they take as many key/value heads as query "
                         "heads, as Vicuna-7B has")  # fmt: skip
-    parser.add_argument("--prompt-compile", nargs="+", default=["dynamic"], choices=["dynamic", "static"],
-                        help="compile the prompt pass with dynamic shapes (the engine's) or for each run's shapes, "
-                        "each in turn (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--prompt-compile", nargs="+", default=["dynamic"], choices=list(PROMPT_COMPILES),
+                        help="compile the prompt pass as the engine does (batch size and length dynamic), with "
+                        "every size dynamic, or for each run's shapes, each in turn (default: %(default)s)")  # fmt: skip
     parser.add_argument("--profile-steps", type=int, default=32, help="steps profiled (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
@@ -239,8 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 with attention_replaced(attention):
                     step = GreedyStep(model, options, fused=True)
-                    if prompt_compile == "static":
-                        step.prompt_layer = torch.compile(prompt_layer, dynamic=False, backend=options["backend"])
+                    if prompt_compile != "dynamic":
+                        dynamic = PROMPT_COMPILES[prompt_compile]
+                        step.prompt_layer = torch.compile(prompt_layer, dynamic=dynamic, backend=options["backend"])
                     record = {"attention": attention, "prompt_compile": prompt_compile,
                               **measure(engine, step, rows, shape, device, args.profile_steps, reference)}  # fmt: skip
             except Exception as err:  # a kernel this device lacks: recorded, the others go on

@@ -414,6 +414,11 @@ class Share4VEngine:
             return []
         return [KeywordsStoppingCriteria([stop_str], self.tokenizer, start_len=0)]
 
+    def release_cache(self) -> None:
+        """Let the pre-allocated KV cache go (a batch decoding now keeps it until it ends); the next batch allocates
+        one again. For a process that gives the GPU to other work between batches."""
+        self._cache = self._cache_shape = None
+
     def _static_cache(self, batch_size: int, positions: int) -> StaticCache | None:
         """The engine's KV cache for `batch_size` rows of `positions` rounded up to `CACHE_BUCKET` (capped at the
         model's positions): the one it holds when the shape matches, else a new one (None: it would not fit)."""

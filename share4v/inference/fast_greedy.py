@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import CompileConfig, StaticCache
 
-from share4v.inference.fused_llama import FusedLlama, prompt_layer
+from share4v.inference.fused_llama import FusedLlama, compile_prompt_layer
 from share4v.inference.sampling import RowSampling, Sampling
 
 LOOKBEHIND = 2  # steps the host may run ahead of what it knows has ended
@@ -71,7 +71,7 @@ class GreedyStep:
         self.fused: FusedLlama | None = None  # laid out by `check_weights`, on the thread that decodes
         self.compiled = torch.compile(self._step, **options)
         self.compiled_logits = torch.compile(self._logits, **options)  # for sampled batches: graphs of its own
-        self.prompt_layer = torch.compile(prompt_layer, dynamic=True, backend=options.get("backend", "inductor"))
+        self.prompt_layer = compile_prompt_layer(options.get("backend", "inductor"))
 
     @classmethod
     def for_model(

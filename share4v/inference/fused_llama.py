@@ -134,13 +134,15 @@ class FusedLlama:
         attended over them unrounded."""
         llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
         cos, sin = llm.rotary_emb(embeds, position_ids)
-        length = attention_mask.shape[1]
-        causal = torch.ones((length, length), dtype=torch.bool, device=embeds.device).tril()
-        # each position also sees itself, so that a padding position, which sees nothing else, gets finite keys and
-        # values (the cache masks them; a NaN there would still reach every later product); a token's own position
-        # is visible to it anyway
-        itself = torch.eye(length, dtype=torch.bool, device=embeds.device)
-        visible = ((causal & attention_mask.bool()[:, None, :]) | itself)[:, None]  # [B, 1, P, P]
+        visible = None  # no padding: causal attention, which runs without a mask (flash attention on a GPU)
+        if not bool(attention_mask.all()):
+            length = attention_mask.shape[1]
+            causal = torch.ones((length, length), dtype=torch.bool, device=embeds.device).tril()
+            # each position also sees itself, so that a padding position, which sees nothing else, gets finite keys
+            # and values (the cache masks them; a NaN there would still reach every later product); a token's own
+            # position is visible to it anyway
+            itself = torch.eye(length, dtype=torch.bool, device=embeds.device)
+            visible = ((causal & attention_mask.bool()[:, None, :]) | itself)[:, None]  # [B, 1, P, P]
         hidden = embeds
         for index, (layer, fused) in enumerate(zip(llm.layers, self.layers, strict=True)):
             hidden, key, value = layer_pass(
@@ -160,10 +162,11 @@ def decode_attention(query, key, value, visible, scale) -> torch.Tensor:
 
 
 def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=False):
-    """One decoder layer over prompt hidden states `[B, P, D]` (rotary `cos`/`sin`, `visible` `[B, 1, P, P]`) with
-    the fused q/k/v and gate/up weights: the layer's output and its keys and values `[B, kv heads, P, head dim]`
-    for the cache (with `kv_fp8`, as e4m3 bytes: `fp8_cache.to_bytes`). Tensors and the layer only, so that one
-    compiled graph serves every layer."""
+    """One decoder layer over prompt hidden states `[B, P, D]` (rotary `cos`/`sin`, `visible` `[B, 1, P, P]`, or
+    None where no row is padded: causal attention) with the fused q/k/v and gate/up weights: the layer's output and
+    its keys and values `[B, kv heads, P, head dim]` for the cache, contiguous (a cache write from the transposed
+    projection output ran at a fifth of the copy rate; with `kv_fp8`, as e4m3 bytes: `fp8_cache.to_bytes`).
+    Tensors and the layer only, so that one compiled graph serves every layer (`compile_prompt_layer`)."""
     attn, (rows, length) = layer.self_attn, hidden.shape[:2]
     query, key, value = F.linear(layer.input_layernorm(hidden), qkv).split(qkv_split, dim=-1)
     query, key, value = (x.view(rows, length, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
@@ -172,13 +175,32 @@ def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_f
     seen_key, seen_value = key, value
     if groups > 1:  # as the step: PyTorch's fused kernels take no grouped heads with a mask
         seen_key, seen_value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(query, seen_key, seen_value, attn_mask=visible, scale=attn.scaling)
+    out = F.scaled_dot_product_attention(
+        query, seen_key, seen_value, attn_mask=visible, is_causal=visible is None, scale=attn.scaling
+    )
     hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
     gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up).chunk(2, dim=-1)
     hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
     if kv_fp8:
-        return hidden, fp8_cache.to_bytes(key), fp8_cache.to_bytes(value)
-    return hidden, key, value
+        key, value = fp8_cache.to_bytes(key), fp8_cache.to_bytes(value)
+    return hidden, key.contiguous(), value.contiguous()
+
+
+def compile_prompt_layer(backend="inductor"):
+    """`prompt_layer` compiled once for every layer, batch size and prompt length (torch specializes sizes 1:
+    batch size 1 and one-token prompts get a graph each): the rows and positions of its inputs are marked dynamic,
+    every other size (widths, heads, the q/k/v split) stays what the model has, so that inductor writes the
+    element-wise kernels for them. Compiled with every size dynamic, those kernels took 2.7x as long at 7B shape
+    (339 against 125 ms of a batch-128 pass on an H200, docs/Performance.md)."""
+    compiled = torch.compile(prompt_layer, backend=backend)
+
+    def run(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=False):
+        for tensor, dims in ((hidden, (0, 1)), (cos, (0, 1)), (sin, (0, 1)), (visible, (0, 2, 3))):
+            for dim in dims if tensor is not None else ():
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        return compiled(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=kv_fp8)
+
+    return run
 
 
 def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -67,10 +67,13 @@ def test_a_prompt_pass_compiled_for_its_shapes_gives_the_same_tokens(monkeypatch
         return real_compile(function, **options)
 
     monkeypatch.setattr(torch, "compile", counting_compile)
-    argv = ["--smoke", "--batch-sizes", "2", "--profile-steps", "2", "--prompt-compile", "dynamic", "static"]
-    dynamic, static = profile_decode_step.main(argv)["runs"]
-    # each run's step compiles the prompt pass with dynamic shapes; the static run compiles it once more, static
-    assert [dynamic for name, dynamic in compiled if name == "prompt_layer"] == [True, True, False]
-    assert (dynamic["prompt_compile"], static["prompt_compile"]) == ("dynamic", "static")
-    assert static["common_prefix"] == profile_decode_step.NEW_TOKENS  # against the dynamic pass's tokens
-    assert static["prompt_groups_us"]["matrix products"] > 0
+    argv = ["--smoke", "--batch-sizes", "2", "--profile-steps", "2", "--prompt-compile", "dynamic", "all-dynamic",
+            "static"]  # fmt: skip
+    dynamic, every, static = profile_decode_step.main(argv)["runs"]
+    # each run's step compiles the prompt pass as the engine does (torch.compile's default, batch and length marked
+    # dynamic at the call); the other two compile it once more, every size dynamic or none
+    assert [dynamic for name, dynamic in compiled if name == "prompt_layer"] == [None, None, True, None, False]
+    assert [run["prompt_compile"] for run in (dynamic, every, static)] == ["dynamic", "all-dynamic", "static"]
+    for run in (every, static):
+        assert run["common_prefix"] == profile_decode_step.NEW_TOKENS  # against the engine's pass's tokens
+        assert run["prompt_groups_us"]["matrix products"] > 0

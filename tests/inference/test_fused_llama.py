@@ -98,10 +98,13 @@ def test_one_fused_step_gives_the_models_logits(kv_heads):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads):
+def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padded):
     model = text_model(kv_heads)
     embeds, mask = left_padded(model)
+    if not padded:  # every row full: causal attention without a mask
+        mask = torch.ones_like(mask)
     prompt = mask.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     ours, theirs = (StaticCache(config=model.config, max_cache_len=prompt + 4) for _ in range(2))
@@ -133,17 +136,25 @@ def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
     step.check_weights()
     generator = torch.Generator().manual_seed(3)
     counts = []
-    for rows, prompt in [(3, 9), (2, 12), (4, 5), (1, 7), (1, 11)]:
+    for rows, prompt, padded in [(3, 9, True), (2, 12, True), (4, 5, True), (1, 7, True), (1, 11, True),
+                                 (3, 6, False), (2, 8, False)]:  # fmt: skip
         ids = torch.randint(3, 300, (rows, prompt), generator=generator)
         mask = torch.ones_like(ids)
-        mask[0, :2] = 0
+        mask[0, :2] = 0 if padded else 1
         with torch.inference_mode():
             cache = StaticCache(config=model.config, max_cache_len=prompt + 2)
             embeds = model.get_input_embeddings()(ids)
             step.prompt(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
         counts.append(len(graphs))
     assert len(model.get_model().layers) == 2
-    assert counts == [1, 1, 1, 2, 2]  # batch size 1 gets a graph of its own (torch specializes size 1)
+    # batch size 1 gets a graph of its own (torch specializes size 1), and so do prompts without padding (no mask)
+    assert counts == [1, 1, 1, 2, 2, 3, 3]
+    for graph in graphs:  # only rows and positions are dynamic: inductor's element-wise kernels know the widths
+        sizes = {node.name: node.meta["example_value"].shape for node in graph.graph.nodes
+                 if node.op == "placeholder" and isinstance(node.meta.get("example_value"), torch.Tensor)}  # fmt: skip
+        dynamic = {str(size) for shape in sizes.values() for size in shape if not isinstance(size, int)}
+        rows_and_positions = {str(size) for size in sizes["l_hidden_"][:2] if not isinstance(size, int)}
+        assert dynamic == rows_and_positions and len(dynamic) == (1 if sizes["l_hidden_"][0] == 1 else 2)
 
 
 def test_the_weights_are_relaid_in_place_and_compute_what_they_computed(tmp_path):

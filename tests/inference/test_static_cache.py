@@ -91,6 +91,10 @@ def test_compiled_static_cache_gives_the_dynamic_cache_answers(engines, tiny, eo
     cache = fast._cache
     again = fast.complete(chats(), GREEDY)  # the same cache, reset: same answers
     assert fast._cache is cache and [c.token_ids for c in again] == [c.token_ids for c in got]
+    fast.release_cache()  # let go: the next batch allocates a new one and answers the same
+    assert fast._cache is None
+    assert [c.token_ids for c in fast.complete(chats(), GREEDY)] == [c.token_ids for c in got]
+    assert fast._cache is not None and fast._cache is not cache and fast._cache_shape == (4, CACHE_BUCKET)
 
 
 def test_compiled_batch_equals_single_and_streams_join(engines, tiny):
