@@ -218,8 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "(own: the step's own; default: %(default)s); they take as many key/value heads as query "
                         "heads, as Vicuna-7B has")  # fmt: skip
     parser.add_argument("--prompt-compile", nargs="+", default=["dynamic"], choices=list(PROMPT_COMPILES),
-                        help="compile the prompt pass as the engine does (batch size and length dynamic), with "
-                        "every size dynamic, or for each run's shapes, each in turn (default: %(default)s)")  # fmt: skip
+                        help="compile the prompt pass as the engine does (batch size and length dynamic), "
+                        "with every size dynamic, or for each run's shapes, each in turn "
+                        "(default: %(default)s)")  # fmt: skip
     parser.add_argument("--profile-steps", type=int, default=32, help="steps profiled (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
