@@ -164,8 +164,8 @@ def decode_attention(query, key, value, visible, scale) -> torch.Tensor:
 def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=False):
     """One decoder layer over prompt hidden states `[B, P, D]` (rotary `cos`/`sin`, `visible` `[B, 1, P, P]`, or
     None where no row is padded: causal attention) with the fused q/k/v and gate/up weights: the layer's output and
-    its keys and values `[B, kv heads, P, head dim]` for the cache, contiguous (a cache write from the transposed
-    projection output ran at a fifth of the copy rate; with `kv_fp8`, as e4m3 bytes: `fp8_cache.to_bytes`).
+    its keys and values `[B, kv heads, P, head dim]` for the cache (with `kv_fp8`, as e4m3 bytes:
+    `fp8_cache.to_bytes`).
     Tensors and the layer only, so that one compiled graph serves every layer (`compile_prompt_layer`)."""
     attn, (rows, length) = layer.self_attn, hidden.shape[:2]
     query, key, value = F.linear(layer.input_layernorm(hidden), qkv).split(qkv_split, dim=-1)
@@ -182,8 +182,8 @@ def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_f
     gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up).chunk(2, dim=-1)
     hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
     if kv_fp8:
-        key, value = fp8_cache.to_bytes(key), fp8_cache.to_bytes(value)
-    return hidden, key.contiguous(), value.contiguous()
+        return hidden, fp8_cache.to_bytes(key), fp8_cache.to_bytes(value)
+    return hidden, key, value
 
 
 def compile_prompt_layer(backend="inductor"):
