@@ -19,7 +19,7 @@ For each batch size and variant it writes one JSON line with
 - with `--prompt-compile static` (or `dynamic static`, each in turn), the prompt pass is compiled for the run's
   shapes (`dynamic=False`) rather than as the engine compiles it (one graph for every batch size and length: those
   two sizes dynamic, `fused_llama.compile_prompt_layer`); `all-dynamic` compiles it with every size dynamic
-  (`dynamic=True`, the engine's compile before 2026-11-28): whether dynamic shapes slow its element-wise kernels;
+  (`dynamic=True`, the engine's earlier compile): whether dynamic shapes slow its element-wise kernels;
 - with `--attention NAME...`, the step runs with each formulation of `decode_attention_options.py` in turn in
   place of `fused_llama.decode_attention` (replaced for the run, restored after; `own`: the step's own). Inductor
   writes the `reduction` formulation as its own kernels, which the table counts as element-wise work.
