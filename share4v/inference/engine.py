@@ -33,10 +33,11 @@ place, no copies), and at batch 1 on a GPU every projection through a Triton mat
 (`share4v.inference.matvec`): batch-1 decode at 78 % of the HBM roofline on an H200, 1.63x transformers'
 static-cache compiled `generate` (1.51x without the kernel on the same machine;
 benchmarks/results/2026-11-27-h200-matvec/). The loop's prompt pass runs the fused layers too (`fused_prompt`),
-compiled with dynamic shapes (one graph for every layer, batch size and prompt length, batch size 1 aside):
-128-token captions at 1.16x the baseline's images/s, each at its best batch size (128), on an H200
-(benchmarks/results/2026-11-27-h200-fused-prompt/); with the opt-in fp8 KV cache (`kv_cache_dtype="fp8"`, keys and
-values rounded to e4m3: answers change slightly) 1.37-1.41x at batch 128 (benchmarks/results/2026-11-27-h200-fp8-kv/).
+compiled with the batch size and length dynamic (one graph for every layer, batch size and prompt length, batch
+size 1 aside): 128-token captions at 1.19x the baseline's images/s, each at its best batch size (96), on an H100
+(benchmarks/results/2026-11-27-h100-prompt-compile/); with the opt-in fp8 KV cache (`kv_cache_dtype="fp8"`, keys
+and values rounded to e4m3: answers change slightly) 1.80x there and 1.55x on an H200
+(benchmarks/results/2026-11-27-h200-fp8-kv/), each side at its best batch size.
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
