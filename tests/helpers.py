@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -22,7 +23,14 @@ def run_in_triton_interpreter(script: str, done_marker: str) -> None:
     Triton kernels run on the CPU; fails with the script's error unless it ran through and printed `done_marker`."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and INTERPRETER_UNDER_NUMPY_2_4 in done.stderr:
+        pytest.skip("this Triton's interpreter turns its scalar arguments into numbers in a way NumPy >= 2.4 refuses "
+                    "(triton-lang/triton#9171; newer Triton runs it)")  # fmt: skip
     assert done.returncode == 0 and done_marker in done.stdout, done.stderr[-3000:]
+
+
+# what older Triton interpreters raise under NumPy 2.4 at a loop bound or index taken from a kernel argument
+INTERPRETER_UNDER_NUMPY_2_4 = "TypeError('only 0-dimensional arrays can be converted to Python scalars')"
 
 
 def plain_llama_like(model) -> LlamaForCausalLM:
