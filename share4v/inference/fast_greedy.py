@@ -46,9 +46,10 @@ class GreedyStep:
 
     `fused`: run the model through `share4v.inference.fused_llama` (q/k/v and gate/up as one product each) where its
     LLM is a plain Llama; elsewhere, and by default, the model's own forward. `fused_prompt`: with `fused`, the
-    prompt pass (`prompt`) runs the fused layers too, through `prompt_layer` compiled with dynamic shapes (the
-    step's backend, not its mode: no CUDA graphs under inductor): one graph serves every layer, batch size and
-    prompt length, except that batch size 1 and a one-token prompt get one each (torch specializes sizes 0 and 1).
+    prompt pass (`prompt`) runs the fused layers too, through `prompt_layer` compiled with the batch size and length
+    dynamic (`fused_llama.compile_prompt_layer`; the step's backend, not its mode: no CUDA graphs under inductor):
+    one graph serves every layer, batch size and prompt length, except that batch size 1, a one-token prompt and a
+    batch without padding (causal attention, no mask) get one each (torch specializes sizes 0 and 1).
     `kv_fp8` (needs both): the cache holds keys and values as e4m3 bytes (`share4v.inference.fp8_cache`). Every
     step wraps the same functions, whose compiled graphs torch counts together, function by function (8 at most by
     default, then it runs uncompiled): a process that decodes with many differently shaped models reaches that

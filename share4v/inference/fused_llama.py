@@ -129,9 +129,9 @@ class FusedLlama:
         `[B, P]`, 0 on padding; `position_ids` `[B, P]` counted from each row's first token), whose keys and values
         go into `cache` at its count of positions written, which must be 0 (a reset cache): attention here runs
         over the prompt itself, `P` positions, rather than the whole cache. `layer_pass`: `prompt_layer` or a
-        compiled version of it (one graph serves every layer, and, compiled with dynamic shapes, every batch size and
-        length above 1). `kv_fp8`: the keys and values go into the cache as e4m3 bytes (`fp8_cache`), after the prompt
-        attended over them unrounded."""
+        compiled version of it (`compile_prompt_layer`: one graph serves every layer, batch size and length above 1).
+        A batch without padding attends causally without a mask (flash attention on a GPU). `kv_fp8`: the keys and
+        values go into the cache as e4m3 bytes (`fp8_cache`), after the prompt attended over them unrounded."""
         llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
         cos, sin = llm.rotary_emb(embeds, position_ids)
         visible = None  # no padding: causal attention, which runs without a mask (flash attention on a GPU)
