@@ -70,8 +70,8 @@ from share4v.inference.fused_llama import prompt_layer
 
 CACHE_LEN, NEW_TOKENS, TEXT_TOKENS = 768, 128, 36
 OWN = "own"  # the step's own attention
-# how the prompt pass compiles: `dynamic` as the engine does (compile_prompt_layer); else torch.compile's `dynamic`
-PROMPT_COMPILES = {"dynamic": None, "all-dynamic": True, "static": False}
+# how the prompt pass compiles: as the engine does (compile_prompt_layer), or torch.compile(dynamic=True / False)
+PROMPT_COMPILES = ("dynamic", "all-dynamic", "static")
 # a kernel goes to the group of the first entry one of whose words its lower-cased name holds: inductor's templates
 # (`triton_tem_...`) are flex attention or matrix products, its other kernels (triton on a GPU, C++ on the CPU)
 # element-wise or norm work even where their names list the attention they feed
@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 with attention_replaced(attention):
                     step = GreedyStep(model, options, fused=True)
-                    if prompt_compile != "dynamic":
-                        dynamic = PROMPT_COMPILES[prompt_compile]
-                        step.prompt_layer = torch.compile(prompt_layer, dynamic=dynamic, backend=options["backend"])
+                    if prompt_compile != "dynamic":  # the step's own compile_prompt_layer otherwise
+                        every_size = prompt_compile == "all-dynamic"
+                        step.prompt_layer = torch.compile(prompt_layer, dynamic=every_size, backend=options["backend"])
                     record = {"attention": attention, "prompt_compile": prompt_compile,
                               **measure(engine, step, rows, shape, device, args.profile_steps, reference)}  # fmt: skip
             except Exception as err:  # a kernel this device lacks: recorded, the others go on

@@ -34,10 +34,10 @@ place, no copies), and at batch 1 on a GPU every projection through a Triton mat
 static-cache compiled `generate` (1.51x without the kernel on the same machine;
 benchmarks/results/2026-11-27-h200-matvec/). The loop's prompt pass runs the fused layers too (`fused_prompt`),
 compiled with the batch size and length dynamic (one graph for every layer, batch size and prompt length, batch
-size 1 aside): 128-token captions at 1.19x the baseline's images/s, each at its best batch size (96), on an H100
-(benchmarks/results/2026-11-27-h100-prompt-compile/); with the opt-in fp8 KV cache (`kv_cache_dtype="fp8"`, keys
-and values rounded to e4m3: answers change slightly) 1.80x there and 1.55x on an H200
-(benchmarks/results/2026-11-27-h200-fp8-kv/), each side at its best batch size.
+size 1 and unpadded batches aside): 128-token captions at 1.19x the baseline's images/s, each at its best batch
+size (96), on an H100 (benchmarks/results/2026-11-27-h100-prompt-compile/); with the opt-in fp8 KV cache
+(`kv_cache_dtype="fp8"`, keys and values rounded to e4m3: answers change slightly) 1.80x there and 1.55x on an
+H200 (benchmarks/results/2026-11-27-h200-fp8-kv/), each side at its best batch size.
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
@@ -417,8 +417,10 @@ class Share4VEngine:
 
     def release_cache(self) -> None:
         """Let the pre-allocated KV cache go (a batch decoding now keeps it until it ends); the next batch allocates
-        one again. For a process that gives the GPU to other work between batches."""
-        self._cache = self._cache_shape = None
+        one again, and checks again whether it fits. For a process that gives the GPU to other work between batches:
+        call it between batches, from the thread that runs them (or while the engine's queue is idle), not while
+        another thread starts one."""
+        self._cache = self._cache_shape = self._refused = None
 
     def _static_cache(self, batch_size: int, positions: int) -> StaticCache | None:
         """The engine's KV cache for `batch_size` rows of `positions` rounded up to `CACHE_BUCKET` (capped at the
@@ -753,10 +755,11 @@ class Share4VEngine:
         if not self.compile_decode:
             return 0
         logger.info("warming up: compiling the decoding steps before the first request")
-        started, chat = time.perf_counter(), Chat.single("Hello.")
+        started, chat, longer = time.perf_counter(), Chat.single("Hello."), Chat.single("Hello, and welcome here.")
         for temperature in (0.0, 1.0):
-            for rows, new_tokens in WARM_UP_SHAPES:
-                self.complete([chat] * rows, GenerationParams(temperature=temperature, max_new_tokens=new_tokens))
+            for rows, new_tokens, padded in WARM_UP_SHAPES:
+                chats = [longer if padded and row % 2 else chat for row in range(rows)]
+                self.complete(chats, GenerationParams(temperature=temperature, max_new_tokens=new_tokens))
         logger.info("warmed up in %.0f s", time.perf_counter() - started)
         return 2 * len(WARM_UP_SHAPES)
 
@@ -783,10 +786,11 @@ class Share4VEngine:
             raise error
 
 
-# (rows, new tokens) of the warm-up's generations, each run greedily and sampled: batch 1 and larger batches, at
-# two cache lengths each, after which torch has compiled every graph later batches need (they only record CUDA
-# graphs; tests/inference/test_warm_up.py counts the compiles)
-WARM_UP_SHAPES = ((1, 2), (1, 300), (2, 2), (3, 300))
+# (rows, new tokens, prompts of two lengths) of the warm-up's generations, each run greedily and sampled: batch 1
+# and larger batches, at two cache lengths each, larger batches with and without padding (the prompt pass compiles
+# a graph for each), after which torch has compiled every graph later batches need (they only record CUDA graphs;
+# tests/inference/test_warm_up.py counts the compiles)
+WARM_UP_SHAPES = ((1, 2, False), (1, 300, False), (2, 2, False), (3, 300, True))
 
 
 def _check_fp8_cache(model: torch.nn.Module, compile_decode: Any) -> None:

@@ -52,7 +52,8 @@ class GreedyStep:
     batch without padding (causal attention, no mask) get one each (torch specializes sizes 0 and 1).
     `kv_fp8` (needs both): the cache holds keys and values as e4m3 bytes (`share4v.inference.fp8_cache`). Every
     step wraps the same functions, whose compiled graphs torch counts together, function by function (8 at most by
-    default, then it runs uncompiled): a process that decodes with many differently shaped models reaches that
+    default, then it runs uncompiled): the prompt pass takes up to 3 for each model shape and cache dtype, so a
+    process that decodes with three differently shaped models, or two with both cache dtypes, reaches that
     limit."""
 
     def __init__(

@@ -27,6 +27,7 @@ device (LoRA wrappers, quantized layers) or the layers are not Llama's: the mode
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -186,12 +187,14 @@ def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_f
     return hidden, key, value
 
 
-def compile_prompt_layer(backend="inductor"):
-    """`prompt_layer` compiled once for every layer, batch size and prompt length (torch specializes sizes 1:
-    batch size 1 and one-token prompts get a graph each): the rows and positions of its inputs are marked dynamic,
-    every other size (widths, heads, the q/k/v split) stays what the model has, so that inductor writes the
-    element-wise kernels for them. Compiled with every size dynamic, those kernels took 2.7x as long at 7B shape
-    (339 against 125 ms of a batch-128 pass on an H200, docs/Performance.md)."""
+def compile_prompt_layer(backend: str | Callable = "inductor") -> Callable:
+    """`prompt_layer` compiled once for every layer, batch size and prompt length (torch specializes sizes 1, so
+    batch size 1 and one-token prompts get a graph each; so do batches without padding, which pass no mask): the
+    rows and positions of its inputs are marked dynamic, every other size (widths, heads, the q/k/v split) stays
+    what the model has, so that inductor writes the element-wise kernels for them. Compiled with every size
+    dynamic, those kernels took 2.3x as long at 7B shape (443 against 191 ms of a batch-128 pass on an H100,
+    docs/Performance.md). Each model shape and cache dtype compiles its own graphs; torch counts all of them
+    against one limit for `prompt_layer` (8 by default, after which it runs uncompiled)."""
     compiled = torch.compile(prompt_layer, backend=backend)
 
     def run(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=False):

@@ -42,12 +42,13 @@ def test_bytes_round_to_e4m3_and_saturate():
     assert back[4] == 448 and back[5] == -448  # saturated, not NaN
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_the_fp8_step_computes_the_models_step_over_rounded_keys_and_values(kv_heads):
+def test_the_fp8_step_computes_the_models_step_over_rounded_keys_and_values(kv_heads, padded):
     """After the prompt (attended unrounded, written rounded), one step: transformers' own forward over a cache that
     holds the prompt's keys and values rounded and rounds the new ones is the reference."""
     model = text_model(kv_heads)
-    embeds, mask = left_padded(model)
+    embeds, mask = left_padded(model, padded)
     prompt = mask.shape[1]
     positions, step_mask, tokens, at = one_step_inputs(mask)
     with torch.inference_mode():

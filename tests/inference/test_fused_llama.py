@@ -29,12 +29,14 @@ def text_model(kv_heads: int, bias: bool = False) -> Share4VLlamaForCausalLM:
     return Share4VLlamaForCausalLM(config).eval()
 
 
-def left_padded(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt embeddings `[3, 9, D]` of three rows of 9, 5 and 2 tokens, left-padded, and their mask."""
+def left_padded(model, padded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeddings `[3, 9, D]` of three rows of 9, 5 and 2 tokens, left-padded, and their mask (`padded`
+    False: three rows of 9 tokens, no padding)."""
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 300, (3, 9), generator=generator)
     mask = torch.ones_like(ids)
-    mask[1, :4] = mask[2, :7] = 0
+    if padded:
+        mask[1, :4] = mask[2, :7] = 0
     ids = ids.masked_fill(mask == 0, PAD)
     with torch.inference_mode():
         return model.get_input_embeddings()(ids), mask
@@ -102,9 +104,7 @@ def test_one_fused_step_gives_the_models_logits(kv_heads):
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padded):
     model = text_model(kv_heads)
-    embeds, mask = left_padded(model)
-    if not padded:  # every row full: causal attention without a mask
-        mask = torch.ones_like(mask)
+    embeds, mask = left_padded(model, padded)  # unpadded: causal attention without a mask
     prompt = mask.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     ours, theirs = (StaticCache(config=model.config, max_cache_len=prompt + 4) for _ in range(2))
@@ -137,7 +137,7 @@ def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
     generator = torch.Generator().manual_seed(3)
     counts = []
     for rows, prompt, padded in [(3, 9, True), (2, 12, True), (4, 5, True), (1, 7, True), (1, 11, True),
-                                 (3, 6, False), (2, 8, False)]:  # fmt: skip
+                                 (3, 6, False), (2, 8, False), (1, 6, False)]:  # fmt: skip
         ids = torch.randint(3, 300, (rows, prompt), generator=generator)
         mask = torch.ones_like(ids)
         mask[0, :2] = 0 if padded else 1
@@ -148,7 +148,7 @@ def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
         counts.append(len(graphs))
     assert len(model.get_model().layers) == 2
     # batch size 1 gets a graph of its own (torch specializes size 1), and so do prompts without padding (no mask)
-    assert counts == [1, 1, 1, 2, 2, 3, 3]
+    assert counts == [1, 1, 1, 2, 2, 3, 3, 4]
     for graph in graphs:  # only rows and positions are dynamic: inductor's element-wise kernels know the widths
         sizes = {node.name: node.meta["example_value"].shape for node in graph.graph.nodes
                  if node.op == "placeholder" and isinstance(node.meta.get("example_value"), torch.Tensor)}  # fmt: skip
