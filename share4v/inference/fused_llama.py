@@ -166,8 +166,8 @@ def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_f
     """One decoder layer over prompt hidden states `[B, P, D]` (rotary `cos`/`sin`, `visible` `[B, 1, P, P]`, or
     None where no row is padded: causal attention) with the fused q/k/v and gate/up weights: the layer's output and
     its keys and values `[B, kv heads, P, head dim]` for the cache (with `kv_fp8`, as e4m3 bytes:
-    `fp8_cache.to_bytes`).
-    Tensors and the layer only, so that one compiled graph serves every layer (`compile_prompt_layer`)."""
+    `fp8_cache.to_bytes`). Tensors and the layer only, so that one compiled graph serves every layer
+    (`compile_prompt_layer`)."""
     attn, (rows, length) = layer.self_attn, hidden.shape[:2]
     query, key, value = F.linear(layer.input_layernorm(hidden), qkv).split(qkv_split, dim=-1)
     query, key, value = (x.view(rows, length, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
