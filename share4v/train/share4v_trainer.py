@@ -3,8 +3,8 @@
 `Share4VTrainer`: transformers' Trainer with what ShareGPT4V's recipe needs on top — the modality/length-grouped
 sampler, optimizer groups with their own learning rates for projector and ViT, checkpoints (periodic and final)
 in the released layouts, restored completely on resume, packed micro-batches (`--pack_sequences`), activation
-checkpointing in only the first decoder layers (`--gradient_checkpointing_layers`), and useful tokens/s and MFU in
-every log line.
+checkpointing in only the first decoder layers (`--gradient_checkpointing_layers`) or of only the element-wise
+work (`--gradient_checkpointing_policy selective`), and useful tokens/s and MFU in every log line.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import torch
 from transformers import Trainer, TrainerCallback
 
-from share4v.train.model_setup import checkpointed_layers, keep_activations_after
+from share4v.train.model_setup import apply_checkpointing
 from share4v.train.optim import param_groups
 from share4v.train.sampler import ModalityLengthGroupedSampler
 from share4v.train.saving import is_peft_model, load_training_checkpoint, save_training_checkpoint, vit_was_trained
@@ -24,14 +24,15 @@ TRAINING_ARGS_NAME = "training_args.bin"
 
 
 class SelectiveCheckpointing(TrainerCallback):
-    """Applies --gradient_checkpointing_layers when training starts. It cannot be applied earlier: `Trainer.train`
-    turns checkpointing on in every layer (`model.gradient_checkpointing_enable`, transformers 5.17;
-    `activation_checkpointing_enable`, 5.24) before it enters `_inner_training_loop`, which fires `on_train_begin`;
-    the layers read their flag at every call, so what is set here holds for every step, under DeepSpeed too."""
+    """Applies --gradient_checkpointing_layers and --gradient_checkpointing_policy when training starts. They cannot
+    be applied earlier: `Trainer.train` turns checkpointing on in every layer (`model.gradient_checkpointing_enable`,
+    transformers 5.17; `activation_checkpointing_enable`, 5.24) before it enters `_inner_training_loop`, which fires
+    `on_train_begin`; the layers read their flag and checkpoint function at every call, so what is set here holds for
+    every step, under DeepSpeed too."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if args.gradient_checkpointing:
-            keep_activations_after(model, checkpointed_layers(model, args))
+            apply_checkpointing(model, args)
 
 
 class Share4VTrainer(Trainer):
