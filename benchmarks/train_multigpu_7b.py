@@ -2,8 +2,7 @@
 
 ShareGPT4V-7B's training steps, random weights, through share4v's own trainer (`share4v.train.train.build_trainer`,
 the entry the launch scripts call) under DeepSpeed ZeRO-3 or ZeRO-2 with bf16 and gradient checkpointing (in every
-decoder layer, or in the first N with `--checkpoint-layers N`; `--checkpoint-policy selective` recomputes only their
-element-wise work), on LLaVA-like length distributions, with the
+decoder layer, or in the first N with `--checkpoint-layers N`), on LLaVA-like length distributions, with the
 recipe's global batch kept by gradient accumulation. Measures useful (non-padding) tokens per second per GPU — text
 tokens plus 576 positions per image —, MFU, optimizer-step time and peak GPU memory; `summarize` turns the result
 files of several GPU counts into scaling efficiency and projected epoch times.
@@ -213,14 +212,13 @@ def run(
     compile_layers: bool = False,
     deepspeed_config: Path | None = None,
     fsdp: bool = False,
-    checkpoint_policy: str = "full",
 ) -> None:
     import torch.distributed as dist
 
     from share4v.train.train import build_trainer
 
-    if (checkpoint_layers is not None or checkpoint_policy != "full") and not checkpointing:
-        raise SystemExit("--checkpoint-layers and --checkpoint-policy set the checkpointing: drop --no-checkpointing")
+    if checkpoint_layers is not None and not checkpointing:
+        raise SystemExit("--checkpoint-layers chooses among the checkpointed layers: drop --no-checkpointing")
     recipe = STAGES[stage]
     micro_batch = micro_batch or recipe["micro_batch"]
     global_batch = global_batch or recipe["global_batch"]
@@ -259,7 +257,6 @@ def run(
         argv += ["--tune_vit_from_layer", str(_tower_layers(root) // 2)]
     if checkpoint_layers is not None:
         argv += ["--gradient_checkpointing_layers", str(checkpoint_layers)]
-    argv += ["--gradient_checkpointing_policy", checkpoint_policy]
     if compile_layers:
         argv += ["--compile_decoder_layers", "True"]
     trainer = build_trainer(attn_implementation="sdpa", argv=argv, callbacks=[meter.callback])
@@ -292,8 +289,7 @@ def run(
         "zero_optimization": zero_options, "llm_layers": meter.config.num_hidden_layers,
         "llm_parameters": llm_parameters(meter.config), "micro_batch": micro_batch, "global_batch": global_batch,
         "gradient_accumulation": accumulation, "gradient_checkpointing": checkpointing,
-        "gradient_checkpointing_layers": checkpoint_layers, "gradient_checkpointing_policy": checkpoint_policy,
-        "compiled_layers": compile_layers, "packed": not padded,
+        "gradient_checkpointing_layers": checkpoint_layers, "compiled_layers": compile_layers, "packed": not padded,
         "dtype": "fp32" if cpu else "bf16", "attention": "sdpa",
         "fsdp_mixed_precision": str(trainer.accelerator.state.fsdp_plugin.mixed_precision_policy) if fsdp else None,
         "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "timed_steps": steps, "warmup_steps": warmup,
@@ -319,16 +315,15 @@ def run(
 
 def _series(result: dict) -> tuple:
     """Runs that scale together: the same training stage, ZeRO stage and its config file, LLM depth, micro-batch,
-    global batch, step (packed or padded), checkpointing (in how many layers: absent means all; its policy) and
-    compiled layers."""
+    global batch, step (packed or padded), checkpointing (and in how many layers: absent means all) and compiled
+    layers."""
     keys = ("stage", "zero_stage", "llm_layers", "micro_batch", "global_batch", "packed", "gradient_checkpointing",
             "gradient_checkpointing_layers")  # fmt: skip
-    policy = result.get("gradient_checkpointing_policy") or "full"  # files from before the key: full
     if result.get("sharding") == "fsdp2":
         config = "fsdp2"
     else:  # files from before the key was recorded ran DeepSpeed, with the stage's own config
         config = result.get("deepspeed_config") or f"zero{result.get('zero_stage', 3)}.json"
-    return (*(result.get(key) for key in keys), policy, bool(result.get("compiled_layers")), config)
+    return (*(result.get(key) for key in keys), bool(result.get("compiled_layers")), config)
 
 
 def summarize(paths: list[Path], target_gpus: int = 8) -> tuple[list[dict], str]:
@@ -403,10 +398,6 @@ def main() -> None:
     bench.add_argument(
         "--checkpoint-layers", type=int, metavar="N", help="checkpoint only the first N decoder layers (default: all)"
     )
-    bench.add_argument(
-        "--checkpoint-policy", choices=("full", "selective"), default="full",
-        help="the trainer's --gradient_checkpointing_policy (selective: keep matmul and attention outputs)",
-    )  # fmt: skip
     bench.add_argument("--compile-layers", action="store_true", help="the trainer's --compile_decoder_layers")
     bench.add_argument(
         "--deepspeed-config", type=Path, metavar="JSON", help="DeepSpeed config (default: scripts/zero{2,3}.json)"
@@ -434,7 +425,7 @@ def main() -> None:
         run(
             args.root, args.out, args.stage, args.zero, args.micro_batch, args.global_batch, args.warmup,
             args.steps, not args.no_checkpointing, args.cpu, args.padded, args.checkpoint_layers, args.compile_layers,
-            args.deepspeed_config, args.fsdp, args.checkpoint_policy,
+            args.deepspeed_config, args.fsdp,
         )  # fmt: skip
 
 

@@ -127,15 +127,6 @@ class TrainingArguments(transformers.TrainingArguments):
             "more memory"
         },
     )
-    gradient_checkpointing_policy: str = field(
-        default="full",
-        metadata={
-            "help": "with --gradient_checkpointing, what a checkpointed layer recomputes in the backward pass: full "
-            "(its whole forward) or selective (only the element-wise work: matmul and attention outputs are kept, "
-            "about half the memory of no checkpointing, nearly its speed); the same values either way",
-            "choices": ["full", "selective"],
-        },
-    )
     peak_tflops: Optional[float] = field(
         default=None,
         metadata={"help": "the accelerator's bf16 matmul peak, for the logged MFU (default: measured on CUDA)"},

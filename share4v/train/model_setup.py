@@ -25,7 +25,6 @@ from share4v.model.vision_setup import (
     initialize_vision_tokenizer,
     resize_embeddings_to_mean,
 )
-from share4v.train.activation_checkpointing import apply_policy, check_policy
 from share4v.train.arguments import ORIGINAL_VISION_DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -251,8 +250,8 @@ def keep_activations_after(model: torch.nn.Module, checkpointed: int) -> None:
 
 
 def apply_checkpointing(model: torch.nn.Module, training_args: Any) -> None:
-    """--gradient_checkpointing_layers and --gradient_checkpointing_policy, once transformers has turned
-    checkpointing on in every decoder layer (what `Share4VTrainer` does when training starts).
+    """--gradient_checkpointing_layers, once transformers has turned checkpointing on in every decoder layer (what
+    `Share4VTrainer` does when training starts).
 
     With the non-reentrant checkpoint (transformers 5's default) this also removes the hooks that
     `gradient_checkpointing_enable` puts on every input embedding to make its output require a gradient, the vision
@@ -261,35 +260,27 @@ def apply_checkpointing(model: torch.nn.Module, training_args: Any) -> None:
     for an input gradient that nothing uses (the same gradients either way; the reentrant checkpoint does need the
     hooks, and keeps them)."""
     keep_activations_after(model, checkpointed_layers(model, training_args))
-    apply_policy(model, getattr(training_args, "gradient_checkpointing_policy", "full"))
     if not (getattr(training_args, "gradient_checkpointing_kwargs", None) or {}).get("use_reentrant", False):
         _unwrapped(model).disable_input_require_grads()
 
 
-def _checkpointing_note(checkpointed: int | None, total: int, policy: str) -> str:
+def _checkpointing_note(checkpointed: int | None, total: int) -> str:
     if checkpointed is None:
         return ""
-    kind = "selective activation checkpointing (matmul and attention outputs kept)" if policy == "selective" else (
-        "activation checkpointing"
-    )  # fmt: skip
     if checkpointed == total:
-        return f", {kind} in all {total} decoder layers"
+        return f", activation checkpointing in all {total} decoder layers"
     which = f"layers 0-{checkpointed - 1}" if checkpointed else "no layer"
-    return f", {kind} in decoder {which} of {total} (the others keep their activations)"
+    return f", activation checkpointing in decoder {which} of {total} (the others keep their activations)"
 
 
 def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
     """The exact speed-ups of the training step: the loss without full-vocabulary logits and, for packed
     micro-batches on SDPA, the attention that runs each packed sample on its own (flash-attention runs them so
     already; other implementations stay correct through transformers' packed-sequence masks, only slower).
-    Checks --gradient_checkpointing_layers and --gradient_checkpointing_policy, which `Share4VTrainer` applies once
-    training starts (`apply_checkpointing`)."""
+    Checks --gradient_checkpointing_layers, which `Share4VTrainer` applies once training starts
+    (`apply_checkpointing`)."""
     model = _unwrapped(model)
     checkpointed = checkpointed_layers(model, training_args)
-    policy = getattr(training_args, "gradient_checkpointing_policy", "full")
-    check_policy(policy, getattr(training_args, "gradient_checkpointing_kwargs", None))
-    if checkpointed is None and policy != "full":
-        logger.warning("--gradient_checkpointing_policy %s has no effect without --gradient_checkpointing", policy)
     model.fused_cross_entropy = training_args.fused_cross_entropy
     if training_args.pack_sequences and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(PACKED_ATTENTION)
@@ -316,5 +307,5 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
         "without" if training_args.fused_cross_entropy else "with target-position",
         model.config._attn_implementation,
         ", compiled decoder layers" if training_args.compile_decoder_layers else "",
-        _checkpointing_note(checkpointed, len(model.get_model().layers), policy),
+        _checkpointing_note(checkpointed, len(model.get_model().layers)),
     )

@@ -3,8 +3,8 @@
 `Share4VTrainer`: transformers' Trainer with what ShareGPT4V's recipe needs on top — the modality/length-grouped
 sampler, optimizer groups with their own learning rates for projector and ViT, checkpoints (periodic and final)
 in the released layouts, restored completely on resume, packed micro-batches (`--pack_sequences`), activation
-checkpointing in only the first decoder layers (`--gradient_checkpointing_layers`) or of only the element-wise
-work (`--gradient_checkpointing_policy selective`), and useful tokens/s and MFU in every log line.
+checkpointing in only the first decoder layers (`--gradient_checkpointing_layers`), and useful tokens/s and MFU in
+every log line.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ TRAINING_ARGS_NAME = "training_args.bin"
 
 
 class SelectiveCheckpointing(TrainerCallback):
-    """Applies --gradient_checkpointing_layers and --gradient_checkpointing_policy when training starts. They cannot
-    be applied earlier: `Trainer.train` turns checkpointing on in every layer (`model.gradient_checkpointing_enable`,
-    transformers 5.17; `activation_checkpointing_enable`, 5.24) before it enters `_inner_training_loop`, which fires
-    `on_train_begin`; the layers read their flag and checkpoint function at every call, so what is set here holds for
-    every step, under DeepSpeed too."""
+    """Applies --gradient_checkpointing_layers (and drops the input-gradient hooks that the non-reentrant checkpoint
+    does not need: `apply_checkpointing`) when training starts. It cannot be applied earlier: `Trainer.train` turns
+    checkpointing on in every layer (`model.gradient_checkpointing_enable`, transformers 5.17;
+    `activation_checkpointing_enable`, 5.24) before it enters `_inner_training_loop`, which fires `on_train_begin`;
+    the layers read their flag at every call, so what is set here holds for every step, under DeepSpeed too."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if args.gradient_checkpointing:
