@@ -21,7 +21,7 @@ For each batch size and variant it writes one JSON line with
   two sizes dynamic, `fused_llama.compile_prompt_layer`); `all-dynamic` compiles it with every size dynamic
   (`dynamic=True`, the engine's earlier compile): whether dynamic shapes slow its element-wise kernels;
 - with `--attention NAME...`, the step runs with each formulation of `decode_attention_options.py` in turn in
-  place of `fused_llama.decode_attention` (replaced for the run, restored after; `own`: the step's own). Inductor
+  place of `cache_attention.decode_attention` (replaced for the run, restored after; `own`: the step's own). Inductor
   writes the `reduction` formulation as its own kernels, which the table counts as element-wise work.
 `common_prefix` counts the greedy tokens a run shares with the first run at its batch size (list `own` first to
 compare the others with the step's own attention; bf16 rounding parts them on random weights).
@@ -63,7 +63,7 @@ from decode_attention_options import FORMULATIONS
 from results_file import results_path, write_results
 from transformers import CompileConfig, StaticCache
 
-from share4v.inference import fused_llama
+from share4v.inference import cache_attention
 from share4v.inference.engine import Share4VEngine
 from share4v.inference.fast_greedy import GreedyStep, begin, greedy_decode
 from share4v.inference.fused_llama import prompt_layer
@@ -93,14 +93,15 @@ def group_of(kernel: str) -> str:
 
 @contextlib.contextmanager
 def attention_replaced(name: str):
-    """`fused_llama.decode_attention` as `decode_attention_options.FORMULATIONS[name]` (`own`: unchanged) inside."""
-    own = fused_llama.decode_attention
+    """`cache_attention.decode_attention` as `decode_attention_options.FORMULATIONS[name]` (`own`: unchanged)
+    inside."""
+    own = cache_attention.decode_attention
     if name != OWN:
-        fused_llama.decode_attention = FORMULATIONS[name]
+        cache_attention.decode_attention = FORMULATIONS[name]
     try:
         yield
     finally:
-        fused_llama.decode_attention = own
+        cache_attention.decode_attention = own
 
 
 def profiled(call, repeats: int, device: torch.device, per: str) -> list[dict]:

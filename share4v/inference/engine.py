@@ -89,9 +89,10 @@ from transformers.generation.utils import ALL_CACHE_NAMES
 
 from share4v.constants import DEFAULT_CONV_MODE
 from share4v.conversation import Conversation, default_conv_mode, get_conv_template
+from share4v.inference.cache_attention import has_kernel
 from share4v.inference.continuous import JOIN_ROOM, Seat, decode_continuously
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
-from share4v.inference.fp8_cache import KV_CACHE_DTYPES, has_fp8_kernel
+from share4v.inference.fp8_cache import KV_CACHE_DTYPES
 from share4v.inference.fused_llama import FusedLlama
 from share4v.inference.requests import (
     FINISH_LENGTH,
@@ -803,7 +804,7 @@ def _check_fp8_cache(model: torch.nn.Module, compile_decode: Any) -> None:
             "projections (not LoRA or quantized ones)"
         )
     device = model.get_input_embeddings().weight.device
-    if device.type == "cuda" and not has_fp8_kernel(device):
+    if device.type == "cuda" and not has_kernel(device, fp8=True):
         raise ValueError(
             "kv_cache_dtype='fp8' needs a GPU with fp8 conversions (compute capability 8.9 or higher: Ada, Hopper) "
             "and Triton"

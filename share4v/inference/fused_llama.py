@@ -18,8 +18,10 @@ the output head, runs through `share4v.inference.matvec`'s Triton kernel, which 
 cuBLAS's one-row kernels (1.11x the step on an H200); elsewhere `F.linear`.
 
 The step computes what transformers' Llama computes for one new token per row over a static cache (the same
-modules for norms, rotary embedding, output and down projections; SDPA over the cache with the padding mask and
-causality); the tests compare its logits with the model's own step and its greedy tokens with `generate`'s in fp32.
+modules for norms, rotary embedding, output and down projections; attention over the cache with the padding mask and
+causality, which `share4v.inference.cache_attention` runs as a kernel that reads only the written slots where it
+can, else as SDPA); the tests compare its logits with the model's own step and its greedy tokens with `generate`'s
+in fp32.
 `of` gives None where the projections to fuse are not plain floating-point `nn.Linear`s without biases on one
 device (LoRA wrappers, quantized layers) or the layers are not Llama's: the model's own forward runs there.
 """
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 
-from share4v.inference import fp8_cache
+from share4v.inference import cache_attention, fp8_cache
 from share4v.inference.matvec import linear
 
 
@@ -107,11 +109,9 @@ class FusedLlama:
             query, key, value = (x.view(rows, 1, -1, attn.head_dim).transpose(1, 2) for x in (query, key, value))
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             if kv_fp8:
-                keys, values = cache.update(fp8_cache.to_bytes(key), fp8_cache.to_bytes(value), index)
-                out = fp8_cache.decode_attention(query, keys, values, visible, cache_position, attn.scaling)
-            else:
-                key, value = cache.update(key, value, index)
-                out = decode_attention(query, key, value, visible, attn.scaling)
+                key, value = fp8_cache.to_bytes(key), fp8_cache.to_bytes(value)
+            keys, values = cache.update(key, value, index)
+            out = cache_attention.decode_attention(query, keys, values, visible, cache_position, attn.scaling)
             hidden = hidden + _project(attn.o_proj, out.transpose(1, 2).reshape(rows, 1, -1))
             gate, up = linear(layer.post_attention_layernorm(hidden), fused.gate_up).chunk(2, dim=-1)
             hidden = hidden + _project(layer.mlp.down_proj, layer.mlp.act_fn(gate) * up)
@@ -151,15 +151,6 @@ class FusedLlama:
             )
             cache.update(key, value, index)
         return self.model.lm_head(llm.norm(hidden[:, -1]))
-
-
-def decode_attention(query, key, value, visible, scale) -> torch.Tensor:
-    """One new query a row `[B, H, 1, D]` over the whole static cache `[B, kv heads, slots, D]`, `visible`
-    `[B, 1, 1, slots]` marking the written, non-padding slots: SDPA, as transformers' attention computes it."""
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # as transformers' SDPA path: PyTorch's fused kernels take no grouped heads with a mask
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=visible, scale=scale)
 
 
 def prompt_layer(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=False):

@@ -13,17 +13,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import profile_decode_step  # noqa: E402
 
-from share4v.inference import fused_llama  # noqa: E402
+from share4v.inference import cache_attention  # noqa: E402
 
 
 def test_profiles_the_step_and_swaps_its_attention(tmp_path):
-    own = fused_llama.decode_attention
+    own = cache_attention.decode_attention
     out = tmp_path / "step.json"
     argv = ["--smoke", "--batch-sizes", "1,3", "--attention", "own", "matmul_softmax", "sdpa_cudnn"]
     argv += ["--profile-steps", "4"]
     results = profile_decode_step.main([*argv, "--out", str(out)])
     assert json.loads(out.read_text()) == results
-    assert fused_llama.decode_attention is own  # restored after the run
+    assert cache_attention.decode_attention is own  # restored after the run
     # cuDNN's kernel cannot run on the CPU: recorded with its reason, and the other formulations still run
     failed = [(error["rows"], error["attention"]) for error in results["errors"]]
     assert failed == [(1, "sdpa_cudnn"), (3, "sdpa_cudnn")]

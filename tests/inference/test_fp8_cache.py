@@ -1,10 +1,9 @@
 """`share4v.inference.fp8_cache` and `Share4VEngine(kv_cache_dtype="fp8")`: keys and values stored as e4m3 bytes;
 the fused step with them computes what transformers' Llama computes over a cache holding the same rounded values
-(fp32, grouped and plain heads, left padding); the Triton kernel (run by Triton's interpreter in a subprocess)
-computes the reference attention; the engine's loops, fixed and continuous batches, decode over such a cache."""
+(fp32, grouped and plain heads, left padding); the engine's loops, fixed and continuous batches, decode over such a
+cache. The attention kernel that reads them: tests/inference/test_cache_attention.py."""
 
 import argparse
-import textwrap
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from share4v.inference.continuous import Seat, decode_continuously
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fused_llama import FusedLlama
 from share4v.model.builder import load_pretrained_model
-from tests.helpers import random_image, run_in_triton_interpreter
+from tests.helpers import random_image
 from tests.inference.test_fused_llama import EAGER, left_padded, one_step_inputs, text_model
 
 
@@ -81,40 +80,6 @@ def test_the_fp8_step_computes_the_models_step_over_rounded_keys_and_values(kv_h
         unrounded = model(input_ids=tokens, attention_mask=step_mask, position_ids=positions[:, -1:] + 1,
                           cache_position=at, past_key_values=plain, use_cache=True).logits[:, -1]  # fmt: skip
     assert not torch.allclose(logits, unrounded, rtol=1e-5, atol=1e-5)
-
-
-KERNEL_CHECK = textwrap.dedent(
-    """
-    import torch
-    from share4v.inference import fp8_cache
-
-    torch.manual_seed(0)
-    shapes = ((3, 4, 2, 150, 32, 130), (2, 4, 4, 64, 16, 63), (1, 2, 1, 200, 64, 5))
-    for rows, heads, kv_heads, slots, dim, last in shapes:
-        query = torch.randn(rows, heads, 1, dim)
-        keys = fp8_cache.to_bytes(torch.randn(rows, kv_heads, slots, dim) * 3)
-        values = fp8_cache.to_bytes(torch.randn(rows, kv_heads, slots, dim))
-        mask = torch.ones(rows, slots, dtype=torch.long)
-        mask[0, : min(70, last)] = 0  # left padding longer than a block of the kernel
-        mask[-1, :2] = 0
-        at = torch.tensor([last])
-        visible = mask.bool()[:, None, None, :] & (torch.arange(slots) <= at)[None, None, None, :]
-        expected = fp8_cache.decode_attention(query, keys, values, visible, at, 0.17)  # off the GPU: the reference
-        # the kernel is shown slots past the last written one too: it must stop reading at `at` by itself
-        shown = mask.bool().contiguous()
-        for config in (None, (32, 1, 2), (64, 2, 2), (256, 4, 2)):  # launch_config's choices
-            out = fp8_cache.run_kernel(query.reshape(rows, heads, dim).contiguous(), keys, values, shown, at, 0.17,
-                                       config)
-            error = (out.view(rows, heads, 1, dim) - expected).abs().max().item()
-            assert error < 1e-5, (rows, heads, kv_heads, slots, dim, last, config, error)
-    print("kernel ok")
-    """
-)
-
-
-def test_the_kernel_computes_the_reference_attention():
-    pytest.importorskip("triton")
-    run_in_triton_interpreter(KERNEL_CHECK, "kernel ok")
 
 
 def test_the_engine_decodes_over_an_fp8_cache(tiny_ckpt):
@@ -196,62 +161,3 @@ def test_batches_that_generate_decodes_keep_the_models_dtype_in_its_own_cache(ti
     default = Share4VEngine(tokenizer, model, processor, context, compile_decode=EAGER)
     assert [a.token_ids for a in fp8.complete(chats, params)] == [a.token_ids for a in default.complete(chats, params)]
     assert fp8._cache is None and fp8._greedy_step is None  # neither the static cache nor the loop's step made
-
-
-GUARD_CHECK = textwrap.dedent(
-    """
-    import torch
-    from share4v.inference import fp8_cache
-
-    # decide as on a GPU (Triton's interpreter runs the kernel on the CPU), with a launch choice that changes
-    # between the batch sizes below: compiled code must not guard on it
-    fp8_cache.has_fp8_kernel = lambda device: True
-    fp8_cache.launch_config = lambda programs: (16, 1, 2) if programs >= 8 else (32, 2, 2)
-    graphs = []
-
-    def counting(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    attend = torch.compile(fp8_cache.decode_attention, backend=counting)
-    torch.manual_seed(0)
-    for rows in (2, 3, 5, 6):
-        query = torch.randn(rows, 2, 1, 16)
-        keys, values = (fp8_cache.to_bytes(torch.randn(rows, 2, 40, 16)) for _ in range(2))
-        at = torch.tensor([30])
-        visible = torch.ones(rows, 1, 1, 40, dtype=torch.bool) & (torch.arange(40) <= at)
-        fp8_cache.has_fp8_kernel = lambda device: False
-        expected = fp8_cache.decode_attention(query, keys, values, visible, at, 0.25)
-        fp8_cache.has_fp8_kernel = lambda device: True
-        out = attend(query, keys, values, visible, at, 0.25)
-        assert (out - expected).abs().max() < 1e-5, rows
-    assert len(graphs) == 2, len(graphs)  # the first shape, then one with dynamic sizes: none per launch choice
-    print("guards ok")
-    """
-)
-
-
-def test_compiled_code_does_not_recompile_for_the_kernels_launch_choice():
-    pytest.importorskip("triton")
-    run_in_triton_interpreter(GUARD_CHECK, "guards ok")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("rows", [1, 64, 128])
-def test_on_a_gpu_the_operator_eager_and_compiled_gives_the_reference(rows):
-    device = torch.device("cuda")
-    if not fp8_cache.has_fp8_kernel(device):
-        pytest.skip("this GPU has no fp8 conversions")
-    generator = torch.Generator(device).manual_seed(rows)
-    query = torch.randn(rows, 32, 1, 128, device=device, dtype=torch.bfloat16, generator=generator)
-    keys, values = (fp8_cache.to_bytes(torch.randn(rows, 8, 300, 128, device=device, generator=generator))
-                    for _ in range(2))  # fmt: skip
-    at = torch.tensor([250], device=device)
-    visible = torch.ones(rows, 1, 1, 300, dtype=torch.bool, device=device) & (torch.arange(300, device=device) <= at)
-    visible[1:, ..., :37] = False
-    key, value = (fp8_cache.from_bytes(t, torch.float32).repeat_interleave(4, dim=1) for t in (keys, values))
-    expected = torch.nn.functional.scaled_dot_product_attention(query.float(), key, value, attn_mask=visible,
-                                                                scale=0.09)  # fmt: skip
-    for attend in (fp8_cache.decode_attention, torch.compile(fp8_cache.decode_attention)):
-        out = attend(query, keys, values, visible, at, 0.09)
-        assert out.dtype == torch.bfloat16 and (out.float() - expected).abs().max() < 0.02
