@@ -34,10 +34,12 @@ place, no copies), and at batch 1 on a GPU every projection through a Triton mat
 static-cache compiled `generate` (1.51x without the kernel on the same machine;
 benchmarks/results/2026-11-27-h200-matvec/). The loop's prompt pass runs the fused layers too (`fused_prompt`),
 compiled with the batch size and length dynamic (one graph for every layer, batch size and prompt length, batch
-size 1 and unpadded batches aside): 128-token captions at 1.19x the baseline's images/s, each at its best batch
-size (96), on an H100 (benchmarks/results/2026-11-27-h100-prompt-compile/); with the opt-in fp8 KV cache
-(`kv_cache_dtype="fp8"`, keys and values rounded to e4m3: answers change slightly) 1.80x there and 1.55x on an
-H200 (benchmarks/results/2026-11-27-h200-fp8-kv/), each side at its best batch size.
+size 1 and unpadded batches aside). From batch 2 the step's attention is a Triton kernel that reads only the
+cache slots written so far (`share4v.inference.cache_attention`; the static cache is longer, rounded up to
+`CACHE_BUCKET`). 128-token captions ran at 1.30x the baseline's images/s, each at its best batch size (96), on an
+H100 (benchmarks/results/2026-11-27-h100-cache-kernel/; 1.19x on another H100 before the kernel). With the opt-in
+fp8 KV cache (`kv_cache_dtype="fp8"`, keys and values rounded to e4m3: answers change slightly) they ran at 1.83x
+there and 1.55x on an H200 (benchmarks/results/2026-11-27-h200-fp8-kv/), each side at its best batch size.
 
 What compiles and what re-records, so callers can keep one graph busy:
 - The first compiled generation traces and compiles the decode step (a minute or so at 7B; the benchmark
