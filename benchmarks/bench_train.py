@@ -8,9 +8,10 @@ trainable set (LLM + projector).
 
 - baseline: transformers' `LlavaForConditionalGeneration` (SDPA), right-padded micro-batches, every image expanded
   to 576 `<image>` tokens, the loss on full-vocabulary logits — a transformers-style LLaVA training step.
-- share4v: `Share4VLlamaForCausalLM` as the trainer runs it (`pack_sequences=True`: the same micro-batch as one row
-  without padding, per-sample variable-length attention; the loss without full-vocabulary logits), with the blank
-  image that the original recipe gives text-only rows.
+- share4v: `Share4VLlamaForCausalLM` as the trainer runs it by default (`pack_sequences=True`: the same micro-batch
+  as one row without padding, per-sample variable-length attention; the loss without full-vocabulary logits; on a
+  GPU each decoder layer compiled, `compile_decoder_layers`), with the blank image that the original recipe gives
+  text-only rows.
 
 Equality: before any update, both losses on the same batches agree (bf16 tolerance); the per-step losses of the
 timed runs are recorded. Throughput: useful tokens (text + 576 per image, never padding) per second, timed over
@@ -29,12 +30,14 @@ positions of right-padded micro-batches of 8 (over 10,000 batches; the issue's a
 of the 30 timed batches of the default run. Before 2026-11-27 text-only rows were as short as the others (10% of
 rows), and the timed batches padded 18.9%.
 
-    python benchmarks/bench_train.py --compile --out benchmarks/results/   # on the GPU
-    python benchmarks/bench_train.py --tiny --steps 2 --warmup 1           # a smoke test on the CPU
+    python benchmarks/bench_train.py --eager-layers --out benchmarks/results/   # on the GPU
+    python benchmarks/bench_train.py --tiny --steps 2 --warmup 1                # a smoke test on the CPU
 
 Prints one JSON line per measurement; the results file holds `train_speedup` (share4v's useful tok/s over the
-baseline's) and `train_mfu` (share4v's MFU) for the trainer's defaults, the same two keys suffixed
-`_compiled_layers` for `--compile_decoder_layers` (with `--compile`), the raw numbers and peak memory.
+baseline's) and `train_mfu` (share4v's MFU) for the trainer's defaults on the device, the same two keys suffixed
+`_eager_layers` for `--compile_decoder_layers False` (with `--eager-layers`, on a GPU), the raw numbers and peak
+memory. Files written before 2026-11-27 timed the defaults of their day (layers eager) as `share4v` and compiled
+layers as `share4v_compiled_layers` (`--compile`).
 """
 
 from __future__ import annotations
@@ -190,8 +193,9 @@ def _pixels(count: int, shape: Shape) -> torch.Tensor:
     return torch.randn((count, 3, shape.image_size, shape.image_size), generator=generator)
 
 
-def build_share4v(shape: Shape, tower_dir: Path, device, compile_layers: bool = False) -> torch.nn.Module:
-    """The model as share4v's trainer sets it up (`configure_step_speedups` with the trainer's defaults)."""
+def build_share4v(shape: Shape, tower_dir: Path, device, compile_layers: bool | None = None) -> torch.nn.Module:
+    """The model as share4v's trainer sets it up on `device` (`configure_step_speedups` with the trainer's defaults;
+    `compile_layers`: --compile_decoder_layers, None for its default there)."""
     from share4v.model import Share4VConfig, Share4VLlamaForCausalLM
     from share4v.train.model_setup import configure_step_speedups
 
@@ -209,7 +213,7 @@ def build_share4v(shape: Shape, tower_dir: Path, device, compile_layers: bool = 
     tower = model.get_vision_tower().to(device=device, dtype=torch.bfloat16)
     tower.requires_grad_(False)
     flags = argparse.Namespace(pack_sequences=True, fused_cross_entropy=True, compile_decoder_layers=compile_layers,
-                               gradient_checkpointing=False)  # fmt: skip
+                               gradient_checkpointing=False, device=torch.device(device))  # fmt: skip
     configure_step_speedups(model, flags)
     return model
 
@@ -324,18 +328,11 @@ def train_steps(model, batches: list[dict], warmup: int, device, autocast_dtype,
     return run
 
 
-def compiled_run(shape: Shape, tower_dir: Path, device, initial: dict, batches: list[dict], args) -> dict | None:
-    """share4v's step with `--compile_decoder_layers`; a compiler failure is reported, not fatal."""
-    model = build_share4v(shape, tower_dir, device, compile_layers=True)
+def eager_layers_run(shape: Shape, tower_dir: Path, device, initial: dict, batches: list[dict], args) -> dict:
+    """share4v's step with `--compile_decoder_layers False` (where the defaults compile them)."""
+    model = build_share4v(shape, tower_dir, device, compile_layers=False)
     model.load_state_dict(initial)
-    try:
-        run = train_steps(model, batches, args.warmup, device, torch.bfloat16)
-    except Exception as err:  # a compiler failure is a finding, not the end of the run
-        emit({"measurement": "share4v_compiled_layers", "error": f"{type(err).__name__}: {err}"[:500]})
-        return None
-    emit({"measurement": "compiled_graphs", "unique_graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"]})
-    if args.profile:
-        profile_steps(model, batches[:2], device, torch.bfloat16, args.profile)
+    run = train_steps(model, batches, args.warmup, device, torch.bfloat16)
     del model
     _free(device)
     return run
@@ -372,8 +369,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=2048, help="model_max_length (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="also time share4v with compiled decoder layers")
-    parser.add_argument("--profile", type=Path, help="write a kernel-time table of two compiled share4v steps here")
+    parser.add_argument(
+        "--eager-layers",
+        action="store_true",
+        help="also time share4v with --compile_decoder_layers False (on a GPU its default compiles)",
+    )
+    parser.add_argument("--profile", type=Path, help="write a kernel-time table of two share4v steps here")
     parser.add_argument("--tiny", action="store_true", help="tiny shape on the CPU: checks the script, times nothing")
     parser.add_argument("--out", type=Path, help="results JSON to write, or a folder for DATE-GPU-train.json")
     args = parser.parse_args(argv)
@@ -396,17 +397,23 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tower_dir = Path(tmp) / "clip"
         save_tower(shape, tower_dir, device)
-        share4v_model = build_share4v(shape, tower_dir, device)
+        share4v_model = build_share4v(shape, tower_dir, device)  # the trainer's defaults on this device
+        compiled = all(layer._compiled_call_impl is not None for layer in share4v_model.get_model().layers)
         initial = {k: v.detach().to("cpu", copy=True) for k, v in share4v_model.state_dict().items()}
         ours_batches = [share4v_batch(g, shape, device) for g in groups]
         ours_first = first_losses(share4v_model, ours_batches[:2], device, autocast_dtype)
         runs["share4v"] = train_steps(share4v_model, ours_batches, args.warmup, device, autocast_dtype)
+        if compiled:
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            emit({"measurement": "compiled_graphs", "unique_graphs": graphs})
+        if args.profile:
+            profile_steps(share4v_model, ours_batches[:2], device, autocast_dtype, args.profile)
         del share4v_model
         _free(device)
-        if args.compile:  # the same step with each decoder layer compiled (regional compilation)
-            runs["share4v_compiled_layers"] = compiled_run(shape, tower_dir, device, initial, ours_batches, args)
+        if args.eager_layers and compiled:  # the same step with the decoder layers left eager
+            runs["share4v_eager_layers"] = eager_layers_run(shape, tower_dir, device, initial, ours_batches, args)
 
-        reference = build_share4v(shape, tower_dir, device)
+        reference = build_share4v(shape, tower_dir, device, compile_layers=False)
         reference.load_state_dict(initial)
         llava = build_llava(reference, shape, tower_dir, device)
         del reference
@@ -419,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
         del ours_batches
 
     results = {"shape": shape.__dict__, "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup,
-               "padding_fraction": padding_fraction}  # fmt: skip
+               "padding_fraction": padding_fraction, "share4v_compiled_layers": compiled}  # fmt: skip
     config = _flops_config(shape)
     for name, run in [(name, run) for name, run in runs.items() if run is not None]:
         rate = sum(useful) / run["seconds"]
@@ -434,10 +441,10 @@ def main(argv: list[str] | None = None) -> dict:
     baseline_rate = results["baseline"]["useful_tokens_per_second"]
     results["train_speedup"] = round(results["share4v"]["useful_tokens_per_second"] / baseline_rate, 3)
     results["train_mfu"] = results["share4v"]["mfu"]
-    if "share4v_compiled_layers" in results:  # --compile_decoder_layers
-        compiled = results["share4v_compiled_layers"]
-        results["train_speedup_compiled_layers"] = round(compiled["useful_tokens_per_second"] / baseline_rate, 3)
-        results["train_mfu_compiled_layers"] = compiled["mfu"]
+    if "share4v_eager_layers" in results:  # --compile_decoder_layers False
+        eager = results["share4v_eager_layers"]
+        results["train_speedup_eager_layers"] = round(eager["useful_tokens_per_second"] / baseline_rate, 3)
+        results["train_mfu_eager_layers"] = eager["mfu"]
     results["environment"] = _environment(device, peak_flops)
     summary = {key: value for key, value in results.items() if key.startswith(("train_speedup", "train_mfu"))}
     emit({"measurement": "summary", **summary, "equal": results["equality"]["equal"], "loss_difference": relative})

@@ -257,8 +257,7 @@ def run(
         argv += ["--tune_vit_from_layer", str(_tower_layers(root) // 2)]
     if checkpoint_layers is not None:
         argv += ["--gradient_checkpointing_layers", str(checkpoint_layers)]
-    if compile_layers:
-        argv += ["--compile_decoder_layers", "True"]
+    argv += ["--compile_decoder_layers", str(compile_layers)]  # eager unless asked (the trainer's default: auto)
     trainer = build_trainer(attn_implementation="sdpa", argv=argv, callbacks=[meter.callback])
     lengths = trainer.train_dataset.lengths
     trainer.train()

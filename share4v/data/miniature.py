@@ -400,6 +400,7 @@ def common_flags(recipe: Recipe, seed: int, steps: int, device: str = "cpu") -> 
         "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
         "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--lr_scheduler_type", "cosine",
         "--warmup_steps", "0.03", "--weight_decay", "0.", "--max_steps", str(steps), "--disable_tqdm", "True",
+        "--compile_decoder_layers", "False",  # tiny layers: compiling costs more than it saves; the cards ran eager
     ]  # fmt: skip
 
 

@@ -112,11 +112,13 @@ class TrainingArguments(transformers.TrainingArguments):
         default=True,
         metadata={"help": "compute the loss without full-vocabulary logits (same values; less memory and time)"},
     )
-    compile_decoder_layers: bool = field(
-        default=False,
+    compile_decoder_layers: Optional[bool] = field(
+        default=None,
         metadata={
             "help": "compile each decoder layer with torch.compile (regional compilation: one compile serves all "
-            "layers); fuses the element-wise work of the step, about 1.4x faster on an H100-class GPU"
+            "layers); fuses the element-wise work of the step, about 1.25x faster on an H100-class GPU. Default: on "
+            "where it was measured, training on a CUDA GPU without DeepSpeed, --gradient_checkpointing, LoRA or "
+            "quantization; else off"
         },
     )
     gradient_checkpointing_layers: Optional[int] = field(

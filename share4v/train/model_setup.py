@@ -290,7 +290,8 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
             "sdpa or flash-attention run packed samples without one",
             model.config._attn_implementation,
         )
-    if training_args.compile_decoder_layers:
+    compiled = compiles_decoder_layers(training_args)
+    if compiled:
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         combined = {"DeepSpeed ZeRO-3": is_deepspeed_zero3_enabled(),
@@ -301,11 +302,32 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
                            "compare the first steps' loss with a run without it", " and ".join(untested))  # fmt: skip
         for layer in model.get_model().layers:
             layer.compile()
+    compile_note = ", compiled decoder layers" if compiled else ""
+    if compiled and getattr(training_args, "compile_decoder_layers", None) is None:
+        compile_note += " (the default on a CUDA GPU; --compile_decoder_layers False turns it off)"
     logger.info(
         "training step: %s micro-batches, loss %s full-vocabulary logits, attention %s%s%s",
         "packed" if training_args.pack_sequences else "padded",
         "without" if training_args.fused_cross_entropy else "with target-position",
         model.config._attn_implementation,
-        ", compiled decoder layers" if training_args.compile_decoder_layers else "",
+        compile_note,
         _checkpointing_note(checkpointed, len(model.get_model().layers)),
     )
+
+
+def compiles_decoder_layers(training_args: Any) -> bool:
+    """--compile_decoder_layers when given; unset, on where compiled layers were measured (benchmarks/bench_train.py
+    on one GPU, FSDP2 on 2 and 4, equal losses): training on a CUDA GPU without DeepSpeed, gradient checkpointing,
+    LoRA or 4/8-bit weights. Under DeepSpeed ZeRO-3 compiled layers recompiled and lost their gain; with the others
+    they were not measured."""
+    wanted = getattr(training_args, "compile_decoder_layers", None)
+    if wanted is not None:
+        return bool(wanted)
+    measured = (
+        not getattr(training_args, "deepspeed", None)
+        and not training_args.gradient_checkpointing
+        and not getattr(training_args, "lora_enable", False)
+        and getattr(training_args, "bits", 16) == 16
+    )
+    device = getattr(training_args, "device", None) if measured else None  # TrainingArguments': this process's
+    return device is not None and device.type == "cuda"

@@ -26,11 +26,14 @@ def test_tiny_run_writes_results_with_equal_losses(tmp_path):
 
 
 def test_compiled_layers_build_with_the_benchmarks_flags(tmp_path):
-    """--compile's model: the trainer's step settings read every flag they need from the bench's namespace."""
+    """The compiled model (the trainer's default on a GPU): the trainer's step settings read every flag they need
+    from the bench's namespace; on the CPU the default leaves the layers eager."""
     tower = tmp_path / "tower"
     bench_train.save_tower(bench_train.TINY, tower, "cpu")
     model = bench_train.build_share4v(bench_train.TINY, tower, "cpu", compile_layers=True)
     assert all(layer._compiled_call_impl is not None for layer in model.get_model().layers)
+    default = bench_train.build_share4v(bench_train.TINY, tower, "cpu")
+    assert all(layer._compiled_call_impl is None for layer in default.get_model().layers)
     assert model.fused_cross_entropy
 
 

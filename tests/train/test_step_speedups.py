@@ -1,8 +1,14 @@
 """The fast training step (packed micro-batches, loss without full logits) trains exactly as the padded recipe."""
 
-import pytest
+import logging
+from types import SimpleNamespace
 
+import pytest
+import torch
+
+from share4v.model.builder import load_pretrained_model
 from share4v.model.packed_attention import PACKED_ATTENTION
+from share4v.train.model_setup import compiles_decoder_layers, configure_step_speedups
 from share4v.train.train import train
 from tests.train.test_train import COMMON
 
@@ -48,11 +54,6 @@ def test_every_log_line_has_useful_tokens_per_second(runs):
 
 def test_compiled_layers_warn_where_they_are_untested(tiny_ckpt, caplog):
     """--compile_decoder_layers with gradient checkpointing (or ZeRO-3) has not been checked: the run says so."""
-    from types import SimpleNamespace
-
-    from share4v.model.builder import load_pretrained_model
-    from share4v.train.model_setup import configure_step_speedups
-
     _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
     compiled = []
     for layer in model.get_model().layers:
@@ -62,3 +63,52 @@ def test_compiled_layers_warn_where_they_are_untested(tiny_ckpt, caplog):
     assert "has not been measured" not in caplog.text and len(compiled) == len(model.get_model().layers)
     configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=True))
     assert "--compile_decoder_layers with --gradient_checkpointing has not been measured" in caplog.text
+
+
+CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (dict(device=CUDA), True),  # unset, training on a GPU: on
+        (dict(device=torch.device("cpu")), False),
+        (dict(device=CUDA, gradient_checkpointing=True), False),  # the combinations not measured: off
+        (dict(device=CUDA, deepspeed="scripts/zero3.json"), False),
+        (dict(device=CUDA, lora_enable=True), False),
+        (dict(device=CUDA, bits=4), False),
+        (dict(device=CUDA, compile_decoder_layers=False), False),  # given: as given
+        (dict(device=torch.device("cpu"), compile_decoder_layers=True), True),
+        (dict(device=CUDA, gradient_checkpointing=True, compile_decoder_layers=True), True),
+    ],
+)
+def test_decoder_layers_compile_by_default_where_measured(given, expected):
+    defaults = dict(compile_decoder_layers=None, deepspeed=None, gradient_checkpointing=False, lora_enable=False,
+                    bits=16)  # fmt: skip
+    assert compiles_decoder_layers(SimpleNamespace(**{**defaults, **given})) is expected
+
+
+def test_the_run_says_when_it_compiles_by_default(tiny_ckpt, caplog):
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
+    compiled = []
+    for layer in model.get_model().layers:
+        layer.compile = lambda layer=layer: compiled.append(layer)  # the compile itself is not what is tested
+    flags = dict(fused_cross_entropy=True, pack_sequences=False, gradient_checkpointing=False)
+    with caplog.at_level(logging.INFO, logger="share4v"):
+        configure_step_speedups(model, SimpleNamespace(**flags, compile_decoder_layers=None, device=CUDA))
+    assert len(compiled) == len(model.get_model().layers)
+    assert "compiled decoder layers (the default on a CUDA GPU; --compile_decoder_layers False turns it off)" in (
+        caplog.text
+    )
+
+
+def test_compiled_layers_train_as_the_eager_ones(world, runs, tmp_path):
+    """fp32 on the CPU (inductor's C++ kernels): the compiled step's losses and gradient norms are the eager one's."""
+    _, fast = runs
+    compiled = run(world, tmp_path, "--compile_decoder_layers", "True")
+    assert all(layer._compiled_call_impl is not None for layer in compiled.model.get_model().layers)
+    for key in ("loss", "grad_norm"):
+        expected, actual = logged(fast, key), logged(compiled, key)
+        assert len(actual) == 4
+        for step, (a, b) in enumerate(zip(actual, expected, strict=True)):
+            assert abs(a - b) <= 1e-5 * abs(b), (key, step, actual, expected)
