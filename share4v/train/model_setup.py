@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -317,9 +318,9 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
 
 def compiles_decoder_layers(training_args: Any) -> bool:
     """--compile_decoder_layers when given; unset, on where compiled layers were measured (benchmarks/bench_train.py
-    on one GPU, FSDP2 on 2 and 4, equal losses): training on a CUDA GPU without DeepSpeed, gradient checkpointing,
-    LoRA or 4/8-bit weights. Under DeepSpeed ZeRO-3 compiled layers recompiled and lost their gain; with the others
-    they were not measured."""
+    on one GPU, FSDP2 on 2 and 4, equal losses): training on a CUDA GPU, alone or under FSDP, without DeepSpeed,
+    gradient checkpointing, LoRA or 4/8-bit weights. Under DeepSpeed ZeRO-3 compiled layers recompiled and lost their
+    gain; DDP and the others were not measured."""
     wanted = getattr(training_args, "compile_decoder_layers", None)
     if wanted is not None:
         return bool(wanted)
@@ -328,6 +329,7 @@ def compiles_decoder_layers(training_args: Any) -> bool:
         and not training_args.gradient_checkpointing
         and not getattr(training_args, "lora_enable", False)
         and getattr(training_args, "bits", 16) == 16
+        and (int(os.environ.get("WORLD_SIZE", "1")) == 1 or bool(getattr(training_args, "fsdp", None)))
     )
     device = getattr(training_args, "device", None) if measured else None  # TrainingArguments': this process's
     return device is not None and device.type == "cuda"

@@ -77,14 +77,18 @@ CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
         (dict(device=CUDA, deepspeed="scripts/zero3.json"), False),
         (dict(device=CUDA, lora_enable=True), False),
         (dict(device=CUDA, bits=4), False),
+        (dict(device=CUDA, world_size=2), False),  # DDP: not measured
+        (dict(device=CUDA, world_size=2, fsdp="full_shard auto_wrap"), True),
         (dict(device=CUDA, compile_decoder_layers=False), False),  # given: as given
         (dict(device=torch.device("cpu"), compile_decoder_layers=True), True),
         (dict(device=CUDA, gradient_checkpointing=True, compile_decoder_layers=True), True),
     ],
 )
-def test_decoder_layers_compile_by_default_where_measured(given, expected):
+def test_decoder_layers_compile_by_default_where_measured(monkeypatch, given, expected):
+    given = dict(given)
+    monkeypatch.setenv("WORLD_SIZE", str(given.pop("world_size", 1)))  # what torchrun sets
     defaults = dict(compile_decoder_layers=None, deepspeed=None, gradient_checkpointing=False, lora_enable=False,
-                    bits=16)  # fmt: skip
+                    bits=16, fsdp="")  # fmt: skip
     assert compiles_decoder_layers(SimpleNamespace(**{**defaults, **given})) is expected
 
 
