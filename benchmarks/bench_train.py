@@ -36,8 +36,8 @@ rows), and the timed batches padded 18.9%.
 Prints one JSON line per measurement; the results file holds `train_speedup` (share4v's useful tok/s over the
 baseline's) and `train_mfu` (share4v's MFU) for the trainer's defaults on the device, the same two keys suffixed
 `_eager_layers` for `--compile_decoder_layers False` (with `--eager-layers`, on a GPU), the raw numbers and peak
-memory. Files written before 2026-11-27 timed the defaults of their day (layers eager) as `share4v` and compiled
-layers as `share4v_compiled_layers` (`--compile`).
+memory. Files without the key `compiled_decoder_layers` (up to `results/2026-11-27-h200-train.json`) timed the defaults
+of their day, layers eager, as `share4v`, and compiled layers as `share4v_compiled_layers` (`--compile`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from results_file import device_name, results_path, write_results
 from share4v.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from share4v.convert.llava_format import to_llava_names
 from share4v.testing.make_tiny_checkpoint import TinySpec, preprocessor_config_dict
+from share4v.train.model_setup import compiles_decoder_layers
 from share4v.train.throughput import measure_matmul_peak, training_flops
 
 
@@ -212,10 +213,14 @@ def build_share4v(shape: Shape, tower_dir: Path, device, compile_layers: bool | 
     model.get_vision_tower().load_model(str(tower_dir))
     tower = model.get_vision_tower().to(device=device, dtype=torch.bfloat16)
     tower.requires_grad_(False)
-    flags = argparse.Namespace(pack_sequences=True, fused_cross_entropy=True, compile_decoder_layers=compile_layers,
-                               gradient_checkpointing=False, device=torch.device(device))  # fmt: skip
-    configure_step_speedups(model, flags)
+    configure_step_speedups(model, step_flags(device, compile_layers))
     return model
+
+
+def step_flags(device, compile_layers: bool | None = None) -> argparse.Namespace:
+    """The trainer's step settings that `configure_step_speedups` reads, at their defaults, for `device`."""
+    return argparse.Namespace(pack_sequences=True, fused_cross_entropy=True, compile_decoder_layers=compile_layers,
+                              gradient_checkpointing=False, device=torch.device(device))  # fmt: skip
 
 
 def build_llava(share4v_model, shape: Shape, tower_dir: Path, device) -> torch.nn.Module:
@@ -398,7 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
         tower_dir = Path(tmp) / "clip"
         save_tower(shape, tower_dir, device)
         share4v_model = build_share4v(shape, tower_dir, device)  # the trainer's defaults on this device
-        compiled = all(layer._compiled_call_impl is not None for layer in share4v_model.get_model().layers)
+        compiled = compiles_decoder_layers(step_flags(device))
         initial = {k: v.detach().to("cpu", copy=True) for k, v in share4v_model.state_dict().items()}
         ours_batches = [share4v_batch(g, shape, device) for g in groups]
         ours_first = first_losses(share4v_model, ours_batches[:2], device, autocast_dtype)
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
         del ours_batches
 
     results = {"shape": shape.__dict__, "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup,
-               "padding_fraction": padding_fraction, "share4v_compiled_layers": compiled}  # fmt: skip
+               "padding_fraction": padding_fraction, "compiled_decoder_layers": compiled}  # fmt: skip
     config = _flops_config(shape)
     for name, run in [(name, run) for name, run in runs.items() if run is not None]:
         rate = sum(useful) / run["seconds"]

@@ -86,13 +86,16 @@ def _flex(query, key, value, visible, cache_position, scale):
     return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
 
 
+_STEP_ATTENTION = cache_attention.decode_attention  # bound here: profile_decode_step puts formulations in its place
+
+
 def _kernel(config: tuple[int, int, int] | None) -> Attention:
     """The cache kernel (bf16 values or e4m3 bytes, whichever it is given) at `config`, or as the step calls it."""
 
     def attention(query, keys, values, visible, cache_position, scale):
         rows, heads, _, dim = query.shape
         if config is None:
-            return cache_attention.decode_attention(query, keys, values, visible, cache_position, scale)
+            return _STEP_ATTENTION(query, keys, values, visible, cache_position, scale)
         out = cache_attention.run_kernel(query.reshape(rows, heads, dim), keys, values, visible.reshape(rows, -1),
                                          cache_position, scale, config, traced=True)  # fmt: skip
         return out.view(rows, heads, 1, dim)

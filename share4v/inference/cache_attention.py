@@ -3,12 +3,12 @@
 The attention of one decode step: one new query a row over the engine's static KV cache (`decode_attention`).
 
 Why a kernel: the static cache holds a slot for every position up to its length, which the engine rounds up to a
-multiple of `CACHE_BUCKET` (256) so that prompts of different lengths share one compiled step. A captioning batch
-(one image and a short question a row, 128 new tokens: about 660 prompt positions) gets a 1,024-slot cache, and its
-steps have written 720 slots on average. SDPA over the cache reads every slot and masks the unwritten ones; at batch
-96 that is 51.5 GB of a step's 65 GB of reads at 7B shape, 15 GB more than the written slots hold. The Triton kernel
-here stops at the last slot written, `cache_position`, which it reads from the device, so one CUDA graph serves
-every step.
+multiple of `CACHE_BUCKET` (256) so that prompts of different lengths share one compiled step. SDPA over the cache
+reads every slot and masks the unwritten ones. The benchmark's captioning batch (one image and 36-44 text tokens a
+row, about 620 prompt positions, 128 new tokens) gets a 768-slot cache whose steps have written 684 slots on
+average: SDPA reads 12 % more than that. A prompt of 660 positions gets 1,024 slots, 720 written on average: 42 %
+more, 15 GB a step at batch 96 at 7B shape. The Triton kernel here stops at the last slot written,
+`cache_position`, which it reads from the device, so one CUDA graph serves every step.
 
 What it computes: SDPA's masked attention (`visible` `[B, 1, 1, slots]`, padding and causality), in fp32
 arithmetic with an online softmax, over keys and values in the query's dtype or stored as e4m3 bytes
@@ -99,16 +99,21 @@ def _kernel_applies(query, keys, values, visible, cache_position) -> bool:
     )
 
 
-def launch_config(programs: int) -> tuple[int, int, int]:
+def launch_config(programs: int, fp8: bool = False) -> tuple[int, int, int]:
     """(cache positions a loop step, warps, pipeline stages) for `programs` = rows x heads, from
-    `benchmarks/decode_attention_options.py` on an H200 at 7B shape over e4m3 bytes
-    (benchmarks/results/2026-11-27-h200-fp8-kv/): with many programs in flight, small ones read fastest (batch 128:
-    195 µs a layer at 32 x 1 against 216 at 64 x 2, and SDPA's 364 over bf16; batch 64: 113 µs at 64 x 2 against
-    175 at 64 x 4, and SDPA's 188 in another call); at batch 1 (32 programs) wide ones (16.5 µs at 256 x 4; SDPA
-    11.4). Pipeline stages made no difference. Batches between 2 and 63 were not measured: the thresholds between
-    them are a guess. Chosen when the operator runs, from the actual sizes (compiled code sees the operator, not
-    this choice)."""
-    if programs >= 4096:
+    `benchmarks/decode_attention_options.py` at 7B shape. Chosen when the operator runs, from the actual sizes
+    (compiled code sees the operator, not this choice). Pipeline stages made no difference.
+
+    - e4m3 bytes, on an H200 (benchmarks/results/2026-11-27-h200-fp8-kv/): with many programs in flight, small ones
+      read fastest (batch 128: 195 µs a layer at 32 x 1 against 216 at 64 x 2, and SDPA's 364 over bf16; batch 64:
+      113 µs at 64 x 2 against 175 at 64 x 4, and SDPA's 188 in another call); at batch 1 (32 programs) wide ones
+      (16.5 µs at 256 x 4; SDPA 11.4).
+    - bf16, on an H100, 1,024 slots, 720 written (benchmarks/results/2026-11-27-h100-cache-kernel/): batch 96,
+      379 µs at 64 x 2, 384 at 128 x 4, 435 at 32 x 1 (SDPA 523); batch 8, 40 µs at 256 x 4, 44 at 128 x 4, 133 at
+      32 x 1 (SDPA 49). Batch 128 and up was not measured: 64 x 2, the best at 96.
+
+    The other batch sizes were not measured: the thresholds between them are a guess."""
+    if programs >= 4096 and fp8:
         return 32, 1, 2
     if programs >= 512:
         return 64, 2, 2
@@ -195,7 +200,7 @@ def run_kernel(
     stages), default `launch_config`'s. `traced`: launched through `torch.library.wrap_triton`, as inside the
     custom op."""
     rows, heads, dim = query.shape
-    block, warps, stages = config or launch_config(rows * heads)
+    block, warps, stages = config or launch_config(rows * heads, fp8=keys.dtype == torch.uint8)
     out = torch.empty_like(query)
     kernel = torch.library.wrap_triton(_decode_attention_kernel) if traced else _decode_attention_kernel
     kernel[(rows, heads)](query, keys, values, visible, cache_position, out, heads, heads // keys.shape[1],

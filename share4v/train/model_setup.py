@@ -75,7 +75,9 @@ def load_model(model_args: Any, training_args: Any, attn_implementation: str | N
     if training_args.bits in (4, 8):
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+        # checkpointing (and the input hooks it needs) is the Trainer's to turn on, once: `apply_checkpointing`
+        # removes the hooks of that one call where the checkpoint does not need them
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
@@ -261,8 +263,16 @@ def apply_checkpointing(model: torch.nn.Module, training_args: Any) -> None:
     for an input gradient that nothing uses (the same gradients either way; the reentrant checkpoint does need the
     hooks, and keeps them)."""
     keep_activations_after(model, checkpointed_layers(model, training_args))
-    if not (getattr(training_args, "gradient_checkpointing_kwargs", None) or {}).get("use_reentrant", False):
+    if not _reentrant_checkpoint(getattr(training_args, "gradient_checkpointing_kwargs", None)):
         _unwrapped(model).disable_input_require_grads()
+
+
+def _reentrant_checkpoint(checkpointing_kwargs: dict | None) -> bool:
+    """Whether the Trainer's checkpoint is the reentrant one: transformers passes `use_reentrant=False` when it is
+    given no checkpoint arguments (after taking out its own `every_n_layers` and `offload`); arguments without
+    `use_reentrant` leave torch's default, the reentrant checkpoint."""
+    kwargs = {k: v for k, v in (checkpointing_kwargs or {}).items() if k not in ("every_n_layers", "offload")}
+    return bool(kwargs.get("use_reentrant", True)) if kwargs else False
 
 
 def _checkpointing_note(checkpointed: int | None, total: int) -> str:
@@ -330,6 +340,7 @@ def compiles_decoder_layers(training_args: Any) -> bool:
         and not getattr(training_args, "lora_enable", False)
         and getattr(training_args, "bits", 16) == 16
         and (int(os.environ.get("WORLD_SIZE", "1")) == 1 or bool(getattr(training_args, "fsdp", None)))
+        and not getattr(training_args, "torch_compile", False)  # the Trainer compiles the whole model then
     )
     device = getattr(training_args, "device", None) if measured else None  # TrainingArguments': this process's
     return device is not None and device.type == "cuda"

@@ -1,8 +1,8 @@
 """`share4v.inference.cache_attention`: the decode step's attention over a static cache. The Triton kernel (run by
 Triton's interpreter in a subprocess on the CPU) computes SDPA's masked attention over keys and values in the
-query's dtype or as e4m3 bytes, reading no slot past the last one written; compiled code does not recompile for its
-launch choice; the kernel runs where it is meant to (not at batch 1 over a cache in the model's dtype); on a GPU the
-operator, eager and compiled, gives the fp32 reference."""
+query's dtype (fp32, fp16, bf16) or as e4m3 bytes, reading no slot past the last one written; compiled code does not
+recompile for its launch choice; the kernel runs where it is meant to (not at batch 1 over a cache in the model's
+dtype); on a GPU the operator, eager and compiled, gives the fp32 reference."""
 
 import textwrap
 
@@ -28,7 +28,7 @@ KERNEL_CHECK = textwrap.dedent(
 
     torch.manual_seed(0)
     shapes = ((3, 4, 2, 150, 32, 130), (2, 4, 4, 64, 16, 63), (1, 2, 1, 200, 64, 5))
-    for stored, tolerance in (("fp8", 1e-5), (torch.float32, 1e-5), (torch.float16, 2e-3)):
+    for stored, tolerance in (("fp8", 1e-5), (torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)):
         for rows, heads, kv_heads, slots, dim, last in shapes:
             dtype = torch.float32 if stored == "fp8" else stored
             query = torch.randn(rows, heads, 1, dim).to(dtype)
@@ -72,7 +72,7 @@ GUARD_CHECK = textwrap.dedent(
     # decide as on a GPU (Triton's interpreter runs the kernel on the CPU), with a launch choice that changes
     # between the batch sizes below: compiled code must not guard on it
     cache_attention.has_kernel = lambda device, fp8=False: True
-    cache_attention.launch_config = lambda programs: (16, 1, 2) if programs >= 8 else (32, 2, 2)
+    cache_attention.launch_config = lambda programs, fp8=False: (16, 1, 2) if programs >= 8 else (32, 2, 2)
     for stored in ("fp8", torch.float32):
         graphs = []
 
@@ -147,6 +147,8 @@ def test_on_a_gpu_the_operator_eager_and_compiled_gives_the_reference(rows, stor
     key, value = (as_float(t).repeat_interleave(4, dim=1) for t in (keys, values))
     expected = torch.nn.functional.scaled_dot_product_attention(query.float(), key, value, attn_mask=visible,
                                                                 scale=0.09)  # fmt: skip
+    kernel = cache_attention._kernel_applies(query, keys, values, visible, at)
+    assert kernel == (rows > 1 or stored == "fp8")  # batch 1 over bf16 keys and values: SDPA
     for attend in (cache_attention.decode_attention, torch.compile(cache_attention.decode_attention)):
         out = attend(query, keys, values, visible, at, 0.09)
         assert out.dtype == torch.bfloat16 and (out.float() - expected).abs().max() < 0.02

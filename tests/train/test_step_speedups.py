@@ -52,12 +52,19 @@ def test_every_log_line_has_useful_tokens_per_second(runs):
     assert len(rates) == 4 and all(rate > 0 for rate in rates)
 
 
-def test_compiled_layers_warn_where_they_are_untested(tiny_ckpt, caplog):
-    """--compile_decoder_layers with gradient checkpointing (or ZeRO-3) has not been checked: the run says so."""
+def model_recording_compiles(tiny_ckpt) -> tuple[torch.nn.Module, list]:
+    """A tiny model whose decoder layers record `compile()` calls in the list instead of compiling (the compile itself
+    is not what these tests check)."""
     _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
     compiled = []
     for layer in model.get_model().layers:
-        layer.compile = lambda layer=layer: compiled.append(layer)  # the compile itself is not what is tested
+        layer.compile = lambda layer=layer: compiled.append(layer)
+    return model, compiled
+
+
+def test_compiled_layers_warn_where_they_are_untested(tiny_ckpt, caplog):
+    """--compile_decoder_layers with gradient checkpointing (or ZeRO-3) has not been checked: the run says so."""
+    model, compiled = model_recording_compiles(tiny_ckpt)
     flags = dict(fused_cross_entropy=True, pack_sequences=False, compile_decoder_layers=True)
     configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=False))
     assert "has not been measured" not in caplog.text and len(compiled) == len(model.get_model().layers)
@@ -79,6 +86,7 @@ CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
         (dict(device=CUDA, bits=4), False),
         (dict(device=CUDA, world_size=2), False),  # DDP: not measured
         (dict(device=CUDA, world_size=2, fsdp="full_shard auto_wrap"), True),
+        (dict(device=CUDA, torch_compile=True), False),  # the Trainer compiles the whole model
         (dict(device=CUDA, compile_decoder_layers=False), False),  # given: as given
         (dict(device=torch.device("cpu"), compile_decoder_layers=True), True),
         (dict(device=CUDA, gradient_checkpointing=True, compile_decoder_layers=True), True),
@@ -88,15 +96,12 @@ def test_decoder_layers_compile_by_default_where_measured(monkeypatch, given, ex
     given = dict(given)
     monkeypatch.setenv("WORLD_SIZE", str(given.pop("world_size", 1)))  # what torchrun sets
     defaults = dict(compile_decoder_layers=None, deepspeed=None, gradient_checkpointing=False, lora_enable=False,
-                    bits=16, fsdp="")  # fmt: skip
+                    bits=16, fsdp="", torch_compile=False)  # fmt: skip
     assert compiles_decoder_layers(SimpleNamespace(**{**defaults, **given})) is expected
 
 
 def test_the_run_says_when_it_compiles_by_default(tiny_ckpt, caplog):
-    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu")
-    compiled = []
-    for layer in model.get_model().layers:
-        layer.compile = lambda layer=layer: compiled.append(layer)  # the compile itself is not what is tested
+    model, compiled = model_recording_compiles(tiny_ckpt)
     flags = dict(fused_cross_entropy=True, pack_sequences=False, gradient_checkpointing=False)
     with caplog.at_level(logging.INFO, logger="share4v"):
         configure_step_speedups(model, SimpleNamespace(**flags, compile_decoder_layers=None, device=CUDA))
@@ -109,6 +114,7 @@ def test_the_run_says_when_it_compiles_by_default(tiny_ckpt, caplog):
 def test_compiled_layers_train_as_the_eager_ones(world, runs, tmp_path):
     """fp32 on the CPU (inductor's C++ kernels): the compiled step's losses and gradient norms are the eager one's."""
     _, fast = runs
+    assert all(layer._compiled_call_impl is None for layer in fast.model.get_model().layers)  # the CPU's default
     compiled = run(world, tmp_path, "--compile_decoder_layers", "True")
     assert all(layer._compiled_call_impl is not None for layer in compiled.model.get_model().layers)
     for key in ("loss", "grad_norm"):
