@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from share4v.model.builder import load_pretrained_model
-from share4v.train.model_setup import checkpointed_layers, configure_step_speedups
+from share4v.train.model_setup import _reentrant_checkpoint, checkpointed_layers, configure_step_speedups
 from share4v.train.train import build_trainer
 from tests.train.test_train import COMMON
 
@@ -111,3 +111,18 @@ def test_the_run_says_which_layers_checkpoint(tiny_ckpt, caplog):
     without_checkpointing = SimpleNamespace(gradient_checkpointing=False, gradient_checkpointing_layers=1)
     assert checkpointed_layers(model, without_checkpointing) is None
     assert "--gradient_checkpointing_layers 1 has no effect without --gradient_checkpointing" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reentrant"),
+    [
+        (None, False),  # transformers passes use_reentrant=False when given nothing
+        ({}, False),
+        ({"every_n_layers": 2, "offload": True}, False),  # transformers' own, taken out before the checkpoint
+        ({"use_reentrant": False}, False),
+        ({"use_reentrant": True}, True),
+        ({"preserve_rng_state": False}, True),  # arguments without use_reentrant: torch's default, reentrant
+    ],
+)
+def test_which_checkpoint_the_trainer_runs(kwargs, reentrant):
+    assert _reentrant_checkpoint(kwargs) is reentrant
