@@ -33,6 +33,7 @@ def one_step(world, output_dir, *flags):
     """(how often each decoder layer ran, the LLM's first and then the tower's, the gradients of the step, its loss)
     of one training step."""
     recorder = GradientsBeforeTheStep()
+    torch.manual_seed(0)  # the LoRA adapters are made before the Trainer seeds: alike in every run of this process
     trainer = build_trainer(argv=argv(world, output_dir, *flags), callbacks=[recorder])
     tower_layers = trainer.model.get_vision_tower().vision_tower.encoder.layers
     runs = [0] * (len(trainer.model.get_model().layers) + len(tower_layers))
@@ -59,6 +60,9 @@ def steps(world, tmp_path_factory):
         # stage 1: ViT layers from 1 on train (layer 2 stays frozen: the feature is layer 1's output)
         "vit plain": one_step(world, root / "vit-plain", *TUNE_VIT),
         "vit all": one_step(world, root / "vit-all", *TUNE_VIT, "--gradient_checkpointing", "True"),
+        # LoRA (peft wraps the model): the hooks are removed through the wrapper; the adapters get their gradients
+        "lora plain": one_step(world, root / "lora-plain", *LORA),
+        "lora all": one_step(world, root / "lora-all", *LORA, "--gradient_checkpointing", "True"),
         # the reentrant checkpoint needs the inputs to require a gradient: the hooks that do it stay
         "vit reentrant": one_step(world, root / "vit-reentrant", *TUNE_VIT, "--gradient_checkpointing", "True",
                                   "--gradient_checkpointing_kwargs", '{"use_reentrant": true}'),
@@ -66,6 +70,7 @@ def steps(world, tmp_path_factory):
 
 
 TUNE_VIT = ("--tune_entire_model", "True", "--tune_vit_from_layer", "1")
+LORA = ("--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8")
 
 
 def test_only_the_first_layers_recompute(steps):
@@ -75,16 +80,21 @@ def test_only_the_first_layers_recompute(steps):
     assert steps["first"][0] == [2, 1, *frozen_tower]
     assert steps["vit plain"][0] == [1, 1, 1, 1, 1]
     assert steps["vit all"][0] == [2, 2, 1, 2, 1]  # only the trained ViT layer recomputes
+    assert steps["lora plain"][0] == [1, 1, *frozen_tower]
+    assert steps["lora all"][0] == [2, 2, *frozen_tower]
 
 
 @pytest.mark.parametrize(
     ("plain", "name"),
-    [("plain", "all"), ("plain", "first"), ("vit plain", "vit all"), ("vit plain", "vit reentrant")],
+    [("plain", "all"), ("plain", "first"), ("vit plain", "vit all"), ("vit plain", "vit reentrant"),
+     ("lora plain", "lora all")],
 )  # fmt: skip
 def test_checkpointing_computes_the_plain_step(steps, plain, name):
     _, plain_grads, plain_loss = steps[plain]
     if plain == "vit plain":
         assert any("vision_tower.vision_tower.encoder.layers.1." in key for key in plain_grads)
+    if plain == "lora plain":
+        assert any("lora_" in key for key in plain_grads)
     _, grads, loss = steps[name]
     assert loss == pytest.approx(plain_loss, abs=1e-6)
     assert grads.keys() == plain_grads.keys() and any("layers.1." in key for key in grads)
