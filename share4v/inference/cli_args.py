@@ -12,7 +12,7 @@ from typing import Any
 
 from share4v.constants import DEFAULT_CONV_MODE, MINIATURE_MODEL_PATH
 from share4v.inference.engine import GenerationParams, Share4VEngine
-from share4v.inference.fp8_cache import KV_CACHE_DTYPES
+from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE, KV_CACHE_DTYPES
 from share4v.mm_utils import get_model_name_from_path
 
 
@@ -60,7 +60,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--kv-cache-dtype",
-        default="auto",
+        default=DEFAULT_KV_CACHE_DTYPE,
         choices=KV_CACHE_DTYPES,
         help="with compiled decoding, the engine's KV cache: auto (the model's dtype) or fp8 (e4m3, one byte a "
         "value: half the cache memory, faster large batches, answers change slightly) (default: %(default)s)",
@@ -139,6 +139,6 @@ def engine_from_args(args: Any) -> Share4VEngine:
         load_4bit=getattr(args, "load_4bit", False),
         compile_decode=getattr(args, "compile_decode", None),
         fast_sampling=getattr(args, "fast_sampling", True),
-        kv_cache_dtype=getattr(args, "kv_cache_dtype", None) or "auto",
+        kv_cache_dtype=getattr(args, "kv_cache_dtype", None) or DEFAULT_KV_CACHE_DTYPE,
         **load_kwargs,
     )

@@ -94,7 +94,7 @@ from share4v.conversation import Conversation, default_conv_mode, get_conv_templ
 from share4v.inference.cache_attention import has_kernel
 from share4v.inference.continuous import JOIN_ROOM, Seat, decode_continuously
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
-from share4v.inference.fp8_cache import KV_CACHE_DTYPES
+from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE, KV_CACHE_DTYPES
 from share4v.inference.fused_llama import FusedLlama
 from share4v.inference.requests import (
     FINISH_LENGTH,
@@ -242,7 +242,7 @@ class Share4VEngine:
         fused_projections: bool = True,
         fused_prompt: bool = True,
         fast_sampling: bool = True,
-        kv_cache_dtype: str = "auto",
+        kv_cache_dtype: str = DEFAULT_KV_CACHE_DTYPE,
     ):
         get_conv_template(conv_mode)  # fail now on an unknown template
         if kv_cache_dtype not in KV_CACHE_DTYPES:
@@ -267,7 +267,7 @@ class Share4VEngine:
         self.fused_projections = fused_projections
         self.fused_prompt = fused_prompt
         self.fast_sampling = fast_sampling
-        self.kv_fp8 = kv_cache_dtype == "fp8"
+        self.kv_cache_dtype = kv_cache_dtype
         self._cache: StaticCache | None = None  # the one pre-allocated KV cache, reused while its shape fits
         self._greedy_step: GreedyStep | None = None  # the compiled step of `fast_greedy`, made at first use
         self._cache_shape: tuple[int, int] | None = None  # (batch size, positions)
@@ -290,7 +290,7 @@ class Share4VEngine:
         fused_projections: bool = True,
         fused_prompt: bool = True,
         fast_sampling: bool = True,
-        kv_cache_dtype: str = "auto",
+        kv_cache_dtype: str = DEFAULT_KV_CACHE_DTYPE,
         **load_kwargs: Any,
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
@@ -417,6 +417,11 @@ class Share4VEngine:
         if not stop_str or (stop_str == eos and self.tokenizer.eos_token_id is not None):
             return []
         return [KeywordsStoppingCriteria([stop_str], self.tokenizer, start_len=0)]
+
+    @property
+    def kv_fp8(self) -> bool:
+        """Whether the engine's loops keep keys and values as e4m3 bytes (`kv_cache_dtype="fp8"`)."""
+        return self.kv_cache_dtype == "fp8"
 
     def release_cache(self) -> None:
         """Let the pre-allocated KV cache go (a batch decoding now keeps it until it ends); the next batch allocates

@@ -21,7 +21,8 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # e4m3's largest finite value: larger magnitudes saturate to it
-KV_CACHE_DTYPES = ("auto", "fp8")  # "auto": the model's own dtype
+DEFAULT_KV_CACHE_DTYPE = "auto"  # the model's own dtype
+KV_CACHE_DTYPES = (DEFAULT_KV_CACHE_DTYPE, "fp8")
 
 
 def to_bytes(x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
+from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE
 from share4v.inference.requests import Request, RequestEncoder
 from share4v.utils import end_torn_line, values_in_jsonl
 
@@ -179,7 +180,7 @@ def captioning_engine(args) -> Any:
         for flag in ("load_4bit", "load_8bit", "model_base"):
             if getattr(args, flag, None):
                 raise ValueError(f"--{flag.replace('_', '-')} is for share4v models, not with --trust-remote-code")
-        if (getattr(args, "kv_cache_dtype", None) or "auto") != "auto":
+        if (getattr(args, "kv_cache_dtype", None) or DEFAULT_KV_CACHE_DTYPE) != DEFAULT_KV_CACHE_DTYPE:
             raise ValueError("--kv-cache-dtype is for share4v models, not with --trust-remote-code")
         path = args.model_path if given_path or not args.model_name else args.model_name
         return ShareCaptionerEngine.from_pretrained(

@@ -144,8 +144,9 @@ def test_the_command_line_flag_reaches_the_engine(tiny_ckpt):
     parser = argparse.ArgumentParser()
     add_model_args(parser)
     base = ["--model-path", str(tiny_ckpt), "--device", "cpu"]
-    assert engine_from_args(parser.parse_args(base)).kv_fp8 is False  # the model's dtype by default
-    assert engine_from_args(parser.parse_args([*base, "--compile-decode", "--kv-cache-dtype", "fp8"])).kv_fp8 is True
+    assert engine_from_args(parser.parse_args(base)).kv_cache_dtype == "auto"  # the model's dtype by default
+    fp8 = engine_from_args(parser.parse_args([*base, "--compile-decode", "--kv-cache-dtype", "fp8"]))
+    assert fp8.kv_cache_dtype == "fp8" and fp8.kv_fp8
     with pytest.raises(ValueError, match="compiled decoding"):  # on the CPU decoding is not compiled by default
         engine_from_args(parser.parse_args([*base, "--kv-cache-dtype", "fp8"]))
 
