@@ -20,8 +20,8 @@ custom operator `share4v::cache_decode_attention`, which compiled code calls as 
 CUDA graph hold the operator, and the launch configuration is chosen from the actual batch size, with no guard or
 recompile per size range. Elsewhere, and at batch 1 over a cache in the model's dtype, SDPA runs: at batch 1 a
 program per head keeps only 32 of the GPU's blocks busy, and SDPA was faster even than the kernel reading e4m3
-bytes, half the bytes (see `launch_config`; the kernel over bf16 at batch 1 was not measured). The CPU tests
-run the kernel in Triton's interpreter and hold it to the SDPA path.
+bytes, half the bytes, and over bf16 (see `launch_config`). The CPU tests run the kernel in Triton's interpreter
+and hold it to the SDPA path.
 """
 
 from __future__ import annotations
@@ -111,7 +111,11 @@ def launch_config(programs: int, fp8: bool = False) -> tuple[int, int, int]:
       (16.5 µs at 256 x 4; SDPA 11.4).
     - bf16, on an H100, 1,024 slots, 720 written (benchmarks/results/2026-11-27-h100-cache-kernel/): batch 96,
       379 µs at 64 x 2, 384 at 128 x 4, 435 at 32 x 1 (SDPA 523); batch 8, 40 µs at 256 x 4, 44 at 128 x 4, 133 at
-      32 x 1 (SDPA 49). Batch 128 and up was not measured: 64 x 2, the best at 96.
+      32 x 1 (SDPA 49).
+    - bf16, on an H100, 768 slots, 684 written, the captioning benchmark's cache
+      (benchmarks/results/2026-11-28-h100-decode-attention/): batch 128, 497 µs at 64 x 2, 491 at 256 x 4, 507 at
+      128 x 4, 535 at 32 x 1 (SDPA 524, reading every slot); batch 1, 19.7 µs at 256 x 4, 25.4 at 128 x 4 (SDPA
+      12.0): batch 1 keeps SDPA (`_kernel_applies`).
 
     The other batch sizes were not measured: the thresholds between them are a guess."""
     if programs >= 4096 and fp8:
