@@ -12,8 +12,8 @@ ShareGPT4V training, both stages, with the original's flags (see scripts/sharegp
     python -m share4v.train.train --model_name_or_path checkpoints/share4v-tiny --version v1 \\
         --data_path data.json --image_folder images --output_dir out --use_cpu True --max_steps 10
 
-The driver reads as the recipe: arguments → model → tokenizer → vision tower → LoRA → trainable set → data →
-Trainer (resuming from the last checkpoint) → save in the released layout → report skipped samples.
+The driver reads as the recipe: arguments → seed (`--seed`) → model → tokenizer → vision tower → LoRA → trainable
+set → data → Trainer (resuming from the last checkpoint) → save in the released layout → report skipped samples.
 `build_trainer` stops before training (benchmarks and tools use it).
 """
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+
+from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from share4v.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
 from share4v.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
@@ -55,7 +57,8 @@ def _resume_point(training_args: TrainingArguments) -> str | bool | None:
 def build_trainer(
     attn_implementation: str | None = None, argv: list[str] | None = None, callbacks: list | None = None
 ) -> Share4VTrainer:
-    """Everything up to the first step: arguments → model → tokenizer → vision → LoRA → trainable set → data."""
+    """Everything up to the first step: arguments → seed → model → tokenizer → vision → LoRA → trainable set →
+    data."""
     model_args, data_args, training_args = parse_arguments(argv)
     _configure_logging(training_args)
     if training_args.n_gpu > 1:  # one process seeing several GPUs: the Trainer would wrap the model in DataParallel
@@ -64,7 +67,12 @@ def build_trainer(
             f"--nproc_per_node {training_args.n_gpu} (or deepspeed), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)"
         )
     data_args.conv_mode = conv_mode_for_version(model_args.version)
-
+    # before the model: `--seed` decides the weights made new here (LoRA adapters, a projector trained from scratch),
+    # whatever ran in this process before (the Trainer seeds again for the training itself)
+    if training_args.full_determinism:
+        enable_full_determinism(training_args.seed)
+    else:
+        set_seed(training_args.seed)
     model = load_model(model_args, training_args, attn_implementation)
     tokenizer = load_tokenizer(model_args, training_args, model)
     setup_vision(model, tokenizer, model_args, data_args, training_args)

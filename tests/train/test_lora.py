@@ -10,7 +10,7 @@ import torch
 
 from share4v.model.builder import load_pretrained_model
 from share4v.model.merge_lora import probe_logits
-from share4v.train.train import train
+from share4v.train.train import build_trainer, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,3 +63,25 @@ def test_merge_script_saves_a_checked_full_checkpoint(lora_run, tiny_ckpt, tmp_p
     assert ": ok" in result.stdout
     assert (tmp_path / "merged" / "model.safetensors").is_file() and (tmp_path / "merged" / "vision_tower").is_dir()
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
+
+
+def lora_argv(world, tiny_ckpt, out, *flags):
+    return [
+        "--model_name_or_path", str(tiny_ckpt), "--version", "v1", "--data_path", str(world["instruct"]),
+        "--image_folder", str(world["instruct"].parent), "--use_cpu", "True", "--mm_projector_type", "mlp2x_gelu",
+        "--lora_enable", "True", "--lora_r", "8", "--report_to", "none", "--output_dir", str(out), *flags,
+    ]  # fmt: skip
+
+
+def adapters(trainer):
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if "lora_A" in name}
+
+
+def test_seed_decides_the_new_adapters(world, tiny_ckpt, tmp_path):
+    first = adapters(build_trainer(argv=lora_argv(world, tiny_ckpt, tmp_path / "a", "--seed", "3")))
+    torch.rand(1000)  # whatever ran before in the process does not matter
+    again = adapters(build_trainer(argv=lora_argv(world, tiny_ckpt, tmp_path / "b", "--seed", "3")))
+    other = adapters(build_trainer(argv=lora_argv(world, tiny_ckpt, tmp_path / "c", "--seed", "4")))
+    assert first and first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not any(torch.equal(first[name], other[name]) for name in first)

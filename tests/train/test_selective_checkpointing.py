@@ -33,7 +33,6 @@ def one_step(world, output_dir, *flags):
     """(how often each decoder layer ran, the LLM's first and then the tower's, the gradients of the step, its loss)
     of one training step."""
     recorder = GradientsBeforeTheStep()
-    torch.manual_seed(0)  # the LoRA adapters are made before the Trainer seeds: alike in every run of this process
     trainer = build_trainer(argv=argv(world, output_dir, *flags), callbacks=[recorder])
     tower_layers = trainer.model.get_vision_tower().vision_tower.encoder.layers
     runs = [0] * (len(trainer.model.get_model().layers) + len(tower_layers))
