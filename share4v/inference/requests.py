@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from share4v.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from share4v.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from share4v.conversation import Conversation, get_conv_template
 from share4v.mm_utils import ImageLoadError, load_image, process_images, tokenizer_image_token
 
@@ -66,6 +66,8 @@ class RequestEncoder:
         if not turns or len(turns) % 2 == 0:
             raise ValueError(f"a chat needs alternating user/assistant turns ending with a user turn; got {len(turns)}")
         turns = list(turns)
+        if any(DEFAULT_IMAGE_TOKEN in turn for turn in turns[1::2]):  # it would become an image slot with no image
+            raise ValueError(f"an assistant turn holds {DEFAULT_IMAGE_TOKEN}: images go in user turns")
         markers = sum(turn.count(DEFAULT_IMAGE_TOKEN) for turn in turns[::2])
         if markers == 0 and num_images:
             turns[0] = (DEFAULT_IMAGE_TOKEN + "\n") * num_images + turns[0]
@@ -95,6 +97,9 @@ class RequestEncoder:
     def _encode(self, chat: Any) -> Request:
         conv = self.conversation(list(chat.turns), len(chat.images))
         prompt_ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer)
+        slots = prompt_ids.count(IMAGE_TOKEN_INDEX)
+        if slots != len(chat.images):  # the template's own text (a system message, say) holds a marker
+            raise ValueError(f"the prompt has {slots} {DEFAULT_IMAGE_TOKEN} slots but {len(chat.images)} images")
         images = [load_image(image) for image in chat.images]
         pixels = process_images(images, self.image_processor, None, self.image_aspect_ratio) if images else None
         prompt_tokens = len(prompt_ids) + len(images) * (self.image_tokens - 1)

@@ -76,6 +76,31 @@ def test_a_prompt_past_the_context_is_that_requests_error(engine):
         engine.collate([request])
 
 
+@pytest.mark.parametrize("images", [0, 1])
+def test_an_image_marker_in_an_assistant_turn_is_that_requests_error(engine, images):
+    # the marker would become an image slot: with no image to fill it, an out-of-range embedding lookup (on a GPU a
+    # device-side assert that ends the process), and a batch-mate would fail with it
+    history = Chat(["Look at this.", "I see an <image> here.", "What else?"], [random_image(4)] * images)
+    request = engine.encode(history)
+    assert request.error == "an assistant turn holds <image>: images go in user turns"
+    completions = engine.complete([history, Chat.single("hi")], GREEDY)
+    assert completions[0].finish_reason == FINISH_ERROR and completions[1].finish_reason != FINISH_ERROR
+
+
+def test_an_image_marker_in_the_templates_text_is_caught_before_the_model(engine, monkeypatch):
+    encoder = engine.encoder
+    conversation = encoder.conversation
+
+    def with_marker_in_the_system_text(turns, num_images):
+        conv = conversation(turns, num_images)
+        conv.system += " <image>"
+        return conv
+
+    monkeypatch.setattr(encoder, "conversation", with_marker_in_the_system_text)
+    request = encoder.encode(Chat.single("What is this?", [random_image(1)]))
+    assert request.error == "the prompt has 2 <image> slots but 1 images"
+
+
 def test_requests_are_built_in_dataloader_workers(engine):
     encoder = pickle.loads(pickle.dumps(engine.encoder))  # no model inside: a worker can hold it
     loader = torch.utils.data.DataLoader(

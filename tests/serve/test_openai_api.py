@@ -212,6 +212,9 @@ def refused_requests(allowed_dir, outside_file, max_body_bytes: int) -> list[tup
          "start the server with --allow-remote-images"),
         ("non-image data URL", with_image(text_data), 400, "cannot identify image file"),
         ("non-image file", with_image(str(allowed_dir / "notes.png")), 400, "cannot identify image file"),
+        ("image marker in an assistant turn", {**request_body("Hi"), "messages": [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "An <image> here."},
+            {"role": "user", "content": "And?"}]}, 400, "an assistant turn holds <image>"),
     ]  # fmt: skip
 
 
