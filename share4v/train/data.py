@@ -31,6 +31,39 @@ from share4v.train.rows import BadRow, SkipReport, check_row, image_paths, read_
 logger = logging.getLogger(__name__)
 
 SKIPPED_SAMPLES_FILE = "skipped_samples.jsonl"
+IMAGE_PROBES = 64  # image rows looked up at start-up, spread over the file
+
+
+def check_image_folder(data_path: str, rows: Sequence[dict], image_folder: str | None) -> None:
+    """Fail fast when the images cannot be where `--image_folder` says (before hours of text-only training).
+
+    Looks up the images of up to `IMAGE_PROBES` image rows spread evenly over the file; a single missing image is
+    left to the per-sample skipping, but none found means a wrong folder.
+
+    Raises:
+        FileNotFoundError: when `image_folder` is not a folder, or none of the probed images exists under it.
+    """
+    image_rows = [row for row in rows if image_paths(row)]
+    if not image_rows:
+        return
+    folder = image_folder or ""
+    if folder and not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"--image_folder {folder} is not a folder ({data_path} has {len(image_rows)} image rows)"
+        )
+    picks = sorted({round(i * (len(image_rows) - 1) / max(1, IMAGE_PROBES - 1)) for i in range(IMAGE_PROBES)})
+    probed = [os.path.join(folder, path) for index in picks for path in image_paths(image_rows[index])]
+    missing = [path for path in probed if not os.path.isfile(path)]
+    if len(missing) == len(probed):
+        raise FileNotFoundError(
+            f"{data_path}: none of {len(probed)} sampled images exists under --image_folder "
+            f"{folder or '(not given: the current folder)'}, e.g. {missing[0]}"
+        )
+    if missing and int(os.environ.get("RANK", "0")) == 0:  # every rank probes alike
+        logger.warning(
+            "%d of %d sampled images are missing under --image_folder %s (e.g. %s); their samples will be skipped",
+            len(missing), len(probed), folder, missing[0],
+        )  # fmt: skip
 
 
 def merged_length(input_ids: Sequence[int], image_tokens: int | None) -> int:
@@ -105,6 +138,8 @@ class LazySupervisedDataset(Dataset):
             self.report.skip(problem, announce=int(os.environ.get("RANK", "0")) == 0)  # every rank finds these
         if not self.list_data_dict:
             raise ValueError(f"{data_path}: no usable training samples ({len(bad)} bad rows)")
+        if data_args.is_multimodal:
+            check_image_folder(data_path, self.list_data_dict, data_args.image_folder)
         logger.info("%s: %d samples (%d bad rows left out)", data_path, len(self.list_data_dict), len(bad))
         self._lengths: np.ndarray | None = None
 
@@ -181,7 +216,7 @@ class LazySupervisedDataset(Dataset):
                 if self.data_args.strict_data:
                     raise SampleError(f"bad training sample {bad} (--strict_data)") from None
                 self.report.skip(bad)
-        raise RuntimeError(f"{self.data_path}: no sample could be used")
+        raise SampleError(f"{self.data_path}: none of the {len(self)} samples could be used (each was skipped)")
 
 
 @dataclass

@@ -162,3 +162,52 @@ def test_unreadable_json_is_one_clear_error(tiny, tmp_path):
     path.write_text('[{"id": 1}, oops]')
     with pytest.raises(ValueError, match=r"data.json: not valid JSON \(line 1, column 13\)"):
         LazySupervisedDataset(str(path), tiny[0], data_args(tmp_path, tiny))
+
+
+def _image_world(tmp_path, world, rows_kept):
+    """A copy of the instruct set whose images are only those of rows `rows_kept` (None: every image kept)."""
+    folder = tmp_path / "data"
+    rows = json.loads(world["instruct"].read_text())
+    (folder / "images").mkdir(parents=True)
+    for index, row in enumerate(rows):
+        if "image" in row and (rows_kept is None or index in rows_kept):
+            shutil.copy(world["instruct"].parent / row["image"], folder / row["image"])
+    path = folder / "data.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_a_wrong_image_folder_fails_at_start_up(tiny, world, tmp_path):
+    path = _image_world(tmp_path, world, rows_kept=set())
+    tokenizer = tokenizer_with(tiny, 2048)
+    with pytest.raises(FileNotFoundError, match=r"--image_folder \S+nowhere is not a folder") as err:
+        LazySupervisedDataset(str(path), tokenizer, data_args(tmp_path / "nowhere", tiny))
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match=r"data.json: none of 24 sampled images exists under") as err:
+        LazySupervisedDataset(str(path), tokenizer, data_args(path.parent, tiny))  # the folder, but no images
+    assert "\n" not in str(err.value) and str(path.parent / "images") in str(err.value)
+
+
+def test_some_missing_images_only_warn(tiny, world, tmp_path, caplog):
+    path = _image_world(tmp_path, world, rows_kept={0, 1, 2})
+    with caplog.at_level("WARNING", logger="share4v.train.data"):
+        dataset = LazySupervisedDataset(str(path), tokenizer_with(tiny, 2048), data_args(path.parent, tiny))
+    assert "21 of 24 sampled images are missing" in caplog.text
+    assert len(dataset) == 27  # skipped one at a time later, as before
+
+
+def test_text_only_model_ignores_the_image_folder(tiny, world, tmp_path):
+    args = data_args(tmp_path / "nowhere", tiny)
+    args.is_multimodal = False
+    assert len(LazySupervisedDataset(str(world["instruct"]), tokenizer_with(tiny, 2048), args)) == 27
+
+
+def test_no_usable_sample_at_all_is_one_line(tiny, world, tmp_path):
+    path = _image_world(tmp_path, world, rows_kept={0})
+    rows = [row for row in json.loads(path.read_text()) if "image" in row]
+    path.write_text(json.dumps(rows))
+    dataset = LazySupervisedDataset(str(path), tokenizer_with(tiny, 2048), data_args(path.parent, tiny))
+    dataset.list_data_dict[0]["image"] = "images/gone.png"  # the one good image goes missing after start-up
+    with pytest.raises(SampleError, match=r"data.json: none of the 24 samples could be used") as err:
+        dataset[3]
+    assert "\n" not in str(err.value)
