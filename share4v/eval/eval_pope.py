@@ -3,9 +3,15 @@
     python -m share4v.eval.eval_pope --annotation-dir playground/data/eval/pope/coco \
         --question-file playground/data/eval/pope/llava_pope_test.jsonl --result-file answers/pope/merge.jsonl
 
-The annotation folder holds `coco_pope_<category>.json` (JSON lines with `question_id` and `label` yes/no); the
-question file gives each question's `category`; the result file holds the model's answers (`question_id`, `text`).
-Free-text answers are read as yes/no by `share4v.eval.metrics.pope_parse_answer`.
+The annotation folder holds `coco_pope_<category>.json` (JSON lines with `label` yes/no, and `image`); the question
+file gives each question's `category`; the result file holds the model's answers (`question_id`, `text`). Free-text
+answers are read as yes/no by `share4v.eval.metrics.pope_parse_answer`.
+
+Labels go with questions by position, as in LLaVA-1.5's scorer: the k-th question of a category in the question file
+is the k-th line of that category's annotation file. POPE numbers each annotation file's questions from 1, while the
+question file's ids run across all categories, so ids cannot match them. Where both sides name the image, it must be
+the same, so files out of step are refused in one line instead of scored against the wrong labels. Answers are
+looked up by `question_id`, so their order in the result file does not matter (merged shards, resumed runs).
 """
 
 from __future__ import annotations
@@ -28,13 +34,23 @@ def score_pope(annotation_dir: str | Path, question_file: str | Path, result_fil
     scores = {}
     for category in sorted({row["category"] for row in questions}):
         annotation = Path(annotation_dir) / f"{ANNOTATION_PREFIX}{category}.json"
-        labels = {row["question_id"]: row["label"] for row in read_jsonl(annotation, ("question_id", "label"))}
-        ids = [row["question_id"] for row in questions if row["category"] == category and row["question_id"] in answers]
-        unlabelled = [qid for qid in ids if qid not in labels]
-        if unlabelled:
-            raise ValueError(f"{annotation}: no label for question_id {unlabelled[0]!r}")
-        if ids:
-            scores[category] = pope_scores([answers[qid] for qid in ids], [labels[qid] for qid in ids])
+        labelled = read_jsonl(annotation, ("label",))
+        asked = [row for row in questions if row["category"] == category]
+        if len(labelled) != len(asked):
+            raise ValueError(
+                f"{annotation}: {len(labelled)} labels for the {len(asked)} {category!r} questions of {question_file}"
+            )
+        for line, (question, label) in enumerate(zip(asked, labelled, strict=True), start=1):
+            images = (question.get("image"), label.get("image"))
+            if all(images) and Path(images[0]).name != Path(images[1]).name:
+                raise ValueError(
+                    f"{annotation}:{line}: the label is for {label['image']}, but the {category!r} question at that "
+                    f"place in {question_file} (question_id {question['question_id']!r}) is about {question['image']}"
+                )
+        pairs = [(answers[q["question_id"]], label["label"]) for q, label in zip(asked, labelled, strict=True)
+                 if q["question_id"] in answers]  # fmt: skip
+        if pairs:
+            scores[category] = pope_scores([answer for answer, _ in pairs], [label for _, label in pairs])
     return scores
 
 

@@ -14,18 +14,22 @@ def write_lines(path, rows):
 
 @pytest.fixture
 def pope(tmp_path):
+    """POPE's layout: each annotation file numbers its questions from 1; the question file's ids run across the
+    categories (LLaVA's llava_pope_test.jsonl); the answers come in another order (merged shards)."""
     (tmp_path / "coco").mkdir()
     write_lines(tmp_path / "coco" / "coco_pope_random.json", [
-        {"question_id": 1, "label": "yes"}, {"question_id": 2, "label": "no"},
-        {"question_id": 3, "label": "yes"}, {"question_id": 4, "label": "no"},
+        {"question_id": i, "image": f"COCO_{i}.jpg", "label": label}
+        for i, label in enumerate(["yes", "no", "yes", "no"], start=1)
     ])  # fmt: skip
-    write_lines(tmp_path / "coco" / "coco_pope_popular.json", [{"question_id": 5, "label": "no"}])
+    popular = [{"question_id": 1, "image": "COCO_9.jpg", "label": "no"}]
+    write_lines(tmp_path / "coco" / "coco_pope_popular.json", popular)
     questions = write_lines(tmp_path / "questions.jsonl", [
-        {"question_id": i, "category": "random"} for i in (1, 2, 3, 4)] + [{"question_id": 5, "category": "popular"}
-    ])  # fmt: skip
+        {"question_id": 100 + i, "image": f"COCO_{i}.jpg", "category": "random"} for i in (1, 2, 3, 4)
+    ] + [{"question_id": 1, "image": "COCO_9.jpg", "category": "popular"}])  # fmt: skip
     answers = write_lines(tmp_path / "answers.jsonl", [
-        {"question_id": 1, "text": "Yes, there is."}, {"question_id": 2, "text": "There is no dog."},
-        {"question_id": 3, "text": "No."}, {"question_id": 4, "text": "Yes"}, {"question_id": 5, "text": "no"},
+        {"question_id": 1, "text": "no"}, {"question_id": 104, "text": "Yes"},
+        {"question_id": 101, "text": "Yes, there is."}, {"question_id": 102, "text": "There is no dog."},
+        {"question_id": 103, "text": "No."},
     ])  # fmt: skip
     return tmp_path / "coco", questions, answers
 
@@ -45,6 +49,19 @@ def test_pope_bad_input_is_one_line(pope, tmp_path):
     with pytest.raises(SystemExit, match=r"bad.jsonl:2: not JSON"):
         eval_pope.main(["--annotation-dir", str(pope[0]), "--question-file", str(pope[1]),
                         "--result-file", str(tmp_path / "bad.jsonl")])  # fmt: skip
+
+
+def test_pope_refuses_labels_out_of_step_with_the_questions(pope):
+    annotations, questions, answers = pope
+    rows = [json.loads(line) for line in (annotations / "coco_pope_random.json").read_text().splitlines()]
+    write_lines(annotations / "coco_pope_random.json", [rows[1], rows[0], *rows[2:]])  # two lines swapped
+    with pytest.raises(ValueError, match=r"coco_pope_random.json:1: the label is for COCO_2.jpg, but the 'random' "
+                       r"question at that place .* \(question_id 101\) is about COCO_1.jpg"):  # fmt: skip
+        eval_pope.score_pope(annotations, questions, answers)
+    write_lines(annotations / "coco_pope_random.json", rows[:3])
+    with pytest.raises(SystemExit, match=r"coco_pope_random.json: 3 labels for the 4 'random' questions of"):
+        eval_pope.main(["--annotation-dir", str(annotations), "--question-file", str(questions),
+                        "--result-file", str(answers)])  # fmt: skip
 
 
 def test_textvqa_matches_by_image_and_question_and_scores_soft_accuracy(tmp_path, capsys):
