@@ -6,9 +6,12 @@ read back for resuming.
 | run                          | files                                                                          |
 |------------------------------|--------------------------------------------------------------------------------|
 | full (stage 1, stage 2)      | config.json + model*.safetensors (no tower tensors) [+ vision_tower/]          |
-| projector-only (alignment)   | config.json + mm_projector.safetensors [+ vision_tower/]                       |
+| projector-only (alignment)   | config.json + mm_projector.safetensors [+ vision_tower/] (*)                   |
 | LoRA                         | config.json + adapter_config.json + adapter_model.safetensors                  |
 |                              | + non_lora_trainables.safetensors [+ vision_tower/]                            |
+
+(*) with `--mm_use_im_start_end` the file also holds the input embeddings (`model.embed_tokens.weight`, trained
+for `<im_start>`/`<im_end>`), as the original's `mm_projector.bin`; resuming and `load_pretrained_model` read them.
 
 `vision_tower/` is written when the ViT was trained (or `--save_vision_tower true`); `mm_vision_tower` in the
 saved config then names it relatively, so the folder loads wherever it is moved.
@@ -27,6 +30,7 @@ from torch import nn
 from share4v.model.language_model.share4v_llama import VISION_TOWER_FOLDER
 from share4v.model.vision_setup import (
     TOWER_STATE_PREFIX,
+    gathered_for_update,
     load_projector_weights,
     load_vision_tower_weights,
     save_vision_tower,
@@ -38,6 +42,9 @@ from share4v.train.fsdp import is_sharded, load_state
 logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = "mm_projector.safetensors"
+# Written next to the projector when `<im_start>`/`<im_end>` were added (their input rows train with it), under the
+# name the original's `get_mm_adapter_state_maybe_zero_3` gives it; `load_pretrained_model` reads it back as well.
+EMBED_TOKENS_KEY = "model.embed_tokens.weight"
 NON_LORA_FILE = "non_lora_trainables.safetensors"
 _PEFT_PREFIX = "base_model.model."
 
@@ -91,7 +98,7 @@ def save_training_checkpoint(
 
     plain_state = {k.removeprefix(_PEFT_PREFIX): v for k, v in full_state.items()}
     if layout == "projector":
-        keep = ("model.mm_projector.",) + (("model.embed_tokens.",) if base.config.mm_use_im_start_end else ())
+        keep = ("model.mm_projector.",) + ((EMBED_TOKENS_KEY,) if base.config.mm_use_im_start_end else ())
         save_file(_cpu({k: v for k, v in plain_state.items() if k.startswith(keep)}), output_dir / PROJECTOR_FILE)
     else:
         model.save_pretrained(output_dir, state_dict=full_state)  # peft writes the adapter only
@@ -138,10 +145,26 @@ def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> No
         _load_partial(model, read_weights(folder / NON_LORA_FILE), folder / NON_LORA_FILE, complete=False)
     elif (projector_file := _projector_file(folder)) is not None:
         load_projector_weights(base.get_model().mm_projector, projector_file)
+        _load_input_embeddings(base, projector_file)
     else:
         _load_partial(base, read_model_weights(folder), folder, complete=True)
     if (folder / VISION_TOWER_FOLDER / "model.safetensors").is_file():
         load_vision_tower_weights(base.get_vision_tower(), folder / VISION_TOWER_FOLDER)
+
+
+def _load_input_embeddings(model: nn.Module, projector_file: Path) -> None:
+    """The input embeddings a projector-only run trained (`--mm_use_im_start_end`), when the file holds them."""
+    trained = read_weights(projector_file).get(EMBED_TOKENS_KEY)
+    if trained is None:
+        return
+    weight = model.get_input_embeddings().weight
+    with gathered_for_update([weight]), torch.no_grad():
+        if tuple(trained.shape) != tuple(weight.shape):
+            raise ValueError(
+                f"{projector_file}: {EMBED_TOKENS_KEY} has shape {tuple(trained.shape)}, the model's input "
+                f"embeddings {tuple(weight.shape)}"
+            )
+        weight.copy_(trained.to(weight.dtype))
 
 
 def _projector_file(folder: Path) -> Path | None:
@@ -155,7 +178,7 @@ def _load_sharded(model: nn.Module, folder: Path) -> None:
         raise ValueError(f"{folder}: resuming a LoRA run under FSDP is not supported; resume it under DeepSpeed")
     projector_file = _projector_file(folder)
     if projector_file is not None:
-        state = {k: v for k, v in read_weights(projector_file).items() if "mm_projector." in k}
+        state = {k: v for k, v in read_weights(projector_file).items() if "mm_projector." in k or k == EMBED_TOKENS_KEY}
         if not state:
             raise ValueError(f"{projector_file} holds no mm_projector weights")
     else:

@@ -1,9 +1,12 @@
-"""Saving in the released layouts refuses to write a vision tower folder from incomplete weights."""
+"""Saving in the released layouts refuses to write a vision tower folder from incomplete weights; a projector-only
+checkpoint resumes with the input embeddings it trained."""
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from share4v.model.builder import load_pretrained_model
-from share4v.train.saving import save_training_checkpoint
+from share4v.train.saving import EMBED_TOKENS_KEY, load_training_checkpoint, save_training_checkpoint
 
 
 def test_incomplete_tower_weights_are_an_error_not_a_broken_folder(tiny_ckpt, tmp_path):
@@ -16,3 +19,38 @@ def test_incomplete_tower_weights_are_an_error_not_a_broken_folder(tiny_ckpt, tm
     save_training_checkpoint(model, tmp_path / "ok", None, save_vision_tower_folder=True)
     assert (tmp_path / "ok" / "vision_tower" / "model.safetensors").is_file()
     assert (tmp_path / "ok" / "mm_projector.safetensors").is_file()
+
+
+def _projector_run_model(tiny_ckpt):
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")
+    model.config.tune_mm_mlp_adapter = model.config.mm_use_im_start_end = True  # projector + <im_start>/<im_end>
+    return model
+
+
+def test_resuming_a_projector_run_restores_its_input_embeddings(tiny_ckpt, tmp_path):
+    trained = _projector_run_model(tiny_ckpt)
+    with torch.no_grad():
+        trained.get_input_embeddings().weight.add_(1.0)  # as the run trained them
+        trained.get_model().mm_projector[0].weight.add_(1.0)
+    save_training_checkpoint(trained, tmp_path / "checkpoint-2")
+    assert EMBED_TOKENS_KEY in load_file(tmp_path / "checkpoint-2" / "mm_projector.safetensors")
+    resumed = _projector_run_model(tiny_ckpt)
+    load_training_checkpoint(resumed, tmp_path / "checkpoint-2")
+    assert torch.equal(resumed.get_input_embeddings().weight, trained.get_input_embeddings().weight)
+    assert torch.equal(resumed.get_model().mm_projector[0].weight, trained.get_model().mm_projector[0].weight)
+    # the same file loads for inference through load_pretrained_model, embeddings included (the builder's reading)
+    state = load_file(tmp_path / "checkpoint-2" / "mm_projector.safetensors")
+    fresh = _projector_run_model(tiny_ckpt)
+    fresh.load_state_dict(state, strict=False)
+    assert torch.equal(fresh.get_input_embeddings().weight, trained.get_input_embeddings().weight)
+
+
+def test_embeddings_of_another_vocabulary_are_a_clear_error(tiny_ckpt, tmp_path):
+    model = _projector_run_model(tiny_ckpt)
+    save_training_checkpoint(model, tmp_path / "checkpoint-1")
+    path = tmp_path / "checkpoint-1" / "mm_projector.safetensors"
+    state = load_file(path)
+    state[EMBED_TOKENS_KEY] = state[EMBED_TOKENS_KEY][:-2].contiguous()
+    save_file(state, path)
+    with pytest.raises(ValueError, match=r"mm_projector.safetensors: model.embed_tokens.weight has shape"):
+        load_training_checkpoint(_projector_run_model(tiny_ckpt), tmp_path / "checkpoint-1")
