@@ -7,10 +7,12 @@ lets the original shell scripts run unchanged on transformers 5 (flags it rename
 
 import logging
 import sys
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import transformers
+from transformers.hf_argparser import string_to_bool
 
 logger = logging.getLogger(__name__)
 
@@ -141,23 +143,52 @@ RENAMED_FLAGS = {
     "--no_cuda": "--use_cpu",
     "--per_gpu_train_batch_size": "--per_device_train_batch_size",
     "--per_gpu_eval_batch_size": "--per_device_eval_batch_size",
-    "--fp16_backend": "--half_precision_backend",
-    "--warmup_ratio": "--warmup_steps",  # transformers 5 reads a warmup_steps below 1 as a ratio
 }
-DROPPED_FLAGS = ("--overwrite_output_dir", "--logging_dir", "--save_safetensors", "--use_mps_device")
+DROPPED_FLAGS = ("--overwrite_output_dir", "--logging_dir", "--save_safetensors", "--use_mps_device", "--fp16_backend")
+
+
+def _warmup_ratio(value: str) -> list[str]:
+    """`--warmup_ratio R` → `--warmup_steps R`: transformers 5 reads a warmup_steps below 1 as a share of the steps."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise ValueError(f"--warmup_ratio {value!r} is not a number") from None
+    if not 0 <= ratio < 1:
+        raise ValueError(
+            f"--warmup_ratio {value}: transformers 5 has no warm-up share of 1 or more (its --warmup_steps reads 1 "
+            "as one step): give --warmup_steps N, N the run's optimizer steps, to warm up over the whole run"
+        )
+    return ["--warmup_steps", value]
+
+
+def _group_by_length(value: str) -> list[str]:
+    """`--group_by_length [True]` → `--train_sampling_strategy group_by_length`; False is transformers 5's default."""
+    try:
+        wanted = string_to_bool(value) if value else True
+    except ArgumentTypeError:
+        raise ValueError(f"--group_by_length {value!r}: expected True or False") from None
+    return ["--train_sampling_strategy", "group_by_length"] if wanted else []
+
+
+# Flags whose value transformers 5 expresses differently: flag → (its value → the flags that replace it).
+CONVERTED_FLAGS = {"--warmup_ratio": _warmup_ratio, "--group_by_length": _group_by_length}
 
 
 def translate_legacy_flags(argv: list[str]) -> list[str]:
-    """Rename flags transformers 5 renamed and drop the ones it removed, with a one-line notice for each.
+    """Rename or convert flags transformers 5 renamed and drop the ones it removed, with a one-line notice for each.
 
     `--report_to wandb tensorboard` (several values, as transformers 4 took them) becomes `--report_to
     wandb,tensorboard`, which `parse_arguments` splits again.
+
+    Raises:
+        ValueError: for a converted flag's value transformers 5 cannot express (e.g. `--warmup_ratio 1`).
     """
     out: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         name, eq, value = arg.partition("=")
+        takes_next = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
         if arg == "--report_to":
             values = []
             while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
@@ -167,11 +198,18 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
         elif name in RENAMED_FLAGS:
             logger.warning("%s is called %s in transformers 5: using that", name, RENAMED_FLAGS[name])
             out.append(RENAMED_FLAGS[name] + eq + value)
-        elif name in DROPPED_FLAGS:
-            takes_next = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            dropped = argv[i + 1] if takes_next else value
-            logger.warning("%s %s is ignored: transformers 5 has no such setting", name, dropped)
+        elif name in CONVERTED_FLAGS or name in DROPPED_FLAGS:
+            value = argv[i + 1] if takes_next else value
             i += 1 if takes_next else 0
+            typed = f"{name} {value}".strip()
+            if name in DROPPED_FLAGS:
+                logger.warning("%s is ignored: transformers 5 has no such setting", typed)
+                replacement = []
+            elif replacement := CONVERTED_FLAGS[name](value):
+                logger.warning("%s is %s in transformers 5: using that", typed, " ".join(replacement))
+            else:
+                logger.warning("%s is transformers 5's default: nothing to pass", typed)
+            out += replacement
         else:
             out.append(arg)
         i += 1

@@ -269,11 +269,15 @@ def make_supervised_data_module(tokenizer: Any, data_args: Any, training_args: A
     """`dict(train_dataset=..., eval_dataset=None, data_collator=...)` for the Trainer.
 
     With `training_args`, skipped samples are also listed in `<output_dir>/skipped_samples.jsonl`, and sample
-    lengths for `group_by_modality_length` are measured (or read from their cache) before training starts.
+    lengths for `group_by_modality_length` or `--train_sampling_strategy group_by_length` are measured (or read
+    from their cache) before training starts.
     """
     skipped = os.path.join(training_args.output_dir, SKIPPED_SAMPLES_FILE) if training_args is not None else None
     dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, skipped_path=skipped)
-    if training_args is not None and getattr(training_args, "group_by_modality_length", False):
+    if training_args is not None and (
+        getattr(training_args, "group_by_modality_length", False)
+        or getattr(training_args, "train_sampling_strategy", None) == "group_by_length"
+    ):
         _ = training_args.device  # the process group exists from here on: ranks share the measuring
         dataset.modality_lengths  # noqa: B018  (every rank, before the sampler needs them)
     collator = DataCollatorForSupervisedDataset(tokenizer, data_args.image_tokens_per_image)

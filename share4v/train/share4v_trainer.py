@@ -13,6 +13,7 @@ import os
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from share4v.train.model_setup import apply_checkpointing
 from share4v.train.optim import param_groups
@@ -65,14 +66,18 @@ class Share4VTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if not getattr(self.args, "group_by_modality_length", False) or dataset is None:
-            return super()._get_train_sampler(train_dataset)
-        return ModalityLengthGroupedSampler(
-            batch_size=self.args.train_batch_size,
-            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
-            lengths=dataset.modality_lengths,
-            seed=self.args.seed,
-        )
+        if getattr(self.args, "group_by_modality_length", False) and dataset is not None:
+            return ModalityLengthGroupedSampler(
+                batch_size=self.args.train_batch_size,
+                world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+                lengths=dataset.modality_lengths,
+                seed=self.args.seed,
+            )
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            # transformers' sampler, with the lengths the dataset knows (it would otherwise build every sample)
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=dataset.lengths)
+        return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is not None:

@@ -75,10 +75,35 @@ def test_legacy_flags_are_mapped_with_a_notice(caplog):
             "--no_cuda", "True", "--bf16", "True"]  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="share4v"):
         translated = translate_legacy_flags(argv)
-    assert translated == ["--eval_strategy", "no", "--warmup_steps=0.03", "--use_cpu", "True", "--bf16", "True"]
+    assert translated == ["--eval_strategy", "no", "--warmup_steps", "0.03", "--use_cpu", "True", "--bf16", "True"]
     assert len(caplog.records) == 5 and all(len(r.getMessage().splitlines()) == 1 for r in caplog.records)
     namespace = parser().parse_args(translated)
     assert namespace.eval_strategy == "no" and namespace.warmup_steps == 0.03 and namespace.use_cpu
+
+
+def test_flags_transformers_5_lacks_are_dropped_or_converted(tmp_path, caplog):
+    out = ["--output_dir", str(tmp_path)]
+    with caplog.at_level(logging.WARNING, logger="share4v"):
+        argv = ["--fp16_backend", "auto", "--group_by_length", "True", "--warmup_ratio", "0.5", *out]
+        args = parse_arguments(argv)[2]
+    assert "--fp16_backend auto is ignored" in caplog.text  # not renamed to a flag transformers 5 lacks as well
+    assert args.train_sampling_strategy == "group_by_length"
+    assert args.get_warmup_steps(100) == 50
+    assert parse_arguments(["--group_by_length", "False", *out])[2].train_sampling_strategy == "random"
+    assert parse_arguments(["--group_by_length", *out])[2].train_sampling_strategy == "group_by_length"
+    assert parse_arguments(["--warmup_ratio=0", *out])[2].get_warmup_steps(100) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--warmup_ratio", "1.0"], "--warmup_ratio 1.0: transformers 5 has no warm-up share of 1 or more"),
+     (["--warmup_ratio", "lots"], "--warmup_ratio 'lots' is not a number"),
+     (["--group_by_length", "maybe"], "--group_by_length 'maybe': expected True or False")],
+)  # fmt: skip
+def test_values_transformers_5_cannot_express_are_one_line_errors(argv, message, tmp_path):
+    with pytest.raises(ValueError, match=f"^{message}") as err:
+        parse_arguments([*argv, "--output_dir", str(tmp_path)])
+    assert "\n" not in str(err.value)
 
 
 def test_several_reporters(tmp_path):

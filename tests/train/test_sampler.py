@@ -1,15 +1,20 @@
-"""The modality/length-grouped order: a permutation, one modality per megabatch, balanced ranks, reproducible."""
+"""The modality/length-grouped order: a permutation, one modality per megabatch, balanced ranks, reproducible;
+`--group_by_length` groups by the lengths the dataset knows."""
 
 import random
 
+import pytest
 import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from share4v.train.data import LazySupervisedDataset
 from share4v.train.sampler import (
     ModalityLengthGroupedSampler,
     length_grouped_indices,
     modality_length_grouped_indices,
     split_evenly,
 )
+from share4v.train.train import build_trainer
 
 
 def _lengths(seed=0, images=70, texts=30):
@@ -58,3 +63,17 @@ def test_sampler_is_reproducible_per_epoch():
     assert list(a) != first
     b.set_epoch(1)
     assert list(a) == list(b)
+
+
+def test_group_by_length_uses_the_dataset_lengths(world, tmp_path, monkeypatch):
+    trainer = build_trainer(argv=[
+        "--model_name_or_path", str(world["llm"]), "--vision_tower", str(world["tower"]), "--version", "v1",
+        "--data_path", str(world["instruct"]), "--image_folder", str(world["instruct"].parent), "--use_cpu", "True",
+        "--report_to", "none", "--group_by_length", "True", "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "3", "--output_dir", str(tmp_path),
+    ])  # fmt: skip
+    # transformers' own path would build every sample (images and all) to measure it
+    monkeypatch.setattr(LazySupervisedDataset, "__getitem__", lambda self, i: pytest.fail("a sample was built"))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sampler.batch_size == 6
+    assert sampler.lengths == trainer.train_dataset.lengths and sorted(sampler) == list(range(27))
