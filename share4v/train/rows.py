@@ -9,9 +9,11 @@ A row is `{"id": str, "image": "rel/path.jpg" | [paths] (optional), "conversatio
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,45 +36,68 @@ class BadRow:
         return f"{self.where}{sample}: {self.reason}"
 
 
-def _is_jsonl(path: Path) -> bool:
-    if path.suffix == ".jsonl":
-        return True
-    with path.open("rb") as handle:
-        for line in handle:
-            stripped = line.strip()
-            if stripped:
-                return not stripped.startswith(b"[")
-    return False
+def _first_line_is_a_row(raw: bytes) -> bool:
+    """Whether the first non-blank line is a JSON object by itself (as in JSONL; never in a pretty-printed file)."""
+    first = next((line for line in raw.splitlines() if line.strip()), b"")
+    try:
+        return isinstance(json.loads(first.decode("utf-8", errors="replace")), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _jsonl_rows(path: Path, lines: Iterable[bytes]) -> tuple[list[tuple[str, Any]], list[BadRow]]:
+    rows, bad = [], []
+    for number, line in enumerate(lines, start=1):
+        if number == 1:
+            line = line.removeprefix(codecs.BOM_UTF8)
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"{path}:{number}", json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError as err:
+            bad.append(BadRow(f"{path}:{number}", None, f"not valid UTF-8 (byte {err.start} of the line)"))
+        except json.JSONDecodeError as err:
+            bad.append(BadRow(f"{path}:{number}", None, f"not valid JSON: {err.msg} (column {err.colno})"))
+    return rows, bad
 
 
 def read_rows(path: str | os.PathLike) -> tuple[list[tuple[str, Any]], list[BadRow]]:
-    """All rows of a JSON list or JSONL file as `(where, row)`, and the lines that are not JSON.
+    """All rows of a JSON list or JSONL file as `(where, row)`, and the JSONL lines that are not JSON.
+
+    A `.jsonl` file is JSONL; any other is a JSON list when it parses as one, else JSONL when its first line is a
+    JSON object by itself (a UTF-8 byte-order mark is allowed in front).
 
     Raises:
         FileNotFoundError: when the file is missing.
-        ValueError: when a JSON (non-JSONL) file does not parse or is not a list (one line, with the position).
+        ValueError: when a JSON (non-JSONL) file is not UTF-8, does not parse or is not a list (one line, with the
+            position).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data file not found: {path}")
-    if not _is_jsonl(path):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of samples, found a {type(data).__name__}")
-        return [(f"{path}[{index}]", row) for index, row in enumerate(data)], []
-    rows, bad = [], []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                bad.append(BadRow(f"{path}:{number}", None, f"not valid JSON: {err.msg} (column {err.colno})"))
-    return rows, bad
+    if path.suffix == ".jsonl":
+        with path.open("rb") as handle:
+            return _jsonl_rows(path, handle)
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        if _first_line_is_a_row(raw):
+            return _jsonl_rows(path, raw.splitlines())
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: not valid UTF-8 (line {line}, byte {err.start}): {err.reason}") from None
+    except json.JSONDecodeError as err:
+        if _first_line_is_a_row(raw):
+            return _jsonl_rows(path, raw.splitlines())
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+    if isinstance(data, dict) and "conversations" in data:
+        return _jsonl_rows(path, raw.splitlines())  # JSONL of one row
+    if isinstance(data, dict):
+        keys = ", ".join(list(map(str, data))[:5])
+        raise ValueError(f"{path}: expected a JSON list of samples, found an object (keys: {keys})")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of samples, found a {type(data).__name__}")
+    return [(f"{path}[{index}]", row) for index, row in enumerate(data)], []
 
 
 def sample_id(row: Any) -> str | None:

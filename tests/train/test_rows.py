@@ -1,0 +1,66 @@
+"""Reading training files: JSON list or JSONL decided by the suffix or by whether the file parses, a UTF-8 byte-order
+mark allowed, and every problem one line naming the file (and the line)."""
+
+import codecs
+import json
+
+import pytest
+
+from share4v.train.rows import read_rows
+
+ROWS = [
+    {"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+    {"id": "b", "conversations": [{"from": "human", "value": "Ça va ?"}, {"from": "gpt", "value": "Oui"}]},
+]
+
+
+def _ids(rows):
+    return [row["id"] for _, row in rows]
+
+
+def test_a_pretty_printed_object_is_one_error_not_a_skip_per_line(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"data": ROWS}, indent=2))
+    with pytest.raises(ValueError, match=r"data.json: expected a JSON list of samples, found an object \(keys: data\)"):
+        read_rows(path)
+
+
+def test_a_byte_order_mark_is_allowed(tmp_path):
+    listed = tmp_path / "data.json"
+    listed.write_bytes(codecs.BOM_UTF8 + json.dumps(ROWS, indent=1).encode())
+    rows, bad = read_rows(listed)
+    assert _ids(rows) == ["a", "b"] and not bad and rows[0][0] == f"{listed}[0]"
+    lines = tmp_path / "data.jsonl"
+    lines.write_bytes(codecs.BOM_UTF8 + "".join(json.dumps(row) + "\n" for row in ROWS).encode())
+    rows, bad = read_rows(lines)
+    assert _ids(rows) == ["a", "b"] and not bad
+
+
+def test_jsonl_under_a_json_name(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS) + "{broken\n")
+    rows, bad = read_rows(path)
+    assert _ids(rows) == ["a", "b"] and [b.where for b in bad] == [f"{path}:3"]
+    path.write_text(json.dumps(ROWS[0]) + "\n")  # one row
+    assert [where for where, _ in read_rows(path)[0]] == [f"{path}:1"]
+
+
+def test_invalid_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_bytes(json.dumps(ROWS, indent=1, ensure_ascii=False).encode().replace("Ç".encode(), b"\xff"))
+    with pytest.raises(ValueError, match=r"data.json: not valid UTF-8 \(line 20, byte \d+\)") as err:
+        read_rows(path)
+    assert "\n" not in str(err.value)
+    lines = tmp_path / "data.jsonl"
+    lines.write_bytes(
+        b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in ROWS).replace(b"\xc3", b"\xff")
+    )
+    rows, bad = read_rows(lines)
+    assert _ids(rows) == ["a"] and str(bad[0]).startswith(f"{lines}:2: not valid UTF-8")
+
+
+def test_a_broken_json_list_is_one_error_with_its_place(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('[\n  {"id": 1},\n  oops\n]')
+    with pytest.raises(ValueError, match=r"data.json: not valid JSON \(line 3, column 3\)"):
+        read_rows(path)
