@@ -5,8 +5,9 @@
         --image-folder playground/data/eval/gqa/images --answers-file answers/gqa/merge.jsonl \
         --temperature 0 --conv-mode share4v_v1 --batch-size 16
 
-Question lines: `{"question_id", "image", "text", ...}`; the prompt is `"<image>\\n" + text` (no image: the text).
-Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}`, appended and flushed per
+Question lines: `{"question_id", "image", "text", ...}`; the model gets `"<image>\\n" + text` (no image: the text).
+Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}` (`prompt`: the question
+line's text, as the original writes it), appended and flushed per
 batch; a rerun skips answered ids. A malformed question line or a missing image is listed with its line or id in
 `<answers-file>.errors.jsonl` and skipped (`--strict`: the run stops there).
 """
@@ -43,7 +44,8 @@ def read_questions(question_file: str | Path, image_folder: str | Path | None, s
         image = row.get("image")
         images = (str(Path(image_folder or ".") / image),) if image else ()
         prompt = ("<image>\n" + row["text"]) if image else row["text"]
-        questions.append(Question(row["question_id"], prompt, images))
+        # the answer line's prompt is the question's text, as the original writes it (MME's converter looks it up)
+        questions.append(Question(row["question_id"], prompt, images, {"prompt": row["text"]}))
     return questions, problems
 
 

@@ -47,7 +47,7 @@ def test_batched_answers_equal_single_and_bad_input_is_reported(engine, bench, t
     }
     row = answers(batched)[0]
     assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
-    assert row["prompt"].startswith("<image>\n") and row["model_id"] == "tiny"
+    assert row["prompt"] == "What is in picture 0?" and row["model_id"] == "tiny"  # the text, as the original
     [error] = answers(tmp_path / "batched.jsonl.errors.jsonl")
     assert error["question_id"] == "q5" and "missing.png" in error["error"]
     with pytest.raises(ValueError, match="q5"):
