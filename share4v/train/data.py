@@ -26,7 +26,7 @@ from share4v.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_IND
 from share4v.mm_utils import ImageLoadError, load_image, process_images
 from share4v.train.lengths import dataset_lengths
 from share4v.train.preprocess import SampleError, preprocess, preprocess_multimodal
-from share4v.train.rows import BadRow, SkipReport, check_row, image_paths, read_rows, sample_id
+from share4v.train.rows import BadRow, SkipReport, check_image_markers, check_row, image_paths, read_rows, sample_id
 
 logger = logging.getLogger(__name__)
 
@@ -96,18 +96,15 @@ def sample_turns(row: dict, has_image: bool, data_args: Any) -> list[dict]:
     """A copy of the row's turns with `<image>` markers normalised (`preprocess_multimodal`).
 
     A row with images but no marker gets them in front of its first human turn; any other mismatch between
-    markers and images is a `SampleError`.
+    markers and images (markers in a row without images included) is a `SampleError` (`check_image_markers`).
     """
     turns = copy.deepcopy(row["conversations"])
+    markers = check_image_markers(row)
     if not has_image:
         return turns
-    markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
-    count = len(image_paths(row))
     if markers == 0:
         first_human = next((i for i, t in enumerate(turns) if str(t.get("from")).lower() in ("human", "user")), 0)
-        turns[first_human]["value"] = DEFAULT_IMAGE_TOKEN * count + "\n" + turns[first_human]["value"]
-    elif markers != count:
-        raise SampleError(f"{markers} {DEFAULT_IMAGE_TOKEN} markers in the text but {count} images")
+        turns[first_human]["value"] = DEFAULT_IMAGE_TOKEN * len(image_paths(row)) + "\n" + turns[first_human]["value"]
     preprocess_multimodal([turns], data_args)
     return turns
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.train.preprocess import SampleError, conversation_for_training
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,23 @@ def image_paths(row: dict) -> list[str]:
 def check_row(row: Any, conv_mode: str) -> None:
     """Raise `SampleError` saying what is wrong with a row (images are checked when loaded)."""
     check_row_structure(row)
+    check_image_markers(row)
     conversation_for_training(row["conversations"], conv_mode)
+
+
+def check_image_markers(row: dict) -> int:
+    """How many `<image>` markers the row's text holds; none (the images go in front) or one per image.
+
+    Raises:
+        SampleError: when there are markers but no `image`, or as many markers as images neither.
+    """
+    markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in row["conversations"])
+    images = len(image_paths(row))
+    if markers and not images:
+        raise SampleError(f"{markers} {DEFAULT_IMAGE_TOKEN} markers in the text but no 'image' in the row")
+    if markers and markers != images:
+        raise SampleError(f"{markers} {DEFAULT_IMAGE_TOKEN} markers in the text but {images} images")
+    return markers
 
 
 def check_row_structure(row: Any) -> None:

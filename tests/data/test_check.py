@@ -62,3 +62,29 @@ def test_training_over_the_same_file_finishes_and_reports(broken, tiny_ckpt, tmp
     assert trainer.state.global_step == 6 and (out / "model.safetensors").is_file()
     skipped = {e["id"] for e in map(json.loads, (out / "skipped_samples.jsonl").read_text().splitlines())}
     assert skipped == {"instruct-1", "instruct-2", "instruct-3", "instruct-4"}
+
+
+@pytest.fixture(scope="module")
+def marker_mismatches(world, tmp_path_factory):
+    """Two rows whose <image> markers do not match their images: one without any image, one with too many markers."""
+    folder = tmp_path_factory.mktemp("markers")
+    shutil.copytree(world["instruct"].parent / "images", folder / "images")
+    rows = json.loads(world["instruct"].read_text())[:10]
+    text_row = next(index for index, row in enumerate(rows) if "image" not in row)
+    rows[text_row]["conversations"][0]["value"] = "<image>\n" + rows[text_row]["conversations"][0]["value"]
+    rows[0]["conversations"][0]["value"] += " <image>"  # two markers, one image
+    path = folder / "data.json"
+    path.write_text(json.dumps(rows))
+    return path, rows[text_row]["id"]
+
+
+def test_checker_reports_marker_mismatches_with_a_tokenizer(marker_mismatches, tiny_ckpt, tmp_path):
+    path, text_id = marker_mismatches
+    report = tmp_path / "problems.jsonl"
+    argv = [str(path), "--image-folder", str(path.parent), "--model-path", str(tiny_ckpt), "--report", str(report)]
+    assert main(argv) == 1
+    reasons = {e["id"]: e["reason"] for e in map(json.loads, report.read_text().splitlines())}
+    assert reasons == {
+        "instruct-0": "2 <image> markers in the text but 1 images",
+        text_id: "1 <image> markers in the text but no 'image' in the row",
+    }

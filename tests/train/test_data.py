@@ -13,6 +13,7 @@ from share4v.train.data import (
     DataCollatorForSupervisedDataset,
     LazySupervisedDataset,
     merged_length,
+    sample_turns,
     truncate_to_budget,
 )
 from share4v.train.preprocess import SampleError
@@ -211,3 +212,23 @@ def test_no_usable_sample_at_all_is_one_line(tiny, world, tmp_path):
     with pytest.raises(SampleError, match=r"data.json: none of the 24 samples could be used") as err:
         dataset[3]
     assert "\n" not in str(err.value)
+
+
+def test_image_markers_without_an_image_are_a_bad_row(tiny, world, tmp_path):
+    rows = json.loads(world["instruct"].read_text())
+    text_row = next(index for index, row in enumerate(rows) if "image" not in row)
+    rows[text_row]["conversations"][0]["value"] = "<image>\nWhat is shown?"
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(rows))
+    report = tmp_path / "skipped.jsonl"
+    args = data_args(world["instruct"].parent, tiny)
+    with pytest.raises(SampleError, match="1 <image> markers in the text but no 'image' in the row"):
+        sample_turns(rows[text_row], False, args)
+    dataset = LazySupervisedDataset(str(path), tokenizer_with(tiny, 2048), args, skipped_path=str(report))
+    assert len(dataset) == 26  # left out at start-up, not trained as the literal text "<image>"
+    entry = json.loads(report.read_text())
+    assert entry["where"] == f"{path}[{text_row}]" and "no 'image' in the row" in entry["reason"]
+    with pytest.raises(SampleError, match=rf"data.json\[{text_row}\] .*no 'image' in the row \(--strict_data\)"):
+        LazySupervisedDataset(
+            str(path), tokenizer_with(tiny, 2048), data_args(world["instruct"].parent, tiny, strict_data=True)
+        )
