@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -64,22 +63,32 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-def end_torn_line(path: str | Path) -> None:
-    """A kill can leave an appended JSON-lines file's last line without its newline: end it, so that the next
-    line appended stays whole (the torn line itself is skipped by readers)."""
+def cut_torn_line(path: str | Path) -> None:
+    """Before appending to a JSON-lines file a kill may have torn: cut its last line if it lacks the newline and does
+    not parse (it may end inside a character), or give it the newline if it is whole, so that the next line appended
+    starts on a fresh line and every line left is whole."""
     path = Path(path)
-    if path.is_file() and path.stat().st_size:
+    if not path.is_file() or not path.stat().st_size:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except ValueError:  # UnicodeDecodeError too
         with path.open("rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+            f.truncate(start)
+        return
+    with path.open("ab") as f:
+        f.write(b"\n")
 
 
 def values_in_jsonl(path: str | Path, key: str) -> set[str]:
     """The `key` values (as strings) of an append-only JSON-lines output; a line torn by a kill is ignored."""
     path, values = Path(path), set()
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").split("\n"):
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):  # a torn character
             try:
                 values.add(str(json.loads(line)[key]))
             except (json.JSONDecodeError, KeyError, TypeError):

@@ -4,7 +4,7 @@ The one loop every benchmark's inference runs through: questions in, one JSON li
 
 - Chunking as the original scripts use it (`--num-chunks/--chunk-idx`: contiguous chunks of ceil(n / chunks)).
 - Resume: question ids already in the answers file are skipped, so a killed run continues where it stopped; each
-  answer is appended and flushed as soon as its batch is done (a line torn by a kill is ended first). Where one id
+  answer is appended and flushed as soon as its batch is done (a line torn by a kill is cut first). Where one id
   has several answers (MMBench's rounds), `resume_by` names the answer-line fields that together identify one.
 - Batches (`--batch-size`) are left-padded by the engine; greedy answers equal batch-size-1 answers.
 - Images are loaded and pre-processed in DataLoader workers (the engine's `RequestEncoder`); a question whose image
@@ -29,7 +29,7 @@ from share4v.inference.cli_args import engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
 from share4v.mm_utils import get_model_name_from_path
-from share4v.utils import end_torn_line
+from share4v.utils import cut_torn_line
 
 
 def chunk(items: Sequence[Any], num_chunks: int, chunk_idx: int) -> list[Any]:
@@ -83,10 +83,10 @@ def answer_questions(
     answers_file = Path(answers_file)
     answers_file.parent.mkdir(parents=True, exist_ok=True)
     errors_file = answers_file.with_name(answers_file.name + ".errors.jsonl")
+    for path in (answers_file, errors_file):
+        cut_torn_line(path)
     done = _answered(answers_file, resume_by)
     todo = [question for question in questions if _key(question, resume_by) not in done]
-    for path in (answers_file, errors_file):
-        end_torn_line(path)
     counts = {"answered": 0, "failed": 0, "skipped": len(questions) - len(todo)}
     loader = torch.utils.data.DataLoader(
         _Encoded(todo, engine.encoder), batch_size=batch_size, num_workers=num_workers, collate_fn=list
@@ -129,7 +129,7 @@ def _answered(answers_file: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
     """The `names` values (as strings) of every whole line of an append-only answers file (a torn one is skipped)."""
     keys = set()
     if answers_file.is_file():
-        for line in answers_file.read_text(encoding="utf-8").split("\n"):
+        for line in answers_file.read_text(encoding="utf-8", errors="replace").split("\n"):
             try:
                 row = json.loads(line)
                 keys.add(tuple(str(row[name]) for name in names))

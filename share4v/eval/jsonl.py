@@ -4,10 +4,11 @@ to JSON-lines outputs that survive a kill (no torch: the judge and scorers impor
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from share4v.utils import cut_torn_line
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -72,25 +73,11 @@ def read_appended_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def prepare_append(path: str | Path) -> Path:
-    """Make `path`'s folder, and cut a last line torn by a kill (one without its newline that does not parse; a
-    whole JSON line that only lacks the newline gets it), so that the next appended line starts on a fresh line."""
+    """Make `path`'s folder and cut a last line torn by a kill (`share4v.utils.cut_torn_line`), so that the next
+    appended line starts on a fresh line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.stat().st_size:
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            start = data.rfind(b"\n") + 1
-            try:
-                json.loads(data[start:])
-                whole = True
-            except ValueError:
-                whole = False
-            with path.open("rb+") as f:
-                if whole:
-                    f.seek(0, os.SEEK_END)
-                    f.write(b"\n")
-                else:
-                    f.truncate(start)
+    cut_torn_line(path)
     return path
 
 

@@ -29,7 +29,7 @@ from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE
 from share4v.inference.requests import Request, RequestEncoder
-from share4v.utils import end_torn_line, values_in_jsonl
+from share4v.utils import cut_torn_line, values_in_jsonl
 
 DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -106,15 +106,15 @@ def caption_images(
     progress: bool = True,
 ) -> dict[str, int]:
     """Caption every image of `images` not yet in `outputs`; returns counts of `captioned`, `failed`, `skipped`."""
+    outputs.captions.parent.mkdir(parents=True, exist_ok=True)
+    for path in (outputs.captions, outputs.errors):
+        cut_torn_line(path)
     done = outputs.done()
     todo = [image for image in dict.fromkeys(images) if image not in done]
     loader = torch.utils.data.DataLoader(
         _Encoded(todo, engine.encoder, prompt), batch_size=batch_size, num_workers=num_workers, collate_fn=list
     )
     counts = {"captioned": 0, "failed": 0, "skipped": len(images) - len(todo)}
-    outputs.captions.parent.mkdir(parents=True, exist_ok=True)
-    for path in (outputs.captions, outputs.errors):
-        end_torn_line(path)
     bar = tqdm(total=len(todo), unit="img", desc="captioning", disable=not progress or None, smoothing=0.1)
     with outputs.captions.open("a", encoding="utf-8") as captions, outputs.errors.open("a", encoding="utf-8") as errors:
         for batch in loader:

@@ -78,8 +78,8 @@ def test_a_crash_loses_nothing_and_a_rerun_captions_each_image_once(engine, imag
         caption_images(engine, list_images(folder), outputs, GREEDY, batch_size=3, num_workers=0)
     first = captions_of(outputs)
     assert 0 < len(first) < len(good)
-    with outputs.captions.open("a") as f:
-        f.write('{"image": "' + good[-1] + '", "capt')  # a line torn by the kill
+    with outputs.captions.open("ab") as f:
+        f.write(('{"image": "' + good[-1] + '", "caption": "答').encode()[:-1])  # torn by the kill, in a character
     monkeypatch.setattr(engine, "run", real_run)
     counts = caption_images(engine, list_images(folder), outputs, GREEDY, batch_size=3, num_workers=0)
     assert counts["skipped"] > 0
@@ -87,6 +87,7 @@ def test_a_crash_loses_nothing_and_a_rerun_captions_each_image_once(engine, imag
     rows = json.loads(final.read_text())
     assert sorted(path for row in rows for path in row) == good  # each good image exactly once
     assert all(len(row) == 1 for row in rows)
+    assert all(json.loads(line) for line in outputs.captions.read_text(encoding="utf-8").splitlines())  # cut
 
 
 def test_batched_captions_equal_one_by_one(engine, images, tmp_path):
