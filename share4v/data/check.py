@@ -1,14 +1,15 @@
 """data/check.py
 
-Check a training data file before a multi-day run: every row's structure, every image (present and decodable),
-the conversation template, and — with a tokenizer — where each answer's tokens are, the token-length
-distribution and how many samples `model_max_length` would truncate or leave with nothing to learn.
+Check a training data file before a multi-day run: every row's structure, its `<image>` markers against its
+images, every image (present and decodable), the conversation template, and — with a tokenizer — where each
+answer's tokens are, the token-length distribution and how many samples `model_max_length` would truncate or leave
+with nothing to learn.
 
     python -m share4v.data.check data/sharegpt4v/sharegpt4v_mix665k.json --image-folder data \\
         --model-path checkpoints/share4v-7b_pretrained --version v1 --report problems.jsonl
 
-Exits 1 when a row would be skipped by training (malformed, missing or unreadable image, template problem,
-answer not found or truncated away), 0 otherwise; truncated samples that keep an answer are only counted.
+Exits 1 when a row would be skipped by training (malformed, marker mismatch, missing or unreadable image, template
+problem, answer not found or truncated away), 0 otherwise; truncated samples that keep an answer are only counted.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from tqdm.auto import tqdm
 from share4v.mm_utils import ImageLoadError, load_image
 from share4v.train.data import merged_length, sample_turns, truncate_to_budget
 from share4v.train.preprocess import SampleError, conv_mode_for_version, conversation_for_training, preprocess
-from share4v.train.rows import BadRow, check_row_structure, image_paths, read_rows, sample_id
+from share4v.train.rows import BadRow, check_image_markers, check_row_structure, image_paths, read_rows, sample_id
 
 KINDS = {  # kind → (label, is an error)
     "malformed": ("malformed rows", True),
     "missing_image": ("missing images", True),
     "unreadable_image": ("unreadable images", True),
+    "markers": ("image marker mismatches", True),
     "template": ("template problems", True),
     "fully_masked": ("answers truncated away", True),
     "truncated": ("truncated, still trainable", False),
@@ -105,6 +107,11 @@ def check_data(
             check_row_structure(row)
         except SampleError as err:
             report.add("malformed", where, row, str(err))
+            continue
+        try:  # everything that needs no tokenizer first, as training reads the rows
+            check_image_markers(row)
+        except SampleError as err:
+            report.add("markers", where, row, str(err))
             continue
         try:
             conversation_for_training(row["conversations"], conv_mode)

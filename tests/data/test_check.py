@@ -83,8 +83,17 @@ def test_checker_reports_marker_mismatches_with_a_tokenizer(marker_mismatches, t
     report = tmp_path / "problems.jsonl"
     argv = [str(path), "--image-folder", str(path.parent), "--model-path", str(tiny_ckpt), "--report", str(report)]
     assert main(argv) == 1
-    reasons = {e["id"]: e["reason"] for e in map(json.loads, report.read_text().splitlines())}
-    assert reasons == {
-        "instruct-0": "2 <image> markers in the text but 1 images",
-        text_id: "1 <image> markers in the text but no 'image' in the row",
+    found = {e["id"]: (e["kind"], e["reason"]) for e in map(json.loads, report.read_text().splitlines())}
+    assert found == {
+        "instruct-0": ("markers", "2 <image> markers in the text but 1 images"),
+        text_id: ("markers", "1 <image> markers in the text but no 'image' in the row"),
     }
+
+
+def test_checker_finds_marker_mismatches_without_a_tokenizer(marker_mismatches, tmp_path, capsys):
+    path, text_id = marker_mismatches
+    report = tmp_path / "problems.jsonl"
+    assert main([str(path), "--image-folder", str(path.parent), "--no-decode", "--report", str(report)]) == 1
+    found = {e["id"]: e["kind"] for e in map(json.loads, report.read_text().splitlines())}
+    assert found == {"instruct-0": "markers", text_id: "markers"}
+    assert "2 rows would be skipped by training" in capsys.readouterr().out
