@@ -36,6 +36,8 @@ def read_questions(question_file: str | Path, image_folder: str | Path | None, s
             row = json.loads(line)
             if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("text"), str):
                 raise ValueError("needs question_id and text")
+            if not isinstance(row.get("image") or "", str):
+                raise ValueError(f"image must be a file name, not {type(row['image']).__name__}")
         except ValueError as err:
             if strict:
                 raise ValueError(f"{path}:{number}: {err} (--strict)") from None

@@ -66,6 +66,8 @@ def _question(entry: Any, image_folder: str | Path | None, single_pred_prompt: b
     human = next((t for t in turns if isinstance(t, dict) and t.get("from") == "human"), None) if turns else None
     if not isinstance(turns, list) or human is None or not isinstance(human.get("value"), str):
         raise ValueError(f"question {entry['id']!r}: no human turn with a text value in conversations")
+    if not isinstance(entry.get("image") or "", str):
+        raise ValueError(f"question {entry['id']!r}: image must be a file name, not {type(entry['image']).__name__}")
     text = human["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
     if entry.get("image"):
         text = DEFAULT_IMAGE_TOKEN + "\n" + text

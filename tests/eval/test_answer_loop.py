@@ -127,3 +127,13 @@ def test_questions_sharing_an_id_resume_one_by_one(tiny_ckpt, tmp_path):
     assert [(row["question_id"], row["prompt"], row["text"]) for row in answers(out)] == [
         (row["question_id"], row["prompt"], row["text"]) for row in whole
     ]
+
+
+def test_an_image_that_is_not_a_file_name_is_a_listed_problem(tmp_path):
+    lines = [{"question_id": 1, "image": ["a.png"], "text": "What?"}, {"question_id": 2, "image": 7, "text": "What?"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    questions, problems = model_vqa_loader.read_questions(tmp_path / "q.jsonl", tmp_path, strict=False)
+    assert questions == [] and problems == [
+        {"line": 1, "error": "image must be a file name, not list"},
+        {"line": 2, "error": "image must be a file name, not int"},
+    ]

@@ -158,3 +158,12 @@ def test_flags_and_defaults():
     assert (args.max_new_tokens, args.conv_mode, args.single_pred_prompt, args.answer_prompter) == (
         1024, "share4v_v0", False, False
     )  # fmt: skip
+
+
+def test_an_image_that_is_not_a_file_name_is_a_listed_problem(tmp_path):
+    turns = [{"from": "human", "value": "<image>\nWhich?"}]
+    (tmp_path / "q.json").write_text(json.dumps([{"id": "1", "image": ["a.png"], "conversations": turns}]))
+    questions, problems = model_vqa_science.read_questions(tmp_path / "q.json", tmp_path)
+    assert questions == [] and problems == [
+        {"entry": 0, "id": "1", "error": "question '1': image must be a file name, not list"}
+    ]
