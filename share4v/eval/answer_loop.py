@@ -9,6 +9,7 @@ The one loop every benchmark's inference runs through: questions in, one JSON li
 - Batches (`--batch-size`) are left-padded by the engine; greedy answers equal batch-size-1 answers.
 - Images are loaded and pre-processed in DataLoader workers (the engine's `RequestEncoder`); a question whose image
   is missing or broken is reported with its id in `<answers>.errors.jsonl` and skipped (`strict` makes it fatal).
+  A driver's run starts that file afresh: it lists what the last run could not answer (a rerun retries those).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def answer_questions(
     """
     answers_file = Path(answers_file)
     answers_file.parent.mkdir(parents=True, exist_ok=True)
-    errors_file = answers_file.with_name(answers_file.name + ".errors.jsonl")
+    errors_file = errors_path(answers_file)
     for path in (answers_file, errors_file):
         cut_torn_line(path)
     done = _answered(answers_file, resume_by)
@@ -148,12 +149,18 @@ def add_loop_args(parser, unit: str = "questions") -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first bad question or image")
 
 
+def errors_path(answers_file: str | Path) -> Path:
+    """Where the problems of a run over `answers_file` are listed: `<answers_file>.errors.jsonl`."""
+    answers_file = Path(answers_file)
+    return answers_file.with_name(answers_file.name + ".errors.jsonl")
+
+
 def record_problems(answers_file: str | Path, source: dict[str, str], problems: list[dict], unit: str) -> None:
     """Append unusable input entries (`problems`, each tagged with `source`, e.g. the question file) to
     `<answers_file>.errors.jsonl`, and say so on stderr."""
     if not problems:
         return
-    errors = Path(str(answers_file) + ".errors.jsonl")
+    errors = errors_path(answers_file)
     errors.parent.mkdir(parents=True, exist_ok=True)
     with errors.open("a", encoding="utf-8") as f:
         f.writelines(json.dumps({**source, **problem}) + "\n" for problem in problems)
@@ -178,6 +185,7 @@ def run_driver(
         questions, problems = read()
         if chunked:
             questions = chunk(questions, args.num_chunks, args.chunk_idx)
+        errors_path(args.answers_file).unlink(missing_ok=True)  # this run's problems only: a rerun retries the last's
         record_problems(args.answers_file, source, problems, unit)
         engine = engine_from_args(args)
         model_id = args.model_name or get_model_name_from_path(args.model_path)

@@ -94,6 +94,18 @@ def test_command_line_end_to_end(tiny_ckpt, bench, tmp_path, capsys):
     assert "1 unusable question lines" in capsys.readouterr().err
 
 
+def test_a_rerun_lists_its_own_problems_once(tiny_ckpt, bench, tmp_path):
+    out = tmp_path / "cli.jsonl"
+    args = ["--model-path", str(tiny_ckpt), "--question-file", str(bench / "questions.jsonl"), "--image-folder",
+            str(bench), "--answers-file", str(out), "--temperature", "0", "--max_new_tokens", "2",
+            "--num-workers", "0"]  # fmt: skip
+    for _ in range(2):  # the second run retries the missing image and lists it again, in place of the first's
+        assert model_vqa_loader.main(args) == 0
+        problems = answers(tmp_path / "cli.jsonl.errors.jsonl")
+        assert sorted(str(row.get("line", row.get("question_id"))) for row in problems) == ["4", "q5"]
+    assert sorted(row["question_id"] for row in answers(out)) == ["q0", "q1", "q2", "q3", "q4", "q6"]
+
+
 def test_model_vqa_takes_the_same_files_with_long_answers_by_default(tiny_ckpt, bench, tmp_path, monkeypatch):
     from share4v.eval import model_vqa
 
