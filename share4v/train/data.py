@@ -262,14 +262,19 @@ class DataCollatorForSupervisedDataset:
         return images
 
 
-def make_supervised_data_module(tokenizer: Any, data_args: Any, training_args: Any = None) -> dict[str, Any]:
+def make_supervised_data_module(
+    tokenizer: Any, data_args: Any, training_args: Any = None, resuming: bool = False
+) -> dict[str, Any]:
     """`dict(train_dataset=..., eval_dataset=None, data_collator=...)` for the Trainer.
 
-    With `training_args`, skipped samples are also listed in `<output_dir>/skipped_samples.jsonl`, and sample
+    With `training_args`, skipped samples are also listed in `<output_dir>/skipped_samples.jsonl` (started afresh
+    unless `resuming`, which adds to the interrupted run's list), and sample
     lengths for `group_by_modality_length` or `--train_sampling_strategy group_by_length` are measured (or read
     from their cache) before training starts.
     """
     skipped = os.path.join(training_args.output_dir, SKIPPED_SAMPLES_FILE) if training_args is not None else None
+    if skipped and not resuming:
+        SkipReport(skipped).clear()  # an earlier run's list in the same --output_dir is not this run's
     dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args, skipped_path=skipped)
     if training_args is not None and (
         getattr(training_args, "group_by_modality_length", False)

@@ -157,15 +157,34 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _read_entries(file: Path) -> list[dict]:
+    """The skip entries of one report file (unreadable lines, e.g. one cut by a crash, are passed over)."""
+    if not file.is_file():
+        return []
+    entries = []
+    for line in file.read_text(encoding="utf-8", errors="replace").split("\n"):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "where" in entry:
+            entries.append(entry)
+    return entries
+
+
 @dataclass
 class SkipReport:
-    """Where skipped samples are told: a warning each (once per sample and process) and, when `path` is set, a
-    JSONL line. Each rank appends to its own file (`skipped_samples.jsonl`, `skipped_samples.rank1.jsonl`, ...),
-    DataLoader workers included; `entries()` reads them all.
+    """Where skipped samples are told: a warning and, when `path` is set, a JSONL line, once per row and rank.
+
+    Each rank appends to its own file (`skipped_samples.jsonl`, `skipped_samples.rank1.jsonl`, ...), its DataLoader
+    workers included; a process new to the report (a worker, forked again each epoch) first reads what its rank
+    wrote, so a row met again in a later epoch is not told again. Two workers meeting the same row in the same epoch
+    may both tell it, and a row met on several ranks is told by each; `entries()` lists each row once.
     """
 
     path: str | None = None
-    seen: set = field(default_factory=set)
+    seen: set = field(default_factory=set)  # rows (`where`) this rank has told
+    _seen_in: int | None = field(default=None, repr=False)  # the process whose file reading `seen` holds
 
     def _file(self) -> Path | None:
         if not self.path:
@@ -173,12 +192,36 @@ class SkipReport:
         path = Path(self.path)
         return path if _rank() == 0 else path.with_name(f"{path.stem}.rank{_rank()}{path.suffix}")
 
+    def _files(self) -> list[Path]:
+        path = Path(self.path)
+        return [path, *sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))]
+
+    def clear(self) -> None:
+        """Start afresh (a run that does not resume): this rank's file goes, and on rank 0 those of ranks beyond
+        `WORLD_SIZE` (left by an earlier, larger run); the other ranks clear their own."""
+        self.seen.clear()
+        if not self.path:
+            return
+        self._file().unlink(missing_ok=True)
+        if _rank() == 0:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            for file in self._files()[1:]:
+                rank = file.stem.rpartition(".rank")[2]
+                if not rank.isdigit() or int(rank) >= world:
+                    file.unlink(missing_ok=True)
+
+    def _told(self, where: str) -> bool:
+        if self._seen_in != os.getpid():
+            target = self._file()
+            self.seen |= {entry["where"] for entry in _read_entries(target)} if target is not None else set()
+            self._seen_in = os.getpid()
+        return where in self.seen
+
     def skip(self, bad: BadRow, announce: bool = True) -> None:
         """Report `bad` (logged unless `announce` is False, e.g. the same start-up finding on every rank)."""
-        key = (bad.where, bad.reason)
-        if key in self.seen:
+        if self._told(bad.where):
             return
-        self.seen.add(key)
+        self.seen.add(bad.where)
         if announce:
             logger.warning("skipping sample %s", bad)
         target = self._file()
@@ -189,18 +232,11 @@ class SkipReport:
                 handle.write(line)
 
     def entries(self) -> list[dict]:
-        """Every rank's skips, one dict per distinct sample and reason (unreadable lines are passed over)."""
+        """Every rank's skips, one dict per row (the first reason told for it)."""
         if not self.path:
             return []
-        path = Path(self.path)
-        unique = {}
-        for file in [path, *sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))]:
-            if not file.is_file():
-                continue
-            for line in file.read_text(encoding="utf-8", errors="replace").split("\n"):
-                try:
-                    entry = json.loads(line)
-                    unique[(entry["where"], entry["reason"])] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+        unique: dict[str, dict] = {}
+        for file in self._files():
+            for entry in _read_entries(file):
+                unique.setdefault(entry["where"], entry)
         return list(unique.values())

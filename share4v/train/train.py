@@ -82,7 +82,8 @@ def build_trainer(
     configure_step_speedups(model, training_args)
     use_fp32_gradients(training_args)  # FSDP2 runs only
 
-    data_module = make_supervised_data_module(tokenizer, data_args, training_args)
+    resuming = _resume_point(training_args) is not None
+    data_module = make_supervised_data_module(tokenizer, data_args, training_args, resuming=resuming)
     return Share4VTrainer(
         model=model, processing_class=tokenizer, args=training_args, callbacks=callbacks, **data_module
     )

@@ -52,6 +52,8 @@ def test_checker_without_tokenizer_and_a_clean_file(world, capsys):
 
 def test_training_over_the_same_file_finishes_and_reports(broken, tiny_ckpt, tmp_path):
     out = tmp_path / "run"
+    out.mkdir()  # an earlier run into the same folder left its list: this run's starts afresh
+    (out / "skipped_samples.jsonl").write_text('{"where": "old.json[0]", "id": "old", "reason": "gone"}\n')
     trainer = train(argv=[
         "--model_name_or_path", str(tiny_ckpt), "--version", "v1", "--data_path", str(broken),
         "--image_folder", str(broken.parent), "--use_cpu", "True", "--max_steps", "6", "--save_strategy", "no",
