@@ -139,8 +139,19 @@ def main(attn_implementation: str | None = None) -> None:
     try:
         trainer = train(attn_implementation)
     except (ValueError, OSError, ImportError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {error_message(err)}")
     trainer.accelerator.end_training()
+
+
+def error_message(err: BaseException) -> str:
+    """`err`'s message; for one a DataLoader worker raised (e.g. a bad sample under `--strict_data`), the worker's
+    own message: torch raises it again in the main process with the worker's whole traceback as its message."""
+    text = str(err).rstrip()
+    if "\nOriginal Traceback" not in text:
+        return text
+    module = type(err).__module__
+    name = type(err).__qualname__ if module == "builtins" else f"{module}.{type(err).__qualname__}"
+    return text.rpartition(f"\n{name}: ")[2].strip() if f"\n{name}: " in text else text.splitlines()[-1].strip()
 
 
 if __name__ == "__main__":
