@@ -5,14 +5,19 @@ for text-only samples, as the original's `modality_lengths`), measured before tr
 
 Measuring tokenizes each rendered prompt once, in batches. Under torch.distributed each rank measures its share
 and the shares are gathered, so no rank waits long at a barrier; the result is cached per data file, tokenizer
-and settings (`$SHARE4V_CACHE`, default `~/.cache/share4v/lengths`), and later runs read it.
+and settings (`$SHARE4V_CACHE`, default `~/.cache/share4v/lengths`; written by each machine's first process), and
+later runs read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import socket
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,8 @@ from tqdm.auto import tqdm
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.train.preprocess import SampleError, conversation_for_training
 from share4v.train.rows import image_paths
+
+logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 256
 
@@ -105,8 +112,21 @@ def dataset_lengths(dataset: Any) -> np.ndarray:
         return cached
     else:
         lengths = np.array(measure(dataset, range(len(dataset))), dtype=np.int64)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
-    np.save(staging, lengths)
-    os.replace(staging, cache)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one writer per machine (the cache folder may be its own)
+        write_cache(cache, lengths)
     return lengths
+
+
+def write_cache(cache: Path, lengths: np.ndarray) -> None:
+    """Save `lengths` to `cache` atomically; machines sharing the folder may write it at the same time (the same
+    values): each stages its own file (host, process and a random part in the name) and the last rename wins.
+    A cache that cannot be written is a warning: the lengths are known, only the next run measures again."""
+    staging = cache.with_name(f"{cache.stem}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(staging, lengths)
+        os.replace(staging, cache)
+    except OSError as err:
+        with contextlib.suppress(OSError):  # not there, or its folder could not be made
+            staging.unlink()
+        logger.warning("could not write the sample length cache %s: %s", cache, err)
