@@ -135,12 +135,15 @@ GREEDY_BELOW_TEMPERATURE = 1e-3  # as the original demo: a temperature this smal
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Decoding settings; `temperature` 0 (or below 0.001, as the original demo) means greedy."""
+    """Decoding settings; `temperature` 0 (or below 0.001, as the original demo) means greedy. `stop`: texts that
+    end an answer where they first appear, besides the template's own stop (OpenAI's `stop`); the answer is cut
+    before it and finishes with "stop"."""
 
     temperature: float = 0.2
     top_p: float | None = None
     num_beams: int = 1
     max_new_tokens: int = 1024
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
@@ -157,6 +160,10 @@ class GenerationParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (tuple, list)) or not all(isinstance(text, str) and text for text in stop):
+            raise ValueError(f"stop must be a string or a list of non-empty strings, not {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))  # hashable, and equal settings compare equal
 
     @property
     def sampling(self) -> bool:
@@ -394,7 +401,7 @@ class Share4VEngine:
             **prompt,
             "attention_mask": batch.attention_mask.to(embed_tokens.weight.device),
             "generation_config": config,
-            "stopping_criteria": self._stopping_criteria(batch.stop_str),
+            "stopping_criteria": self._stopping_criteria(batch.stop_str, params.stop),
         }
         # a checkpoint whose generation_config names a cache implementation keeps it (generate takes one or the other)
         # (an fp8 cache holds bytes that only the engine's loops read: generate gets its dynamic cache)
@@ -410,13 +417,15 @@ class Share4VEngine:
                 kwargs[_CACHE_KWARG] = cache
         return kwargs
 
-    def _stopping_criteria(self, stop_str: str) -> list[StoppingCriteria]:
-        """Nothing when the stop string is the end-of-sequence token (generate stops rows on its id, on the device,
-        and `_decode` cuts a stop string spelled out in pieces); else the text check, which decodes every step."""
+    def _stopping_criteria(self, stop_str: str, stops: tuple[str, ...] = ()) -> list[StoppingCriteria]:
+        """Nothing when the template's stop string is the end-of-sequence token and no other `stops` are asked for
+        (generate stops rows on its id, on the device, and `_decode` cuts a stop string spelled out in pieces);
+        else the text check, which decodes every step."""
         eos = getattr(self.tokenizer, "eos_token", None)
-        if not stop_str or (stop_str == eos and self.tokenizer.eos_token_id is not None):
-            return []
-        return [KeywordsStoppingCriteria([stop_str], self.tokenizer, start_len=0)]
+        keywords = [*stops]
+        if stop_str and not (stop_str == eos and self.tokenizer.eos_token_id is not None):
+            keywords.insert(0, stop_str)
+        return [KeywordsStoppingCriteria(keywords, self.tokenizer, start_len=0)] if keywords else []
 
     @property
     def kv_fp8(self) -> bool:
@@ -564,7 +573,7 @@ class Share4VEngine:
             self.compile_decode
             and params.num_beams == 1
             and config.cache_implementation is None
-            and not self._stopping_criteria(stop_str)
+            and not self._stopping_criteria(stop_str, params.stop)
             and all(getattr(config, name, None) in neutral for name, neutral in _NO_EFFECT_ON_ARGMAX.items())
         )
 
@@ -704,12 +713,14 @@ class Share4VEngine:
             done, max_new_tokens = self._generate(kwargs, streamer), kwargs["generation_config"].max_new_tokens
         if streamer is not None:
             done.add_done_callback(lambda _: streamer.end())  # also when generation fails before its first token
-        return self._completions(done.result(), batch, max_new_tokens)
+        return self._completions(done.result(), batch, max_new_tokens, params.stop)
 
-    def _completions(self, output: torch.Tensor, batch: PreparedBatch, max_new_tokens: int) -> list[Completion]:
+    def _completions(
+        self, output: torch.Tensor, batch: PreparedBatch, max_new_tokens: int, stops: tuple[str, ...] = ()
+    ) -> list[Completion]:
         """One `Completion` per row of the new tokens `output` `[B, steps]`."""
         return [
-            self._completion(row, batch.stop_str, prompt_tokens, max_new_tokens)
+            self._completion(row, batch.stop_str, prompt_tokens, max_new_tokens, stops)
             for row, prompt_tokens in zip(output.tolist(), batch.prompt_tokens, strict=True)
         ]
 
@@ -742,7 +753,11 @@ class Share4VEngine:
         answers = iter(self.run(self.collate(good), params) if good else [])
         return [next(answers) if request.error is None else Completion.failed(request) for request in requests]
 
-    def _completion(self, tokens: list[int], stop_str: str, prompt_tokens: int, max_new_tokens: int) -> Completion:
+    def _completion(
+        self, tokens: list[int], stop_str: str, prompt_tokens: int, max_new_tokens: int, stops: tuple[str, ...] = ()
+    ) -> Completion:
+        """A row's `Completion` from its new tokens: up to the end-of-sequence token; with `stops`, up to the first
+        token whose text completes one of them (the text cut before it)."""
         eos = self.tokenizer.eos_token_id
         ended = eos in tokens
         if ended:
@@ -751,6 +766,13 @@ class Share4VEngine:
             while tokens and tokens[-1] == self.pad_token_id:
                 tokens = tokens[:-1]  # a row stopped (by its stop string) before the longest one
         raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if stops and _first_stop(raw, stops) is not None:
+            while _first_stop(self.tokenizer.decode(tokens[:-1], skip_special_tokens=True), stops) is not None:
+                tokens = tokens[:-1]  # the row may run on past it (a stream stops a step late)
+            text = self._decode(torch.tensor(tokens, dtype=torch.long), stop_str)
+            at = _first_stop(text, stops)
+            text = text if at is None else text[:at].strip()
+            return Completion(text, tokens, FINISH_STOP, prompt_tokens, len(tokens))
         stopped = ended or bool(stop_str and stop_str in raw) or len(tokens) < max_new_tokens
         text = self._decode(torch.tensor(tokens, dtype=torch.long), stop_str)
         reason = FINISH_STOP if stopped else FINISH_LENGTH
@@ -771,12 +793,15 @@ class Share4VEngine:
         logger.info("warmed up in %.0f s", time.perf_counter() - started)
         return 2 * len(WARM_UP_SHAPES)
 
-    def stream(self, chat: Chat, params: GenerationParams | None = None) -> Iterator[str]:
+    def stream(
+        self, chat: Chat, params: GenerationParams | None = None, completion: Future | None = None
+    ) -> Iterator[str]:
         """Yield the answer to one chat piece by piece; the pieces join to what `generate` returns.
 
         Streams go through `submit`'s queue like whole answers: concurrent callers (a demo's users, a server's
         streaming requests) share one batch, as `submit` says. Stopping early (closing the iterator) stops this
-        chat's row only."""
+        chat's row only. `completion`, when given, gets the answer's `Completion` (finish reason, token counts) as
+        its row ends, or the error that ended it."""
         params = params or GenerationParams()
         if params.num_beams > 1:
             raise ValueError("streaming needs num_beams=1 (beam search only knows its answer at the end)")
@@ -785,8 +810,11 @@ class Share4VEngine:
         request = self.encoder._encode(chat)  # a chat that cannot be encoded raises here, as `generate` does
         row = _StreamRow()
         done = self.submit(request, params, stream=row)
+        if completion is not None:
+            done.add_done_callback(lambda finished: _pass_on(finished, completion))
         try:
-            yield from _stop_at(_lstrip_stream(_stable_text(row.tokens, self.tokenizer)), request.stop_str)
+            text = _lstrip_stream(_stable_text(row.tokens, self.tokenizer))
+            yield from _stop_at(text, (request.stop_str, *params.stop))
         finally:
             row.cancel.set()  # a consumer that stops reading stops its row (the rest of its batch goes on) ...
             row.closed.wait(STREAM_TIMEOUT_S)  # ... at the next step: return once it has
@@ -1197,15 +1225,29 @@ def _lstrip_stream(pieces: Iterator[str]) -> Iterator[str]:
             yield piece
 
 
-def _stop_at(pieces: Iterator[str], stop_str: str) -> Iterator[str]:
-    """Pass text through until `stop_str`, holding back any tail that could be its beginning; strip the end."""
+def _pass_on(finished: Future, to: Future) -> None:
+    """`finished`'s result, or its error, to the future `to`."""
+    if (error := finished.exception()) is not None:
+        to.set_exception(error)
+    else:
+        to.set_result(finished.result())
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first of `stops` (non-empty texts) begins in `text`; None where none is in it."""
+    found = [text.index(stop) for stop in stops if stop and stop in text]
+    return min(found) if found else None
+
+
+def _stop_at(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """Pass text through until the first of `stops`, holding back any tail that could begin one; strip the end."""
     pending = ""
     for piece in pieces:
         pending += piece
-        if stop_str and stop_str in pending:
-            pending = pending[: pending.index(stop_str)]
+        if (at := _first_stop(pending, stops)) is not None:
+            pending = pending[:at]
             break
-        keep = _longest_stop_prefix(pending, stop_str)
+        keep = max((_longest_stop_prefix(pending, stop) for stop in stops if stop), default=0)
         ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
         ready_body = ready.rstrip()
         if ready_body:

@@ -13,7 +13,9 @@ always; http(s) only with `--allow-remote-images`; local paths only under `--all
 every request: whole and streamed answers that arrive while it is busy run together as one batch
 (`Share4VEngine.submit`: on a GPU one continuous batch of any settings, else batches of equal settings; greedy
 answers equal those of a request alone); requests past the concurrency limit get 429. `usage` counts come from
-the engine: prompt tokens with each image's patches, completion tokens generated.
+the engine: prompt tokens with each image's patches, completion tokens generated (streams: with
+`stream_options: {"include_usage": true}`, in a last chunk). `stop` (a string or up to 4) ends an answer where one
+first appears, cut before it, with finish reason "stop".
 """
 
 import argparse
@@ -24,6 +26,7 @@ import queue
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +89,9 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
             if encoded.error is not None:
                 return error(400, encoded.error)
             if payload.get("stream") is True:
-                stream = _EventStream(engine, chat, params, model_name, admitted)
+                options = payload.get("stream_options")
+                usage = isinstance(options, dict) and options.get("include_usage") is True
+                stream = _EventStream(engine, chat, params, model_name, admitted, usage)
                 handed_to_stream = True
                 return StreamingResponse(stream.events(), media_type="text/event-stream", background=stream.close)
             completion = await asyncio.wrap_future(engine.submit(encoded, params))  # batched with its neighbours
@@ -105,11 +110,15 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
             "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": completion.text},
                          "finish_reason": completion.finish_reason}],
-            "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-                      "total_tokens": completion.prompt_tokens + completion.completion_tokens},
+            "usage": _usage(completion),
         }  # fmt: skip
 
     return app
+
+
+def _usage(completion) -> dict:
+    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens}  # fmt: skip
 
 
 def _parse_body(body: bytes) -> dict:
@@ -123,7 +132,8 @@ def _parse_body(body: bytes) -> dict:
 
 
 def _params(payload: dict, limits: Limits) -> GenerationParams:
-    """Decoding settings of the request (`temperature`, `top_p`, `max_tokens` / `max_completion_tokens`)."""
+    """Decoding settings of the request (`temperature`, `top_p`, `max_tokens` / `max_completion_tokens`, `stop`:
+    a string or up to 4)."""
     payload = {key: value for key, value in payload.items() if value is not None}  # null means "not given"
     if payload.get("n", 1) != 1:
         raise RequestError(400, "only n=1 is supported")
@@ -133,12 +143,16 @@ def _params(payload: dict, limits: Limits) -> GenerationParams:
         raise RequestError(400, f"max_tokens must be a positive integer, not {max_tokens!r}")
     if max_tokens > limits.max_tokens:
         raise RequestError(400, f"max_tokens {max_tokens} is over this server's limit of {limits.max_tokens}")
+    stop = payload.get("stop", ())
+    if isinstance(stop, list) and len(stop) > 4:
+        raise RequestError(400, f"stop takes at most 4 strings, not {len(stop)}")
     defaults = GenerationParams()
     try:
         return GenerationParams(
             temperature=payload.get("temperature", defaults.temperature),
             top_p=payload.get("top_p", defaults.top_p),
             max_new_tokens=max_tokens,
+            stop=stop,
         )
     except (TypeError, ValueError) as err:
         raise RequestError(400, str(err)) from None
@@ -146,28 +160,34 @@ def _params(payload: dict, limits: Limits) -> GenerationParams:
 
 class _EventStream:
     """One streamed answer as server-sent events: a role chunk, content chunks, a final chunk with the finish
-    reason, `[DONE]`. Generation runs in its own thread and holds the model's lock only while generating (the pieces
-    wait in a queue), so a slow reader delays nobody else. `close` (the response's background task, which runs
-    even when the client went away) stops generation and frees the request's slot."""
+    reason (the engine's, as a whole answer gets it), with `include_usage` a chunk with the token counts and no
+    choices (OpenAI's `stream_options`), `[DONE]`. Generation runs in its own thread and holds the model's lock
+    only while generating (the pieces wait in a queue), so a slow reader delays nobody else. `close` (the
+    response's background task, which runs even when the client went away) stops generation and frees the
+    request's slot."""
 
     _END = object()
 
-    def __init__(self, engine, chat, params, model_name: str, admitted) -> None:
+    def __init__(self, engine, chat, params, model_name: str, admitted, include_usage: bool = False) -> None:
         self.engine, self.chat, self.params, self.model_name = engine, chat, params, model_name
-        self.admitted = admitted
+        self.admitted, self.include_usage = admitted, include_usage
+        self.completion: Future = Future()  # the engine's Completion, as the row ends
         self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         self.pieces: queue.Queue = queue.Queue()
         self.stop = threading.Event()
         self.closed = False
 
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> str:
+    def _chunk(self, delta: dict | None, finish_reason: str | None = None, usage: dict | None = None) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
         body = {"id": self.ident, "object": "chat.completion.chunk", "created": self.created, "model": self.model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}  # fmt: skip
+                "choices": choices}  # fmt: skip
+        if usage is not None:
+            body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
     def _generate(self) -> None:
         try:  # the engine batches concurrent streams (and whole answers) together
-            answer = self.engine.stream(self.chat, self.params)
+            answer = self.engine.stream(self.chat, self.params, completion=self.completion)
             try:
                 for piece in answer:
                     if self.stop.is_set():
@@ -193,8 +213,10 @@ class _EventStream:
             text.append(item)
             yield self._chunk({"content": item})
         else:
-            generated = len(self.engine.tokenizer("".join(text), add_special_tokens=False).input_ids)
-            yield self._chunk({}, "length" if generated >= self.params.max_new_tokens else "stop")
+            completion = await asyncio.wrap_future(self.completion)
+            yield self._chunk({}, completion.finish_reason)
+            if self.include_usage:
+                yield self._chunk(None, usage=_usage(completion))
         yield "data: [DONE]\n\n"
 
     async def close(self) -> None:

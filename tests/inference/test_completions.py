@@ -2,6 +2,8 @@
 requests that DataLoader workers can build."""
 
 import pickle
+from concurrent.futures import Future
+from dataclasses import replace
 
 import pytest
 import torch
@@ -130,3 +132,26 @@ def test_the_limit_is_the_models_positions_and_past_the_trained_context_only_war
     engine.max_positions = prompt_tokens
     (refused,) = engine.complete([chat], GREEDY)
     assert refused.finish_reason == FINISH_ERROR and "the context is" in refused.error
+
+
+def test_stop_strings_cut_the_answer_and_finish_it_with_stop(engine):
+    chat = Chat.single("Tell me a story.")
+    params = GenerationParams(temperature=0, max_new_tokens=16)
+    [whole] = engine.complete([chat], params)
+    stop = whole.text[len(whole.text) // 2 :][:3]  # a piece of the answer's second half
+    assert stop.strip() and whole.completion_tokens > 2
+    [cut] = engine.complete([chat], replace(params, stop=("never there", stop)))
+    expected = whole.text[: whole.text.index(stop)].strip()
+    assert (cut.text, cut.finish_reason) == (expected, FINISH_STOP)
+    # the tokens end with the one that completed the stop string: the same tokens as far as they go
+    assert cut.token_ids == whole.token_ids[: cut.completion_tokens] and cut.completion_tokens < whole.completion_tokens
+    assert stop in engine.tokenizer.decode(cut.token_ids) and stop not in engine.tokenizer.decode(cut.token_ids[:-1])
+    finished = Future()
+    pieces = list(engine.stream(chat, replace(params, stop=(stop,)), completion=finished))
+    assert "".join(pieces) == expected
+    assert finished.result(timeout=60).finish_reason == FINISH_STOP
+    length = Future()
+    assert "".join(engine.stream(chat, params, completion=length)) == whole.text
+    assert (length.result(timeout=60).finish_reason, length.result().completion_tokens) == (
+        whole.finish_reason, whole.completion_tokens
+    )  # fmt: skip

@@ -111,10 +111,12 @@ def test_default_conv_mode_from_name(tiny_ckpt):
         (["  lead", "ing ", "# not a stop", " end  "], "  leading # not a stop end"),
         (["a#", "#", "b"], "a##b"),
         (["x", "###"], "x"),
+        (["one EN", "D two"], "one"),  # the user's stop ends it first
+        (["ab", "c", "x"], "abcx"),  # "abcd" never completes
     ],
 )
 def test_stop_at_holds_back_partial_stop_strings(pieces, expected):
-    assert "".join(_stop_at(iter(pieces), "###")) == expected
+    assert "".join(_stop_at(iter(pieces), ("###", "END", "abcd"))) == expected
 
 
 def test_generation_params_validation():

@@ -66,3 +66,11 @@ def test_every_generation_default_is_shown_in_help():
         for flag, default in (("--temperature", "0.2"), ("--top-p", "None"), ("--num-beams", "1"),
                               ("--max-new-tokens", str(max_new_tokens))):  # fmt: skip
             assert re.search(rf"{flag} \S+ [^-]*\(default: {default}\)", text), (flag, text)
+
+
+def test_stop_takes_a_string_or_a_list_of_them():
+    assert GenerationParams(stop="###").stop == ("###",)
+    assert GenerationParams(stop=["a", "b"]) == GenerationParams(stop=("a", "b"))  # equal settings batch together
+    for bad in ([""], [3], 5):
+        with pytest.raises(ValueError, match="stop must be a string or a list of non-empty strings"):
+            GenerationParams(stop=bad)

@@ -73,6 +73,36 @@ def test_streamed_deltas_join_to_the_whole_answer(engine):
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def events_of(http, body) -> list[dict]:
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        events = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]
+
+
+def test_stop_strings_finish_reasons_and_streamed_usage_match_the_whole_answer(engine):
+    body = request_body("Tell me about shapes.", max_tokens=12)
+    with client(engine) as http:
+        whole = http.post("/v1/chat/completions", json=body).json()
+        text = whole["choices"][0]["message"]["content"]
+        chunks = events_of(http, {**body, "stream_options": {"include_usage": True}})
+        stop = text[len(text) // 3 :][:2]
+        stopped = http.post("/v1/chat/completions", json={**body, "stop": stop}).json()
+        stopped_chunks = events_of(http, {**body, "stop": ["never there", stop]})
+        too_many = http.post("/v1/chat/completions", json={**body, "stop": ["a", "b", "c", "d", "e"]})
+    assert whole["choices"][0]["finish_reason"] == "length"  # 12 tokens, as many as asked for
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"  # the engine's reason, not a guess from the text
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert all("usage" not in chunk for chunk in chunks[:-1])
+    cut = text[: text.index(stop)].strip()
+    assert stopped["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": cut},
+                                     "finish_reason": "stop"}  # fmt: skip
+    assert stopped["usage"]["completion_tokens"] < whole["usage"]["completion_tokens"]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in stopped_chunks) == cut
+    assert stopped_chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert too_many.status_code == 400 and "at most 4" in too_many.json()["error"]["message"]
+
+
 def test_image_sources_follow_the_servers_rules(engine, tmp_path):
     inside = tmp_path / "allowed"
     inside.mkdir()
