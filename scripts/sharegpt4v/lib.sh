@@ -3,8 +3,11 @@
 #   stage1_args SIZE / stage2_args SIZE       fill ARGS with a stage's flags (SIZE 7b or 13b; paths from the
 #                                             environment: DATA_ROOT, LLM, VISION_TOWER, PROJECTOR, STAGE1,
 #                                             SAVE_PATH, DEEPSPEED)
-#   launch_slurm ARGS...                      torchrun on every node of a SLURM allocation (c10d rendezvous)
-#   launch_local GLOBAL_BATCH MICRO ARGS...   torchrun on this node's GPUs, global batch kept by accumulation
+#   launch_slurm GLOBAL_BATCH MICRO ARGS...   torchrun on every node of a SLURM allocation (c10d rendezvous)
+#   launch_local GLOBAL_BATCH MICRO ARGS...   torchrun on this node's GPUs
+#
+# Both keep the global batch whatever the GPU count: the gradient accumulation is GLOBAL_BATCH / (GPUs x MICRO),
+# printed; a global batch the GPUs cannot divide is an error.
 #
 # DRY_RUN=1 prints the command, one argument per line, instead of running it.
 # REPORT_TO: where metrics go (default none; "wandb", "tensorboard" or "wandb tensorboard" when installed).
@@ -84,7 +87,21 @@ run() {
     if [[ -n "${DRY_RUN:-}" ]]; then printf '%s\n' "$@"; else "$@"; fi
 }
 
+# batch_args GLOBAL MICRO GPUS: BATCH_ARGS = the micro-batch and the accumulation that make GLOBAL on GPUS GPUs.
+batch_args() {
+    local global=$1 micro=$2 gpus=$3
+    if (( global % (gpus * micro) != 0 )); then
+        echo "error: global batch $global is not a multiple of $gpus GPUs x micro-batch $micro; set MICRO_BATCH" >&2
+        exit 2
+    fi
+    local accumulation=$(( global / (gpus * micro) ))
+    echo "global batch $global = $gpus GPUs x micro-batch $micro x gradient accumulation $accumulation" >&2
+    BATCH_ARGS=(--per_device_train_batch_size "$micro" --gradient_accumulation_steps "$accumulation")
+}
+
 launch_slurm() {
+    local global=$1 micro=$2
+    shift 2
     local nodes=${SLURM_NNODES:-2} gpus=${GPUS_PER_NODE:-8} port=${MASTER_PORT:-29500} master=${MASTER_ADDR:-}
     if [[ -z "$master" && -n "${SLURM_JOB_NODELIST:-}" ]]; then
         master=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
@@ -95,10 +112,11 @@ launch_slurm() {
         exit 2
     fi
     echo "launching on $nodes nodes x $gpus GPUs, rendezvous at $master:$port" >&2
+    batch_args "$global" "$micro" $(( nodes * gpus ))
     # srun does not pass sbatch's --cpus-per-task on to its tasks (Slurm >= 22.05): give it explicitly
     run srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-32}" torchrun --nnodes "$nodes" --nproc_per_node "$gpus" \
         --rdzv_id "${SLURM_JOB_ID:-share4v}" --rdzv_backend c10d --rdzv_endpoint "$master:$port" \
-        share4v/train/train_mem.py "$@"
+        share4v/train/train_mem.py "$@" "${BATCH_ARGS[@]}"
 }
 
 launch_local() {
@@ -109,12 +127,6 @@ launch_local() {
         echo "error: no GPU found on this node; set NUM_GPUS" >&2
         exit 2
     fi
-    if (( global % (gpus * micro) != 0 )); then
-        echo "error: global batch $global is not a multiple of $gpus GPUs x micro-batch $micro; set MICRO_BATCH" >&2
-        exit 2
-    fi
-    local accumulation=$(( global / (gpus * micro) ))
-    echo "global batch $global = $gpus GPUs x micro-batch $micro x gradient accumulation $accumulation" >&2
-    run torchrun --standalone --nproc_per_node "$gpus" share4v/train/train_mem.py "$@" \
-        --per_device_train_batch_size "$micro" --gradient_accumulation_steps "$accumulation"
+    batch_args "$global" "$micro" "$gpus"
+    run torchrun --standalone --nproc_per_node "$gpus" share4v/train/train_mem.py "$@" "${BATCH_ARGS[@]}"
 }

@@ -156,6 +156,25 @@ def test_slurm_scripts_run_the_recipe(size):
 
 
 @pytest.mark.parametrize(
+    ("script", "nodes", "gpus", "micro", "accumulation"),
+    [("slurm_pretrain_7b.sh", "1", "8", 16, 2), ("slurm_finetune_13b.sh", "1", "4", 8, 4),
+     ("slurm_finetune_7b.sh", "4", "4", 8, 1)],
+)  # fmt: skip
+def test_slurm_scripts_keep_the_global_batch(script, nodes, gpus, micro, accumulation):
+    launcher, args, stderr = dry_run(script, SLURM_NNODES=nodes, GPUS_PER_NODE=gpus)
+    assert (
+        launcher[launcher.index("--nnodes") + 1] == nodes and launcher[launcher.index("--nproc_per_node") + 1] == gpus
+    )
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (micro, accumulation)
+    assert f"x gradient accumulation {accumulation}" in stderr
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / script)], capture_output=True, text=True,
+        env={**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "1", "GPUS_PER_NODE": "3"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "not a multiple of 3 GPUs" in result.stderr
+
+
+@pytest.mark.parametrize(
     ("script", "gpus", "micro", "accumulation", "stage"),
     [("local_pretrain.sh", "4", 16, 4, STAGE_1), ("local_finetune.sh", "8", 8, 2, STAGE_2),
      ("local_finetune.sh", "2", 8, 8, STAGE_2)],
