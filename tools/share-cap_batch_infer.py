@@ -6,7 +6,8 @@
 Writes captions.json.jsonl as it goes (one {"image", "caption"} per line, flushed per batch), bad images with their
 reason to captions.json.errors.jsonl, and at the end captions.json as the original's [{path: caption}, ...] list.
 Rerun the same command after any interruption: finished images are skipped. Several GPUs: one process per GPU with
---num-chunks N --chunk-idx i (or torchrun), then once more with --merge to write the final JSON.
+--num-chunks N --chunk-idx i (or torchrun, each process on its LOCAL_RANK's GPU), then once more with --merge to
+write the final JSON (from the shards' files found beside --save-path).
 ShareCaptioner (the original's captioner, InternLM-XComposer-based: --model-path PATH --trust-remote-code, or the
 original's --model-name PATH --trust-remote-code) ships its model class as Python code inside the checkpoint, which
 transformers imports and runs: pass --trust-remote-code only for a checkpoint whose code you trust. It then decodes as
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.merge:
-            print(f"wrote {merge(args.save_path, args.num_chunks)}")
+            print(f"wrote {merge(args.save_path, args.num_chunks if args.num_chunks > 1 else None)}")
             return 0
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, not {args.batch_size}")

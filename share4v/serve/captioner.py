@@ -8,14 +8,17 @@ every image already captioned or already found bad — kill it at any point and 
 
 Inputs: a JSON list of paths, a JSON-lines file (strings or objects with "image"), or a folder (searched
 recursively for image files). Sharding: `num_chunks` / `chunk_idx` (or torchrun's RANK / WORLD_SIZE) give each
-process every n-th image and its own output files; `merge` writes the final JSON — the original's list of
-`{path: caption}` objects — from all of them.
+process every n-th image and its own output files; under torchrun each process takes the GPU of its LOCAL_RANK
+unless `--device` names one; `merge` writes the final JSON — the original's list of `{path: caption}` objects — from
+all of them (the shards found beside it, unless told how many).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -135,9 +138,12 @@ def caption_images(
     return counts
 
 
-def merge(save_path: str | Path, num_chunks: int) -> Path:
+def merge(save_path: str | Path, num_chunks: int | None = None) -> Path:
     """Write the final `save_path` JSON (the original's `[{path: caption}, ...]`) from every shard's captions,
-    atomically."""
+    atomically. `num_chunks` None: as many shards as the files beside `save_path` say (`<save_path>.I-of-N.jsonl`),
+    or the one unsharded file."""
+    if num_chunks is None:
+        num_chunks = _shards_on_disk(Path(save_path))
     rows = []
     for chunk in range(num_chunks):
         outputs = Outputs.for_shard(save_path, num_chunks, chunk)
@@ -155,6 +161,26 @@ def merge(save_path: str | Path, num_chunks: int) -> Path:
         json.dump(rows, f, indent=4, ensure_ascii=False)
     os.replace(f.name, save_path)
     return save_path
+
+
+def _shards_on_disk(save_path: Path) -> int:
+    """How many shards wrote captions for `save_path` (1 when none did: the unsharded run's file)."""
+    counts = set()
+    for path in save_path.parent.glob(f"{glob.escape(save_path.name)}.*-of-*.jsonl"):
+        match = re.fullmatch(re.escape(save_path.name) + r"\.(\d+)-of-(\d+)\.jsonl", path.name)
+        if match:
+            counts.add(int(match.group(2)))
+    if len(counts) > 1:
+        raise ValueError(f"captions of runs with {sorted(counts)} shards lie beside {save_path}: give --num-chunks")
+    return counts.pop() if counts else 1
+
+
+def torchrun_device(environ: dict[str, str], gpus: int) -> str | None:
+    """The GPU a process launched by torchrun (LOCAL_RANK set) should take: its local rank's; None elsewhere."""
+    local_rank = environ.get("LOCAL_RANK")
+    if local_rank is None or gpus < 1:
+        return None
+    return f"cuda:{int(local_rank) % gpus}"
 
 
 def shard(images: list[str], num_chunks: int, chunk_idx: int) -> list[str]:
@@ -203,6 +229,9 @@ def run(args) -> dict[str, int]:
     chunk_idx = int(os.environ.get("RANK", args.chunk_idx)) if args.num_chunks == 1 else args.chunk_idx
     images = shard(list_images(args.images_file), num_chunks, chunk_idx)
     from share4v.inference.cli_args import generation_params
+
+    if getattr(args, "device", None) in (None, "auto"):  # one GPU per process, not each spread over all of them
+        args.device = torchrun_device(dict(os.environ), torch.cuda.device_count()) or getattr(args, "device", None)
 
     engine = captioning_engine(args)
     outputs = Outputs.for_shard(args.save_path, num_chunks, chunk_idx)

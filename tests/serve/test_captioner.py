@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from share4v.inference.engine import GenerationParams, Share4VEngine
-from share4v.serve.captioner import Outputs, caption_images, list_images, merge, shard
+from share4v.serve.captioner import Outputs, caption_images, list_images, merge, shard, torchrun_device
 from tests.helpers import random_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +126,17 @@ def test_command_line_help_and_errors(tmp_path):
     missing = subprocess.run([*script, "--merge", "--save-path", str(tmp_path / "c.json"), "--num-chunks", "2",
                               "--model-path", "unused"], capture_output=True, text=True)  # fmt: skip
     assert missing.returncode == 1 and missing.stderr.strip().startswith("error: shard 0 of 2 has no captions file")
+
+
+def test_merge_finds_the_shards_and_torchrun_processes_take_their_own_gpu(tmp_path):
+    save = tmp_path / "caps.json"
+    for index in range(3):
+        line = json.dumps({"image": f"{index}.png", "caption": "c"}) + "\n"
+        Outputs.for_shard(save, 3, index).captions.write_text(line)
+    rows = json.loads(merge(save).read_text())  # no count given: the three shards beside it
+    assert sorted(next(iter(row)) for row in rows) == ["0.png", "1.png", "2.png"]
+    Outputs.for_shard(save, 2, 0).captions.write_text("")
+    with pytest.raises(ValueError, match=r"runs with \[2, 3\] shards lie beside .*: give --num-chunks"):
+        merge(save)
+    assert torchrun_device({"LOCAL_RANK": "3", "RANK": "11"}, gpus=8) == "cuda:3"
+    assert torchrun_device({}, gpus=8) is None and torchrun_device({"LOCAL_RANK": "0"}, gpus=0) is None
