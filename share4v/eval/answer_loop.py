@@ -77,8 +77,10 @@ def answer_questions(
 ) -> dict[str, int]:
     """Answer every question not yet in `answers_file`; returns counts of `answered`, `failed`, `skipped`.
 
-    Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}` updated with the
+    Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}` updated with the
     question's `fields`; the answer goes under `answer_field` ("text" unless a benchmark's format says otherwise).
+    `metadata` (an empty object in the original's files, which no scorer reads) records how the answer was made:
+    the template, the decoding settings and the batch size (`share4v.eval.report` shows them on the score card).
     A question counts as answered when a line with its `resume_by` values (from its id and `fields`) is there.
     """
     answers_file = Path(answers_file)
@@ -92,6 +94,9 @@ def answer_questions(
     loader = torch.utils.data.DataLoader(
         _Encoded(todo, engine.encoder), batch_size=batch_size, num_workers=num_workers, collate_fn=list
     )
+    made = {"conv_mode": getattr(engine, "conv_mode", None), "temperature": params.temperature,
+            "top_p": params.top_p, "num_beams": params.num_beams, "max_new_tokens": params.max_new_tokens,
+            "batch_size": batch_size}  # fmt: skip
     with answers_file.open("a", encoding="utf-8") as out, errors_file.open("a", encoding="utf-8") as errors:
         for batch in tqdm(loader, total=len(loader), unit="batch", desc="answering", disable=None):
             good = [(question, request) for question, request in batch if request.error is None]
@@ -107,7 +112,7 @@ def answer_questions(
                 for (question, _), completion in zip(good, completions, strict=True):
                     row = {"question_id": question.question_id, "prompt": question.prompt,
                            answer_field: completion.text, "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
-                           "metadata": {}}  # fmt: skip
+                           "metadata": made}  # fmt: skip
                     row.update(question.fields)
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 counts["answered"] += len(good)

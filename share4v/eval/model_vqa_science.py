@@ -105,6 +105,10 @@ class AnswerPrompter:
         self.engine = engine
 
     @property
+    def conv_mode(self) -> str:
+        return self.engine.conv_mode
+
+    @property
     def encoder(self) -> _PromptKeepingEncoder:
         return _PromptKeepingEncoder(self.engine.encoder)
 

@@ -47,6 +47,8 @@ def test_batched_answers_equal_single_and_bad_input_is_reported(engine, bench, t
     }
     row = answers(batched)[0]
     assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+    assert row["metadata"] == {"conv_mode": engine.conv_mode, "temperature": 0.0, "top_p": None, "num_beams": 1,
+                               "max_new_tokens": GREEDY.max_new_tokens, "batch_size": 4}  # fmt: skip
     assert row["prompt"] == "What is in picture 0?" and row["model_id"] == "tiny"  # the text, as the original
     [error] = answers(tmp_path / "batched.jsonl.errors.jsonl")
     assert error["question_id"] == "q5" and "missing.png" in error["error"]

@@ -100,6 +100,9 @@ def test_pope_end_to_end_two_gpus_merge_to_the_answers_of_one(tiny_ckpt, pope_ro
     card = report.build_report(report.find_score_files(pope_root / "scores"))
     [row] = card["rows"]
     assert row["checkpoint"] == ckpt and row["scores"]["pope"] == scores["scores"]["f1"]
+    # how the answers were made, from the answer file's metadata (pope.sh: the paper's template, greedy, batch 1)
+    made = row["provenance"]
+    assert (made["template"], made["temperature"], made["max_new_tokens"]) == (["vicuna_v1"], ["0.0"], ["6"])
 
 
 def test_missing_data_stops_with_one_line_saying_what_to_download(tmp_path):
