@@ -51,14 +51,19 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     limits, images = limits or Limits(), images or ImagePolicy()
     app = FastAPI(title="share4v", docs_url=None, redoc_url=None)
     admitted = threading.BoundedSemaphore(limits.max_concurrent)
 
     def error(status: int, message: str) -> JSONResponse:
-        kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+        kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:  # unknown route, method
+        return error(err.status_code, f"{request.method} {request.url.path}: {err.detail}")
 
     @app.get("/health")
     def health() -> dict:

@@ -42,6 +42,10 @@ def test_health_and_models(engine):
     with client(engine) as http:
         assert http.get("/health").json()["status"] == "ok"
         assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["share4v-tiny"]
+        missing, wrong_method = http.post("/v1/completions", json={}), http.get("/v1/chat/completions")
+    assert missing.status_code == 404 and missing.json()["error"] == {
+        "message": "POST /v1/completions: Not Found", "type": "invalid_request_error", "code": 404}  # fmt: skip
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == 405
 
 
 def test_an_answer_with_an_image_equals_the_engines_and_counts_its_tokens(engine):
