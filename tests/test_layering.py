@@ -12,6 +12,7 @@ RANKS = [
     ("share4v.constants", 0),
     ("share4v.image_fetch", 0),
     ("share4v.utils", 1),
+    ("share4v.appended_jsonl", 1),
     ("share4v.mm_utils", 1),
     ("share4v.conversation", 2),
     ("share4v.model.multimodal_projector", 3),

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from share4v.appended_jsonl import cut_torn_line
 from share4v.inference.cli_args import engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
 from share4v.mm_utils import get_model_name_from_path
-from share4v.utils import cut_torn_line
 
 
 def chunk(items: Sequence[Any], num_chunks: int, chunk_idx: int) -> list[Any]:

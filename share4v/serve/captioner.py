@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from share4v.appended_jsonl import cut_torn_line, values_in_jsonl
 from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE
 from share4v.inference.requests import Request, RequestEncoder
-from share4v.utils import cut_torn_line, values_in_jsonl
 
 DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -149,7 +149,7 @@ def merge(save_path: str | Path, num_chunks: int | None = None) -> Path:
         outputs = Outputs.for_shard(save_path, num_chunks, chunk)
         if not outputs.captions.is_file():
             raise FileNotFoundError(f"shard {chunk} of {num_chunks} has no captions file: {outputs.captions}")
-        for line in outputs.captions.read_text(encoding="utf-8").split("\n"):
+        for line in outputs.captions.read_text(encoding="utf-8", errors="replace").split("\n"):  # a torn character
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

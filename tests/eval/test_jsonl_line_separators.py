@@ -3,9 +3,9 @@ ends in JSON lines, so every reader splits on "\\n" only (str.splitlines would c
 
 import json
 
+from share4v.appended_jsonl import values_in_jsonl
 from share4v.eval.jsonl import read_appended_jsonl, read_jsonl
 from share4v.serve.captioner import list_images
-from share4v.utils import values_in_jsonl
 
 ODD = "first\u2028second\u2029third\x85fourth"
 

@@ -37,6 +37,15 @@ def test_importing_metrics_pulls_in_neither_torch_nor_transformers():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_scorers_the_judge_and_the_report_import_without_torch():
+    modules = ["report", "eval_pope", "eval_mmvet", "eval_gpt_review_bench", "judge", "eval_textvqa", "eval_gqa",
+               "convert_answer_to_mme", "summarize_gpt_review", "submission"]  # fmt: skip
+    check = (f"import sys; sys.modules['torch'] = None; import {', '.join('share4v.eval.' + m for m in modules)}; "
+             "assert 'transformers' not in sys.modules")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_metrics_modules_import_only_the_standard_library():
     for path in sorted(METRICS_DIR.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
