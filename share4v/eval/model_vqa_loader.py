@@ -6,8 +6,8 @@
         --temperature 0 --conv-mode share4v_v1 --batch-size 16
 
 Question lines: `{"question_id", "image", "text", ...}`; the model gets `"<image>\\n" + text` (no image: the text).
-Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata": {}}` (`prompt`: the question
-line's text, as the original writes it), appended and flushed per
+Answer lines: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}` (`prompt`: the question
+line's text, as the original writes it; `metadata`: the template and decoding settings), appended and flushed per
 batch; a rerun skips answered ids. A malformed question line or a missing image is listed with its line or id in
 `<answers-file>.errors.jsonl` and skipped (`--strict`: the run stops there).
 """

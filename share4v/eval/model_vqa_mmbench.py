@@ -13,7 +13,7 @@ option, the options rotated by one more place each round (circular evaluation): 
 image it shares (as VLMEvalKit's TSVs do). Images are decoded from base64 in the DataLoader workers.
 
 Answer lines: `{"question_id": index, "round_id", "prompt", "text", "options", "option_char", "answer_id",
-"model_id", "metadata": {}}`, where `prompt` is the question with its options (no image marker, no instruction), as
+"model_id", "metadata"}`, where `prompt` is the question with its options (no image marker, no instruction), as
 the original wrote it; a rerun skips the (question_id, round_id) pairs already answered. An unusable row is listed
 with its line and index in `<answers-file>.errors.jsonl` and skipped (`--strict`: the run stops there).
 """

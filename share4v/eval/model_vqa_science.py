@@ -11,7 +11,7 @@ question is the first human value without its `<image>` marker. A question witho
 trained to reason first) asks again after the answer, with `" ###\\nANSWER:"` after it, for up to 64 more tokens,
 and writes `reasoning + "\\n The answer is " + that`.
 
-Answer lines: `{"question_id": id, "prompt", "text", "answer_id", "model_id", "metadata": {}}`, where `prompt` is
+Answer lines: `{"question_id": id, "prompt", "text", "answer_id", "model_id", "metadata"}`, where `prompt` is
 `"<image>\\n" + question` for questions with an image (and the instruction, when asked); score them with
 `python -m share4v.eval.eval_science_qa`. Resume, chunking, batching and bad input as in the shared answer loop.
 """

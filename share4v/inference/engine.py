@@ -79,7 +79,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -767,7 +767,8 @@ class Share4VEngine:
                 tokens = tokens[:-1]  # a row stopped (by its stop string) before the longest one
         raw = self.tokenizer.decode(tokens, skip_special_tokens=True)
         if stops and _first_stop(raw, stops) is not None:
-            while _first_stop(self.tokenizer.decode(tokens[:-1], skip_special_tokens=True), stops) is not None:
+            every = (stop_str, *stops)  # the template's stop may come first
+            while _first_stop(self.tokenizer.decode(tokens[:-1], skip_special_tokens=True), every) is not None:
                 tokens = tokens[:-1]  # the row may run on past it (a stream stops a step late)
             text = self._decode(torch.tensor(tokens, dtype=torch.long), stop_str)
             at = _first_stop(text, stops)
@@ -800,26 +801,44 @@ class Share4VEngine:
 
         Streams go through `submit`'s queue like whole answers: concurrent callers (a demo's users, a server's
         streaming requests) share one batch, as `submit` says. Stopping early (closing the iterator) stops this
-        chat's row only. `completion`, when given, gets the answer's `Completion` (finish reason, token counts) as
-        its row ends, or the error that ended it."""
+        chat's row only. `completion`, when given, gets the answer's `Completion` (finish reason, token counts, from
+        the tokens this stream read) as the stream ends, or the error that ended it."""
         params = params or GenerationParams()
-        if params.num_beams > 1:
-            raise ValueError("streaming needs num_beams=1 (beam search only knows its answer at the end)")
-        if not isinstance(chat, Chat):
-            raise TypeError(f"expected a Chat, got {type(chat).__name__}")
-        request = self.encoder._encode(chat)  # a chat that cannot be encoded raises here, as `generate` does
+        try:
+            if params.num_beams > 1:
+                raise ValueError("streaming needs num_beams=1 (beam search only knows its answer at the end)")
+            if not isinstance(chat, Chat):
+                raise TypeError(f"expected a Chat, got {type(chat).__name__}")
+            request = self.encoder._encode(chat)  # a chat that cannot be encoded raises here, as `generate` does
+        except Exception as err:
+            _settle(completion, err)
+            raise
         row = _StreamRow()
         done = self.submit(request, params, stream=row)
-        if completion is not None:
-            done.add_done_callback(lambda finished: _pass_on(finished, completion))
+        read: list[int] = []  # the row's tokens as this stream reads them
         try:
-            text = _lstrip_stream(_stable_text(row.tokens, self.tokenizer))
+            text = _lstrip_stream(_stable_text(_recorded(row.tokens, read), self.tokenizer))
             yield from _stop_at(text, (request.stop_str, *params.stop))
         finally:
             row.cancel.set()  # a consumer that stops reading stops its row (the rest of its batch goes on) ...
             row.closed.wait(STREAM_TIMEOUT_S)  # ... at the next step: return once it has
+            if completion is not None and not completion.done():
+                _settle(completion, self._stream_outcome(done, row, read, request, params))
         if row.batch_over and (error := done.exception()) is not None:  # the row ended with its batch: failed?
             raise error
+
+    def _stream_outcome(
+        self, done: Future, row: _StreamRow, read: list[int], request: Request, params: GenerationParams
+    ) -> Completion | BaseException:
+        """A stream's `Completion` from the tokens it read (at once, not when its whole batch ends), or the error
+        its batch ended with."""
+        if row.batch_over and (error := done.exception()) is not None:
+            return error
+        try:
+            budget = self._budget(request.prompt_tokens, params, warn=False)
+            return self._completion(read, request.stop_str, request.prompt_tokens, budget, params.stop)
+        except Exception as err:  # decoding failed: the caller waiting on the completion hears it
+            return err
 
 
 # (rows, new tokens, prompts of two lengths) of the warm-up's generations, each run greedily and sampled: batch 1
@@ -1225,12 +1244,24 @@ def _lstrip_stream(pieces: Iterator[str]) -> Iterator[str]:
             yield piece
 
 
-def _pass_on(finished: Future, to: Future) -> None:
-    """`finished`'s result, or its error, to the future `to`."""
-    if (error := finished.exception()) is not None:
-        to.set_exception(error)
-    else:
-        to.set_result(finished.result())
+def _settle(future: Future | None, outcome: Any) -> None:
+    """`outcome` (a result, or an exception) to `future`, unless there is none or it is settled or cancelled."""
+    if future is None or future.done():
+        return
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:  # cancelled meanwhile (a server's waiter whose client left)
+        pass
+
+
+def _recorded(token_batches: Iterator[list[int]], into: list[int]) -> Iterator[list[int]]:
+    """`token_batches` passed through, each token also added to `into`."""
+    for tokens in token_batches:
+        into.extend(tokens)
+        yield tokens
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

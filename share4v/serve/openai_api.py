@@ -63,7 +63,9 @@ def create_app(engine: Share4VEngine, model_name: str, limits: Limits | None = N
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:  # unknown route, method
-        return error(err.status_code, f"{request.method} {request.url.path}: {err.detail}")
+        response = error(err.status_code, f"{request.method} {request.url.path}: {err.detail}")
+        response.headers.update(err.headers or {})  # a 405's Allow
+        return response
 
     @app.get("/health")
     def health() -> dict:
@@ -218,7 +220,9 @@ class _EventStream:
             text.append(item)
             yield self._chunk({"content": item})
         else:
-            completion = await asyncio.wrap_future(self.completion)
+            # set as the engine's stream ended (before its last piece came), so this does not wait; shielded: a
+            # client that leaves cancels this wait, not the future the generating thread settles
+            completion = await asyncio.shield(asyncio.wrap_future(self.completion))
             yield self._chunk({}, completion.finish_reason)
             if self.include_usage:
                 yield self._chunk(None, usage=_usage(completion))

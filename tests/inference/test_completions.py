@@ -56,6 +56,15 @@ def test_finish_reason_and_token_ids_from_the_generated_row(engine):
     assert (early.token_ids, early.finish_reason) == ([7, 8], FINISH_STOP)  # another row ran on; this one had stopped
 
 
+def test_with_stop_strings_the_tokens_end_where_the_first_stop_of_any_kind_does(engine):
+    tokens = engine.tokenizer("Answer ### x END and more", add_special_tokens=False).input_ids
+    cut = engine._completion(tokens, "###", prompt_tokens=10, max_new_tokens=50, stops=("END",))
+    assert (cut.text, cut.finish_reason) == ("Answer", FINISH_STOP)  # the template's stop came first
+    decode = engine.tokenizer.decode
+    assert "###" in decode(cut.token_ids) and "###" not in decode(cut.token_ids[:-1])
+    assert cut.completion_tokens == len(cut.token_ids) < len(tokens)
+
+
 def test_a_corrupt_image_fails_its_own_request_only(engine, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
@@ -155,3 +164,22 @@ def test_stop_strings_cut_the_answer_and_finish_it_with_stop(engine):
     assert (length.result(timeout=60).finish_reason, length.result().completion_tokens) == (
         whole.finish_reason, whole.completion_tokens
     )  # fmt: skip
+
+
+def test_a_streams_completion_is_settled_however_the_stream_ends(engine):
+    refused = Future()
+    with pytest.raises(ValueError, match="num_beams=1"):
+        list(engine.stream(Chat.single("hi"), GenerationParams(num_beams=2), completion=refused))
+    assert isinstance(refused.exception(timeout=1), ValueError)  # before any token: the caller is not left waiting
+    left = Future()
+    pieces = engine.stream(Chat.single("Tell me everything."), GenerationParams(max_new_tokens=200), completion=left)
+    next(pieces)
+    pieces.close()  # the reader left early: what it read is the answer
+    answer = left.result(timeout=60)
+    assert answer.finish_reason == FINISH_STOP and 0 < answer.completion_tokens < 200
+    cancelled = Future()
+    cancelled.cancel()  # a waiter that gave up: settling it must not raise in the generating thread
+    assert (
+        "".join(engine.stream(Chat.single("hi"), GREEDY, completion=cancelled))
+        == engine.generate([Chat.single("hi")], GREEDY)[0]
+    )

@@ -46,6 +46,7 @@ def test_health_and_models(engine):
     assert missing.status_code == 404 and missing.json()["error"] == {
         "message": "POST /v1/completions: Not Found", "type": "invalid_request_error", "code": 404}  # fmt: skip
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == 405
+    assert wrong_method.headers["allow"] == "POST"
 
 
 def test_an_answer_with_an_image_equals_the_engines_and_counts_its_tokens(engine):
