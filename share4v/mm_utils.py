@@ -101,7 +101,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, str) and source.startswith("data:"):
         return load_image_from_base64(source)
-    if isinstance(source, str) and _URL_SCHEME.match(source):
+    if isinstance(source, str) and is_fetched(source):
         return _load_url(source)
     path = Path(source)
     if not path.is_file():
@@ -110,6 +110,16 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
 
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_fetched(source: str) -> bool:
+    """Whether `load_image` fetches `source` (a URL) rather than reading a file."""
+    return bool(_URL_SCHEME.match(source))
+
+
+def names_a_file(source: str) -> bool:
+    """Whether `load_image` reads `source` from disk (not a `data:` URI or a URL)."""
+    return not (source.startswith("data:") or is_fetched(source))
 
 
 def _load_url(url: str) -> Image.Image:

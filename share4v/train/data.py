@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from share4v.mm_utils import ImageLoadError, load_image, process_images
+from share4v.mm_utils import ImageLoadError, load_image, names_a_file, process_images
 from share4v.train.lengths import dataset_lengths
 from share4v.train.preprocess import SampleError, preprocess, preprocess_multimodal
 from share4v.train.rows import BadRow, SkipReport, check_image_markers, check_row, image_paths, read_rows, sample_id
@@ -43,16 +43,16 @@ def check_image_folder(data_path: str, rows: Sequence[dict], image_folder: str |
     Raises:
         FileNotFoundError: when `image_folder` is not a folder, or none of the probed images exists under it.
     """
-    image_rows = [row for row in rows if image_paths(row)]
-    if not image_rows:
+    files = [[path for path in image_paths(row) if names_a_file(path)] for row in rows]  # not URLs, data: URIs
+    files = [paths for paths in files if paths]
+    if not files:
         return
     folder = image_folder or ""
-    if folder and not os.path.isdir(folder):
-        raise FileNotFoundError(
-            f"--image_folder {folder} is not a folder ({data_path} has {len(image_rows)} image rows)"
-        )
-    picks = sorted({round(i * (len(image_rows) - 1) / max(1, IMAGE_PROBES - 1)) for i in range(IMAGE_PROBES)})
-    probed = [os.path.join(folder, path) for index in picks for path in image_paths(image_rows[index])]
+    picks = sorted({round(i * (len(files) - 1) / max(1, IMAGE_PROBES - 1)) for i in range(IMAGE_PROBES)})
+    picked = [path for index in picks for path in files[index]]
+    if folder and not os.path.isdir(folder) and not all(os.path.isabs(path) for path in picked):
+        raise FileNotFoundError(f"--image_folder {folder} is not a folder ({data_path} has {len(files)} image rows)")
+    probed = [os.path.join(folder, path) for path in picked]  # an absolute path stays itself
     missing = [path for path in probed if not os.path.isfile(path)]
     if len(missing) == len(probed):
         raise FileNotFoundError(

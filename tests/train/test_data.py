@@ -189,6 +189,19 @@ def test_a_wrong_image_folder_fails_at_start_up(tiny, world, tmp_path):
     assert "\n" not in str(err.value) and str(path.parent / "images") in str(err.value)
 
 
+def test_absolute_paths_urls_and_data_uris_are_not_looked_for_under_the_folder(tiny, world, tmp_path):
+    path = _image_world(tmp_path, world, rows_kept={0, 1, 2})
+    rows = json.loads(path.read_text())
+    for row in rows:
+        if "image" in row:  # every local image named by its absolute path; the others fetched or inline
+            local = path.parent / row["image"]
+            row["image"] = str(local) if local.is_file() else "https://example.com/a.png"
+    rows[-1] = {**rows[0], "image": "data:image/png;base64,AAAA"}
+    path.write_text(json.dumps(rows))
+    nowhere = data_args(tmp_path / "nowhere", tiny)  # a folder that does not exist: nothing asks for it
+    assert len(LazySupervisedDataset(str(path), tokenizer_with(tiny, 2048), nowhere)) == 27
+
+
 def test_some_missing_images_only_warn(tiny, world, tmp_path, caplog):
     path = _image_world(tmp_path, world, rows_kept={0, 1, 2})
     with caplog.at_level("WARNING", logger="share4v.train.data"):
