@@ -138,6 +138,11 @@ def resize_embeddings_to_mean(model: nn.Module, size: int) -> None:
                 embeddings.weight[old:] = embeddings.weight[:old].mean(dim=0, keepdim=True)
 
 
+# The input embeddings a projector-only run saves next to its projector when `<im_start>`/`<im_end>` were added
+# (their rows train with it), under the name the original's `get_mm_adapter_state_maybe_zero_3` gives them.
+EMBED_TOKENS_KEY = "model.embed_tokens.weight"
+
+
 def initialize_vision_tokenizer(
     model: nn.Module,
     tokenizer: Any,
@@ -164,20 +169,31 @@ def initialize_vision_tokenizer(
         if model.get_output_embeddings() is not None:
             model.get_output_embeddings().requires_grad_(False)
     if mm_use_im_start_end and pretrain_mm_mlp_adapter:
-        trained = read_weights(pretrain_mm_mlp_adapter).get("model.embed_tokens.weight")
-        if trained is not None:
-            weight = model.get_input_embeddings().weight
-            with gathered_for_update([weight]), torch.no_grad():
-                if trained.shape == weight.shape:
-                    weight.copy_(trained)
-                elif added and trained.shape[0] == added:
-                    weight[-added:] = trained
-                else:
-                    raise ValueError(
-                        f"embed_tokens in {pretrain_mm_mlp_adapter} has {trained.shape[0]} rows; expected "
-                        f"{weight.shape[0]} or the {added} new ones"
-                    )
+        load_input_embeddings(model, pretrain_mm_mlp_adapter, added)
     return added
+
+
+def load_input_embeddings(model: nn.Module, projector_file: str | Path, added: int = 0) -> bool:
+    """The input embeddings a projector-only run saved beside its projector (`EMBED_TOKENS_KEY`, when it trained
+    `<im_start>`/`<im_end>`) into `model`: every row, or, with `added`, the `added` newest rows when the file holds
+    only those. False when the file holds none.
+
+    Raises:
+        ValueError: when the file's rows fit neither.
+    """
+    trained = read_weights(projector_file).get(EMBED_TOKENS_KEY)
+    if trained is None:
+        return False
+    weight = model.get_input_embeddings().weight
+    with gathered_for_update([weight]), torch.no_grad():
+        if trained.shape == weight.shape:
+            weight.copy_(trained.to(weight.dtype))
+        elif added and trained.shape[1:] == weight.shape[1:] and trained.shape[0] == added:
+            weight[-added:] = trained.to(weight.dtype)
+        else:
+            expected = f"{tuple(weight.shape)}" + (f" or the {added} new rows" if added else "")
+            raise ValueError(f"{projector_file}: {EMBED_TOKENS_KEY} has shape {tuple(trained.shape)}, not {expected}")
+    return True
 
 
 def image_tokens_per_image(tower: CLIPVisionTower) -> int:

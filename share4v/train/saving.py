@@ -29,8 +29,9 @@ from torch import nn
 
 from share4v.model.language_model.share4v_llama import VISION_TOWER_FOLDER
 from share4v.model.vision_setup import (
+    EMBED_TOKENS_KEY,
     TOWER_STATE_PREFIX,
-    gathered_for_update,
+    load_input_embeddings,
     load_projector_weights,
     load_vision_tower_weights,
     save_vision_tower,
@@ -42,9 +43,6 @@ from share4v.train.fsdp import is_sharded, load_state
 logger = logging.getLogger(__name__)
 
 PROJECTOR_FILE = "mm_projector.safetensors"
-# Written next to the projector when `<im_start>`/`<im_end>` were added (their input rows train with it), under the
-# name the original's `get_mm_adapter_state_maybe_zero_3` gives it; `load_pretrained_model` reads it back as well.
-EMBED_TOKENS_KEY = "model.embed_tokens.weight"
 NON_LORA_FILE = "non_lora_trainables.safetensors"
 _PEFT_PREFIX = "base_model.model."
 
@@ -145,26 +143,11 @@ def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> No
         _load_partial(model, read_weights(folder / NON_LORA_FILE), folder / NON_LORA_FILE, complete=False)
     elif (projector_file := _projector_file(folder)) is not None:
         load_projector_weights(base.get_model().mm_projector, projector_file)
-        _load_input_embeddings(base, projector_file)
+        load_input_embeddings(base, projector_file)
     else:
         _load_partial(base, read_model_weights(folder), folder, complete=True)
     if (folder / VISION_TOWER_FOLDER / "model.safetensors").is_file():
         load_vision_tower_weights(base.get_vision_tower(), folder / VISION_TOWER_FOLDER)
-
-
-def _load_input_embeddings(model: nn.Module, projector_file: Path) -> None:
-    """The input embeddings a projector-only run trained (`--mm_use_im_start_end`), when the file holds them."""
-    trained = read_weights(projector_file).get(EMBED_TOKENS_KEY)
-    if trained is None:
-        return
-    weight = model.get_input_embeddings().weight
-    with gathered_for_update([weight]), torch.no_grad():
-        if tuple(trained.shape) != tuple(weight.shape):
-            raise ValueError(
-                f"{projector_file}: {EMBED_TOKENS_KEY} has shape {tuple(trained.shape)}, the model's input "
-                f"embeddings {tuple(weight.shape)}"
-            )
-        weight.copy_(trained.to(weight.dtype))
 
 
 def _projector_file(folder: Path) -> Path | None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from share4v.model import builder
 from share4v.model.builder import load_pretrained_model
 from share4v.train.saving import EMBED_TOKENS_KEY, load_training_checkpoint, save_training_checkpoint
 
@@ -38,10 +39,9 @@ def test_resuming_a_projector_run_restores_its_input_embeddings(tiny_ckpt, tmp_p
     load_training_checkpoint(resumed, tmp_path / "checkpoint-2")
     assert torch.equal(resumed.get_input_embeddings().weight, trained.get_input_embeddings().weight)
     assert torch.equal(resumed.get_model().mm_projector[0].weight, trained.get_model().mm_projector[0].weight)
-    # the same file loads for inference through load_pretrained_model, embeddings included (the builder's reading)
-    state = load_file(tmp_path / "checkpoint-2" / "mm_projector.safetensors")
+    # the same file loads for inference, embeddings included: the reading load_pretrained_model does
     fresh = _projector_run_model(tiny_ckpt)
-    fresh.load_state_dict(state, strict=False)
+    builder._load_projector(fresh, tmp_path / "checkpoint-2")
     assert torch.equal(fresh.get_input_embeddings().weight, trained.get_input_embeddings().weight)
 
 
