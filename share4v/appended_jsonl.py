@@ -8,27 +8,39 @@ the scorers and the report import it on machines without torch.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+_TAIL_BLOCK = 1 << 16  # bytes read at a time from a file's end
 
 
 def cut_torn_line(path: str | Path) -> None:
     """Before appending to a JSON-lines file a kill may have torn: cut its last line if it lacks the newline and does
     not parse (it may end inside a character), or give it the newline if it is whole, so that the next line appended
-    starts on a fresh line and every line left is whole."""
+    starts on a fresh line and every line left is whole. Reads only the file's last line."""
     path = Path(path)
     if not path.is_file() or not path.stat().st_size:
         return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[start:])
-    except ValueError:  # UnicodeDecodeError too
-        with path.open("rb+") as f:
+    with path.open("rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        start, tail = end, b""
+        while start > 0 and b"\n" not in tail:  # back to the last newline, a block at a time
+            step = min(_TAIL_BLOCK, start)
+            start -= step
+            f.seek(start)
+            tail = f.read(step) + tail
+        if b"\n" in tail:
+            cut = tail.rindex(b"\n") + 1
+            start, tail = start + cut, tail[cut:]
+        try:
+            json.loads(tail)
+        except ValueError:  # UnicodeDecodeError too
             f.truncate(start)
-        return
-    with path.open("ab") as f:
+            return
+        f.seek(0, os.SEEK_END)
         f.write(b"\n")
 
 

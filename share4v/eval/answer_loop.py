@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from share4v.appended_jsonl import cut_torn_line
+from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.inference.cli_args import engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.requests import Request, RequestEncoder
@@ -128,7 +129,15 @@ def _identity(question: Question, names: Sequence[str]) -> dict[str, Any]:
 
 
 def _key(question: Question, names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(str(value) for value in _identity(question, names).values())
+    return tuple(_resume_value(name, value) for name, value in _identity(question, names).items())
+
+
+def _resume_value(name: str, value: Any) -> str:
+    """An answer line's field as resuming compares it. `model_vqa_loader`'s lines written before 2026-11-28 kept
+    the image marker in front of the prompt; compared without it, such a file resumes instead of being answered
+    again."""
+    text = str(value)
+    return text.removeprefix(DEFAULT_IMAGE_TOKEN + "\n") if name == "prompt" else text
 
 
 def _answered(answers_file: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
@@ -138,7 +147,7 @@ def _answered(answers_file: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
         for line in answers_file.read_text(encoding="utf-8", errors="replace").split("\n"):
             try:
                 row = json.loads(line)
-                keys.add(tuple(str(row[name]) for name in names))
+                keys.add(tuple(_resume_value(name, row[name]) for name in names))
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
     return keys

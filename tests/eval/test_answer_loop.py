@@ -151,3 +151,16 @@ def test_an_image_that_is_not_a_file_name_is_a_listed_problem(tmp_path):
         {"line": 1, "error": "image must be a file name, not list"},
         {"line": 2, "error": "image must be a file name, not int"},
     ]
+
+
+def test_an_answer_file_of_the_old_prompt_format_resumes(engine, bench, tmp_path):
+    questions, _ = model_vqa_loader.read_questions(bench / "questions.jsonl", bench, strict=False)
+    out = tmp_path / "old.jsonl"
+    old = [{"question_id": q.question_id, "prompt": q.prompt, "text": "an old answer"} for q in questions[:3]]
+    out.write_text("".join(json.dumps(row) + "\n" for row in old))  # prompt: "<image>\n" + the question's text
+    assert old[0]["prompt"].startswith("<image>\n")
+    counts = answer_questions(engine, questions, out, GREEDY, "tiny", num_workers=0,
+                              resume_by=("question_id", "prompt"))  # fmt: skip
+    assert counts["skipped"] == 3 and sorted(row["question_id"] for row in answers(out)) == sorted(
+        q.question_id for q in questions if q.question_id != "q5"
+    )  # each once (q5's image is missing)
