@@ -1,12 +1,15 @@
 """utils.py
 
-Small process-level helpers: the device/dtype defaults of the original loaders (append-only JSON-lines outputs:
-`share4v.appended_jsonl`).
+Small process-level helpers: the device/dtype defaults of the original loaders, and where this process stands among
+those a launcher started (`dist_info`; append-only JSON-lines outputs: `share4v.appended_jsonl`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -59,3 +62,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int  # among all processes
+    local_rank: int  # among this machine's
+    world_size: int
+
+
+def dist_info(environ: Mapping[str, str] | None = None) -> DistInfo:
+    """This process's place among the processes a launcher (torchrun, deepspeed, accelerate) started, from the
+    variables it sets (default `os.environ`); a process started alone is rank 0 of 1."""
+    env = os.environ if environ is None else environ
+    return DistInfo(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))

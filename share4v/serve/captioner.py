@@ -33,6 +33,7 @@ from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE
 from share4v.inference.requests import Request, RequestEncoder
+from share4v.utils import dist_info
 
 DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -225,8 +226,10 @@ def captioning_engine(args) -> Any:
 
 def run(args) -> dict[str, int]:
     """The command line's job (see tools/share-cap_batch_infer.py)."""
-    num_chunks = int(os.environ.get("WORLD_SIZE", args.num_chunks)) if args.num_chunks == 1 else args.num_chunks
-    chunk_idx = int(os.environ.get("RANK", args.chunk_idx)) if args.num_chunks == 1 else args.chunk_idx
+    launched = dist_info()  # torchrun's processes shard by rank unless the flags say how
+    num_chunks, chunk_idx = (
+        (launched.world_size, launched.rank) if args.num_chunks == 1 else (args.num_chunks, args.chunk_idx)
+    )
     images = shard(list_images(args.images_file), num_chunks, chunk_idx)
     from share4v.inference.cli_args import generation_params
 

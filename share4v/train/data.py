@@ -27,6 +27,7 @@ from share4v.mm_utils import ImageLoadError, load_image, names_a_file, process_i
 from share4v.train.lengths import dataset_lengths
 from share4v.train.preprocess import SampleError, preprocess, preprocess_multimodal
 from share4v.train.rows import BadRow, SkipReport, check_image_markers, check_row, image_paths, read_rows, sample_id
+from share4v.utils import dist_info
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def check_image_folder(data_path: str, rows: Sequence[dict], image_folder: str |
             f"{data_path}: none of {len(probed)} sampled images exists under --image_folder "
             f"{folder or '(not given: the current folder)'}, e.g. {missing[0]}"
         )
-    if missing and int(os.environ.get("RANK", "0")) == 0:  # every rank probes alike
+    if missing and dist_info().rank == 0:  # every rank probes alike
         logger.warning(
             "%d of %d sampled images are missing under --image_folder %s (e.g. %s); their samples will be skipped",
             len(missing), len(probed), folder, missing[0],
@@ -132,7 +133,7 @@ class LazySupervisedDataset(Dataset):
         for problem in bad:
             if data_args.strict_data:
                 raise SampleError(f"bad training sample {problem} (--strict_data)")
-            self.report.skip(problem, announce=int(os.environ.get("RANK", "0")) == 0)  # every rank finds these
+            self.report.skip(problem, announce=dist_info().rank == 0)  # every rank finds these
         if not self.list_data_dict:
             raise ValueError(f"{data_path}: no usable training samples ({len(bad)} bad rows)")
         if data_args.is_multimodal:

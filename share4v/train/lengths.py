@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.train.preprocess import SampleError, conversation_for_training
 from share4v.train.rows import image_paths
+from share4v.utils import dist_info
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def dataset_lengths(dataset: Any) -> np.ndarray:
         return cached
     else:
         lengths = np.array(measure(dataset, range(len(dataset))), dtype=np.int64)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one writer per machine (the cache folder may be its own)
+    if dist_info().local_rank == 0:  # one writer per machine (the cache folder may be its own)
         write_cache(cache, lengths)
     return lengths
 

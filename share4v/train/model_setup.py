@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from share4v.model.vision_setup import (
     resize_embeddings_to_mean,
 )
 from share4v.train.arguments import ORIGINAL_VISION_DEFAULTS
+from share4v.utils import dist_info
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ def compiles_decoder_layers(training_args: Any) -> bool:
         and not training_args.gradient_checkpointing
         and not getattr(training_args, "lora_enable", False)
         and getattr(training_args, "bits", 16) == 16
-        and (int(os.environ.get("WORLD_SIZE", "1")) == 1 or bool(getattr(training_args, "fsdp", None)))
+        and (dist_info().world_size == 1 or bool(getattr(training_args, "fsdp", None)))
         and not getattr(training_args, "torch_compile", False)  # the Trainer compiles the whole model then
     )
     device = getattr(training_args, "device", None) if measured else None  # TrainingArguments': this process's

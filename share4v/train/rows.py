@@ -20,6 +20,7 @@ from typing import Any
 
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.train.preprocess import SampleError, conversation_for_training
+from share4v.utils import dist_info
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +154,6 @@ def check_row_structure(row: Any) -> None:
         raise SampleError("'image' must be a non-empty path or a list of paths")
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def _read_entries(file: Path) -> list[dict]:
     """The skip entries of one report file (unreadable lines, e.g. one cut by a crash, are passed over)."""
     if not file.is_file():
@@ -190,7 +187,7 @@ class SkipReport:
         if not self.path:
             return None
         path = Path(self.path)
-        return path if _rank() == 0 else path.with_name(f"{path.stem}.rank{_rank()}{path.suffix}")
+        return path if dist_info().rank == 0 else path.with_name(f"{path.stem}.rank{dist_info().rank}{path.suffix}")
 
     def _files(self) -> list[Path]:
         path = Path(self.path)
@@ -203,8 +200,8 @@ class SkipReport:
         if not self.path:
             return
         self._file().unlink(missing_ok=True)
-        if _rank() == 0:
-            world = int(os.environ.get("WORLD_SIZE", "1"))
+        if dist_info().rank == 0:
+            world = dist_info().world_size
             for file in self._files()[1:]:
                 rank = file.stem.rpartition(".rank")[2]
                 if not rank.isdigit() or int(rank) >= world:
