@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 _TAIL_BLOCK = 1 << 16  # bytes read at a time from a file's end
 
@@ -44,13 +45,23 @@ def cut_torn_line(path: str | Path) -> None:
         f.write(b"\n")
 
 
+def read_appended_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of an append-only JSON-lines file (none if it does not exist); a line torn by a kill is
+    skipped. See `cut_torn_line` for the writer's side."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):  # a kill can split a character
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def values_in_jsonl(path: str | Path, key: str) -> set[str]:
     """The `key` values (as strings) of an append-only JSON-lines output; a line torn by a kill is ignored."""
-    path, values = Path(path), set()
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):  # a torn character
-            try:
-                values.add(str(json.loads(line)[key]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return values
+    return {str(row[key]) for row in read_appended_jsonl(path) if key in row}

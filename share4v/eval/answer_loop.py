@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from share4v.appended_jsonl import cut_torn_line
+from share4v.appended_jsonl import cut_torn_line, read_appended_jsonl
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.inference.cli_args import engine_from_args, generation_params
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
@@ -142,15 +142,8 @@ def _resume_value(name: str, value: Any) -> str:
 
 def _answered(answers_file: Path, names: Sequence[str]) -> set[tuple[str, ...]]:
     """The `names` values (as strings) of every whole line of an append-only answers file (a torn one is skipped)."""
-    keys = set()
-    if answers_file.is_file():
-        for line in answers_file.read_text(encoding="utf-8", errors="replace").split("\n"):
-            try:
-                row = json.loads(line)
-                keys.add(tuple(_resume_value(name, row[name]) for name in names))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return keys
+    rows = read_appended_jsonl(answers_file)
+    return {tuple(_resume_value(name, row[name]) for name in names) for row in rows if all(n in row for n in names)}
 
 
 def add_loop_args(parser, unit: str = "questions") -> None:

@@ -37,7 +37,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from share4v.eval.jsonl import append_jsonl, prepare_append, read_appended_jsonl, read_jsonl
+from share4v.appended_jsonl import read_appended_jsonl
+from share4v.eval.jsonl import append_jsonl, prepare_append, read_jsonl
 from share4v.eval.judge import (
     CACHE_SUFFIX,
     Judge,

@@ -55,23 +55,6 @@ def read_json_list(path: str | Path, what: str = "entries") -> list[Any]:
     return data
 
 
-def read_appended_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The objects of an append-only JSON-lines file (none if it does not exist); a line torn by a kill is
-    skipped. See `prepare_append` for the writer's side."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):  # a kill can split a character
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def prepare_append(path: str | Path) -> Path:
     """Make `path`'s folder and cut a last line torn by a kill (`share4v.utils.cut_torn_line`), so that the next
     appended line starts on a fresh line."""

@@ -37,7 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from share4v.eval.jsonl import append_jsonl, prepare_append, read_appended_jsonl
+from share4v.appended_jsonl import read_appended_jsonl
+from share4v.eval.jsonl import append_jsonl, prepare_append
 
 DEFAULT_JUDGE_MODEL = "gpt-4o-2024-08-06"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

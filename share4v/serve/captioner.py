@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from share4v.appended_jsonl import cut_torn_line, values_in_jsonl
+from share4v.appended_jsonl import cut_torn_line, read_appended_jsonl, values_in_jsonl
 from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE
@@ -150,12 +150,8 @@ def merge(save_path: str | Path, num_chunks: int | None = None) -> Path:
         outputs = Outputs.for_shard(save_path, num_chunks, chunk)
         if not outputs.captions.is_file():
             raise FileNotFoundError(f"shard {chunk} of {num_chunks} has no captions file: {outputs.captions}")
-        for line in outputs.captions.read_text(encoding="utf-8", errors="replace").split("\n"):  # a torn character
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill; that image is captioned again on the next run
-            rows.append({row["image"]: row["caption"]})
+        # a line torn by a kill is passed over; that image is captioned again on the next run
+        rows += [{row["image"]: row["caption"]} for row in read_appended_jsonl(outputs.captions)]
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=save_path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from share4v.appended_jsonl import read_appended_jsonl
 from share4v.constants import DEFAULT_IMAGE_TOKEN
 from share4v.train.preprocess import SampleError, conversation_for_training
 from share4v.utils import dist_info
@@ -156,17 +157,7 @@ def check_row_structure(row: Any) -> None:
 
 def _read_entries(file: Path) -> list[dict]:
     """The skip entries of one report file (unreadable lines, e.g. one cut by a crash, are passed over)."""
-    if not file.is_file():
-        return []
-    entries = []
-    for line in file.read_text(encoding="utf-8", errors="replace").split("\n"):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and "where" in entry:
-            entries.append(entry)
-    return entries
+    return [entry for entry in read_appended_jsonl(file) if "where" in entry]
 
 
 @dataclass

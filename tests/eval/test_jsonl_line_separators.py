@@ -3,8 +3,8 @@ ends in JSON lines, so every reader splits on "\\n" only (str.splitlines would c
 
 import json
 
-from share4v.appended_jsonl import values_in_jsonl
-from share4v.eval.jsonl import read_appended_jsonl, read_jsonl
+from share4v.appended_jsonl import read_appended_jsonl, values_in_jsonl
+from share4v.eval.jsonl import read_jsonl
 from share4v.serve.captioner import list_images
 
 ODD = "first\u2028second\u2029third\x85fourth"

@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("httpx")
 
+from share4v.appended_jsonl import read_appended_jsonl
 from share4v.eval import eval_gpt_review_bench as bench
 from share4v.eval import eval_mmvet as mmvet
 from share4v.eval import summarize_gpt_review as summarize
-from share4v.eval.jsonl import read_appended_jsonl
 from share4v.eval.judge import Judge, JudgeConfig, JudgeError, cache_key
 from share4v.eval.scores import read_scores
 
