@@ -55,7 +55,7 @@ def eos_tokenizer(tiny):
 def stop_on_eos(engine: Share4VEngine) -> Share4VEngine:
     """`engine` stopping on its tokenizer's end-of-sequence id alone, as with the released templates, whose stop
     string is that token (the tiny model never writes `</s>`; `eos_tokenizer` names a token it does write)."""
-    engine._stopping_criteria = lambda stop_str: []
+    engine._stopping_criteria = lambda stop_str, stops=(): []
     return engine
 
 
