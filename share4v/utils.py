@@ -69,10 +69,13 @@ class DistInfo:
     rank: int  # among all processes
     local_rank: int  # among this machine's
     world_size: int
+    launched: bool = False  # a launcher set LOCAL_RANK (a process started alone is also local rank 0)
 
 
 def dist_info(environ: Mapping[str, str] | None = None) -> DistInfo:
     """This process's place among the processes a launcher (torchrun, deepspeed, accelerate) started, from the
-    variables it sets (default `os.environ`); a process started alone is rank 0 of 1."""
+    variables it sets (default `os.environ`); a process started alone is rank 0 of 1, not `launched`."""
     env = os.environ if environ is None else environ
-    return DistInfo(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+    return DistInfo(
+        int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)), "LOCAL_RANK" in env
+    )

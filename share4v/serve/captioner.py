@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,12 @@ def _shards_on_disk(save_path: Path) -> int:
     return counts.pop() if counts else 1
 
 
-def torchrun_device(environ: dict[str, str], gpus: int) -> str | None:
+def torchrun_device(environ: Mapping[str, str], gpus: int) -> str | None:
     """The GPU a process launched by torchrun (LOCAL_RANK set) should take: its local rank's; None elsewhere."""
-    local_rank = environ.get("LOCAL_RANK")
-    if local_rank is None or gpus < 1:
+    place = dist_info(environ)
+    if not place.launched or gpus < 1:
         return None
-    return f"cuda:{int(local_rank) % gpus}"
+    return f"cuda:{place.local_rank % gpus}"
 
 
 def shard(images: list[str], num_chunks: int, chunk_idx: int) -> list[str]:
@@ -230,7 +231,7 @@ def run(args) -> dict[str, int]:
     from share4v.inference.cli_args import generation_params
 
     if getattr(args, "device", None) in (None, "auto"):  # one GPU per process, not each spread over all of them
-        args.device = torchrun_device(dict(os.environ), torch.cuda.device_count()) or getattr(args, "device", None)
+        args.device = torchrun_device(os.environ, torch.cuda.device_count()) or getattr(args, "device", None)
 
     engine = captioning_engine(args)
     outputs = Outputs.for_shard(args.save_path, num_chunks, chunk_idx)
