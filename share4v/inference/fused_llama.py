@@ -28,6 +28,7 @@ device (LoRA wrappers, quantized layers) or the layers are not Llama's: the mode
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ class _FusedLayer:
     gate_up: torch.Tensor  # [2 x intermediate, hidden]: gate_proj and up_proj weights are views of it
     qkv_split: tuple[int, int, int]
 
+
+# positions a prompt pass runs through a layer at once (`FusedLlama.prompt_logits`): larger batches go in row groups.
+# At 7B width a position's activations in a layer take about 100 KB (the MLP's 2 x 11008 values, the q/k/v
+# products, the keys and values kept for the cache), so a group takes about 3 GiB, where a 128-image captioning batch
+# (79,000 positions) took 8 GiB at once; the products of 32,768 positions still run at the matrix-product peak.
+PROMPT_GROUP_POSITIONS = 32_768
 
 _FUSING = threading.Lock()  # one re-lay at a time, whichever thread asks first
 
@@ -125,6 +132,7 @@ class FusedLlama:
         cache,
         layer_pass=None,
         kv_fp8: bool = False,
+        group_positions: int | None = PROMPT_GROUP_POSITIONS,
     ) -> torch.Tensor:
         """Last-position logits `[B, vocabulary]` of left-padded prompt embeddings `[B, P, D]` (`attention_mask`
         `[B, P]`, 0 on padding; `position_ids` `[B, P]` counted from each row's first token), whose keys and values
@@ -132,7 +140,12 @@ class FusedLlama:
         over the prompt itself, `P` positions, rather than the whole cache. `layer_pass`: `prompt_layer` or a
         compiled version of it (`compile_prompt_layer`: one graph serves every layer, batch size and length above 1).
         A batch without padding attends causally without a mask (flash attention on a GPU). `kv_fp8`: the keys and
-        values go into the cache as e4m3 bytes (`fp8_cache`), after the prompt attended over them unrounded."""
+        values go into the cache as e4m3 bytes (`fp8_cache`), after the prompt attended over them unrounded.
+
+        `group_positions`: where the batch holds more positions than this, each layer runs over groups of rows of
+        at most this many positions (as equal in size as can be; one row at least), one after another, so that a
+        layer's activations (the MLP's are the largest: 2 x intermediate values a position) are a group's, not the
+        whole batch's; a row's result does not depend on the others'. None: the whole batch at once."""
         llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
         cos, sin = llm.rotary_emb(embeds, position_ids)
         visible = None  # no padding: causal attention, which runs without a mask (flash attention on a GPU)
@@ -144,11 +157,23 @@ class FusedLlama:
             # position is visible to it anyway
             itself = torch.eye(length, dtype=torch.bool, device=embeds.device)
             visible = ((causal & attention_mask.bool()[:, None, :]) | itself)[:, None]  # [B, 1, P, P]
-        hidden = embeds
+        groups = _row_groups(embeds.shape[0], embeds.shape[1], group_positions)
+        hidden = embeds if len(groups) == 1 else embeds.clone()  # groups write their rows' outputs back in place
         for index, (layer, fused) in enumerate(zip(llm.layers, self.layers, strict=True)):
-            hidden, key, value = layer_pass(
-                layer, fused.qkv, fused.gate_up, fused.qkv_split, hidden, cos, sin, visible, kv_fp8=kv_fp8
-            )
+            weights = (layer, fused.qkv, fused.gate_up, fused.qkv_split)
+            if len(groups) == 1:
+                hidden, key, value = layer_pass(*weights, hidden, cos, sin, visible, kv_fp8=kv_fp8)
+            else:
+                key = value = None
+                for rows in groups:
+                    mask = None if visible is None else visible[rows]
+                    out, group_key, group_value = layer_pass(
+                        *weights, hidden[rows], cos[rows], sin[rows], mask, kv_fp8=kv_fp8
+                    )
+                    if key is None:  # the whole batch's keys and values, for one write into the cache
+                        key = group_key.new_empty((hidden.shape[0], *group_key.shape[1:]))
+                        value = group_value.new_empty((hidden.shape[0], *group_value.shape[1:]))
+                    hidden[rows], key[rows], value[rows] = out, group_key, group_value
             cache.update(key, value, index)
         return self.model.lm_head(llm.norm(hidden[:, -1]))
 
@@ -195,6 +220,16 @@ def compile_prompt_layer(backend: str | Callable = "inductor") -> Callable:
         return compiled(layer, qkv, gate_up, qkv_split, hidden, cos, sin, visible, kv_fp8=kv_fp8)
 
     return run
+
+
+def _row_groups(rows: int, length: int, group_positions: int | None) -> list[slice]:
+    """`rows` rows of `length` positions in consecutive groups of at most `group_positions` positions (at least one
+    row), as equal in size as can be, so that a compiled pass sees at most two group sizes; one group where all fit."""
+    if group_positions is None or rows * length <= group_positions:
+        return [slice(0, rows)]
+    count = -(-rows // max(1, group_positions // length))
+    bounds = [rows * group // count for group in range(count + 1)]
+    return [slice(start, end) for start, end in itertools.pairwise(bounds)]
 
 
 def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from transformers import CompileConfig, StaticCache
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
-from share4v.inference.fused_llama import FusedLlama
+from share4v.inference.fused_llama import FusedLlama, prompt_layer
 from share4v.model.builder import load_pretrained_model
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from tests.helpers import random_image
@@ -100,19 +100,31 @@ def test_one_fused_step_gives_the_models_logits(kv_heads):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+# the whole batch (27 positions) at once, one row a group, and groups of 1 and 2 rows
+@pytest.mark.parametrize("group_positions", [None, 9, 18], ids=["one-group", "rows-alone", "rows-1-2"])
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padded):
+def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padded, group_positions):
     model = text_model(kv_heads)
     embeds, mask = left_padded(model, padded)  # unpadded: causal attention without a mask
     prompt = mask.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     ours, theirs = (StaticCache(config=model.config, max_cache_len=prompt + 4) for _ in range(2))
+    passes = []
+
+    def layer_pass(*args, **kwargs):
+        passes.append(args[4].shape[0])  # the rows it ran over
+        return prompt_layer(*args, **kwargs)
+
+    given = embeds.clone()
     with torch.inference_mode():
         expected = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                          cache_position=torch.arange(prompt), past_key_values=theirs).logits[:, -1]  # fmt: skip
-        logits = FusedLlama.of(model).prompt_logits(embeds, positions, mask, ours)
+        fused = FusedLlama.of(model)
+        logits = fused.prompt_logits(embeds, positions, mask, ours, layer_pass, group_positions=group_positions)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert passes == {None: [3], 9: [1, 1, 1], 18: [1, 2]}[group_positions] * 2  # per layer
+    assert torch.equal(embeds, given)  # the caller's embeddings are left as they were
     written = mask.bool()  # the cache's padding slots are masked later: only the written ones must agree
     for layer, reference in zip(ours.layers, theirs.layers, strict=True):
         assert int(layer.get_seq_length()) == prompt
