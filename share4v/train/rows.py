@@ -64,6 +64,14 @@ def _jsonl_rows(path: Path, lines: Iterable[bytes]) -> tuple[list[tuple[str, Any
     return rows, bad
 
 
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    """`(value, None)`, or `(None, what is wrong and where)` (the error, which holds the text, is not kept)."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
+
+
 def read_rows(path: str | os.PathLike) -> tuple[list[tuple[str, Any]], list[BadRow]]:
     """All rows of a JSON list or JSONL file as `(where, row)`, and the JSONL lines that are not JSON.
 
@@ -83,18 +91,21 @@ def read_rows(path: str | os.PathLike) -> tuple[list[tuple[str, Any]], list[BadR
             return _jsonl_rows(path, handle)
     raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        data = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         if _first_line_is_a_row(raw):
             return _jsonl_rows(path, raw.splitlines())
         line = raw[: err.start].count(b"\n") + 1
         raise ValueError(f"{path}: not valid UTF-8 (line {line}, byte {err.start}): {err.reason}") from None
-    except json.JSONDecodeError as err:
-        if _first_line_is_a_row(raw):
-            return _jsonl_rows(path, raw.splitlines())
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
-    if isinstance(data, dict) and "conversations" in data:
-        return _jsonl_rows(path, raw.splitlines())  # JSONL of one row
+    del raw  # parsing holds one copy of the file's text, not two (the released files are over a gigabyte)
+    data, problem = _parse_json(text)
+    if problem is not None or (isinstance(data, dict) and "conversations" in data):  # JSONL, or a broken list
+        raw = text.encode("utf-8")  # the same bytes again: JSONL lines end where the bytes' line breaks are
+        del text, data
+        if problem is not None and not _first_line_is_a_row(raw):
+            raise ValueError(f"{path}: {problem}")
+        return _jsonl_rows(path, raw.splitlines())
+    del text  # before the rows' places are written out
     if isinstance(data, dict):
         keys = ", ".join(list(map(str, data))[:5])
         raise ValueError(f"{path}: expected a JSON list of samples, found an object (keys: {keys})")

@@ -3,6 +3,7 @@ mark allowed, and every problem one line naming the file (and the line)."""
 
 import codecs
 import json
+import tracemalloc
 
 import pytest
 
@@ -64,3 +65,17 @@ def test_a_broken_json_list_is_one_error_with_its_place(tmp_path):
     path.write_text('[\n  {"id": 1},\n  oops\n]')
     with pytest.raises(ValueError, match=r"data.json: not valid JSON \(line 3, column 3\)"):
         read_rows(path)
+
+
+def test_a_json_list_is_parsed_from_one_copy_of_its_text(tmp_path):
+    # the released files are over a gigabyte: their bytes go before the parse, which holds the text and what it
+    # builds (here one long answer as big as the file), so the peak is about twice the file, not three times
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([{"id": "a", "conversations": [{"from": "human", "value": "x" * 4_000_000}]}]))
+    tracemalloc.start()
+    try:
+        rows, _ = read_rows(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert _ids(rows) == ["a"] and peak < 2.5 * path.stat().st_size
