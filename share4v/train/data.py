@@ -67,6 +67,24 @@ def check_image_folder(data_path: str, rows: Sequence[dict], image_folder: str |
         )  # fmt: skip
 
 
+def check_no_image_rows(data_path: str, rows: Sequence[dict], where: Sequence[str]) -> None:
+    """Fail fast when a model without a vision tower is given rows with images: it would never see them, and would
+    learn their `<image>` markers as plain text (as the original did).
+
+    Raises:
+        ValueError: naming the file, how many rows have images and the first of them.
+    """
+    with_images = [index for index, row in enumerate(rows) if image_paths(row)]
+    if not with_images:
+        return
+    first = with_images[0]
+    named = f", id {sample_id(rows[first])}" if sample_id(rows[first]) is not None else ""
+    raise ValueError(
+        f"{data_path}: {len(with_images)} of {len(rows)} rows have images (the first: {where[first]}{named}) but the "
+        "model has no vision tower: pass --vision_tower, or leave those rows out of the data"
+    )
+
+
 def merged_length(input_ids: Sequence[int], image_tokens: int | None) -> int:
     """Length once each `IMAGE_TOKEN_INDEX` becomes `image_tokens` positions (1 when unknown)."""
     images = sum(1 for token in input_ids if token == IMAGE_TOKEN_INDEX)
@@ -138,6 +156,8 @@ class LazySupervisedDataset(Dataset):
             raise ValueError(f"{data_path}: no usable training samples ({len(bad)} bad rows)")
         if data_args.is_multimodal:
             check_image_folder(data_path, self.list_data_dict, data_args.image_folder)
+        else:
+            check_no_image_rows(data_path, self.list_data_dict, self.where)
         logger.info("%s: %d samples (%d bad rows left out)", data_path, len(self.list_data_dict), len(bad))
         self._lengths: np.ndarray | None = None
 

@@ -150,6 +150,20 @@ def test_text_only_run_from_a_plain_llm(world, tmp_path):
     assert image_processor is None and model.get_vision_tower() is None
 
 
+def test_a_text_only_model_refuses_rows_with_images_at_start_up(world, tmp_path):
+    """Without a vision tower the images would be dropped and their `<image>` markers trained as text (as the
+    original did): one line naming the file, the count and the first such row, before any training."""
+    data = world["instruct"]
+    argv = [*COMMON, "--model_name_or_path", str(world["llm"]), "--version", "v1", "--data_path", str(data),
+            "--image_folder", str(data.parent), "--output_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        build_trainer(argv=argv)
+    assert str(err.value) == (
+        f"{data}: 24 of 27 rows have images (the first: {data}[0], id instruct-0) but the "
+        "model has no vision tower: pass --vision_tower, or leave those rows out of the data"
+    )
+
+
 def test_continuing_a_checkpoint_keeps_its_vision_settings(recipe, tmp_path, world):
     """Flags left out mean the checkpoint's values (projector type, select layer, aspect ratio, image tokens)."""
     trainer = train(argv=[
