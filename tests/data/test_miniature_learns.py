@@ -1,8 +1,8 @@
 """The miniature pipeline learns from scratch: CI's short version of scripts/miniature/reproduce.sh (`Recipe.quick`,
-one arm, about 1.6 minutes on two CPU cores). The world, the pre-trained tiny LLM and ViT, projector alignment,
-stage 1 on detailed captions and stage 2 run through `share4v.train.train`; the held-out benchmark is answered by
-the engine and scored. At this size the model learns colours (and the answer formats), not positions: the test
-holds it to what this size learns."""
+one arm, several minutes on two CPU cores: about 1.6 where it was first timed, 4.5-5 on slower machines). The
+world, the pre-trained tiny LLM and ViT, projector alignment, stage 1 on detailed captions and stage 2 run through
+`share4v.train.train`; the held-out benchmark is answered by the engine and scored. At this size the model learns
+colours (and the answer formats), not positions: the test holds it to what this size learns."""
 
 import pytest
 
