@@ -260,14 +260,21 @@ class KeywordsStoppingCriteria(StoppingCriteria):
             self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
         self.start_len = start_len
 
-    def _row_done(self, row: torch.Tensor) -> bool:
-        generated = row[self.start_len :]
+    def ends(self, generated: torch.Tensor | Sequence[int]) -> bool:
+        """Whether generated tokens `generated` (a row's new tokens so far, oldest first) end with a keyword: its
+        token ids, or its text within the last tokens' text. Only the last `max_keyword_len` + 2 tokens count."""
+        tail = generated[len(generated) - min(len(generated), self.max_keyword_len + 2) :]
+        if not isinstance(tail, torch.Tensor):
+            tail = torch.tensor(list(tail), dtype=torch.long)
         for ids in self.keyword_ids:
-            if len(ids) and generated.shape[0] >= len(ids) and torch.equal(generated[-len(ids) :].cpu(), ids):
+            if len(ids) and tail.shape[0] >= len(ids) and torch.equal(tail[-len(ids) :].cpu(), ids):
                 return True
-        window = min(generated.shape[0], self.max_keyword_len + 2)  # a keyword may come split over more tokens
-        text = self.tokenizer.decode(generated[-window:], skip_special_tokens=False) if window else ""
+        # a keyword may come split over more tokens than its own ids
+        text = self.tokenizer.decode(tail, skip_special_tokens=False) if tail.shape[0] else ""
         return any(keyword in text for keyword in self.keywords)
+
+    def _row_done(self, row: torch.Tensor) -> bool:
+        return self.ends(row[self.start_len :])
 
     def __call__(self, output_ids: torch.Tensor, scores: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         if self.start_len is None:

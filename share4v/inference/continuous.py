@@ -2,8 +2,9 @@
 
 Decoding in which waiting requests join a batch while it decodes (continuous batching), for the engine's
 queue (`Share4VEngine.submit` and `stream`). The batch's rows share one static KV cache and one compiled step, as
-in `fast_greedy.greedy_decode`. When a row's answer has ended (its end-of-sequence token, its token budget, or a
-stream whose reader left), a waiting request takes the row: its prompt runs into a scratch cache (with those
+in `fast_greedy.greedy_decode`. When a row's answer has ended (its end-of-sequence token, its token budget, a stop
+string that the host finds in its text as it reads each token, or a stream whose reader left), a waiting request
+takes the row: its prompt runs into a scratch cache (with those
 joining at the same step, left-padded together), and its keys and values are copied into the row so that the
 prompt ends where the batch writes next. The row's positions before that are masked out, as left padding is. From
 the next step on it decodes with the others. A request whose prompt pass fails gets its error; the batch goes on.
@@ -45,8 +46,9 @@ JOIN_ROOM = 256  # cache positions a batch that takes requests has beyond what i
 class Seat:
     """One request's place in a continuous batch: how long its prompt is, how many tokens it may write, and what
     to do with them. `on_token` gets each new token and returns False to stop the answer there (a stream whose
-    reader left; the token is dropped); `on_end` gets the answer's tokens once it has ended (with the
-    end-of-sequence token where it ended so)."""
+    reader left; the token is dropped); `ends` gets the answer's tokens after each new one and returns True where
+    they end it (a stop string that the token completed; the token is kept); `on_end` gets the answer's tokens once
+    it has ended (with the end-of-sequence token where it ended so)."""
 
     prompt_len: int
     budget: int
@@ -54,6 +56,7 @@ class Seat:
     on_end: Callable[[list[int]], None]
     on_token: Callable[[int], bool] | None = None
     on_error: Callable[[BaseException], None] | None = None  # its prompt pass failed (it never decoded)
+    ends: Callable[[list[int]], bool] | None = None  # whether its tokens so far end the answer (a stop string)
     sampling: Sampling | None = None  # how its tokens are drawn (None: the arg-max)
     request: Any = None  # what the caller seats (its `embed` reads it)
     tokens: list[int] = field(default_factory=list)
@@ -72,7 +75,11 @@ class Seat:
             self.finish()
             return
         self.tokens.append(token)
-        if token == self.eos_token_id or len(self.tokens) >= self.budget:
+        if (
+            token == self.eos_token_id
+            or len(self.tokens) >= self.budget
+            or (self.ends is not None and self.ends(self.tokens))
+        ):
             self.finish()
 
     def finish(self) -> None:

@@ -421,11 +421,23 @@ class Share4VEngine:
         """Nothing when the template's stop string is the end-of-sequence token and no other `stops` are asked for
         (generate stops rows on its id, on the device, and `_decode` cuts a stop string spelled out in pieces);
         else the text check, which decodes every step."""
+        keywords = self._text_stops(stop_str, stops)
+        return [KeywordsStoppingCriteria(keywords, self.tokenizer, start_len=0)] if keywords else []
+
+    def _text_stops(self, stop_str: str, stops: tuple[str, ...] = ()) -> list[str]:
+        """The stop strings that only a check of the text finds: the template's `stop_str` unless it is the
+        end-of-sequence token, then `stops`."""
         eos = getattr(self.tokenizer, "eos_token", None)
         keywords = [*stops]
         if stop_str and not (stop_str == eos and self.tokenizer.eos_token_id is not None):
             keywords.insert(0, stop_str)
-        return [KeywordsStoppingCriteria(keywords, self.tokenizer, start_len=0)] if keywords else []
+        return keywords
+
+    def _ends_by_text(self, stop_str: str, stops: tuple[str, ...] = ()) -> Callable[[Sequence[int]], bool] | None:
+        """For the engine's loops: whether a row's new tokens so far end its answer by a stop string, as the text
+        check that `generate` gets (`_stopping_criteria`) judges them; None where there is none to find."""
+        criteria = self._stopping_criteria(stop_str, stops)
+        return criteria[0].ends if criteria else None
 
     @property
     def kv_fp8(self) -> bool:
@@ -537,12 +549,23 @@ class Share4VEngine:
         length = self._cache_shape[1]  # now: another caller may size a new cache before the job runs
         self._make_greedy_step()
 
+        ends = self._ends_by_text(batch.stop_str, params.stop)
+        by_text = _TextStops(ends, batch.input_ids.shape[0], self.tokenizer.eos_token_id) if ends else None
+
+        def on_tokens(tokens: list[int]) -> list[int]:
+            stopped = by_text(tokens) if by_text is not None else []
+            if streamer is None:
+                return stopped
+            cancelled = streamer.put_tokens(tokens)  # the token that completed a stop string is streamed too
+            streamer.close_rows(stopped)
+            return sorted({*cancelled, *stopped})
+
         def work() -> torch.Tensor:
             embeds, mask = self._prompt_embeddings(batch)
             eos, pad = self.tokenizer.eos_token_id, self.pad_token_id
             step = self._greedy_step
-            on_tokens = streamer.put_tokens if streamer is not None else None
-            return greedy_decode(step, cache, length, embeds, mask, max_new_tokens, eos, pad, on_tokens,
+            read = on_tokens if by_text is not None or streamer is not None else None
+            return greedy_decode(step, cache, length, embeds, mask, max_new_tokens, eos, pad, read,
                                  sampling=sampling)  # fmt: skip
 
         return self._on_decoding_thread(work), max_new_tokens
@@ -565,15 +588,15 @@ class Share4VEngine:
         return self._plain_greedy(params, stop_str) or self._plain_sampling(params, stop_str) is not None
 
     def _loop_serves(self, params: GenerationParams, stop_str: str) -> bool:
-        """What the engine's own loops need, greedy or sampled: compiled decoding, one beam, a stop that is the
-        end-of-sequence token, no cache implementation of the checkpoint's own, and a generation config whose
-        logits processors change no arg-max (or are off)."""
+        """What the engine's own loops need, greedy or sampled: compiled decoding, one beam, no cache implementation
+        of the checkpoint's own, and a generation config whose logits processors change no arg-max (or are off).
+        Stop strings are no obstacle: the loops' host reads every token and checks them as `generate` would
+        (`_ends_by_text`). (`stop_str` is part of the signature for the callers that ask per request.)"""
         config = self.model.generation_config
         return bool(
             self.compile_decode
             and params.num_beams == 1
             and config.cache_implementation is None
-            and not self._stopping_criteria(stop_str, params.stop)
             and all(getattr(config, name, None) in neutral for name, neutral in _NO_EFFECT_ON_ARGMAX.items())
         )
 
@@ -609,9 +632,10 @@ class Share4VEngine:
 
         def seat(item: tuple[Request, GenerationParams, Future, _StreamRow | None], budget: int) -> Seat:
             request, params, future, stream = item
-            ending = _Answering(self, request, budget, future, stream)
+            ending = _Answering(self, request, budget, future, stream, params.stop)
             new = Seat(request.prompt_tokens, budget, self.tokenizer.eos_token_id, ending.end,
-                       _streaming(stream) if stream else None, ending.fail, request=request,
+                       _streaming(stream) if stream else None, ending.fail,
+                       self._ends_by_text(request.stop_str, params.stop), request=request,
                        sampling=self._plain_sampling(params, request.stop_str))  # fmt: skip
             seated.append((new, future, stream))
             return new
@@ -1052,10 +1076,12 @@ class _Answering:
     budget: int
     future: Future
     stream: _StreamRow | None
+    stops: tuple[str, ...] = ()  # the request's own stop strings (`GenerationParams.stop`)
 
     def end(self, tokens: list[int]) -> None:
         try:
-            outcome = self.engine._completion(tokens, self.request.stop_str, self.request.prompt_tokens, self.budget)
+            request = self.request
+            outcome = self.engine._completion(tokens, request.stop_str, request.prompt_tokens, self.budget, self.stops)
         except BaseException as err:  # decoding the text failed: this request's error alone
             outcome = err
         self._hand(outcome)
@@ -1182,10 +1208,40 @@ class _RowStreamer(BaseStreamer):
                 row.close(batch_over=False)
         return cancelled
 
+    def close_rows(self, rows: Sequence[int]) -> None:
+        """End the streams of `rows`, whose answers have ended (a stop string); later tokens are not theirs."""
+        for index in rows:
+            if (row := self.rows[index]) is not None:
+                row.close(batch_over=False)
+
     def end(self) -> None:
         for row in self.rows:
             if row is not None:
                 row.close(batch_over=True)
+
+
+class _TextStops:
+    """`on_tokens` of a fixed batch in the engine's loops: keeps each row's new tokens as the host reads them, one
+    step at a time, and returns the rows whose tokens a stop string has just ended (`ends`), as `generate`'s text
+    check would stop them at that step."""
+
+    def __init__(self, ends: Callable[[Sequence[int]], bool], rows: int, eos_token_id: int | None):
+        self.ends, self.eos_token_id = ends, eos_token_id
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.over = [False] * rows
+
+    def __call__(self, step_tokens: list[int]) -> list[int]:
+        stopped = []
+        for row, token in enumerate(step_tokens):
+            if self.over[row]:
+                continue
+            self.tokens[row].append(token)
+            if token == self.eos_token_id:
+                self.over[row] = True
+            elif self.ends(self.tokens[row]):
+                self.over[row] = True
+                stopped.append(row)
+        return stopped
 
 
 class _TokenQueue:

@@ -1,15 +1,16 @@
 """inference/fast_greedy.py
 
-Greedy decoding for the engine's batches that stop on the end-of-sequence token alone: the prompt runs once
-(images spliced in) into the engine's static KV cache (through the fused layers, compiled with dynamic shapes, where
-the step is fused: `GreedyStep.prompt`), then one compiled graph per step runs the model on the last tokens and takes
-the arg-max (CUDA graphs under inductor's "reduce-overhead"), and the host looks `LOOKBEHIND` steps back to learn
-whether every row has ended, so it never waits for the step it has just queued.
+Greedy decoding for the engine's batches: the prompt runs once (images spliced in) into the engine's static KV
+cache (through the fused layers, compiled with dynamic shapes, where the step is fused: `GreedyStep.prompt`), then
+one compiled graph per step runs the model on the last tokens and takes the arg-max (CUDA graphs under inductor's
+"reduce-overhead"), and the host looks `LOOKBEHIND` steps back to learn whether every row has ended, so it never
+waits for the step it has just queued. Rows end on the end-of-sequence token on the device; a stop string is found
+by the host in each step's tokens as it reads them (`on_tokens`), while the device goes on.
 
 Why not transformers' `generate` with the same compiled step (which the engine uses for everything else): its
 per-step host work (input preparation, logits processors, stopping criteria) and its wait on the device at every
-step, to know whether to go on, leave the GPU idle between steps. Measured at 7B shape on an H200: 196 decode tok/s at
-batch 1, 1.27x transformers' own static-cache compiled `generate` in the same run
+step, to know whether to go on, leave the GPU idle between steps. Measured at 7B shape on an H200: 196 decode tok/s
+at batch 1, 1.27x transformers' own static-cache compiled `generate` in the same run
 (benchmarks/results/2026-11-26-h200-generate-fast-greedy.json, docs/Performance.md).
 
 Sampled batches (`sampling`, `share4v.inference.sampling`) run the same loop over a second compiled step that
@@ -169,9 +170,10 @@ def greedy_decode(
     draws it.
 
     `on_tokens`, when given, receives each step's new tokens (one per row, `lookbehind` steps late) and returns rows
-    to stop (e.g. streams whose reader left): they write padding from the next step queued after that, which on a
-    GPU is up to `lookbehind` steps after the step whose tokens were read. `lookbehind`: how many steps the host runs
-    ahead (default `LOOKBEHIND` on a GPU, 0 on the CPU, where every read waits anyway)."""
+    to stop (a stop string that the step's token completed, a stream whose reader left): as in `generate`, those
+    rows hold padding after that step (the steps already queued past it are overwritten), and decoding stops once
+    every row has ended so. `lookbehind`: how many steps the host runs ahead (default `LOOKBEHIND` on a GPU, 0 on
+    the CPU, where every read waits anyway)."""
     rows, prompt = attention_mask.shape
     if prompt + max_new_tokens > cache_len:
         raise ValueError(f"a cache of {cache_len} positions cannot hold {prompt} + {max_new_tokens} new tokens")
@@ -181,6 +183,7 @@ def greedy_decode(
     ended = torch.zeros(rows, dtype=torch.bool, device=device)
     position, cache_position = positions[:, -1:] + 1, torch.tensor([prompt], device=device)
     pending: deque[_Written] = deque()
+    over: set[int] = set()  # with `on_tokens`: the rows the host knows to have ended by the step it read last
     if lookbehind is None:
         lookbehind = LOOKBEHIND if device.type == "cuda" else 0
     # sampled, with a look-behind: the random state after each step's draw, to undo the draws of the steps queued
@@ -201,10 +204,18 @@ def greedy_decode(
         while len(pending) > lookbehind or (index == max_new_tokens - 1 and pending):
             written = pending.popleft()
             state = states.pop(written.index, None)
-            stop = on_tokens(written.tokens()) if on_tokens is not None else []
-            if stop:
-                ended[stop] = True
-            if written.all_ended():
+            all_ended = written.all_ended()
+            if on_tokens is not None:
+                read = written.tokens()
+                over.update(row for row, new in enumerate(read) if new == eos_token_id)
+                if stop := on_tokens(read):
+                    ended[stop] = True
+                    # as generate: padding from the step after the one whose tokens stopped them (the steps queued
+                    # since wrote theirs)
+                    tokens[stop, written.index + 1 :] = pad_token_id
+                    over.update(stop)
+                    all_ended = len(over) == rows
+            if all_ended:
                 if state is not None and index > written.index:
                     _set_random_state(state, device)
                 return tokens[:, : written.index + 1]  # where generate stops; later steps were only queued

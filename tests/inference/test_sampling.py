@@ -120,18 +120,16 @@ def test_the_checkpoints_top_k_is_kept(tiny, monkeypatch, top_k):
     assert answers[0] == answers[1]
 
 
-@pytest.mark.parametrize("setting", ["repetition_penalty", "text_stop", "assisted", "sequences"])
+@pytest.mark.parametrize("setting", ["repetition_penalty", "assisted", "sequences"])
 def test_batches_the_loop_cannot_sample_as_generate_go_to_generate(tiny, monkeypatch, setting):
-    config, conv_mode = tiny[1].generation_config, "vicuna_v1"
+    config = tiny[1].generation_config
     if setting == "repetition_penalty":
         monkeypatch.setattr(config, "repetition_penalty", 1.2)
-    elif setting == "text_stop":
-        conv_mode = "share4v_v0"  # answers end at "###", a text stop: only generate checks it
     elif setting == "assisted":
         monkeypatch.setattr(config, "prompt_lookup_num_tokens", 3)
     else:
         monkeypatch.setattr(config, "num_return_sequences", 2)
-    engine = Share4VEngine(*tiny, conv_mode=conv_mode, compile_decode=EAGER, fast_sampling=True)
+    engine = Share4VEngine(*tiny, compile_decode=EAGER, fast_sampling=True)
     params = GenerationParams(temperature=0.7, max_new_tokens=4)
     batch = engine.prepare([Chat.single("What is shown?", [random_image(1)])])
     assert engine._fast_greedy(batch, params) is None

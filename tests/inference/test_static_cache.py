@@ -1,8 +1,9 @@
 """The engine's fast decoding (a static KV cache and a compiled decode step) answers exactly like the dynamic-cache
 path on the tiny fp32 model: batches mixing text-only, one-image and two-image chats, rows ending at different steps,
-batch equal to single, streaming, the cache reused across calls — both on the fast greedy loop (`fast_greedy`, where
-the stop is the end-of-sequence token) and through `generate` with the compiled step (a stop string in text).
-Compiled with inductor on the CPU, as `compile_decode=True` asks."""
+batch equal to single, streaming, the cache reused across calls — both on the fast greedy loop (`fast_greedy`,
+stopping on the end-of-sequence token, or on a stop string in text) and through `generate` with the compiled step
+(a repetition penalty, which the loop leaves to generate). Compiled with inductor on the CPU, as
+`compile_decode=True` asks."""
 
 import copy
 import threading
@@ -67,11 +68,13 @@ def engines(tiny, eos_tokenizer):
     return fast, eager
 
 
-@pytest.mark.parametrize("path", ["fast greedy loop", "generate, text stop"])
-def test_compiled_static_cache_gives_the_dynamic_cache_answers(engines, tiny, eos_tokenizer, path):
+@pytest.mark.parametrize("path", ["fast greedy loop", "fast greedy loop, text stop", "generate, penalty"])
+def test_compiled_static_cache_gives_the_dynamic_cache_answers(engines, tiny, eos_tokenizer, path, monkeypatch):
     fast, eager = engines
-    if path == "generate, text stop":  # the template's `</s>` is matched in text: generate's loop
+    if path != "fast greedy loop":  # the template's `</s>` is matched in text (no longer the end-of-sequence token)
         _, model, processor, context_len = tiny
+        if path == "generate, penalty":  # a logits processor the loops leave to generate's loop
+            monkeypatch.setattr(model.generation_config, "repetition_penalty", 1.3)
         fast = Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=True)
         eager = Share4VEngine(eos_tokenizer, model, processor, context_len, compile_decode=False)
     breaks_before = sum(torch._dynamo.utils.counters["graph_break"].values())
@@ -83,7 +86,7 @@ def test_compiled_static_cache_gives_the_dynamic_cache_answers(engines, tiny, eo
         (c.text, c.token_ids, c.finish_reason) for c in expected
     ]
     assert fast._cache_shape == (4, CACHE_BUCKET)  # the prompts + 12 tokens fit the first bucket
-    if path == "fast greedy loop":
+    if path.startswith("fast greedy loop"):
         assert fast._greedy_step is not None
     else:
         assert fast._greedy_step is None and hasattr(fast.model, "_compiled_call")  # generate() compiled the step
