@@ -16,6 +16,12 @@ greedy ones: the batches then mix greedy and sampled rows, and a step with any s
 returns the logits and takes the greedy rows' arg-max outside it. The greedy answers must still equal their answers
 alone (the sampled ones are only counted).
 
+`--stops` gives each request a stop string: three characters from the second half of its answer without one (where
+it has a second half), so that answers end on the text check the host runs as it reads each token (two steps late
+on a GPU) instead of their budget. The answers alone then run the fixed-batch loop with that check, and
+`generate_differing` lists the requests whose answer from `generate` (compiled decoding off: its own text check)
+differs from theirs.
+
     python benchmarks/check_continuous.py --out $OUT/continuous.json     # GPU: a minute, most of it compiling
     python benchmarks/check_continuous.py --sampled-neighbours 12 --out $OUT/continuous-mixed.json
     python benchmarks/check_continuous.py --cpu                          # the same on the CPU (eager graphs)
@@ -32,6 +38,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--requests", type=int, default=24, help="chats submitted (default: %(default)s)")
     parser.add_argument("--sampled-neighbours", type=int, default=0, help="sampled requests queued among them")
+    parser.add_argument("--stops", action="store_true", help="each request with a stop string from its answer")
     parser.add_argument("--cpu", action="store_true", help="on the CPU, compiled as eager graphs")
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
     args = parser.parse_args(argv)
@@ -89,33 +97,45 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer, model, processor, context = load_pretrained_model(str(checkpoint), None, "tiny", device=device)
     compile_config = CompileConfig(backend="eager") if device == "cpu" else True
     engine = Share4VEngine(tokenizer, model, processor, context, compile_decode=compile_config)
-    alone = [engine.complete([chat], GenerationParams(temperature=0, max_new_tokens=budget))[0]
-             for chat, budget in zip(chats, budgets, strict=True)]  # fmt: skip
+    params = [GenerationParams(temperature=0, max_new_tokens=budget) for budget in budgets]
+    generate_differing, stopped = [], 0
+    if args.stops:
+        unstopped = [engine.complete([chat], settings)[0] for chat, settings in zip(chats, params, strict=True)]
+        params = [replace(settings, stop=(c.text[len(c.text) // 2 :][:3],)) if c.text[len(c.text) // 2 :].strip()
+                  else settings for settings, c in zip(params, unstopped, strict=True)]  # fmt: skip
+    alone = [engine.complete([chat], settings)[0] for chat, settings in zip(chats, params, strict=True)]
+    if args.stops:
+        plain = Share4VEngine(tokenizer, model, processor, context, compile_decode=False)  # generate's text check
+        by_generate = [plain.complete([chat], settings)[0] for chat, settings in zip(chats, params, strict=True)]
+        generate_differing = [index for index, (a, b) in enumerate(zip(alone, by_generate, strict=True))
+                              if (a.text, a.token_ids, a.finish_reason)
+                              != (b.text, b.token_ids, b.finish_reason)]  # fmt: skip
+        stopped = sum(len(a.token_ids) < len(u.token_ids) for a, u in zip(alone, unstopped, strict=True))
     alone_steps = sum(max(len(c.token_ids), 1) - 1 for c in alone)  # at most; an answer that ended early took fewer
     # the same first rows as one fixed batch (`fast_greedy.greedy_decode`), to tell batching's own rounding (on a GPU,
-    # kernels differ with the batch size) from the queue: each answer cut to its budget (greedy answers are prefixes)
+    # kernels differ with the batch size) from the queue: each answer cut to the answer alone (greedy answers are
+    # prefixes, and a stop string only ends one earlier)
     first = min(MAX_BATCH_SIZE, args.requests)
     fixed = engine.complete(chats[:first], GenerationParams(temperature=0, max_new_tokens=max(budgets[:first])))
-    fixed_differing = [index for index in range(first)
-                       if fixed[index].token_ids[: budgets[index]] != alone[index].token_ids]  # fmt: skip
+    fixed_differing = [index for index in range(first) if not _begins(fixed[index], alone[index])]
     # ... and with a cache as long as the queue's first batch gets (`JOIN_ROOM` more positions): attention then runs
     # over more (masked) positions, which on a GPU also rounds differently
     room = GenerationParams(temperature=0, max_new_tokens=max(budgets[:first]) + JOIN_ROOM)
     fixed_room = engine.complete(chats[:first], room)
-    room_differing = [index for index in range(first)
-                      if fixed_room[index].token_ids[: budgets[index]] != alone[index].token_ids]  # fmt: skip
+    room_differing = [index for index in range(first) if not _begins(fixed_room[index], alone[index])]
     engine._make_greedy_step()
     engine._greedy_step = step = CountingStep(engine._greedy_step)
     requests = [engine.encode(chat) for chat in chats]
     futures, neighbours = [], []
-    for index, (request, budget) in enumerate(zip(requests, budgets, strict=True)):
-        futures.append(engine.submit(request, GenerationParams(temperature=0, max_new_tokens=budget)))
+    for index, (request, settings) in enumerate(zip(requests, params, strict=True)):
+        futures.append(engine.submit(request, settings))
         if index < args.sampled_neighbours:  # a sampled request right behind it in the queue
             sampled = GenerationParams(temperature=1.0, top_p=0.9, max_new_tokens=budgets[-1 - index])
             neighbours.append(engine.submit(engine.encode(chats[-1 - index]), sampled))
     answers = [future.result(timeout=600) for future in futures]
     sampled_answers = [future.result(timeout=600) for future in neighbours]
-    equal = [a.token_ids == b.token_ids and a.text == b.text for a, b in zip(answers, alone, strict=True)]
+    equal = [(a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
+             for a, b in zip(answers, alone, strict=True)]  # fmt: skip
     results = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "requests": args.requests,
@@ -125,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
         "fixed_batch_differing": fixed_differing,  # of the first rows, as one fixed batch (no queue)
         "fixed_batch_longer_cache_differing": room_differing,  # the same with the queue's cache length
         "joined_differing": [index for index, ok in enumerate(equal) if not ok and index >= first],
+        "stops": [list(settings.stop) for settings in params] if args.stops else None,
+        "ended_by_stop_string": stopped,  # answers alone that their stop string made shorter
+        "generate_differing": generate_differing,  # answers alone that generate's text check ends otherwise
         "sampled_neighbours": args.sampled_neighbours,
         "sampled_answers_written": sum(bool(answer.token_ids) for answer in sampled_answers),
         "queue_steps": step.calls,
@@ -138,7 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
     unexplained = [index for index in results["differing"] if index not in fixed_differing + room_differing]
     if unexplained:
         raise SystemExit(f"answers differ from the answers alone for requests {unexplained}")
+    if generate_differing:
+        raise SystemExit(f"answers with stop strings differ from generate's for requests {generate_differing}")
     return results
+
+
+def _begins(answer, alone) -> bool:
+    """Whether `answer`'s tokens begin with those of the answer `alone`."""
+    return answer.token_ids[: len(alone.token_ids)] == alone.token_ids
 
 
 if __name__ == "__main__":
