@@ -29,3 +29,10 @@ def test_greedy_answers_stay_as_alone_beside_sampled_neighbours(monkeypatch):
     assert results["answers_equal"] == 12 and results["differing"] == []
     assert results["sampled_answers_written"] == 6
     assert mixed_steps  # greedy and sampled rows drew in the same steps
+
+
+def test_answers_ended_by_stop_strings_are_generates_and_the_queues():
+    results = check_continuous.main(["--cpu", "--stops", "--requests", "10"])
+    assert results["answers_equal"] == 10 and results["differing"] == [] == results["generate_differing"]
+    assert results["ended_by_stop_string"] >= 5  # most answers end on their stop string, before their budget
+    assert results["fixed_batch_differing"] == []
