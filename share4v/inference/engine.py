@@ -462,8 +462,27 @@ class Share4VEngine:
                 return None
             with torch.inference_mode():  # as generation runs: its position counter must not need a recompile
                 self._cache = StaticCache(config=self.model.config, max_cache_len=length)
+                if (device := self._one_device()) is not None:
+                    # allocated now, before the batch's activations: allocated within the prompt pass (on its first
+                    # write), each layer's keys and values took pieces of the activations' freed blocks, and a
+                    # 128-image batch on an 80 GB card ran out of memory with 18 GiB reserved but unallocated
+                    heads, head_dim, dtype = self._cache_geometry()
+                    self._cache.early_initialization(batch_size, heads, head_dim, dtype, device)
             self._cache_shape = (batch_size, length)
         return self._cache
+
+    def _cache_geometry(self) -> tuple[int, int, torch.dtype]:
+        """Key/value heads, head dimension and the dtype the engine's cache holds them in (bytes for fp8)."""
+        text = self.model.config.get_text_config(decoder=True)
+        heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        dtype = torch.uint8 if self.kv_fp8 else self.model.get_input_embeddings().weight.dtype
+        return heads, head_dim, dtype
+
+    def _one_device(self) -> torch.device | None:
+        """The device of the whole model, where it is on one (else None: a cache layer goes where its layer is)."""
+        devices = {parameter.device for parameter in self.model.parameters()}
+        return devices.pop() if len(devices) == 1 else None
 
     def _cache_fits(self, batch_size: int, length: int) -> bool:
         """Whether keys and values for `batch_size` x `length` positions take at most `CACHE_MEMORY_FRACTION` of
@@ -471,11 +490,9 @@ class Share4VEngine:
         weight = self.model.get_input_embeddings().weight
         if weight.device.type != "cuda":
             return True
-        text = self.model.config.get_text_config(decoder=True)
-        heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        value_bytes = 1 if self.kv_fp8 else weight.element_size()
-        need = 2 * text.num_hidden_layers * batch_size * heads * head_dim * length * value_bytes
+        heads, head_dim, dtype = self._cache_geometry()
+        layers = self.model.config.get_text_config(decoder=True).num_hidden_layers
+        need = 2 * layers * batch_size * heads * head_dim * length * dtype.itemsize
         free, _ = torch.cuda.mem_get_info(weight.device)
         free += torch.cuda.memory_reserved(weight.device) - torch.cuda.memory_allocated(weight.device)
         if need <= CACHE_MEMORY_FRACTION * free:

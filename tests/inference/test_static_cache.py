@@ -131,6 +131,21 @@ def test_cache_length_is_bucketed_and_reused(tiny):
     assert engine._cache_shape == (1, engine.max_positions)  # never past the model's positions
 
 
+def test_the_cache_is_allocated_when_made_before_any_activation(tiny):
+    """Keys and values allocated at the cache's creation, not at its first write inside the prompt pass (where they
+    fragmented the memory that the pass's activations freed)."""
+    engine = Share4VEngine(*tiny, compile_decode=True)
+    cache = engine._static_cache(3, 300)
+    text = engine.model.config.get_text_config(decoder=True)
+    head_dim = text.hidden_size // text.num_attention_heads
+    assert len(cache.layers) == text.num_hidden_layers
+    for layer in cache.layers:
+        assert layer.is_initialized
+        for tensor in (layer.keys, layer.values):
+            assert tensor.shape == (3, text.num_key_value_heads, 2 * CACHE_BUCKET, head_dim)
+            assert tensor.dtype == engine.model.dtype and tensor.device.type == "cpu"
+
+
 def test_when_the_static_cache_is_used(tiny, monkeypatch):
     batch = Share4VEngine(*tiny).prepare([Chat.single("hi", [random_image(0)])])
     assert _CACHE_KWARG not in Share4VEngine(*tiny)._generate_kwargs(batch, GREEDY)  # CPU: off by default
