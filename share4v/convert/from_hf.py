@@ -24,7 +24,14 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, LlavaConfig
 
 from share4v.convert.folders import check_destination, staged_folder
-from share4v.convert.llava_format import EXPORT_KEY, IMAGE_TOKEN, from_llava_names, is_llava_hf_config
+from share4v.convert.llava_format import (
+    EXPORT_KEY,
+    IMAGE_TOKEN,
+    LLM_TENSORS,
+    from_llava_names,
+    is_llava_hf_config,
+    require_tensors,
+)
 from share4v.mm_utils import IMAGE_ASPECT_RATIOS
 from share4v.model.weights_io import read_model_weights, write_safetensors_shards
 
@@ -139,6 +146,9 @@ def import_from_hf(
     check_destination(dst, overwrite, sources=(src,))  # before reading gigabytes of weights
     image_settings = _image_settings(src)
     llm_state, tower_state = from_llava_names(read_model_weights(src))
+    require_tensors(llm_state, LLM_TENSORS, f"the weights in {src} (in share4v's names)")
+    if not tower_state:
+        raise ValueError(f"the weights in {src} hold no vision tower tensors (vision_tower.*)")
     export = getattr(config, EXPORT_KEY, None)
     if export and export.get("rows_added"):
         vocab = export["original_vocab_size"]

@@ -54,6 +54,22 @@ def vision_weights(tower_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return dict(tower_state)
 
 
+LLM_TENSORS = (
+    "model.embed_tokens.weight",
+    "lm_head.weight",
+    "model.mm_projector.0.weight",
+    "model.mm_projector.2.weight",
+)
+
+
+def require_tensors(state: dict[str, torch.Tensor], names: tuple[str, ...], where: str) -> None:
+    """Raise `ValueError` naming the tensors of `names` that `state` lacks (a checkpoint of another kind: a
+    projector-only or text-only one, a LoRA adapter, tied embeddings)."""
+    missing = [name for name in names if name not in state]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}: not a whole model (language model + projector)")
+
+
 def is_llava_hf_config(config: dict) -> bool:
     """transformers' llava format nests the two configs; original LLaVA/share4v checkpoints name a tower instead."""
     return "text_config" in config and "vision_config" in config

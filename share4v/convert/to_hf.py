@@ -30,7 +30,15 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 
 from share4v.conversation import get_conv_template
 from share4v.convert.folders import check_destination, staged_folder
-from share4v.convert.llava_format import EXPORT_KEY, IMAGE_TOKEN, chat_template, is_llava_hf_config, to_llava_names
+from share4v.convert.llava_format import (
+    EXPORT_KEY,
+    IMAGE_TOKEN,
+    LLM_TENSORS,
+    chat_template,
+    is_llava_hf_config,
+    require_tensors,
+    to_llava_names,
+)
 from share4v.model.language_model.share4v_llama import Share4VConfig
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.weights_io import read_model_weights, write_safetensors_shards
@@ -114,6 +122,7 @@ def export_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = No
             f"mm_hidden_size={config.mm_hidden_size}"
         )
     llm_state = read_model_weights(src)
+    require_tensors(llm_state, LLM_TENSORS, f"the weights in {src}")
     tower_state = read_model_weights(tower_path)
     tokenizer = AutoTokenizer.from_pretrained(src)
     original_vocab = llm_state["model.embed_tokens.weight"].shape[0]

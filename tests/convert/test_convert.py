@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoProcessor,
     AutoTokenizer,
@@ -285,3 +285,21 @@ def test_files_older_readers_need(exported):
 def test_import_with_another_aspect_ratio(exported, tmp_path):
     back = import_from_hf(exported, tmp_path / "square", image_aspect_ratio="square")
     assert json.loads((back / "config.json").read_text())["image_aspect_ratio"] == "square"
+
+
+def test_checkpoints_without_the_projector_or_lm_head_are_refused(tiny_ckpt, exported, tmp_path):
+    """A config that names a tower over weights of another kind (a text-only LLM) once exported a llava folder whose
+    projector transformers then initialised at random."""
+    no_projector = tmp_path / "no-projector"
+    shutil.copytree(tiny_ckpt, no_projector)
+    state = load_file(no_projector / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "mm_projector" not in k}, no_projector / "model.safetensors")
+    with pytest.raises(ValueError, match=r"lacks model\.mm_projector\.0\.weight, model\.mm_projector\.2\.weight"):
+        export_to_hf(no_projector, tmp_path / "out")
+    no_head = tmp_path / "no-head-hf"
+    shutil.copytree(exported, no_head)
+    state = load_file(no_head / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "lm_head" not in k}, no_head / "model.safetensors")
+    with pytest.raises(ValueError, match=r"lacks lm_head\.weight"):
+        import_from_hf(no_head, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
