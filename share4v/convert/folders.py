@@ -3,15 +3,48 @@
 Writing a converted checkpoint all at once: the files go to a staging folder beside the destination, which is
 renamed into place only when everything is written. A failed conversion leaves nothing that looks like a
 checkpoint, and an existing destination is replaced only with `overwrite`, and only if it is a checkpoint.
+Reading a source's config.json and tokenizer fails with one line naming the folder or file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+
+def read_config(src: Path) -> Any:
+    """The parsed `src/config.json`.
+
+    Raises:
+        FileNotFoundError: when there is none; ValueError: when it is not JSON (with the file and position).
+    """
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
+    return read_json(src / "config.json")
+
+
+def read_json(path: Path) -> Any:
+    """The parsed JSON file `path`; `ValueError` naming the file and position when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def load_tokenizer(src: Path) -> Any:
+    """`AutoTokenizer.from_pretrained(src)`, failing with one line that names `src`."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{src}: cannot load the tokenizer (tokenizer.json or tokenizer.model): {first}") from None
 
 
 def check_destination(destination: str | Path, overwrite: bool = False, sources: tuple = ()) -> None:

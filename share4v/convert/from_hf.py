@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, LlavaConfig
+from transformers import LlavaConfig
 
-from share4v.convert.folders import check_destination, staged_folder
+from share4v.convert.folders import check_destination, load_tokenizer, read_config, read_json, staged_folder
 from share4v.convert.llava_format import (
     EXPORT_KEY,
     IMAGE_TOKEN,
@@ -41,9 +41,7 @@ _TOWER_FOLDER = "vision_tower"
 
 def _llava_config(src: Path) -> LlavaConfig:
     config_file = src / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
-    raw = json.loads(config_file.read_text())
+    raw = read_config(src)
     if not isinstance(raw, dict) or not is_llava_hf_config(raw):
         kind = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
         names_a_tower = isinstance(raw, dict) and raw.get("mm_vision_tower")
@@ -69,7 +67,7 @@ def _image_settings(src: Path) -> dict[str, Any]:
     """The image processor's settings, from preprocessor_config.json or processor_config.json."""
     for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
         if (src / name).is_file():
-            settings = json.loads((src / name).read_text())
+            settings = read_json(src / name)
             settings = settings.get(key, {}) if key else settings
             if settings:
                 return settings
@@ -159,7 +157,7 @@ def import_from_hf(
     if projector_in != config.vision_config.hidden_size:
         raise ValueError(f"the projector takes {projector_in}-wide features but the vision tower gives "
                          f"{config.vision_config.hidden_size}")  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer = load_tokenizer(src)
     aspect = image_aspect_ratio or ("pad" if image_settings.get("do_pad") else "square")
     if aspect not in IMAGE_ASPECT_RATIOS:
         raise ValueError(f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, not {aspect!r}")

@@ -25,11 +25,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 from share4v.conversation import get_conv_template
-from share4v.convert.folders import check_destination, staged_folder
+from share4v.convert.folders import check_destination, load_tokenizer, read_config, read_json, staged_folder
 from share4v.convert.llava_format import (
     EXPORT_KEY,
     IMAGE_TOKEN,
@@ -50,9 +50,7 @@ _PREPROCESSOR_KEYS = ("size", "crop_size", "image_mean", "image_std", "resample"
 
 def _share4v_config(src: Path) -> Share4VConfig:
     config_file = src / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
-    raw = json.loads(config_file.read_text())
+    raw = read_config(src)
     if not isinstance(raw, dict):
         raise ValueError(f"{config_file} is not a JSON object")
     if is_llava_hf_config(raw):
@@ -89,7 +87,7 @@ def _with_image_token_rows(llm_state: dict[str, torch.Tensor], tokenizer) -> tup
 
 
 def _image_processor(tower_path: Path, pad: bool) -> LlavaImageProcessorPil:
-    settings = json.loads((tower_path / "preprocessor_config.json").read_text())
+    settings = read_json(tower_path / "preprocessor_config.json")
     kwargs = {k: settings[k] for k in _PREPROCESSOR_KEYS if k in settings}
     return LlavaImageProcessorPil(**kwargs, do_pad=pad)
 
@@ -124,7 +122,7 @@ def export_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = No
     llm_state = read_model_weights(src)
     require_tensors(llm_state, LLM_TENSORS, f"the weights in {src}")
     tower_state = read_model_weights(tower_path)
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer = load_tokenizer(src)
     original_vocab = llm_state["model.embed_tokens.weight"].shape[0]
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     llm_state, added = _with_image_token_rows(llm_state, tokenizer)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
@@ -21,7 +22,10 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as err:  # a truncated or corrupt file: name it, in one line
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -303,3 +303,27 @@ def test_checkpoints_without_the_projector_or_lm_head_are_refused(tiny_ckpt, exp
     with pytest.raises(ValueError, match=r"lacks lm_head\.weight"):
         import_from_hf(no_head, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_inputs_fail_with_one_line_naming_the_file(tiny_ckpt, exported, tmp_path, capsys):
+    """A corrupt config.json, a truncated weights file or a missing tokenizer: exit 2 and one line, no traceback."""
+    bad_config = tmp_path / "bad-config"
+    shutil.copytree(tiny_ckpt, bad_config)
+    (bad_config / "config.json").write_text('{"model_type": "share4v",')
+    truncated = tmp_path / "truncated-hf"
+    shutil.copytree(exported, truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_ckpt, no_tokenizer, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    cases = [
+        (to_hf, bad_config, f"{bad_config / 'config.json'} is not valid JSON"),
+        (from_hf, bad_config, f"{bad_config / 'config.json'} is not valid JSON"),
+        (from_hf, truncated, f"{truncated / 'model.safetensors'} is not a readable safetensors file"),
+        (to_hf, no_tokenizer, f"{no_tokenizer}: cannot load the tokenizer"),
+    ]
+    for module, src, expected in cases:
+        assert module.main([str(src), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {expected}") and "\n" not in err, (module.__name__, err)
+    assert not (tmp_path / "out").exists()
