@@ -48,6 +48,23 @@ _PREPROCESSOR_KEYS = ("size", "crop_size", "image_mean", "image_std", "resample"
                       "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")  # fmt: skip
 
 
+def _refuse_partial_checkpoint(src: Path) -> None:
+    """A LoRA adapter or a projector-only (stage-1) checkpoint holds no whole model: say which, and what to do."""
+    if (src / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{src} is a LoRA adapter (adapter_config.json): merge it into its base first "
+            "(scripts/merge_lora_weights.py) and export the merged folder"
+        )
+    projector = [name for name in ("mm_projector.safetensors", "mm_projector.bin") if (src / name).is_file()]
+    has_model = any((src / name).is_file() for name in ("model.safetensors", "pytorch_model.bin",
+                    "model.safetensors.index.json", "pytorch_model.bin.index.json"))  # fmt: skip
+    if projector and not has_model:
+        raise ValueError(
+            f"{src} holds only the projector ({projector[0]}, a stage-1 checkpoint): export a whole model, e.g. "
+            "the one fine-tuned from it"
+        )
+
+
 def _share4v_config(src: Path) -> Share4VConfig:
     config_file = src / "config.json"
     raw = read_config(src)
@@ -55,6 +72,7 @@ def _share4v_config(src: Path) -> Share4VConfig:
         raise ValueError(f"{config_file} is not a JSON object")
     if is_llava_hf_config(raw):
         raise ValueError(f"{src} is already in the transformers llava format (use share4v.convert.from_hf)")
+    _refuse_partial_checkpoint(src)
     if not raw.get("mm_vision_tower"):
         raise ValueError(f"{config_file} names no vision tower (mm_vision_tower): not a multimodal share4v checkpoint")
     config = Share4VConfig.from_pretrained(src)

@@ -327,3 +327,25 @@ def test_unreadable_inputs_fail_with_one_line_naming_the_file(tiny_ckpt, exporte
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {expected}") and "\n" not in err, (module.__name__, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_adapter_or_a_projector_only_checkpoint_is_named_as_such(tiny_ckpt, tmp_path, capsys):
+    """Both name a tower in their config.json but hold no whole model: the error says which kind it is."""
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    shutil.copy(tiny_ckpt / "config.json", lora)
+    (lora / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    save_file({"x": torch.zeros(1)}, lora / "adapter_model.safetensors")
+    projector_only = tmp_path / "projector-only"
+    projector_only.mkdir()
+    shutil.copy(tiny_ckpt / "config.json", projector_only)
+    state = load_file(tiny_ckpt / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "mm_projector" in k}, projector_only / "mm_projector.safetensors")
+    tower = str(tiny_ckpt / "vision_tower")
+    for src, expected in ((lora, "is a LoRA adapter (adapter_config.json): merge it"),
+                          (projector_only, "holds only the projector (mm_projector.safetensors")):  # fmt: skip
+        for extra in ([], ["--vision-tower", tower]):  # the kind is named before the tower is looked for
+            assert to_hf.main([str(src), str(tmp_path / "out"), *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"error: {src} {expected}") and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
