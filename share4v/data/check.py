@@ -10,6 +10,8 @@ with nothing to learn.
 
 Exits 1 when a row would be skipped by training (malformed, marker mismatch, missing or unreadable image, template
 problem, answer not found or truncated away), 0 otherwise; truncated samples that keep an answer are only counted.
+With `--text-only` (a model without a vision tower, trained without --vision_tower) every row with images is an
+error too: training refuses such a file at start-up.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ KINDS = {  # kind → (label, is an error)
     "missing_image": ("missing images", True),
     "unreadable_image": ("unreadable images", True),
     "markers": ("image marker mismatches", True),
+    "images_without_tower": ("images for a text-only model", True),
     "template": ("template problems", True),
     "fully_masked": ("answers truncated away", True),
     "truncated": ("truncated, still trainable", False),
@@ -95,8 +98,10 @@ def check_data(
     max_length: int = 2048,
     decode_images: bool = True,
     workers: int = 4,
+    text_only: bool = False,
 ) -> CheckReport:
-    """Check every row of `data_path`; see the module docstring for what is checked."""
+    """Check every row of `data_path`; see the module docstring for what is checked. `text_only`: the model has no
+    vision tower, so a row with images is an error (as `check_no_image_rows` makes training refuse the file)."""
     report = CheckReport()
     rows, bad_lines = read_rows(data_path)
     report.rows = len(rows) + len(bad_lines)
@@ -112,6 +117,10 @@ def check_data(
             check_image_markers(row)
         except SampleError as err:
             report.add("markers", where, row, str(err))
+            continue
+        if text_only and image_paths(row):
+            report.image_rows += 1
+            report.add("images_without_tower", where, row, "has images but the model has no vision tower")
             continue
         try:
             conversation_for_training(row["conversations"], conv_mode)
@@ -168,6 +177,11 @@ def format_report(report: CheckReport, data_path: str, image_tokens: int, listed
     if len(errors) > listed:
         lines.append(f"... and {len(errors) - listed:,} more errors (--report FILE lists all)")
     lines.append(f"{report.errors:,} rows would be skipped by training" if report.errors else "no errors")
+    if counts.get("images_without_tower"):
+        lines.append(
+            f"training without a vision tower refuses this file at start-up ({counts['images_without_tower']:,} rows "
+            "with images): pass --vision_tower, or leave those rows out"
+        )
     return "\n".join(lines)
 
 
@@ -201,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-folder", default="", help="folder the rows' image paths start from")
     parser.add_argument("--model-path", help="folder with the tokenizer (enables token lengths and answer checks)")
     parser.add_argument("--version", default="v1", help="conversation template as training's --version (v1)")
-    parser.add_argument("--vision-tower", help="tower folder, for the image token count (else from the model)")
+    tower = parser.add_mutually_exclusive_group()
+    tower.add_argument("--vision-tower", help="tower folder, for the image token count (else from the model)")
+    tower.add_argument("--text-only", action="store_true", help="the model has no vision tower (training without "
+                       "--vision_tower): rows with images are errors, as training refuses them")  # fmt: skip
     parser.add_argument("--image-tokens", type=int, help=f"positions per image (default from the tower, else "
                         f"{DEFAULT_IMAGE_TOKENS})")  # fmt: skip
     parser.add_argument("--model-max-length", type=int, default=2048, help="training's --model_max_length (2048)")
@@ -219,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         image_tokens = _image_tokens(args)
         report = check_data(
             args.data_path, args.image_folder, tokenizer, conv_mode, image_tokens, args.model_max_length,
-            decode_images=not args.no_decode, workers=args.workers,
+            decode_images=not args.no_decode, workers=args.workers, text_only=args.text_only,
         )  # fmt: skip
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

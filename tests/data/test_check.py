@@ -99,3 +99,24 @@ def test_checker_finds_marker_mismatches_without_a_tokenizer(marker_mismatches, 
     found = {e["id"]: e["kind"] for e in map(json.loads, report.read_text().splitlines())}
     assert found == {"instruct-0": "markers", text_id: "markers"}
     assert "2 rows would be skipped by training" in capsys.readouterr().out
+
+
+def test_checker_for_a_text_only_model_reports_the_image_rows_training_refuses(world, tmp_path, capsys):
+    """Training without --vision_tower refuses a file with image rows (check_no_image_rows); --text-only says so."""
+    data, folder = world["instruct"], str(world["instruct"].parent)
+    rows = json.loads(data.read_text())
+    image_ids = {row["id"] for row in rows if "image" in row}
+    assert image_ids and len(image_ids) < len(rows)
+    report = tmp_path / "problems.jsonl"
+    llm = str(world["llm"])
+    assert main([str(data), "--image-folder", folder, "--model-path", llm, "--text-only", "--report", str(report)]) == 1
+    out = capsys.readouterr().out
+    found = {e["id"]: e["kind"] for e in map(json.loads, report.read_text().splitlines())}
+    assert found == dict.fromkeys(image_ids, "images_without_tower")
+    assert f"training without a vision tower refuses this file at start-up ({len(image_ids)} rows" in out
+    text_rows = tmp_path / "text.json"
+    text_rows.write_text(json.dumps([row for row in rows if "image" not in row]))
+    assert main([str(text_rows), "--model-path", str(world["llm"]), "--text-only"]) == 0
+    assert "no errors" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a tower and no tower at once
+        main([str(data), "--text-only", "--vision-tower", str(world["tower"])])
