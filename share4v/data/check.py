@@ -9,7 +9,8 @@ with nothing to learn.
         --model-path checkpoints/share4v-7b_pretrained --version v1 --report problems.jsonl
 
 Exits 1 when a row would be skipped by training (malformed, marker mismatch, missing or unreadable image, template
-problem, answer not found or truncated away), 0 otherwise; truncated samples that keep an answer are only counted.
+problem, answer not found or truncated away) or when the file holds no rows, 0 otherwise; truncated samples that
+keep an answer are only counted.
 With `--text-only` (a model without a vision tower, trained without --vision_tower) every row with images is an
 error too: training refuses such a file at start-up.
 """
@@ -176,7 +177,10 @@ def format_report(report: CheckReport, data_path: str, image_tokens: int, listed
         lines.append(f"error: {finding.row}")
     if len(errors) > listed:
         lines.append(f"... and {len(errors) - listed:,} more errors (--report FILE lists all)")
-    lines.append(f"{report.errors:,} rows would be skipped by training" if report.errors else "no errors")
+    if not report.rows:
+        lines.append("error: no rows: training refuses a file without samples")
+    else:
+        lines.append(f"{report.errors:,} rows would be skipped by training" if report.errors else "no errors")
     if counts.get("images_without_tower"):
         lines.append(
             f"training without a vision tower refuses this file at start-up ({counts['images_without_tower']:,} rows "
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         staging = Path(f"{args.report}.{os.getpid()}.tmp")
         staging.write_text("".join(line + "\n" for line in lines))
         os.replace(staging, args.report)
-    return 1 if report.errors else 0
+    return 1 if report.errors or not report.rows else 0
 
 
 if __name__ == "__main__":

@@ -120,3 +120,15 @@ def test_checker_for_a_text_only_model_reports_the_image_rows_training_refuses(w
     assert "no errors" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a tower and no tower at once
         main([str(data), "--text-only", "--vision-tower", str(world["tower"])])
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("data.json", "[]"), ("data.jsonl", ""), ("data.jsonl", "\n\n")], ids=["list", "empty", "blank"]
+)
+def test_checker_fails_a_file_without_rows(tmp_path, capsys, name, text):
+    """Training refuses a file without samples ("no usable training samples"); the checker used to say "no errors"."""
+    path = tmp_path / name
+    path.write_text(text)
+    assert main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "checked 0 rows" in out and "error: no rows" in out and "no errors" not in out
