@@ -214,7 +214,9 @@ def greedy_decode(
                     # since wrote theirs)
                     tokens[stop, written.index + 1 :] = pad_token_id
                     over.update(stop)
-                    all_ended = len(over) == rows
+                # the device's flag for this step was taken before the host stopped rows: a row it stopped earlier
+                # and the others' ends since then end the batch here too
+                all_ended = all_ended or len(over) == rows
             if all_ended:
                 if state is not None and index > written.index:
                     _set_random_state(state, device)

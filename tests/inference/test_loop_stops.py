@@ -7,12 +7,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import CompileConfig, StoppingCriteria
+from transformers import CompileConfig, StaticCache, StoppingCriteria
 
 from share4v.inference.continuous import Seat, decode_continuously
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
-from share4v.inference.fast_greedy import greedy_decode
+from share4v.inference.fast_greedy import GreedyStep, greedy_decode
 from share4v.inference.requests import FINISH_STOP
+from share4v.inference.sampling import Sampling
 from tests.helpers import random_image
 
 EAGER = CompileConfig(backend="eager")  # dynamo's capture without inductor's code generation: seconds on a CPU
@@ -27,9 +28,10 @@ def chats() -> list[Chat]:
 
 
 def stops_within(answers: list[str]) -> tuple[str, ...]:
-    """A piece of the second half of the first and last answers: stop strings that end those two early."""
+    """A piece of the second half of the first and last answers (or of the one answer): stop strings that end
+    those early."""
     pieces = []
-    for text in (answers[0], answers[-1]):
+    for text in dict.fromkeys((answers[0], answers[-1])):
         piece = text[len(text) // 2 :][:3]
         assert piece.strip(), f"an answer too short to cut: {text!r}"
         pieces.append(piece)
@@ -68,18 +70,23 @@ def test_greedy_stop_strings_end_rows_on_the_fixed_loop_as_generate_does(tiny, g
 
 
 def test_the_templates_text_stop_is_found_on_the_loop(tiny, generate_forbidden):
-    """share4v_v0 ends answers at "###" (not the end-of-sequence token): a text stop of the template's own, checked
-    beside the request's (the tiny model does not write "###" itself)."""
+    """A template whose stop is not the end-of-sequence token (share4v_v0's "###") ends answers by a text check of
+    its own, with no stop strings asked for. The tiny model never writes "###", so its requests carry a piece of the
+    first answer as their template's stop instead: the fixed loop and the queue end rows on it as generate does."""
     params = GenerationParams(temperature=0, max_new_tokens=16)
     slow = Share4VEngine(*tiny, conv_mode="share4v_v0", compile_decode=False)
     fast = Share4VEngine(*tiny, conv_mode="share4v_v0", compile_decode=EAGER)
     assert slow._text_stops(slow.encode(chats()[0]).stop_str) == ["###"]
     whole = slow.complete(chats(), params)
-    # the same check on a stop string the model does write: as a request's stop, with the template's "###"
-    stopped = replace(params, stop=stops_within([c.text for c in whole]))
-    expected = slow.complete(chats(), stopped)
+    (stop,) = stops_within([whole[0].text])
+    requests = [replace(slow.encode(chat), stop_str=stop) for chat in chats()]
+    expected = slow.run(slow.collate(requests), params)
+    assert expected[0].finish_reason == FINISH_STOP and len(expected[0].token_ids) < len(whole[0].token_ids)
+    assert stop not in expected[0].text
+    alone = [slow.run(slow.collate([request]), params)[0] for request in requests]
     generate_forbidden(fast)
-    assert shown(fast.complete(chats(), stopped)) == shown(expected)
+    assert shown(fast.run(fast.collate(requests), params)) == shown(expected)
+    assert shown(fast.submit(request, params).result(timeout=120) for request in requests) == shown(alone)
 
 
 def test_sampled_rows_stop_on_the_loop_with_generates_draws_and_random_state(tiny, generate_forbidden):
@@ -118,8 +125,8 @@ class StopRowAt(StoppingCriteria):
     """generate's side of `test_a_row_stopped_by_the_host_holds_padding_after_its_step`: row `row` stops after its
     `count`-th new token."""
 
-    def __init__(self, row: int, count: int, prompt: int):
-        self.row, self.count, self.prompt = row, count, prompt
+    def __init__(self, row: int, count: int):
+        self.row, self.count = row, count
 
     def __call__(self, input_ids, scores=None, **kwargs):
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
@@ -127,34 +134,52 @@ class StopRowAt(StoppingCriteria):
         return done
 
 
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("eos_at", [4, 5], ids=["eos-two-steps-after-the-stop", "eos-three-steps-after"])
 @pytest.mark.parametrize("lookbehind", [0, 2])
-def test_a_row_stopped_by_the_host_holds_padding_after_its_step(tiny, lookbehind):
-    """`greedy_decode`'s `on_tokens` stops a row at its third token while the host reads two steps late: the steps
-    queued past it are overwritten with padding, as generate pads a row from the step after its criteria stopped it;
-    once the other row has ended too, decoding stops where generate does."""
-    engine = Share4VEngine(*tiny, compile_decode=EAGER)
-    engine._make_greedy_step()
-    batch = engine.prepare(chats()[:2])
+def test_a_row_stopped_by_the_host_holds_padding_after_its_step(tiny, lookbehind, eos_at, sampled):
+    """`greedy_decode`'s `on_tokens` stops row 0 at its third token while the host reads up to two steps late: the
+    steps queued past it are overwritten with padding, as generate pads a row from the step after its criteria
+    stopped it; row 1 ends by its end-of-sequence token two or three steps later (within the look-behind, or past
+    it), and decoding stops where generate does, with generate's random state after it when sampled."""
+    model = tiny[1]
+    engine = Share4VEngine(*tiny)
+    step = GreedyStep.for_model(model, EAGER)  # the model's own forward: generate's logits, bit for bit
     pad, new_tokens = engine.pad_token_id, 10
+    sampling = Sampling(0.9, 0, 1.0) if sampled else None
+    settings = {"do_sample": True, "temperature": 0.9, "top_k": 0, "top_p": 1.0} if sampled else {"do_sample": False}
+
+    def decode(eos, on_tokens=None):
+        length = mask.shape[1] + new_tokens
+        cache = StaticCache(config=model.config, max_cache_len=length)
+        return greedy_decode(step, cache, length, embeds, mask, new_tokens, eos, pad, on_tokens,
+                             lookbehind=lookbehind, sampling=sampling)  # fmt: skip
+
     with torch.inference_mode():
-        embeds, mask = engine._prompt_embeddings(batch)
-        alone = greedy_decode(engine._greedy_step, engine._static_cache(2, 64), engine._cache_shape[1], embeds, mask,
-                              new_tokens, None, pad, lookbehind=lookbehind)  # fmt: skip
-        eos = alone[1, 5].item()  # row 1 ends by its sixth token
-        assert eos not in alone[1, :5].tolist() and eos not in alone[0, :3].tolist()
-        expected = engine.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens,
-                                         do_sample=False, eos_token_id=eos, pad_token_id=pad,
-                                         stopping_criteria=[StopRowAt(0, 3, mask.shape[1])])  # fmt: skip
+        embeds, mask = engine._prompt_embeddings(engine.prepare(chats()[:2]))
+        for seed in range(20):  # the first draws whose row 1 writes a token at `eos_at` that neither row wrote before
+            torch.manual_seed(seed)
+            alone = decode(None)
+            eos = alone[1, eos_at].item()
+            if eos not in alone[1, :eos_at].tolist() and eos not in alone[0, :3].tolist():
+                break
+        torch.manual_seed(seed)
+        expected = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens,
+                                  eos_token_id=eos, pad_token_id=pad, stopping_criteria=[StopRowAt(0, 3)],
+                                  **settings)  # fmt: skip
+        after_generate = torch.rand(4)
         read = []
 
         def on_tokens(tokens: list[int]) -> list[int]:
             read.append(tokens)
             return [0] if len(read) == 3 else []
 
-        got = greedy_decode(engine._greedy_step, engine._static_cache(2, 64), engine._cache_shape[1], embeds, mask,
-                            new_tokens, eos, pad, on_tokens, lookbehind=lookbehind)  # fmt: skip
-    assert expected.shape[1] == 6 and (expected[0, 3:] == pad).all()
+        torch.manual_seed(seed)
+        got = decode(eos, on_tokens)
+        after_loop = torch.rand(4)
+    assert expected.shape[1] == eos_at + 1 and (expected[0, 3:] == pad).all()
     assert torch.equal(got, expected)
+    assert torch.equal(after_loop, after_generate) or not sampled
 
 
 def test_a_seat_ended_by_a_stop_string_frees_its_row_at_once(tiny):
