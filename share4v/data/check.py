@@ -10,7 +10,8 @@ with nothing to learn.
 
 Exits 1 when a row would be skipped by training (malformed, marker mismatch, missing or unreadable image, template
 problem, answer not found or truncated away) or when the file holds no rows, 0 otherwise; truncated samples that
-keep an answer are only counted.
+keep an answer are only counted. Exits 2, in one line, when the file cannot be read or `--image-folder` cannot be
+the right folder (not a folder, or none of the images sampled as training samples them is under it).
 With `--text-only` (a model without a vision tower, trained without --vision_tower) every row with images is an
 error too: training refuses such a file at start-up.
 """
@@ -31,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from share4v.mm_utils import ImageLoadError, load_image
-from share4v.train.data import merged_length, sample_turns, truncate_to_budget
+from share4v.train.data import check_image_folder, merged_length, sample_turns, truncate_to_budget
 from share4v.train.preprocess import SampleError, conv_mode_for_version, conversation_for_training, preprocess
 from share4v.train.rows import BadRow, check_image_markers, check_row_structure, image_paths, read_rows, sample_id
 
@@ -130,6 +131,8 @@ def check_data(
             continue
         good.append((where, row))
 
+    if not text_only:  # a folder that cannot be the right one stops training at start-up: say so, not row by row
+        check_image_folder(data_path, [row for _, row in good], image_folder)
     folder = image_folder or ""
     verdicts = check_images([os.path.join(folder, p) for _, r in good for p in image_paths(r)], workers, decode_images)
     data_args = argparse.Namespace(is_multimodal=True, conv_mode=conv_mode, mm_use_im_start_end=False)

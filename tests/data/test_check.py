@@ -132,3 +132,16 @@ def test_checker_fails_a_file_without_rows(tmp_path, capsys, name, text):
     assert main([str(path)]) == 1
     out = capsys.readouterr().out
     assert "checked 0 rows" in out and "error: no rows" in out and "no errors" not in out
+
+
+def test_checker_stops_at_a_wrong_image_folder_as_training_does(world, tmp_path, capsys):
+    """Training refuses to start when no sampled image is under --image_folder; the checker used to list every
+    image row as missing and say they "would be skipped by training"."""
+    data = str(world["instruct"])
+    for folder in (str(world["tower"]), str(tmp_path / "nowhere")):
+        assert main([data, "--image-folder", folder, "--no-decode"]) == 2
+        captured = capsys.readouterr()
+        last = captured.err.strip().splitlines()[-1]  # after the progress bars
+        assert last.startswith("error: ") and folder in last and "\n" not in captured.err.strip().split("error: ")[1]
+        assert "would be skipped" not in captured.out
+    assert main([data, "--image-folder", str(tmp_path / "nowhere"), "--text-only"]) == 1  # images never looked for
