@@ -192,13 +192,34 @@ def format_report(report: CheckReport, data_path: str, image_tokens: int, listed
     return "\n".join(lines)
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
 def _image_tokens_of(tower_folder: Path) -> int | None:
     config = tower_folder / "config.json"
     if not config.is_file():
         return None
-    values = json.loads(config.read_text())
-    values = values.get("vision_config", values)
+    values = _read_json(config)
+    values = values.get("vision_config", values) if isinstance(values, dict) else {}
+    if not isinstance(values.get("image_size"), int) or not isinstance(values.get("patch_size"), int):
+        raise ValueError(f"{config} has no image_size and patch_size: not a vision tower's config")
     return (values["image_size"] // values["patch_size"]) ** 2
+
+
+def _load_tokenizer(model_path: str) -> Any:
+    """The tokenizer of `--model-path`, failing with one line that names it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = "" if os.path.isdir(model_path) else " (not a folder here)"
+        raise ValueError(f"--model-path {model_path}{where}: cannot load its tokenizer: {first}") from None
 
 
 def _image_tokens(args: argparse.Namespace) -> int:
@@ -207,7 +228,8 @@ def _image_tokens(args: argparse.Namespace) -> int:
     candidates = [Path(args.vision_tower)] if args.vision_tower else []
     if args.model_path:
         config_file = Path(args.model_path) / "config.json"
-        tower = json.loads(config_file.read_text()).get("mm_vision_tower") if config_file.is_file() else None
+        config = _read_json(config_file) if config_file.is_file() else None
+        tower = config.get("mm_vision_tower") if isinstance(config, dict) else None
         if tower:
             candidates += [Path(tower), Path(args.model_path) / tower]
     return next((n for n in map(_image_tokens_of, candidates) if n), DEFAULT_IMAGE_TOKENS)
@@ -235,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         conv_mode = conv_mode_for_version(args.version)
-        tokenizer = None
-        if args.model_path:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(args.model_path)
+        tokenizer = _load_tokenizer(args.model_path) if args.model_path else None
         image_tokens = _image_tokens(args)
         report = check_data(
             args.data_path, args.image_folder, tokenizer, conv_mode, image_tokens, args.model_max_length,

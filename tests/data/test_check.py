@@ -145,3 +145,27 @@ def test_checker_stops_at_a_wrong_image_folder_as_training_does(world, tmp_path,
         assert last.startswith("error: ") and folder in last and "\n" not in captured.err.strip().split("error: ")[1]
         assert "would be skipped" not in captured.out
     assert main([data, "--image-folder", str(tmp_path / "nowhere"), "--text-only"]) == 1  # images never looked for
+
+
+def test_checker_inputs_that_cannot_be_read_fail_in_one_line_naming_them(world, tiny_ckpt, tmp_path, capsys):
+    """A folder without a tokenizer, a missing --model-path, a --vision-tower that is not a tower and a corrupt
+    config.json: exit 2 and one line naming them (there were multi-line messages, a KeyError traceback and JSON
+    errors naming no file)."""
+    data = [str(world["instruct"]), "--image-folder", str(world["instruct"].parent), "--no-decode"]
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    shutil.copy(tiny_ckpt / "config.json", no_tokenizer)
+    bad_tower = tmp_path / "bad-tower"
+    shutil.copytree(tiny_ckpt / "vision_tower", bad_tower)
+    (bad_tower / "config.json").write_text("{oops")
+    cases = [
+        (["--model-path", str(no_tokenizer)], f"error: --model-path {no_tokenizer}: cannot load its tokenizer"),
+        (["--model-path", str(tmp_path / "nope")], f"error: --model-path {tmp_path / 'nope'} (not a folder here)"),
+        (["--vision-tower", str(world["llm"])], f"error: {world['llm'] / 'config.json'} has no image_size"),
+        (["--vision-tower", str(bad_tower)], f"error: {bad_tower / 'config.json'} is not valid JSON"),
+    ]
+    for extra, expected in cases:
+        assert main([*data, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        message = err[err.index("error: ") :]
+        assert message.startswith(expected) and "\n" not in message, message
