@@ -462,14 +462,22 @@ class Share4VEngine:
                 return None
             with torch.inference_mode():  # as generation runs: its position counter must not need a recompile
                 self._cache = StaticCache(config=self.model.config, max_cache_len=length)
-                if (device := self._one_device()) is not None:
-                    # allocated now, before the batch's activations: allocated within the prompt pass (on its first
-                    # write), each layer's keys and values took pieces of the activations' freed blocks, and a
-                    # 128-image batch on an 80 GB card ran out of memory with 18 GiB reserved but unallocated
-                    heads, head_dim, dtype = self._cache_geometry()
-                    self._cache.early_initialization(batch_size, heads, head_dim, dtype, device)
             self._cache_shape = (batch_size, length)
         return self._cache
+
+    def _allocate_cache(self, cache: StaticCache, rows: int) -> None:
+        """Allocate `cache`'s keys and values for `rows` rows now, where the LLM's layers are on one device: on the
+        decoding thread as its batch starts (a batch still decoding keeps its own cache until then), before the
+        batch's activations. transformers allocates them at the first write, which here is inside the prompt pass:
+        each layer's keys and values then took pieces of the blocks the pass's activations had freed, and a
+        128-image bf16 batch on an 80 GB card ran out of memory with 18 GiB reserved but unallocated."""
+        if all(layer.is_initialized for layer in cache.layers):
+            return
+        llm = self.model.get_model() if hasattr(self.model, "get_model") else self.model
+        devices = {parameter.device for parameter in getattr(llm, "layers", llm).parameters()}
+        if len(devices) == 1:  # layers spread over devices: each cache layer goes where its layer is, at its write
+            heads, head_dim, dtype = self._cache_geometry()
+            cache.early_initialization(rows, heads, head_dim, dtype, devices.pop())
 
     def _cache_geometry(self) -> tuple[int, int, torch.dtype]:
         """Key/value heads, head dimension and the dtype the engine's cache holds them in (bytes for fp8)."""
@@ -478,11 +486,6 @@ class Share4VEngine:
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         dtype = torch.uint8 if self.kv_fp8 else self.model.get_input_embeddings().weight.dtype
         return heads, head_dim, dtype
-
-    def _one_device(self) -> torch.device | None:
-        """The device of the whole model, where it is on one (else None: a cache layer goes where its layer is)."""
-        devices = {parameter.device for parameter in self.model.parameters()}
-        return devices.pop() if len(devices) == 1 else None
 
     def _cache_fits(self, batch_size: int, length: int) -> bool:
         """Whether keys and values for `batch_size` x `length` positions take at most `CACHE_MEMORY_FRACTION` of
@@ -522,6 +525,7 @@ class Share4VEngine:
 
         def work() -> torch.Tensor:
             if (cache := kwargs.get(_CACHE_KWARG)) is not None:
+                self._allocate_cache(cache, kwargs["attention_mask"].shape[0])
                 cache.reset()  # positions from 0, keys and values zeroed, the same memory (no re-recording)
             return self.model.generate(**kwargs, streamer=streamer)
 
@@ -578,6 +582,7 @@ class Share4VEngine:
             return sorted({*cancelled, *stopped})
 
         def work() -> torch.Tensor:
+            self._allocate_cache(cache, batch.input_ids.shape[0])
             embeds, mask = self._prompt_embeddings(batch)
             eos, pad = self.tokenizer.eos_token_id, self.pad_token_id
             step = self._greedy_step
@@ -677,6 +682,7 @@ class Share4VEngine:
         first = [seat(item, budget) for item, budget in zip(items, budgets, strict=True)]
 
         def work() -> int:
+            self._allocate_cache(cache, len(items))
             return decode_continuously(self._greedy_step, cache, length, first, embed, take)
 
         try:

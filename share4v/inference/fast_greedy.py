@@ -26,6 +26,7 @@ step, arg-max; a row that has ended writes the padding id and the batch stops wh
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class GreedyStep:
         if kv_fp8 and not (fused and fused_prompt):
             raise ValueError("an fp8 KV cache needs the fused step and the fused prompt pass")
         self.model = model
+        self.options = options
         self.wants_fused = fused
         self.fused_prompt = fused_prompt
         self.kv_fp8 = kv_fp8
@@ -93,6 +95,12 @@ class GreedyStep:
         if key not in steps:
             steps[key] = cls(model, options, fused, fused_prompt, kv_fp8)
         return steps[key]
+
+    def __deepcopy__(self, memo: dict) -> GreedyStep:
+        """A new step for the copy of the model (a deep copy of a model carries its steps): the compiled functions
+        are bound to this step, which decodes with the original's weights."""
+        model = copy.deepcopy(self.model, memo)
+        return type(self)(model, self.options, self.wants_fused, self.fused_prompt, self.kv_fp8)
 
     def check_weights(self) -> None:
         """Before a decode, on the decoding thread: lay out the fused projections (the first time, or again when the

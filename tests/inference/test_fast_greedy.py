@@ -2,6 +2,7 @@
 left-padded batches with images, rows ending at different steps), whatever the host's look-behind, and stops the
 rows its caller asks it to stop."""
 
+import copy
 import gc
 import weakref
 
@@ -97,3 +98,24 @@ def test_the_compiled_step_lives_and_dies_with_its_model(tiny_ckpt):
     del model, step
     gc.collect()
     assert gone() is None
+
+
+def test_a_copy_of_a_model_decodes_with_its_own_weights(tiny_ckpt):
+    """A deep copy of a model carries the steps kept on it: each must be the copy's, not bound to the original's
+    weights (a copy cast to another dtype, or changed, would otherwise decode with the original's)."""
+    from share4v.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, context_len = load_pretrained_model(str(tiny_ckpt), None, "tiny", device="cpu")
+    chat = [Chat.single("Tell me a story.")]
+    params = GenerationParams(temperature=0, max_new_tokens=6)
+    original = Share4VEngine(tokenizer, model, processor, context_len, compile_decode=CompileConfig(backend="eager"))
+    before = original.complete(chat, params)[0].token_ids  # the original's steps are made and kept on it
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        copied.lm_head.weight.neg_()  # the copy answers otherwise
+    fast = Share4VEngine(tokenizer, copied, processor, context_len, compile_decode=CompileConfig(backend="eager"))
+    plain = Share4VEngine(tokenizer, copied, processor, context_len, compile_decode=False)
+    expected = plain.complete(chat, params)[0].token_ids
+    assert expected != before
+    assert fast.complete(chat, params)[0].token_ids == expected
+    assert original.complete(chat, params)[0].token_ids == before

@@ -23,6 +23,7 @@ from share4v.inference.engine import (
 )
 from share4v.inference.fast_greedy import GreedyStep
 from share4v.mm_utils import KeywordsStoppingCriteria
+from share4v.model.builder import load_pretrained_model
 from tests.helpers import random_image
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=12)
@@ -131,19 +132,31 @@ def test_cache_length_is_bucketed_and_reused(tiny):
     assert engine._cache_shape == (1, engine.max_positions)  # never past the model's positions
 
 
-def test_the_cache_is_allocated_when_made_before_any_activation(tiny):
-    """Keys and values allocated at the cache's creation, not at its first write inside the prompt pass (where they
-    fragmented the memory that the pass's activations freed)."""
-    engine = Share4VEngine(*tiny, compile_decode=True)
-    cache = engine._static_cache(3, 300)
-    text = engine.model.config.get_text_config(decoder=True)
-    head_dim = text.hidden_size // text.num_attention_heads
-    assert len(cache.layers) == text.num_hidden_layers
-    for layer in cache.layers:
-        assert layer.is_initialized
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cache_is_allocated_as_its_batch_starts_before_any_activation(tiny_ckpt, dtype, monkeypatch):
+    """Keys and values allocated on the decoding thread before the batch's prompt embeddings, not at their first
+    write inside the prompt pass (where they fragmented the memory that the pass's activations freed), in the
+    dtype the model writes them in."""
+    loaded = load_pretrained_model(str(tiny_ckpt), None, "weights", device="cpu", dtype=dtype)
+    tokenizer, model, processor, context_len = loaded
+    assert model.dtype == dtype
+    engine = Share4VEngine(tokenizer, model, processor, context_len, compile_decode=CompileConfig(backend="eager"))
+    allocated = []
+    embeddings = engine._prompt_embeddings
+
+    def prompt_embeddings(batch):
+        allocated.append([layer.is_initialized for layer in engine._cache.layers])
+        return embeddings(batch)
+
+    monkeypatch.setattr(engine, "_prompt_embeddings", prompt_embeddings)
+    answers = engine.complete(chats()[:3], GREEDY)
+    assert all(answer.error is None and answer.token_ids for answer in answers)
+    text = model.config.get_text_config(decoder=True)
+    assert allocated == [[True] * text.num_hidden_layers]
+    for layer in engine._cache.layers:
         for tensor in (layer.keys, layer.values):
-            assert tensor.shape == (3, text.num_key_value_heads, 2 * CACHE_BUCKET, head_dim)
-            assert tensor.dtype == engine.model.dtype and tensor.device.type == "cpu"
+            assert tensor.shape == (3, text.num_key_value_heads, CACHE_BUCKET, text.head_dim)
+            assert tensor.dtype == dtype and tensor.device.type == "cpu"
 
 
 def test_when_the_static_cache_is_used(tiny, monkeypatch):
