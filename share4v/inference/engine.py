@@ -21,13 +21,14 @@ Greedy answers are those of the dynamic-cache path up to floating-point rounding
 the fp32 CPU tests, and over 128 tokens at 7B shape in fp32 on the GPU: `benchmarks/check_decode_equality.py`, run
 before greedy decoding had its own loop below).
 Stopping needs no text: the templates of the released models end answers with the end-of-sequence token, which
-is checked on the device; only a stop string that is not that token is matched in decoded text, every step.
-Greedy batches that stop on that token (streamed or not) skip `generate`'s per-step host work: they run the engine's
-own small loop over a compiled greedy step (`share4v.inference.fast_greedy`), with `generate`'s tokens in fp32
+is checked on the device; only a stop string that is not that token (a request's `stop`, `share4v_v0`'s `###`) is
+matched in decoded text, every step, by the host as it reads the tokens. Greedy batches (streamed or not) skip
+`generate`'s per-step host work: they run the engine's own small loop over a compiled greedy step
+(`share4v.inference.fast_greedy`), with `generate`'s tokens in fp32
 (tests on the CPU, and over 128 tokens at 7B shape on H100s and H200s; in bf16 its other kernels round differently,
 so a near tie can go the other way). Sampled batches run the same loop too (`fast_sampling`, default on), with
-`generate`'s warpers and draw (`share4v.inference.sampling`); beam search, text stop strings and settings the loop
-does not take go through `generate`. By default (`fused_projections`) that step runs each Llama
+`generate`'s warpers and draw (`share4v.inference.sampling`); beam search and settings the loop does not take (a
+repetition penalty, other warpers) go through `generate`. By default (`fused_projections`) that step runs each Llama
 layer's q/k/v and gate/up projections as one product each (`share4v.inference.fused_llama`, weights re-laid in
 place, no copies), and at batch 1 on a GPU every projection through a Triton matrix-vector kernel
 (`share4v.inference.matvec`): batch-1 decode at 78 % of the HBM roofline on an H200, 1.63x transformers'
@@ -233,8 +234,9 @@ class Share4VEngine:
     e4m3 values, one byte each (`share4v.inference.fp8_cache`): half the cache's memory and of what a step reads from
     it, for larger and faster captioning batches, at the cost of rounding keys and values to 3 mantissa bits (answers
     change slightly). It needs compiled decoding, `fused_projections` and `fused_prompt`, a plain Llama LLM and, on a
-    GPU, compute capability 8.9 or higher. Batches that `generate` decodes (beam search, text stop strings, a static
-    cache that does not fit) run uncompiled there, over a dynamic cache in the model's dtype.
+    GPU, compute capability 8.9 or higher. Batches with text stop strings decode on the loops, over the fp8 cache
+    (since 2026-11-28; before, `generate` decoded them in the model's dtype). Batches that `generate` decodes (beam
+    search, a static cache that does not fit) run uncompiled there, over a dynamic cache in the model's dtype.
     """
 
     def __init__(
@@ -554,8 +556,8 @@ class Share4VEngine:
     ) -> tuple[Future, int] | None:
         """Greedy decoding of `batch` by `fast_greedy` (the future gives `[B, new tokens]`, with the token budget;
         `streamer` gets each step's tokens and stops the rows whose reader left), where it answers as `generate`
-        would and is faster: compiled decoding, greedy, a stop that is the
-        end-of-sequence token, a generation config that changes no arg-max, and a static cache that fits; with
+        would and is faster: compiled decoding, greedy, a generation config that changes no arg-max, and a static
+        cache that fits (text stop strings are checked as each step's tokens are read: `_TextStops`); with
         `fast_sampling`, sampled batches too, where `Sampling.of` takes the settings. None elsewhere (then `generate`
         runs)."""
         sampling = None
