@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="write every finding to this JSONL file")
     args = parser.parse_args(argv)
     try:
+        report_folder = Path(args.report).parent if args.report else None
+        if report_folder is not None and not report_folder.is_dir():  # before the check, which may take hours
+            raise FileNotFoundError(f"--report {args.report}: the folder {report_folder} does not exist")
         conv_mode = conv_mode_for_version(args.version)
         tokenizer = _load_tokenizer(args.model_path) if args.model_path else None
         image_tokens = _image_tokens(args)
@@ -271,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         lines = [json.dumps({"kind": f.kind, "where": f.row.where, "id": f.row.sample_id, "reason": f.row.reason})
                  for f in report.findings]  # fmt: skip
         staging = Path(f"{args.report}.{os.getpid()}.tmp")
-        staging.write_text("".join(line + "\n" for line in lines))
-        os.replace(staging, args.report)
+        try:
+            staging.write_text("".join(line + "\n" for line in lines))
+            os.replace(staging, args.report)
+        except OSError as err:
+            staging.unlink(missing_ok=True)
+            print(f"error: cannot write --report {args.report}: {err}", file=sys.stderr)
+            return 2
     return 1 if report.errors or not report.rows else 0
 
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from share4v.data.check import main
+from share4v.data.check import check_data, main
 from share4v.train.train import train
 
 
@@ -169,3 +169,19 @@ def test_checker_inputs_that_cannot_be_read_fail_in_one_line_naming_them(world, 
         err = capsys.readouterr().err.strip()
         message = err[err.index("error: ") :]
         assert message.startswith(expected) and "\n" not in message, message
+
+
+def test_checker_refuses_a_report_it_cannot_write_before_checking(world, tmp_path, capsys, monkeypatch):
+    """A --report in a missing folder used to end a (possibly hours-long) check with a traceback and exit 1."""
+    data = [str(world["instruct"]), "--image-folder", str(world["instruct"].parent), "--no-decode"]
+    checked = []
+    monkeypatch.setattr("share4v.data.check.check_data", lambda *a, **k: checked.append(1))
+    missing = tmp_path / "nodir" / "problems.jsonl"
+    assert main([*data, "--report", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --report {missing}: the folder {missing.parent} does not exist"
+    assert not checked
+    monkeypatch.setattr("share4v.data.check.check_data", check_data)
+    (tmp_path / "a-folder").mkdir()  # the write itself fails: one line, exit 2, no staging file left
+    assert main([*data, "--report", str(tmp_path / "a-folder")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: cannot write --report {tmp_path}")
+    assert not any(path.name.endswith(".tmp") for path in tmp_path.iterdir())
