@@ -258,19 +258,19 @@ class KeywordsStoppingCriteria(StoppingCriteria):
                 ids = ids[1:]
             self.max_keyword_len = max(self.max_keyword_len, len(ids))
             self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
+        self._keyword_lists = [ids.tolist() for ids in self.keyword_ids]
         self.start_len = start_len
 
     def ends(self, generated: torch.Tensor | Sequence[int]) -> bool:
         """Whether generated tokens `generated` (a row's new tokens so far, oldest first) end with a keyword: its
         token ids, or its text within the last tokens' text. Only the last `max_keyword_len` + 2 tokens count."""
         tail = generated[len(generated) - min(len(generated), self.max_keyword_len + 2) :]
-        if not isinstance(tail, torch.Tensor):
-            tail = torch.tensor(list(tail), dtype=torch.long)
-        for ids in self.keyword_ids:
-            if len(ids) and tail.shape[0] >= len(ids) and torch.equal(tail[-len(ids) :].cpu(), ids):
+        tail = tail.tolist() if isinstance(tail, torch.Tensor) else list(tail)  # plain ints: no tensor op per row
+        for ids in self._keyword_lists:
+            if ids and len(tail) >= len(ids) and tail[-len(ids) :] == ids:
                 return True
         # a keyword may come split over more tokens than its own ids
-        text = self.tokenizer.decode(tail, skip_special_tokens=False) if tail.shape[0] else ""
+        text = self.tokenizer.decode(tail, skip_special_tokens=False) if tail else ""
         return any(keyword in text for keyword in self.keywords)
 
     def _row_done(self, row: torch.Tensor) -> bool:
