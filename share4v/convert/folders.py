@@ -23,6 +23,11 @@ def read_config(src: Path) -> Any:
     Raises:
         FileNotFoundError: when there is none; ValueError: when it is not JSON (with the file and position).
     """
+    if not src.is_dir():
+        raise FileNotFoundError(
+            f"{src} is not a folder: conversions read local folders (a hub model: download it first, "
+            "`hf download ID --local-dir DIR`)"
+        )
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
     return read_json(src / "config.json")

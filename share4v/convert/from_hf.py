@@ -4,7 +4,8 @@ Import a transformers llava-format checkpoint ("llava-hf", or one written by `sh
 checkpoint in the released layout — LLM folder + `vision_tower/` — that share4v's loader, training scripts and
 evaluation take as they are.
 
-    python -m share4v.convert.from_hf llava-hf/llava-1.5-7b-hf checkpoints/llava-1.5-7b-share4v
+    hf download llava-hf/llava-1.5-7b-hf --local-dir /models/llava-1.5-7b-hf   # a local folder is converted
+    python -m share4v.convert.from_hf /models/llava-1.5-7b-hf checkpoints/llava-1.5-7b-share4v
 
 A folder written by `to_hf` comes back tensor for tensor (the `<image>` rows are removed again); any other llava
 checkpoint keeps its vocabulary (share4v marks images with -200 ids, so its `<image>` token simply goes unused).

@@ -349,3 +349,14 @@ def test_a_lora_adapter_or_a_projector_only_checkpoint_is_named_as_such(tiny_ckp
             err = capsys.readouterr().err.strip()
             assert err.startswith(f"error: {src} {expected}") and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_source_that_is_not_a_folder_is_named_as_such(tmp_path, capsys):
+    """A hub id (or a mistyped path) was told "has no config.json: not a checkpoint folder"; from_hf's own usage line
+    showed a hub id as its source, which it never downloads."""
+    for module in (to_hf, from_hf):
+        src = tmp_path / "llava-hf" / "llava-1.5-7b-hf"
+        assert module.main([str(src), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {src} is not a folder: conversions read local folders") and "\n" not in err
+    assert "from_hf llava-hf/" not in from_hf.__doc__
