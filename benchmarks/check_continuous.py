@@ -20,7 +20,8 @@ alone (the sampled ones are only counted).
 it has a second half), so that answers end on the text check the host runs as it reads each token (two steps late
 on a GPU) instead of their budget. The answers alone then run the fixed-batch loop with that check, and
 `generate_differing` lists the requests whose answer from `generate` (compiled decoding off: its own text check)
-differs from theirs.
+differs from theirs. A fixed batch of the first requests (up to `MAX_BATCH_SIZE`) with the first four of those stop
+strings also runs on both (`fixed_batch_with_stops_differing`): there the host stops rows while the device goes on.
 
     python benchmarks/check_continuous.py --out $OUT/continuous.json     # GPU: a minute, most of it compiling
     python benchmarks/check_continuous.py --sampled-neighbours 12 --out $OUT/continuous-mixed.json
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     compile_config = CompileConfig(backend="eager") if device == "cpu" else True
     engine = Share4VEngine(tokenizer, model, processor, context, compile_decode=compile_config)
     params = [GenerationParams(temperature=0, max_new_tokens=budget) for budget in budgets]
-    generate_differing, stopped = [], 0
+    generate_differing, stopped, fixed_stops_differing, fixed_stops_ended = [], 0, [], 0
     if args.stops:
         unstopped = [engine.complete([chat], settings)[0] for chat, settings in zip(chats, params, strict=True)]
         params = [replace(settings, stop=(c.text[len(c.text) // 2 :][:3],)) if c.text[len(c.text) // 2 :].strip()
@@ -111,6 +112,16 @@ def main(argv: list[str] | None = None) -> dict:
                               if (a.text, a.token_ids, a.finish_reason)
                               != (b.text, b.token_ids, b.finish_reason)]  # fmt: skip
         stopped = sum(len(a.token_ids) < len(u.token_ids) for a, u in zip(alone, unstopped, strict=True))
+        # a fixed batch of several rows with stop strings (the first four), where the host stops rows as it reads
+        # their tokens (two steps late on a GPU), against generate's text check on the same batch
+        rows = min(MAX_BATCH_SIZE, args.requests)
+        first_stops = tuple(dict.fromkeys(stop for settings in params for stop in settings.stop))[:4]
+        shared = GenerationParams(temperature=0, max_new_tokens=max(budgets[:rows]), stop=first_stops)
+        looped, by_generate = engine.complete(chats[:rows], shared), plain.complete(chats[:rows], shared)
+        fixed_stops_differing = [index for index, (a, b) in enumerate(zip(looped, by_generate, strict=True))
+                                 if (a.text, a.token_ids, a.finish_reason)
+                                 != (b.text, b.token_ids, b.finish_reason)]  # fmt: skip
+        fixed_stops_ended = sum(a.finish_reason == "stop" for a in looped)
     alone_steps = sum(max(len(c.token_ids), 1) - 1 for c in alone)  # at most; an answer that ended early took fewer
     # the same first rows as one fixed batch (`fast_greedy.greedy_decode`), to tell batching's own rounding (on a GPU,
     # kernels differ with the batch size) from the queue: each answer cut to the answer alone (greedy answers are
@@ -148,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         "stops": [list(settings.stop) for settings in params] if args.stops else None,
         "ended_by_stop_string": stopped,  # answers alone that their stop string made shorter
         "generate_differing": generate_differing,  # answers alone that generate's text check ends otherwise
+        "fixed_batch_with_stops_differing": fixed_stops_differing,  # rows of a fixed batch with stops, loop vs generate
+        "fixed_batch_with_stops_ended": fixed_stops_ended,
         "sampled_neighbours": args.sampled_neighbours,
         "sampled_answers_written": sum(bool(answer.token_ids) for answer in sampled_answers),
         "queue_steps": step.calls,
@@ -161,8 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     unexplained = [index for index in results["differing"] if index not in fixed_differing + room_differing]
     if unexplained:
         raise SystemExit(f"answers differ from the answers alone for requests {unexplained}")
-    if generate_differing:
-        raise SystemExit(f"answers with stop strings differ from generate's for requests {generate_differing}")
+    if generate_differing or fixed_stops_differing:
+        raise SystemExit(f"answers with stop strings differ from generate's for requests {generate_differing} "
+                         f"(alone) and rows {fixed_stops_differing} (one fixed batch)")  # fmt: skip
     return results
 
 

@@ -35,4 +35,5 @@ def test_answers_ended_by_stop_strings_are_generates_and_the_queues():
     results = check_continuous.main(["--cpu", "--stops", "--requests", "10"])
     assert results["answers_equal"] == 10 and results["differing"] == [] == results["generate_differing"]
     assert results["ended_by_stop_string"] >= 5  # most answers end on their stop string, before their budget
-    assert results["fixed_batch_differing"] == []
+    assert results["fixed_batch_differing"] == [] == results["fixed_batch_with_stops_differing"]
+    assert results["fixed_batch_with_stops_ended"] >= 3  # rows of the fixed batch that a stop string ended
