@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -16,8 +18,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A `.safetensors` file, or a pickled `.bin` read with `weights_only=True`."""
+    """A `.safetensors` file, or a pickled `.bin` read with `weights_only=True`.
+
+    Raises:
+        FileNotFoundError: when there is no such file; ValueError: naming the file, in one line, when it cannot be
+            read (truncated, corrupt, or a pickle holding more than plain tensors).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -26,21 +38,37 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(path)
         except SafetensorError as err:  # a truncated or corrupt file: name it, in one line
             raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:  # truncated or corrupt; refused pickle
+        raise ValueError(f"{path} is not a readable PyTorch weights file: {_first_line(err)}") from None
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The `weight_map` of a sharded checkpoint's `*.index.json`; `ValueError` naming the file when it has none."""
+    try:
+        values: Any = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index} is not valid JSON: {err}") from None
+    weight_map = values.get("weight_map") if isinstance(values, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index} has no weight_map (tensor name -> shard file): not a sharded checkpoint's index")
+    return weight_map
 
 
 def read_model_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All weights of a checkpoint folder: `model.safetensors`, `pytorch_model.bin`, or either sharded with an index.
 
     Raises:
-        FileNotFoundError: when the folder holds none of these.
+        FileNotFoundError: when the folder holds none of these (or a shard its index names);
+            ValueError: naming the file, when a weights file or the index cannot be read.
     """
     folder = Path(folder)
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            for shard in sorted(set(_read_index(index).values())):
                 state.update(read_weights(folder / shard))
             return state
     for name in ("model.safetensors", "pytorch_model.bin"):
