@@ -210,11 +210,15 @@ def test_some_missing_images_only_warn(tiny, world, tmp_path, caplog):
     assert len(dataset) == 27  # skipped one at a time later, as before
 
 
-def test_text_only_model_ignores_the_image_folder(tiny, world, tmp_path):
-    path = tmp_path / "text.json"
-    path.write_text(json.dumps([row for row in json.loads(world["instruct"].read_text()) if "image" not in row]))
+def test_text_only_model_refuses_image_rows_without_looking_for_the_image_folder(tiny, world, tmp_path):
+    """A model without a vision tower never looks up --image_folder: given image rows and a folder that does not
+    exist, it refuses the rows (check_no_image_rows), not the folder (check_image_folder); text rows alone load."""
     args = data_args(tmp_path / "nowhere", tiny)
     args.is_multimodal = False
+    with pytest.raises(ValueError, match=r"24 of 27 rows have images .* but the model has no vision tower"):
+        LazySupervisedDataset(str(world["instruct"]), tokenizer_with(tiny, 2048), args)
+    path = tmp_path / "text.json"
+    path.write_text(json.dumps([row for row in json.loads(world["instruct"].read_text()) if "image" not in row]))
     assert len(LazySupervisedDataset(str(path), tokenizer_with(tiny, 2048), args)) == 3
 
 
