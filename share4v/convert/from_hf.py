@@ -80,10 +80,12 @@ def _tower_preprocessor(settings: dict[str, Any]) -> dict[str, Any]:
     return {**kept, "image_processor_type": "CLIPImageProcessor", "feature_extractor_type": "CLIPFeatureExtractor"}
 
 
-def _share4v_config(config: LlavaConfig, vocab_size: int, image_aspect_ratio: str) -> dict[str, Any]:
+def _share4v_config(config: LlavaConfig, vocab_size: int, image_aspect_ratio: str, tied: bool) -> dict[str, Any]:
     text = config.text_config.to_dict()
     for key in ("model_type", "architectures", "_name_or_path", "transformers_version", "dtype"):
         text.pop(key, None)
+    if tied:  # no lm_head.weight is written: the model must take its head from the embeddings
+        text["tie_word_embeddings"] = True
     return {
         **text,
         "vocab_size": vocab_size,
@@ -145,14 +147,17 @@ def import_from_hf(
     check_destination(dst, overwrite, sources=(src,))  # before reading gigabytes of weights
     image_settings = _image_settings(src)
     llm_state, tower_state = from_llava_names(read_model_weights(src))
-    require_tensors(llm_state, LLM_TENSORS, f"the weights in {src} (in share4v's names)")
+    # tied output head and embeddings (saved without lm_head.weight): the share4v config keeps the tie
+    tied = bool(config.text_config.tie_word_embeddings or getattr(config, "tie_word_embeddings", False))
+    require_tensors(llm_state, LLM_TENSORS, f"the weights in {src} (in share4v's names)", tied)
     if not tower_state:
         raise ValueError(f"the weights in {src} hold no vision tower tensors (vision_tower.*)")
     export = getattr(config, EXPORT_KEY, None)
     if export and export.get("rows_added"):
         vocab = export["original_vocab_size"]
         for key in ("model.embed_tokens.weight", "lm_head.weight"):
-            llm_state[key] = llm_state[key][:vocab]
+            if key in llm_state:
+                llm_state[key] = llm_state[key][:vocab]
     vocab_size = llm_state["model.embed_tokens.weight"].shape[0]
     projector_in = llm_state["model.mm_projector.0.weight"].shape[1]
     if projector_in != config.vision_config.hidden_size:
@@ -163,7 +168,7 @@ def import_from_hf(
     if aspect not in IMAGE_ASPECT_RATIOS:
         raise ValueError(f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, not {aspect!r}")
     with staged_folder(dst, overwrite, sources=(src,)) as staging:
-        share4v_config = _share4v_config(config, vocab_size, aspect)
+        share4v_config = _share4v_config(config, vocab_size, aspect, tied and "lm_head.weight" not in llm_state)
         (staging / "config.json").write_text(json.dumps(share4v_config, indent=2, sort_keys=True) + "\n")
         write_safetensors_shards(llm_state, staging)
         tokenizer.save_pretrained(staging)

@@ -62,10 +62,11 @@ LLM_TENSORS = (
 )
 
 
-def require_tensors(state: dict[str, torch.Tensor], names: tuple[str, ...], where: str) -> None:
+def require_tensors(state: dict[str, torch.Tensor], names: tuple[str, ...], where: str, tied: bool = False) -> None:
     """Raise `ValueError` naming the tensors of `names` that `state` lacks (a checkpoint of another kind: a
-    projector-only or text-only one, a LoRA adapter, tied embeddings)."""
-    missing = [name for name in names if name not in state]
+    projector-only or text-only one, a LoRA adapter). `tied`: the checkpoint's output head is its input embeddings
+    (`tie_word_embeddings`), which transformers saves without `lm_head.weight`."""
+    missing = [name for name in names if name not in state and not (tied and name == "lm_head.weight")]
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)}: not a whole model (language model + projector)")
 

@@ -138,7 +138,9 @@ def export_to_hf(src: str | Path, dst: str | Path, vision_tower: str | None = No
             f"mm_hidden_size={config.mm_hidden_size}"
         )
     llm_state = read_model_weights(src)
-    require_tensors(llm_state, LLM_TENSORS, f"the weights in {src}")
+    require_tensors(llm_state, LLM_TENSORS, f"the weights in {src}", tied=bool(config.tie_word_embeddings))
+    if "lm_head.weight" not in llm_state:  # tied: the llava copy gets the embeddings as its head (untied, equal)
+        llm_state["lm_head.weight"] = llm_state["model.embed_tokens.weight"].clone()  # safetensors: no shared storage
     tower_state = read_model_weights(tower_path)
     tokenizer = load_tokenizer(src)
     original_vocab = llm_state["model.embed_tokens.weight"].shape[0]

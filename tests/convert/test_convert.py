@@ -305,6 +305,38 @@ def test_checkpoints_without_the_projector_or_lm_head_are_refused(tiny_ckpt, exp
     assert not (tmp_path / "out").exists()
 
 
+def _without_head(folder, nested: bool = True) -> None:
+    """Drop lm_head.weight from `folder`'s weights and tie the head to the embeddings in its config (at the top,
+    and with `nested` in its text_config too), as transformers saves a model with tied embeddings."""
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "lm_head" not in k}, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    if nested and "text_config" in config:
+        config["text_config"]["tie_word_embeddings"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["text-config-tied", "only-the-top-tied"])
+def test_checkpoints_with_tied_embeddings_convert_both_ways(tiny_ckpt, exported, tmp_path, nested):
+    """A model whose output head is its input embeddings has no lm_head tensor: from_hf keeps the tie, to_hf gives
+    the llava copy the embeddings as its head."""
+    tied_hf = tmp_path / "tied-hf"
+    shutil.copytree(exported, tied_hf)
+    _without_head(tied_hf, nested)
+    back = import_from_hf(tied_hf, tmp_path / "back")
+    assert "lm_head.weight" not in load_file(back / "model.safetensors")
+    _, model, _, _ = load_pretrained_model(str(back), None, None, device="cpu")
+    assert torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_ckpt, tied)
+    _without_head(tied)
+    out = export_to_hf(tied, tmp_path / "tied-out")
+    state = load_file(out / "model.safetensors")
+    head, embed = state["language_model.lm_head.weight"], state["language_model.model.embed_tokens.weight"]
+    assert torch.equal(head, embed)
+
+
 def test_unreadable_inputs_fail_with_one_line_naming_the_file(tiny_ckpt, exported, tmp_path, capsys):
     """A corrupt config.json, a truncated weights file or a missing tokenizer: exit 2 and one line, no traceback."""
     bad_config = tmp_path / "bad-config"
