@@ -9,9 +9,9 @@ with nothing to learn.
         --model-path checkpoints/share4v-7b_pretrained --version v1 --report problems.jsonl
 
 Exits 1 when a row would be skipped by training (malformed, marker mismatch, missing or unreadable image, template
-problem, answer not found or truncated away) or when the file holds no rows, 0 otherwise; truncated samples that
-keep an answer are only counted. Exits 2, in one line, when the file cannot be read or `--image-folder` cannot be
-the right folder (not a folder, or none of the images sampled as training samples them is under it).
+problem, answer not found or truncated away), 0 otherwise; truncated samples that keep an answer are only counted.
+Exits 2, in one line, when the file cannot be read or holds no rows (training refuses it), or `--image-folder`
+cannot be the right folder (not a folder, or none of the images sampled as training samples them is under it).
 With `--text-only` (a model without a vision tower, trained without --vision_tower) every row with images is an
 error too: training refuses such a file at start-up.
 """
@@ -103,9 +103,15 @@ def check_data(
     text_only: bool = False,
 ) -> CheckReport:
     """Check every row of `data_path`; see the module docstring for what is checked. `text_only`: the model has no
-    vision tower, so a row with images is an error (as `check_no_image_rows` makes training refuse the file)."""
+    vision tower, so a row with images is an error (as `check_no_image_rows` makes training refuse the file).
+
+    Raises:
+        ValueError: when the file holds no rows; FileNotFoundError: at an image folder training would refuse.
+    """
     report = CheckReport()
     rows, bad_lines = read_rows(data_path)
+    if not rows and not bad_lines:  # an input error, as training's "no usable training samples" at start-up
+        raise ValueError(f"{data_path} holds no rows: training refuses a file without samples")
     report.rows = len(rows) + len(bad_lines)
     report.findings += [Finding("malformed", bad) for bad in bad_lines]
     good = []
@@ -180,10 +186,7 @@ def format_report(report: CheckReport, data_path: str, image_tokens: int, listed
         lines.append(f"error: {finding.row}")
     if len(errors) > listed:
         lines.append(f"... and {len(errors) - listed:,} more errors (--report FILE lists all)")
-    if not report.rows:
-        lines.append("error: no rows: training refuses a file without samples")
-    else:
-        lines.append(f"{report.errors:,} rows would be skipped by training" if report.errors else "no errors")
+    lines.append(f"{report.errors:,} rows would be skipped by training" if report.errors else "no errors")
     if counts.get("images_without_tower"):
         lines.append(
             f"training without a vision tower refuses this file at start-up ({counts['images_without_tower']:,} rows "
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             staging.unlink(missing_ok=True)
             print(f"error: cannot write --report {args.report}: {err}", file=sys.stderr)
             return 2
-    return 1 if report.errors or not report.rows else 0
+    return 1 if report.errors else 0
 
 
 if __name__ == "__main__":

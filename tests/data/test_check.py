@@ -125,13 +125,15 @@ def test_checker_for_a_text_only_model_reports_the_image_rows_training_refuses(w
 @pytest.mark.parametrize(
     ("name", "text"), [("data.json", "[]"), ("data.jsonl", ""), ("data.jsonl", "\n\n")], ids=["list", "empty", "blank"]
 )
-def test_checker_fails_a_file_without_rows(tmp_path, capsys, name, text):
-    """Training refuses a file without samples ("no usable training samples"); the checker used to say "no errors"."""
+def test_checker_refuses_a_file_without_rows_in_one_line(tmp_path, capsys, name, text):
+    """Training refuses a file without samples ("no usable training samples"); the checker used to say "no errors",
+    then exited 1 (as for bad rows) with its error on stdout: it is an input error, exit 2 and one line on stderr."""
     path = tmp_path / name
     path.write_text(text)
-    assert main([str(path)]) == 1
-    out = capsys.readouterr().out
-    assert "checked 0 rows" in out and "error: no rows" in out and "no errors" not in out
+    assert main([str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: {path} holds no rows: training refuses a file without samples"
+    assert captured.out == ""
 
 
 def test_checker_stops_at_a_wrong_image_folder_as_training_does(world, tmp_path, capsys):
