@@ -168,10 +168,16 @@ def check_data(
     return report
 
 
-def format_report(report: CheckReport, data_path: str, image_tokens: int, listed: int = 20) -> str:
+def format_report(
+    report: CheckReport, data_path: str, image_tokens: int, listed: int = 20, text_only: bool = False
+) -> str:
+    """The summary table, the first `listed` errors and the verdict. Rows with images for a text-only model are not
+    counted as skipped: training refuses the whole file for them; their line shows only with `text_only`."""
     counts = Counter(f.kind for f in report.findings)
     lines = [f"checked {report.rows:,} rows of {data_path}"]
     for kind, (label, is_error) in KINDS.items():
+        if kind == "images_without_tower" and not text_only:
+            continue
         first = next((f for f in report.findings if f.kind == kind), None)
         example = f"  first: {first.row}" if first else ""
         lines.append(f"  {label:<28}{counts.get(kind, 0):>9,}{'' if is_error else ' (warning)'}{example}")
@@ -186,7 +192,9 @@ def format_report(report: CheckReport, data_path: str, image_tokens: int, listed
         lines.append(f"error: {finding.row}")
     if len(errors) > listed:
         lines.append(f"... and {len(errors) - listed:,} more errors (--report FILE lists all)")
-    lines.append(f"{report.errors:,} rows would be skipped by training" if report.errors else "no errors")
+    skipped = report.errors - counts.get("images_without_tower", 0)
+    if skipped or not report.errors:
+        lines.append(f"{skipped:,} rows would be skipped by training" if skipped else "no errors")
     if counts.get("images_without_tower"):
         lines.append(
             f"training without a vision tower refuses this file at start-up ({counts['images_without_tower']:,} rows "
@@ -272,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_report(report, args.data_path, image_tokens))
+    print(format_report(report, args.data_path, image_tokens, text_only=args.text_only))
     if args.report:
         lines = [json.dumps({"kind": f.kind, "where": f.row.where, "id": f.row.sample_id, "reason": f.row.reason})
                  for f in report.findings]  # fmt: skip

@@ -1,6 +1,7 @@
 """The data checker names every bad row and exits non-zero; training over the same file skips and reports them."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -114,6 +115,16 @@ def test_checker_for_a_text_only_model_reports_the_image_rows_training_refuses(w
     found = {e["id"]: e["kind"] for e in map(json.loads, report.read_text().splitlines())}
     assert found == dict.fromkeys(image_ids, "images_without_tower")
     assert f"training without a vision tower refuses this file at start-up ({len(image_ids)} rows" in out
+    assert "would be skipped" not in out  # training skips none of them: it refuses the file
+    assert re.search(rf"\n  images for a text-only model +{len(image_ids)}  first: ", out)
+    rows[0]["conversations"] = "not a list"  # a row training would skip, besides the image rows it refuses
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps(rows))
+    assert main([str(mixed), "--model-path", llm, "--text-only"]) == 1
+    out = capsys.readouterr().out
+    assert "\n1 rows would be skipped by training\n" in out and "refuses this file at start-up" in out
+    assert main([str(data), "--image-folder", folder, "--no-decode"]) == 0  # with a tower, no text-only line
+    assert "images for a text-only model" not in capsys.readouterr().out
     text_rows = tmp_path / "text.json"
     text_rows.write_text(json.dumps([row for row in rows if "image" not in row]))
     assert main([str(text_rows), "--model-path", str(world["llm"]), "--text-only"]) == 0
