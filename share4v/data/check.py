@@ -138,7 +138,7 @@ def check_data(
         good.append((where, row))
 
     if not text_only:  # a folder that cannot be the right one stops training at start-up: say so, not row by row
-        check_image_folder(data_path, [row for _, row in good], image_folder)
+        check_image_folder(data_path, [row for _, row in good], image_folder, flag="--image-folder")
     folder = image_folder or ""
     verdicts = check_images([os.path.join(folder, p) for _, r in good for p in image_paths(r)], workers, decode_images)
     data_args = argparse.Namespace(is_multimodal=True, conv_mode=conv_mode, mm_use_im_start_end=False)

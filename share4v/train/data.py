@@ -35,11 +35,14 @@ SKIPPED_SAMPLES_FILE = "skipped_samples.jsonl"
 IMAGE_PROBES = 64  # image rows looked up at start-up, spread over the file
 
 
-def check_image_folder(data_path: str, rows: Sequence[dict], image_folder: str | None) -> None:
+def check_image_folder(
+    data_path: str, rows: Sequence[dict], image_folder: str | None, flag: str = "--image_folder"
+) -> None:
     """Fail fast when the images cannot be where `--image_folder` says (before hours of text-only training).
 
     Looks up the images of up to `IMAGE_PROBES` image rows spread evenly over the file; a single missing image is
-    left to the per-sample skipping, but none found means a wrong folder.
+    left to the per-sample skipping, but none found means a wrong folder. `flag` is the option the messages name
+    (the data checker's is `--image-folder`).
 
     Raises:
         FileNotFoundError: when `image_folder` is not a folder, or none of the probed images exists under it.
@@ -52,18 +55,18 @@ def check_image_folder(data_path: str, rows: Sequence[dict], image_folder: str |
     picks = sorted({round(i * (len(files) - 1) / max(1, IMAGE_PROBES - 1)) for i in range(IMAGE_PROBES)})
     picked = [path for index in picks for path in files[index]]
     if folder and not os.path.isdir(folder) and not all(os.path.isabs(path) for path in picked):
-        raise FileNotFoundError(f"--image_folder {folder} is not a folder ({data_path} has {len(files)} image rows)")
+        raise FileNotFoundError(f"{flag} {folder} is not a folder ({data_path} has {len(files)} image rows)")
     probed = [os.path.join(folder, path) for path in picked]  # an absolute path stays itself
     missing = [path for path in probed if not os.path.isfile(path)]
     if len(missing) == len(probed):
         raise FileNotFoundError(
-            f"{data_path}: none of {len(probed)} sampled images exists under --image_folder "
+            f"{data_path}: none of {len(probed)} sampled images exists under {flag} "
             f"{folder or '(not given: the current folder)'}, e.g. {missing[0]}"
         )
     if missing and dist_info().rank == 0:  # every rank probes alike
         logger.warning(
-            "%d of %d sampled images are missing under --image_folder %s (e.g. %s); their samples will be skipped",
-            len(missing), len(probed), folder, missing[0],
+            "%d of %d sampled images are missing under %s %s (e.g. %s); their samples will be skipped",
+            len(missing), len(probed), flag, folder, missing[0],
         )  # fmt: skip
 
 

@@ -156,6 +156,7 @@ def test_checker_stops_at_a_wrong_image_folder_as_training_does(world, tmp_path,
         captured = capsys.readouterr()
         last = captured.err.strip().splitlines()[-1]  # after the progress bars
         assert last.startswith("error: ") and folder in last and "\n" not in captured.err.strip().split("error: ")[1]
+        assert f"--image-folder {folder}" in last and "--image_folder" not in last  # the checker's flag, not training's
         assert "would be skipped" not in captured.out
     assert main([data, "--image-folder", str(tmp_path / "nowhere"), "--text-only"]) == 1  # images never looked for
 
