@@ -41,15 +41,18 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
-def load_tokenizer(src: Path) -> Any:
-    """`AutoTokenizer.from_pretrained(src)`, failing with one line that names `src`."""
+def load_tokenizer(src: str | Path, name: str | None = None) -> Any:
+    """`AutoTokenizer.from_pretrained(src)`, failing with one line that names `src` (or `name`, e.g. the flag that
+    gave it: the data checker's `--model-path`)."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(src)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{src}: cannot load the tokenizer (tokenizer.json or tokenizer.model): {first}") from None
+        raise ValueError(
+            f"{name or src}: cannot load the tokenizer (tokenizer.json or tokenizer.model): {first}"
+        ) from None
 
 
 def check_destination(destination: str | Path, overwrite: bool = False, sources: tuple = ()) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from share4v.convert.folders import load_tokenizer, read_json
 from share4v.mm_utils import ImageLoadError, load_image
 from share4v.train.data import check_image_folder, merged_length, sample_turns, truncate_to_budget
 from share4v.train.preprocess import SampleError, conv_mode_for_version, conversation_for_training, preprocess
@@ -203,18 +204,11 @@ def format_report(
     return "\n".join(lines)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-
-
 def _image_tokens_of(tower_folder: Path) -> int | None:
     config = tower_folder / "config.json"
     if not config.is_file():
         return None
-    values = _read_json(config)
+    values = read_json(config)
     values = values.get("vision_config", values) if isinstance(values, dict) else {}
     if not isinstance(values.get("image_size"), int) or not isinstance(values.get("patch_size"), int):
         raise ValueError(f"{config} has no image_size and patch_size: not a vision tower's config")
@@ -223,14 +217,8 @@ def _image_tokens_of(tower_folder: Path) -> int | None:
 
 def _load_tokenizer(model_path: str) -> Any:
     """The tokenizer of `--model-path`, failing with one line that names it."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        where = "" if os.path.isdir(model_path) else " (not a folder here)"
-        raise ValueError(f"--model-path {model_path}{where}: cannot load its tokenizer: {first}") from None
+    where = "" if os.path.isdir(model_path) else " (not a folder here)"
+    return load_tokenizer(model_path, name=f"--model-path {model_path}{where}")
 
 
 def _image_tokens(args: argparse.Namespace) -> int:
@@ -239,7 +227,7 @@ def _image_tokens(args: argparse.Namespace) -> int:
     candidates = [Path(args.vision_tower)] if args.vision_tower else []
     if args.model_path:
         config_file = Path(args.model_path) / "config.json"
-        config = _read_json(config_file) if config_file.is_file() else None
+        config = read_json(config_file) if config_file.is_file() else None
         tower = config.get("mm_vision_tower") if isinstance(config, dict) else None
         if tower:
             candidates += [Path(tower), Path(args.model_path) / tower]

@@ -173,7 +173,7 @@ def test_checker_inputs_that_cannot_be_read_fail_in_one_line_naming_them(world, 
     shutil.copytree(tiny_ckpt / "vision_tower", bad_tower)
     (bad_tower / "config.json").write_text("{oops")
     cases = [
-        (["--model-path", str(no_tokenizer)], f"error: --model-path {no_tokenizer}: cannot load its tokenizer"),
+        (["--model-path", str(no_tokenizer)], f"error: --model-path {no_tokenizer}: cannot load the tokenizer"),
         (["--model-path", str(tmp_path / "nope")], f"error: --model-path {tmp_path / 'nope'} (not a folder here)"),
         (["--vision-tower", str(world["llm"])], f"error: {world['llm'] / 'config.json'} has no image_size"),
         (["--vision-tower", str(bad_tower)], f"error: {bad_tower / 'config.json'} is not valid JSON"),
