@@ -290,48 +290,44 @@ def test_import_with_another_aspect_ratio(exported, tmp_path):
 def test_checkpoints_without_the_projector_or_lm_head_are_refused(tiny_ckpt, exported, tmp_path):
     """A config that names a tower over weights of another kind (a text-only LLM) once exported a llava folder whose
     projector transformers then initialised at random."""
-    no_projector = tmp_path / "no-projector"
-    shutil.copytree(tiny_ckpt, no_projector)
-    state = load_file(no_projector / "model.safetensors")
-    save_file({k: v for k, v in state.items() if "mm_projector" not in k}, no_projector / "model.safetensors")
+    no_projector = _copy_without(tiny_ckpt, tmp_path / "no-projector", "mm_projector")
     with pytest.raises(ValueError, match=r"lacks model\.mm_projector\.0\.weight, model\.mm_projector\.2\.weight"):
         export_to_hf(no_projector, tmp_path / "out")
-    no_head = tmp_path / "no-head-hf"
-    shutil.copytree(exported, no_head)
-    state = load_file(no_head / "model.safetensors")
-    save_file({k: v for k, v in state.items() if "lm_head" not in k}, no_head / "model.safetensors")
+    no_head = _copy_without(exported, tmp_path / "no-head-hf", "lm_head")
     with pytest.raises(ValueError, match=r"lacks lm_head\.weight"):
         import_from_hf(no_head, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-def _without_head(folder, nested: bool = True) -> None:
-    """Drop lm_head.weight from `folder`'s weights and tie the head to the embeddings in its config (at the top,
-    and with `nested` in its text_config too), as transformers saves a model with tied embeddings."""
+def _copy_without(source, folder, fragment: str):
+    """A copy of checkpoint `source` in `folder` whose weights lack every tensor named with `fragment`."""
+    shutil.copytree(source, folder)
     state = load_file(folder / "model.safetensors")
-    save_file({k: v for k, v in state.items() if "lm_head" not in k}, folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if fragment not in k}, folder / "model.safetensors")
+    return folder
+
+
+def _tied_copy(source, folder, nested: bool = True):
+    """A copy of `source` without lm_head.weight whose config ties the head to the embeddings (at the top, and with
+    `nested` in its text_config too), as transformers saves a model with tied embeddings."""
+    _copy_without(source, folder, "lm_head")
     config = json.loads((folder / "config.json").read_text())
     config["tie_word_embeddings"] = True
     if nested and "text_config" in config:
         config["text_config"]["tie_word_embeddings"] = True
     (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 @pytest.mark.parametrize("nested", [True, False], ids=["text-config-tied", "only-the-top-tied"])
 def test_checkpoints_with_tied_embeddings_convert_both_ways(tiny_ckpt, exported, tmp_path, nested):
     """A model whose output head is its input embeddings has no lm_head tensor: from_hf keeps the tie, to_hf gives
     the llava copy the embeddings as its head."""
-    tied_hf = tmp_path / "tied-hf"
-    shutil.copytree(exported, tied_hf)
-    _without_head(tied_hf, nested)
-    back = import_from_hf(tied_hf, tmp_path / "back")
+    back = import_from_hf(_tied_copy(exported, tmp_path / "tied-hf", nested), tmp_path / "back")
     assert "lm_head.weight" not in load_file(back / "model.safetensors")
     _, model, _, _ = load_pretrained_model(str(back), None, None, device="cpu")
     assert torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)
-    tied = tmp_path / "tied"
-    shutil.copytree(tiny_ckpt, tied)
-    _without_head(tied)
-    out = export_to_hf(tied, tmp_path / "tied-out")
+    out = export_to_hf(_tied_copy(tiny_ckpt, tmp_path / "tied"), tmp_path / "tied-out")
     state = load_file(out / "model.safetensors")
     head, embed = state["language_model.lm_head.weight"], state["language_model.model.embed_tokens.weight"]
     assert torch.equal(head, embed)
