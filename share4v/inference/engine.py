@@ -561,8 +561,8 @@ class Share4VEngine:
         `fast_sampling`, sampled batches too, where `Sampling.of` takes the settings. None elsewhere (then `generate`
         runs)."""
         sampling = None
-        if not self._plain_greedy(params, batch.stop_str):
-            sampling = self._plain_sampling(params, batch.stop_str)
+        if not self._plain_greedy(params):
+            sampling = self._plain_sampling(params)
             if sampling is None:
                 return None
         max_new_tokens = self._max_new_tokens(batch, params)
@@ -594,28 +594,28 @@ class Share4VEngine:
 
         return self._on_decoding_thread(work), max_new_tokens
 
-    def _plain_greedy(self, params: GenerationParams, stop_str: str) -> bool:
+    def _plain_greedy(self, params: GenerationParams) -> bool:
         """Whether the engine's own greedy loops answer as `generate` would and faster: greedy, and `_loop_serves`."""
-        return not params.sampling and self._loop_serves(params, stop_str)
+        return not params.sampling and self._loop_serves(params)
 
-    def _plain_sampling(self, params: GenerationParams, stop_str: str) -> Sampling | None:
+    def _plain_sampling(self, params: GenerationParams) -> Sampling | None:
         """The settings `generate` would sample this batch with, where the engine's loop draws as it would: with
         `fast_sampling`, sampled, `_loop_serves`, and a generation config that asks `generate` for nothing beyond
         temperature, top-k and top-p (`Sampling.of`); else None."""
-        if not (self.fast_sampling and params.sampling and self._loop_serves(params, stop_str)):
+        if not (self.fast_sampling and params.sampling and self._loop_serves(params)):
             return None
         return Sampling.of(self.model.generation_config, params.temperature, params.top_p)
 
-    def _in_loop(self, params: GenerationParams, stop_str: str) -> bool:
+    def _in_loop(self, params: GenerationParams) -> bool:
         """Whether the engine's own loops decode a request with these settings: greedy, or sampled as `generate`
         would (`_plain_sampling`)."""
-        return self._plain_greedy(params, stop_str) or self._plain_sampling(params, stop_str) is not None
+        return self._plain_greedy(params) or self._plain_sampling(params) is not None
 
-    def _loop_serves(self, params: GenerationParams, stop_str: str) -> bool:
+    def _loop_serves(self, params: GenerationParams) -> bool:
         """What the engine's own loops need, greedy or sampled: compiled decoding, one beam, no cache implementation
         of the checkpoint's own, and a generation config whose logits processors change no arg-max (or are off).
         Stop strings are no obstacle: the loops' host reads every token and checks them as `generate` would
-        (`_ends_by_text`). (`stop_str` is part of the signature for the callers that ask per request.)"""
+        (`_ends_by_text`)."""
         config = self.model.generation_config
         return bool(
             self.compile_decode
@@ -642,7 +642,7 @@ class Share4VEngine:
         (one that the engine's loops do not serve, `_in_loop`, or no static cache fits): then it runs as a fixed
         batch. Greedy and sampled requests share the batch, each drawn with its own settings."""
         requests = [item[0] for item in items]
-        if not all(self._in_loop(params, request.stop_str) for request, params, *_ in items):
+        if not all(self._in_loop(params) for _, params, *_ in items):
             return False
         budgets = [self._budget(request.prompt_tokens, params) for request, params, *_ in items]
         longest = max(request.prompt_tokens for request in requests)
@@ -660,7 +660,7 @@ class Share4VEngine:
             new = Seat(request.prompt_tokens, budget, self.tokenizer.eos_token_id, ending.end,
                        _streaming(stream) if stream else None, ending.fail,
                        self._ends_by_text(request.stop_str, params.stop), request=request,
-                       sampling=self._plain_sampling(params, request.stop_str))  # fmt: skip
+                       sampling=self._plain_sampling(params))  # fmt: skip
             seated.append((new, future, stream))
             return new
 
@@ -668,7 +668,7 @@ class Share4VEngine:
             return (  # the cheap checks first: this runs under the queue's lock, often
                 request.prompt_tokens <= written
                 and self._budget(request.prompt_tokens, params, warn=False) - 1 <= left
-                and self._in_loop(params, request.stop_str)
+                and self._in_loop(params)
             )
 
         def take(free: int, written: int, left: int) -> list[Seat]:
@@ -1008,7 +1008,7 @@ class _Batcher:
 
         def in_loop(item: tuple) -> bool:
             try:
-                return engine._in_loop(item[1], item[0].stop_str)
+                return engine._in_loop(item[1])
             except Exception:  # whatever asking raised: not this way (the run reports the error)
                 return False
 
