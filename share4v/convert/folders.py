@@ -2,19 +2,28 @@
 
 Writing a converted checkpoint all at once: the files go to a staging folder beside the destination, which is
 renamed into place only when everything is written. A failed conversion leaves nothing that looks like a
-checkpoint, and an existing destination is replaced only with `overwrite`, and only if it is a checkpoint.
-Reading a source's config.json and tokenizer fails with one line naming the folder or file.
+checkpoint, and an existing destination is replaced only with `overwrite`, and only if it is a checkpoint. A
+conversion killed outright (`kill -9`) leaves its hidden staging folder; the next conversion to that destination
+removes it (see `staged_folder`). Destinations are taken as their absolute paths, so `.`, `./out` and `out/` behave
+as the absolute folder does. Reading a source's config.json and tokenizer fails with one line naming the folder or
+file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def read_config(src: Path) -> Any:
@@ -57,8 +66,9 @@ def load_tokenizer(src: str | Path, name: str | None = None) -> Any:
 
 def check_destination(destination: str | Path, overwrite: bool = False, sources: tuple = ()) -> None:
     """Raise `FileExistsError` unless `destination` is free, or an existing checkpoint that may be replaced and
-    that neither holds nor lies inside any of the `sources` being read."""
-    destination = Path(destination)
+    that neither holds nor lies inside any of the `sources` being read. `destination` is taken as its absolute path:
+    `.`, `./out` and `out/` are the folders they name."""
+    destination = Path(os.path.abspath(destination))
     target = destination.resolve()
     for source in sources:
         source = Path(source).resolve()
@@ -71,18 +81,71 @@ def check_destination(destination: str | Path, overwrite: bool = False, sources:
             raise FileExistsError(f"{destination} exists and is not a checkpoint: refusing to replace it")
 
 
+def _host() -> str:
+    """This machine's name as staging folders carry it (no `-`: it separates the name's fields)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+
+
+def _is_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a zombie or another user's counts; off POSIX, always)."""
+    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _remove_stale_staging(destination: Path) -> None:
+    """Remove what a killed conversion to `destination` on this machine left beside it (see `staged_folder`)."""
+    pattern = re.compile(rf"\.{re.escape(destination.name)}\.(staging|replaced)-([A-Za-z0-9._]+)-(\d+)-[a-z0-9_]+")
+    removed, kept = [], []
+    for entry in sorted(destination.parent.iterdir()):
+        match = pattern.fullmatch(entry.name)
+        if not match or match[2] != _host() or _is_alive(int(match[3])) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if match[1] == "replaced" and not destination.exists():
+            kept.append(f"{entry.name} (the earlier checkpoint, moved aside)")  # killed between the two renames
+            continue
+        try:
+            shutil.rmtree(entry)
+            removed.append(entry.name)
+        except FileNotFoundError:  # another conversion removed it meanwhile
+            pass
+        except OSError as err:  # not ours to remove after all (another user's): it does not stop this conversion
+            kept.append(f"{entry.name} ({err.strerror or err})")
+    what = ([f"removed {', '.join(removed)}"] if removed else []) + ([f"kept {', '.join(kept)}"] if kept else [])
+    if what:
+        logger.warning("%s in %s, left by a killed conversion", "; ".join(what), destination.parent)
+
+
 @contextlib.contextmanager
 def staged_folder(destination: str | Path, overwrite: bool = False, sources: tuple = ()) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it becomes `destination`, on failure it is removed."""
-    destination = Path(destination)
+    """Yield an empty staging folder; on success it becomes `destination`, on failure it is removed.
+
+    The staging folder is `.NAME.staging-HOST-PID-RANDOM` beside `destination` (NAME its name, HOST and PID this
+    process's); an existing checkpoint being replaced is first renamed `.NAME.replaced-HOST-PID-RANDOM`. A conversion
+    killed outright leaves these behind. Before staging, a conversion removes those of its destination whose HOST is
+    this machine and whose PID is no running process: only their writer wrote them, and it is gone (a PID reused
+    since only delays the removal). Folders of other machines (a shared file system) or of live processes, other
+    names (those of older versions included) and symlinks are left alone. A `.replaced` folder is removed only while
+    `destination` exists; without it, it holds the only copy of the earlier checkpoint and is kept. One warning line
+    names what was removed (or kept).
+    """
+    destination = Path(os.path.abspath(destination))
     check_destination(destination, overwrite, sources)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    _remove_stale_staging(destination)
+    prefix = f".{destination.name}.staging-"
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{_host()}-{os.getpid()}-", dir=destination.parent))
     try:
         yield staging
         old = None
         if destination.exists():  # move the old checkpoint aside first: a crash never leaves neither in place
-            old = destination.with_name(f".{destination.name}.replaced-{staging.name.rsplit('.', 1)[-1]}")
+            old = destination.with_name(f".{destination.name}.replaced-{staging.name.removeprefix(prefix)}")
             destination.rename(old)
         staging.rename(destination)
         if old is not None:

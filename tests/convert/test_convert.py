@@ -2,6 +2,8 @@
 token ids through the exported chat template, bit-exact round trips, and clear errors with nothing half-written."""
 
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -388,3 +390,97 @@ def test_a_source_that_is_not_a_folder_is_named_as_such(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {src} is not a folder: conversions read local folders") and "\n" not in err
     assert "from_hf llava-hf/" not in from_hf.__doc__
+
+
+_KILLED_RUN = """
+import os, shutil, signal, sys
+from share4v.convert import to_hf
+
+def kill(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[1] == "while-writing":
+    to_hf.write_safetensors_shards = kill
+else:  # while removing the checkpoint it replaced, the new one already in place
+    rmtree = shutil.rmtree
+    shutil.rmtree = lambda path, *a, **k: kill() if ".replaced-" in str(path) else rmtree(path, *a, **k)
+to_hf.main(sys.argv[2:])
+"""
+
+
+def _hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _killed_conversion(when, *args):
+    """Run `to_hf.main(args)` in a process killed with SIGKILL (as `kill -9`) at `when`: its staging is left."""
+    run = subprocess.run([sys.executable, "-c", _KILLED_RUN, when, *map(str, args)], capture_output=True, text=True)
+    assert run.returncode == -9, run.stderr
+
+
+def test_the_next_conversion_removes_what_a_killed_one_left(tiny_ckpt, tmp_path, caplog):
+    """`kill -9` leaves the staging folder (or the checkpoint being replaced) beside the destination; the next
+    conversion to it removes those of dead processes on this machine, and nothing that is not provably that."""
+    dst = tmp_path / "out"
+    _killed_conversion("while-writing", tiny_ckpt, dst)
+    (stale,) = _hidden(tmp_path)
+    host, pid = stale.removeprefix(".out.staging-").split("-")[:2]
+    assert not dst.exists() and int(pid) != os.getpid()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a finished (reaped) process: no longer running
+    others = [
+        f".out.staging-{host}-{os.getpid()}-abcd1234",  # a live conversion (this process)
+        f".out.staging-another_host-{dead.pid}-abcd1234",  # another machine's, on a shared file system
+        f".out2.staging-{host}-{dead.pid}-abcd1234",  # another destination's
+        ".out.abcd1234",  # an older version's name: nothing tells whether its writer lives
+    ]
+    for name in others:
+        (tmp_path / name).mkdir()
+    with caplog.at_level(logging.WARNING, "share4v.convert"):
+        assert to_hf.main([str(tiny_ckpt), str(dst)]) == 0
+    assert (dst / "config.json").is_file() and _hidden(tmp_path) == sorted(others)
+    assert f"removed {stale} in {tmp_path}, left by a killed conversion" in caplog.text
+    for name in others:
+        (tmp_path / name).rmdir()
+
+    _killed_conversion("while-replacing", tiny_ckpt, dst, "--overwrite")
+    (moved_aside,) = _hidden(tmp_path)
+    assert moved_aside.startswith(f".out.replaced-{host}-") and (dst / "config.json").is_file()
+    assert to_hf.main([str(tiny_ckpt), str(dst), "--overwrite"]) == 0
+    assert _hidden(tmp_path) == []
+    # killed between its two renames: the earlier checkpoint, moved aside, is the only one there is, and stays
+    dst.rename(tmp_path / moved_aside)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "share4v.convert"):
+        assert to_hf.main([str(tiny_ckpt), str(dst)]) == 0
+    assert (dst / "config.json").is_file() and _hidden(tmp_path) == [moved_aside]
+    assert f"kept {moved_aside} (the earlier checkpoint, moved aside)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "cwd, spelling",
+    [("out", "."), ("out", "./"), ("", "./out"), ("", "out/"), ("out", "../out"), ("elsewhere", None)],
+    ids=["dot", "dot-slash", "dot-slash-name", "trailing-slash", "dot-dot", "absolute"],
+)
+def test_the_current_folder_or_a_relative_destination_is_its_absolute_path(
+    tiny_ckpt, exported, tmp_path, monkeypatch, capsys, cwd, spelling
+):
+    """`to_hf SRC .` staged inside the destination and then could not rename `.` (it has no name): a replace failed
+    with "PosixPath('.') has an empty name". Every spelling now follows the absolute path's rules: an existing folder
+    needs --overwrite and must be a checkpoint, which is then replaced, leaving nothing hidden."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / cwd).mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path / cwd)
+    dst = spelling or str(out)
+    assert to_hf.main([str(tiny_ckpt), dst]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {out} exists; pass --overwrite to replace it"
+    (out / "notes.txt").write_text("mine")
+    assert to_hf.main([str(tiny_ckpt), dst, "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {out} exists and is not a checkpoint: refusing to replace it"
+    assert (out / "notes.txt").read_text() == "mine"
+    shutil.copytree(exported, out, dirs_exist_ok=True)  # now an earlier export (the same folder: cwd stays valid)
+    assert to_hf.main([str(tiny_ckpt), dst, "--overwrite"]) == 0
+    monkeypatch.chdir(tmp_path)  # the process's folder may have been the replaced (deleted) checkpoint
+    assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
+    assert _hidden(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == sorted({"out", cwd} - {""})
