@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """Run the block with the process umask set to `mask` (restored afterwards)."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def folder_modes(root: Path) -> set[int]:
+    """The permission bits of `root` and of every folder under it."""
+    return {stat.S_IMODE(path.stat().st_mode) for path in [root, *root.rglob("*")] if path.is_dir()}
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def random_image(seed: int, size: tuple[int, int] = (70, 40)) -> Image.Image:

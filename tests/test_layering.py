@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "share4v"
 RANKS = [
     ("share4v.constants", 0),
     ("share4v.image_fetch", 0),
+    ("share4v.temp_paths", 0),  # standard library only
     ("share4v.utils", 1),
     ("share4v.appended_jsonl", 1),
     ("share4v.mm_utils", 1),

@@ -18,10 +18,11 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from share4v.temp_paths import new_temp_folder
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def staged_folder(destination: str | Path, overwrite: bool = False, sources: tup
     destination.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(destination)
     prefix = f".{destination.name}.staging-"
-    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{_host()}-{os.getpid()}-", dir=destination.parent))
+    staging = new_temp_folder(destination.parent, prefix=f"{prefix}{_host()}-{os.getpid()}-")  # mode as os.mkdir's
     try:
         yield staging
         old = None

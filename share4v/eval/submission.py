@@ -23,13 +23,13 @@ import csv
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from share4v.eval.jsonl import read_jsonl
 from share4v.eval.metrics import seed_scores, vqa_normalize
+from share4v.temp_paths import new_temp_file
 
 ANSWERS = "answers (JSON lines with question_id, text)"
 VQAV2_TEST_QUESTIONS = "llava_vqav2_mscoco_test2015.jsonl"  # the original's name (with llava_), all of test2015
@@ -43,10 +43,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = new_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode as a plain write's
     try:
-        yield Path(temporary)
+        yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -19,7 +19,6 @@ import glob
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE
 from share4v.inference.requests import Request, RequestEncoder
+from share4v.temp_paths import new_temp_file
 from share4v.utils import dist_info
 
 DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
@@ -155,9 +155,10 @@ def merge(save_path: str | Path, num_chunks: int | None = None) -> Path:
         rows += [{row["image"]: row["caption"]} for row in read_appended_jsonl(outputs.captions)]
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=save_path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
+    temporary = new_temp_file(save_path.parent, suffix=".tmp")  # mode as a plain write's
+    with temporary.open("w", encoding="utf-8") as f:
         json.dump(rows, f, indent=4, ensure_ascii=False)
-    os.replace(f.name, save_path)
+    os.replace(temporary, save_path)
     return save_path
 
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from share4v.model import Share4VConfig, Share4VLlamaForCausalLM
+from share4v.temp_paths import new_temp_folder
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -196,7 +196,7 @@ def make_tiny_checkpoint(
     if out_dir.exists() and overwrite and not is_checkpoint and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not a checkpoint (no config.json): --overwrite replaces checkpoints only")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = new_temp_folder(out_dir.parent, prefix=f".{out_dir.name}.")  # mode as os.mkdir's
     try:
         write_checkpoint(staging, spec or TinySpec(), weight_format, shards)
         if out_dir.exists():

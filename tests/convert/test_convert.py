@@ -4,6 +4,7 @@ token ids through the exported chat template, bit-exact round trips, and clear e
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,11 +26,12 @@ from transformers import (
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.conversation import get_conv_template
 from share4v.convert import from_hf, to_hf
+from share4v.convert.folders import staged_folder
 from share4v.convert.from_hf import import_from_hf
 from share4v.convert.to_hf import export_to_hf
 from share4v.mm_utils import process_images, tokenizer_image_token
 from share4v.model.builder import load_pretrained_model
-from tests.helpers import random_image
+from tests.helpers import file_mode, folder_modes, random_image, umask
 
 
 @pytest.fixture(scope="module")
@@ -484,3 +486,15 @@ def test_the_current_folder_or_a_relative_destination_is_its_absolute_path(
     monkeypatch.chdir(tmp_path)  # the process's folder may have been the replaced (deleted) checkpoint
     assert (out / "config.json").is_file() and not (out / "notes.txt").exists()
     assert _hidden(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == sorted({"out", cwd} - {""})
+
+
+def test_a_converted_checkpoint_gets_the_modes_of_plain_writes(tiny_ckpt, tmp_path):
+    """The staging folder renamed into place is no longer tempfile's owner-only 0o700: another user (a serving
+    process, a teammate) reads the whole checkpoint."""
+    with umask(0o022):
+        exported = export_to_hf(tiny_ckpt, tmp_path / "out")
+    assert folder_modes(exported) == {0o755} and file_mode(exported / "config.json") == 0o644
+    # (the weights stay 0o600 while safetensors >= 0.8 writes them owner-only: safetensors/safetensors#782)
+    with umask(0o077), staged_folder(tmp_path / "private") as staging:
+        assert re.fullmatch(rf"\.private\.staging-[A-Za-z0-9._]+-{os.getpid()}-[a-z0-9_]{{8}}", staging.name)
+    assert folder_modes(tmp_path / "private") == {0o700}

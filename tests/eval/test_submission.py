@@ -1,11 +1,15 @@
 """Answer files → the official submission/eval formats, through the original script names."""
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from share4v.eval import submission
+from tests.helpers import umask
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +49,12 @@ def test_scripts_write_atomically_and_fail_in_one_line(tmp_path):
     command = [sys.executable, str(script), "--src", str(tmp_path / "none.jsonl"), "--dst", str(tmp_path / "r.json")]
     bad = subprocess.run(command, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip() == f"error: no such file: {tmp_path / 'none.jsonl'}"
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600)], ids=["022", "077"])
+def test_outputs_get_the_mode_of_a_plain_write(tmp_path, mask, mode):
+    """Not tempfile's owner-only 0o600: a teammate or a serving process reads the submission file."""
+    with umask(mask):
+        written = submission.write_json({"v1_1": "a"}, tmp_path / "out" / "p.json")
+    assert stat.S_IMODE(written.stat().st_mode) == mode and json.loads(written.read_text()) == {"v1_1": "a"}
+    assert [p.name for p in written.parent.iterdir()] == ["p.json"]

@@ -3,6 +3,7 @@ captions every good image exactly once, batched captions equal one-by-one captio
 
 import io
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from PIL import Image
 
 from share4v.inference.engine import GenerationParams, Share4VEngine
 from share4v.serve.captioner import Outputs, caption_images, list_images, merge, shard, torchrun_device
-from tests.helpers import random_image
+from tests.helpers import random_image, umask
 
 ROOT = Path(__file__).resolve().parents[2]
 GREEDY = GenerationParams(temperature=0, max_new_tokens=5)
@@ -140,3 +141,13 @@ def test_merge_finds_the_shards_and_torchrun_processes_take_their_own_gpu(tmp_pa
         merge(save)
     assert torchrun_device({"LOCAL_RANK": "3", "RANK": "11"}, gpus=8) == "cuda:3"
     assert torchrun_device({}, gpus=8) is None and torchrun_device({"LOCAL_RANK": "0"}, gpus=0) is None
+
+
+def test_the_merged_captions_get_the_mode_of_a_plain_write(tmp_path):
+    """Not tempfile's owner-only 0o600: a teammate or a training job of another user reads the captions."""
+    save = tmp_path / "caps.json"
+    Outputs.for_shard(save, 1, 0).captions.write_text(json.dumps({"image": "0.png", "caption": "c"}) + "\n")
+    with umask(0o022):
+        merged = merge(save)
+    assert stat.S_IMODE(merged.stat().st_mode) == 0o644 and json.loads(merged.read_text()) == [{"0.png": "c"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.json", "caps.json.jsonl"]

@@ -9,6 +9,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
+from tests.helpers import file_mode, folder_modes, umask
 
 
 def test_files_and_tensor_names(tiny_ckpt):
@@ -81,3 +82,12 @@ def test_cli(tmp_path):
     assert "wrote a tiny random share4v checkpoint" in first and "kept the existing checkpoint" in again
     with safe_open(out / "model.safetensors", "pt") as weights:
         assert weights.get_tensor("lm_head.weight").shape == (512, 64)
+
+
+def test_the_checkpoint_gets_the_modes_of_plain_writes(tmp_path):
+    """The staging folder renamed into place is no longer tempfile's owner-only 0o700."""
+    with umask(0o022):
+        made = make_tiny_checkpoint(tmp_path / "tiny")
+    assert folder_modes(made) == {0o755} and file_mode(made / "config.json") == 0o644
+    # (the weights stay 0o600 while safetensors >= 0.8 writes them owner-only: safetensors/safetensors#782)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]

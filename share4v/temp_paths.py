@@ -1,0 +1,58 @@
+"""share4v/temp_paths.py
+
+Temporary files and folders that outputs are written into before being renamed into place, created with the mode a
+plain `open(path, "w")` or `os.mkdir(path)` gives (0o666 / 0o777 less the process umask), so that the renamed output
+is as readable to teammates and serving processes as any other file the user writes. `tempfile.mkstemp`,
+`NamedTemporaryFile` and `mkdtemp` create theirs owner-only (0o600 / 0o700), a mode the rename keeps. The kernel
+applies the umask here (no `os.umask` round trip, which is not thread-safe). Standard library only: the scorers'
+submission writer imports it on machines without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet: names stay what they were
+_NAME_LENGTH = 8
+_ATTEMPTS = 10000  # tempfile.TMP_MAX
+
+
+def _random_name() -> str:
+    return "".join(secrets.choice(_LETTERS) for _ in range(_NAME_LENGTH))
+
+
+def _create(make: Callable[[str], None], directory: str | Path, prefix: str, suffix: str) -> Path:
+    """`directory/PREFIX RANDOM SUFFIX`, made by `make`, which raises FileExistsError when the name is taken."""
+    for _ in range(_ATTEMPTS):
+        path = os.path.join(directory, f"{prefix}{_random_name()}{suffix}")
+        try:
+            make(path)
+        except FileExistsError:
+            continue
+        return Path(path)
+    raise FileExistsError(f"no free temporary name {prefix}XXXXXXXX{suffix} in {directory}")
+
+
+def _make_file(path: str) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+
+
+def _make_folder(path: str) -> None:
+    os.mkdir(path, 0o777)
+
+
+def new_temp_file(directory: str | Path, prefix: str = "tmp", suffix: str = "") -> Path:
+    """Create an empty file `directory/PREFIX + 8 random characters + SUFFIX` (as `tempfile.mkstemp` names them)
+    with the mode `open(path, "w")` gives, and return its path. The caller writes it, renames it and removes it on
+    failure."""
+    return _create(_make_file, directory, prefix, suffix)
+
+
+def new_temp_folder(directory: str | Path, prefix: str = "tmp", suffix: str = "") -> Path:
+    """Create an empty folder `directory/PREFIX + 8 random characters + SUFFIX` (as `tempfile.mkdtemp` names them)
+    with the mode `os.mkdir(path)` gives, and return its path. The caller fills it, renames it and removes it on
+    failure."""
+    return _create(_make_folder, directory, prefix, suffix)
