@@ -102,12 +102,15 @@ def prompt_logits(engine: Share4VEngine, batch, fused: bool) -> torch.Tensor:
         embeds, mask = engine._prompt_embeddings(batch)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if not fused:
-            output = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+            output = model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False
+            )  # a 128-row fp32 cache alone would take 83 GB at 7B
             return output.logits[:, -1].float().cpu()
         engine._make_greedy_step()
         step = engine._greedy_step
         step.check_weights()
         cache = StaticCache(config=model.config, max_cache_len=mask.shape[1])
+        engine._allocate_cache(cache, mask.shape[0])  # as the engine's loops do: the pass writes into its slots
         return step.fused.prompt_logits(embeds, positions, mask, cache, step.prompt_layer).float().cpu()
 
 

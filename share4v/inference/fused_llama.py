@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import StaticLayer
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 
 from share4v.inference import cache_attention, fp8_cache
@@ -145,9 +146,15 @@ class FusedLlama:
         `group_positions`: where the batch holds more positions than this, each layer runs over groups of rows of
         at most this many positions (as equal in size as can be; one row at least), one after another, so that a
         layer's activations (the MLP's are the largest: 2 x intermediate values a position) are a group's, not the
-        whole batch's. The batch's hidden states (copied once) and each layer's keys and values stay whole. A row's
-        result is its own computation either way, up to the rounding of products of other shapes (equal within
-        1e-5 in the fp32 tests; in bf16 on a GPU not bit for bit). None: the whole batch at once."""
+        whole batch's. The batch's hidden states stay whole (copied once). A row's result is its own computation
+        either way, up to the rounding of products of other shapes (equal within 1e-5 in the fp32 tests; in bf16 on
+        a GPU not bit for bit). None: the whole batch at once.
+
+        Where `cache` is a static cache already allocated for this batch (`_static_slots`; the engine allocates its
+        cache before the pass), each group's keys and values are copied straight into the cache's slots. Otherwise
+        each layer's keys and values are gathered whole and written by `cache.update` (its `index_copy_`, which
+        allocates the cache at the first write); on an H200 at batch 128 that gathering and writing took 167 ms of
+        a 1.86 s pass (`benchmarks/results/2026-11-28-h200-decode-step-128/`)."""
         llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
         cos, sin = llm.rotary_emb(embeds, position_ids)
         visible = None  # no padding: causal attention, which runs without a mask (flash attention on a GPU)
@@ -159,24 +166,37 @@ class FusedLlama:
             # position is visible to it anyway
             itself = torch.eye(length, dtype=torch.bool, device=embeds.device)
             visible = ((causal & attention_mask.bool()[:, None, :]) | itself)[:, None]  # [B, 1, P, P]
-        groups = _row_groups(embeds.shape[0], embeds.shape[1], group_positions)
+        batch, length = embeds.shape[:2]
+        groups = _row_groups(batch, length, group_positions)
         hidden = embeds if len(groups) == 1 else embeds.clone()  # groups write their rows' outputs back in place
+        stored = torch.uint8 if kv_fp8 else embeds.dtype
         for index, (layer, fused) in enumerate(zip(llm.layers, self.layers, strict=True)):
             weights = (layer, fused.qkv, fused.gate_up, fused.qkv_split)
-            if len(groups) == 1:
-                hidden, key, value = layer_pass(*weights, hidden, cos, sin, visible, kv_fp8=kv_fp8)
-            else:
-                key = value = None
-                for rows in groups:
-                    mask = None if visible is None else visible[rows]
-                    out, group_key, group_value = layer_pass(
-                        *weights, hidden[rows], cos[rows], sin[rows], mask, kv_fp8=kv_fp8
-                    )
+            slots = _static_slots(cache, index, batch, length, stored, embeds.device)
+            key = value = None
+            for rows in groups:
+                mask = None if visible is None else visible[rows]
+                out, group_key, group_value = layer_pass(
+                    *weights, hidden[rows], cos[rows], sin[rows], mask, kv_fp8=kv_fp8
+                )
+                if len(groups) == 1:
+                    hidden = out
+                else:
+                    hidden[rows] = out
+                if slots is not None:  # straight into the cache's slots
+                    slots.keys[rows, :, :length] = group_key
+                    slots.values[rows, :, :length] = group_value
+                elif len(groups) == 1:
+                    key, value = group_key, group_value
+                else:
                     if key is None:  # the whole batch's keys and values, for one write into the cache
-                        key = group_key.new_empty((hidden.shape[0], *group_key.shape[1:]))
-                        value = group_value.new_empty((hidden.shape[0], *group_value.shape[1:]))
-                    hidden[rows], key[rows], value[rows] = out, group_key, group_value
-            cache.update(key, value, index)
+                        key = group_key.new_empty((batch, *group_key.shape[1:]))
+                        value = group_value.new_empty((batch, *group_value.shape[1:]))
+                    key[rows], value[rows] = group_key, group_value
+            if slots is not None:
+                slots.cumulative_length.add_(length)  # what `update` counts: the positions written
+            else:
+                cache.update(key, value, index)
         return self.model.lm_head(llm.norm(hidden[:, -1]))
 
 
@@ -234,6 +254,27 @@ def _row_groups(rows: int, length: int, group_positions: int | None) -> list[sli
     count = -(-rows // max(1, group_positions // length))
     bounds = [rows * group // count for group in range(count + 1)]
     return [slice(start, end) for start, end in itertools.pairwise(bounds)]
+
+
+def _static_slots(cache, index: int, rows: int, length: int, dtype: torch.dtype, device: torch.device):
+    """Layer `index` of `cache` where the prompt pass writes its keys and values into the layer's tensors itself, by
+    rows (no whole-batch copy, no `index_copy_`): a transformers `StaticLayer` (exactly that class), allocated
+    (the engine allocates its cache before the prompt pass: `Share4VEngine._allocate_cache`) for `rows` rows and at
+    least `length` positions in `dtype` on `device`, in a cache that does not offload. The pass then adds `length`
+    to the layer's `cumulative_length`, as the layer's own `update` counts positions, and writes them from slot 0:
+    the cache must be reset, as `prompt_logits` asks anyway. None otherwise: `cache.update` writes them."""
+    layers = getattr(cache, "layers", None)
+    if getattr(cache, "offloading", True) or layers is None or index >= len(layers):
+        return None
+    layer = layers[index]
+    if type(layer) is not StaticLayer or not layer.is_initialized:
+        return None
+    if not isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
+        return None
+    if any(t.dtype != dtype or t.device != device or t.shape[0] != rows or t.shape[2] < length
+           for t in (layer.keys, layer.values)):  # fmt: skip
+        return None
+    return layer
 
 
 def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -101,15 +101,22 @@ def test_one_fused_step_gives_the_models_logits(kv_heads):
 
 
 # the whole batch (27 positions) at once, one row a group, and groups of 1 and 2 rows
+# allocated: the cache allocated before the pass, as the engine does, so that the pass writes into its slots itself
+# (else `cache.update` writes each layer's keys and values and allocates the cache at its first write)
+@pytest.mark.parametrize("allocated", [True, False], ids=["allocated", "lazy"])
 @pytest.mark.parametrize("group_positions", [None, 9, 18], ids=["one-group", "rows-alone", "rows-1-2"])
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padded, group_positions):
+def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padded, group_positions, allocated):
     model = text_model(kv_heads)
     embeds, mask = left_padded(model, padded)  # unpadded: causal attention without a mask
     prompt = mask.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     ours, theirs = (StaticCache(config=model.config, max_cache_len=prompt + 4) for _ in range(2))
+    if allocated:
+        ours.early_initialization(3, kv_heads, model.config.head_dim, embeds.dtype, embeds.device)
+    updates = []
+    ours.update = lambda *args, **kwargs: updates.append(args[2]) or StaticCache.update(ours, *args, **kwargs)
     passes = []
 
     def layer_pass(*args, **kwargs):
@@ -124,6 +131,7 @@ def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padde
         logits = fused.prompt_logits(embeds, positions, mask, ours, layer_pass, group_positions=group_positions)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert passes == {None: [3], 9: [1, 1, 1], 18: [1, 2]}[group_positions] * 2  # per layer
+    assert updates == ([] if allocated else [0, 1])  # an allocated cache's slots are written directly
     assert torch.equal(embeds, given)  # the caller's embeddings are left as they were
     written = mask.bool()  # the cache's padding slots are masked later: only the written ones must agree
     for layer, reference in zip(ours.layers, theirs.layers, strict=True):
