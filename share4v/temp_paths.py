@@ -4,14 +4,16 @@ Temporary files and folders that outputs are written into before being renamed i
 plain `open(path, "w")` or `os.mkdir(path)` gives (0o666 / 0o777 less the process umask), so that the renamed output
 is as readable to teammates and serving processes as any other file the user writes. `tempfile.mkstemp`,
 `NamedTemporaryFile` and `mkdtemp` create theirs owner-only (0o600 / 0o700), a mode the rename keeps. The kernel
-applies the umask here (no `os.umask` round trip, which is not thread-safe). Standard library only: the scorers'
-submission writer imports it on machines without torch.
+applies the umask here (no `os.umask` round trip, which is not thread-safe). `widen_to_default_mode` gives a file
+that a library wrote owner-only (safetensors' `save_file`) that same mode afterwards. Standard library only: the
+scorers' submission writer imports it on machines without torch.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,3 +58,23 @@ def new_temp_folder(directory: str | Path, prefix: str = "tmp", suffix: str = ""
     with the mode `os.mkdir(path)` gives, and return its path. The caller fills it, renames it and removes it on
     failure."""
     return _create(_make_folder, directory, prefix, suffix)
+
+
+def widen_to_default_mode(path: str | Path) -> None:
+    """Add to `path`'s permission bits those a plain `open(path, "w")` beside it would give (0o666 less the umask,
+    or what the folder's default ACL says), so that a file a library wrote owner-only (safetensors >= 0.8 writes
+    0o600, safetensors/safetensors#782) is as readable as the user's other files. Bits are only ever added: a file
+    already at least that open is left alone, and under umask 0o077 an owner-only file stays so.
+
+    The default mode is read from a probe file created beside `path` and removed again: the kernel applies the
+    umask (no thread-unsafe `os.umask` round trip) and the folder's default ACL, as it did for a plain write.
+    """
+    path = Path(path)
+    probe = new_temp_file(path.parent, prefix=f".{path.name}.", suffix=".mode")
+    try:
+        default = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink()
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current | default != current:
+        os.chmod(path, current | default)

@@ -34,6 +34,11 @@ def file_mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def file_modes(root: Path, pattern: str = "*") -> set[int]:
+    """The permission bits of every file under `root` whose name matches `pattern`."""
+    return {file_mode(path) for path in root.rglob(pattern) if path.is_file()}
+
+
 def random_image(seed: int, size: tuple[int, int] = (70, 40)) -> Image.Image:
     """A reproducible noise image of `size` (width, height)."""
     pixels = np.random.RandomState(seed).randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)

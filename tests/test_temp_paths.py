@@ -1,5 +1,6 @@
 """Temporaries for atomic writes get the mode a plain write gives (0o666 / 0o777 less the umask), not tempfile's
-owner-only 0o600 / 0o700, and tempfile's names; a name already taken is passed over."""
+owner-only 0o600 / 0o700, and tempfile's names; a name already taken is passed over. `widen_to_default_mode` only
+adds the bits a plain write would have had."""
 
 import re
 import stat
@@ -7,7 +8,7 @@ import stat
 import pytest
 
 from share4v import temp_paths
-from share4v.temp_paths import new_temp_file, new_temp_folder
+from share4v.temp_paths import new_temp_file, new_temp_folder, widen_to_default_mode
 from tests.helpers import umask
 
 MODES = [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)]
@@ -47,3 +48,38 @@ def test_no_free_name_raises(tmp_path, monkeypatch):
     new_temp_folder(tmp_path)
     with pytest.raises(FileExistsError, match="no free temporary name"):
         new_temp_folder(tmp_path)
+
+
+@pytest.mark.parametrize(("mask", "file_mode"), [(m[0], m[1]) for m in MODES], ids=["022", "077", "002"])
+def test_an_owner_only_file_is_widened_to_a_plain_writes_mode(tmp_path, mask, file_mode):
+    """As safetensors >= 0.8 leaves its files (0o600): they get 0o644 under umask 0o022, stay 0o600 under 0o077."""
+    owner_only = tmp_path / "w.safetensors"
+    owner_only.write_bytes(b"x")
+    owner_only.chmod(0o600)
+    with umask(mask):
+        widen_to_default_mode(owner_only)
+    assert stat.S_IMODE(owner_only.stat().st_mode) == file_mode and owner_only.read_bytes() == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # the probe is gone
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o755], ids=oct)
+def test_a_file_the_default_does_not_widen_is_left_alone(tmp_path, mode, monkeypatch):
+    """A mode the user chose at least as open as the default (umask 0o022: 0o644) is not touched, not even
+    rewritten to itself."""
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"x")
+    path.chmod(mode)
+    monkeypatch.setattr(temp_paths.os, "chmod", lambda *args: pytest.fail(f"chmod{args}"))
+    with umask(0o022):
+        widen_to_default_mode(path)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_only_bits_are_added(tmp_path):
+    """A mode neither narrower nor wider than the default keeps its own bits and gains the default's."""
+    path = tmp_path / "w"
+    path.write_bytes(b"x")
+    path.chmod(0o710)
+    with umask(0o022):
+        widen_to_default_mode(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o754

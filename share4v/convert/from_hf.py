@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 from transformers import LlavaConfig
 
 from share4v.convert.folders import check_destination, load_tokenizer, read_config, read_json, staged_folder
@@ -34,7 +33,7 @@ from share4v.convert.llava_format import (
     require_tensors,
 )
 from share4v.mm_utils import IMAGE_ASPECT_RATIOS
-from share4v.model.weights_io import read_model_weights, write_safetensors_shards
+from share4v.model.weights_io import read_model_weights, save_file, write_safetensors_shards
 
 _FEATURE = {"default": "patch", "full": "cls_patch"}
 _TOWER_FOLDER = "vision_tower"

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from share4v.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from share4v.model.multimodal_projector.builder import build_vision_projector
-from share4v.model.weights_io import read_weights
+from share4v.model.weights_io import read_weights, save_file
 
 TOWER_STATE_PREFIX = "model.vision_tower.vision_tower."  # where a tower's weights sit in the full model's state
 

@@ -2,6 +2,8 @@
 
 Reading and writing weight files: one `.safetensors` / pickled `.bin` file (read with `weights_only=True`), a
 checkpoint folder's weights whether single or sharded with an index, and sharded safetensors with their index.
+Every `.safetensors` the package writes gets the mode of a plain write: through `save_file` here, or through
+`widen_safetensors_modes` after a transformers or peft `save_pretrained`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Any
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save_file as _safetensors_save_file
+
+from share4v.temp_paths import widen_to_default_mode
 
 
 def _first_line(err: Exception) -> str:
@@ -75,6 +80,23 @@ def read_model_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         if (folder / name).is_file():
             return read_weights(folder / name)
     raise FileNotFoundError(f"{folder} holds no model weights (model.safetensors, pytorch_model.bin or an index)")
+
+
+def save_file(
+    tensors: dict[str, torch.Tensor], filename: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """`safetensors.torch.save_file`, then the file gets the mode a plain `open(filename, "w")` gives (0o644 under
+    umask 0o022) instead of safetensors' owner-only 0o600 (safetensors/safetensors#782): teammates and serving
+    processes of other users read the weights as they read the config beside them."""
+    _safetensors_save_file(tensors, filename, metadata=metadata)
+    widen_to_default_mode(filename)
+
+
+def widen_safetensors_modes(folder: str | os.PathLike) -> None:
+    """After a `save_pretrained` of transformers or peft (which write through safetensors' `save_file`): every
+    `*.safetensors` directly in `folder` gets the mode of a plain write, as `save_file` above gives its file."""
+    for path in Path(folder).glob("*.safetensors"):
+        widen_to_default_mode(path)
 
 
 def write_safetensors_shards(state: dict[str, torch.Tensor], folder: str | os.PathLike, max_shard_size: str = "5GB"):

@@ -156,9 +156,13 @@ def merge(save_path: str | Path, num_chunks: int | None = None) -> Path:
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = new_temp_file(save_path.parent, suffix=".tmp")  # mode as a plain write's
-    with temporary.open("w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=4, ensure_ascii=False)
-    os.replace(temporary, save_path)
+    try:
+        with temporary.open("w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=4, ensure_ascii=False)
+        os.replace(temporary, save_path)
+    except BaseException:  # a full disk, an interrupt: no half-written temporary left beside the captions
+        temporary.unlink(missing_ok=True)
+        raise
     return save_path
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from share4v.model import Share4VConfig, Share4VLlamaForCausalLM
+from share4v.model.weights_io import save_file
 from share4v.temp_paths import new_temp_folder
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from share4v.model import Share4VConfig, Share4VLlamaForCausalLM
+from share4v.model.weights_io import save_file, widen_safetensors_modes
 from share4v.testing.make_tiny_checkpoint import TinySpec, llm_config_dict, write_vision_tower
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
 
@@ -51,6 +51,7 @@ def make_tiny_base_llm(out_dir: str | Path, spec: TinySpec | None = None) -> Pat
         tie_word_embeddings=False,
     )
     LlamaForCausalLM(config).save_pretrained(out_dir)
+    widen_safetensors_modes(out_dir)
     write_llama_tokenizer(out_dir, train_sentencepiece(spec.seed, spec.vocab_size))
     return out_dir
 

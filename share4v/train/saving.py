@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from share4v.model.language_model.share4v_llama import VISION_TOWER_FOLDER
@@ -37,7 +36,7 @@ from share4v.model.vision_setup import (
     save_vision_tower,
     tower_state_from_model_state,
 )
-from share4v.model.weights_io import read_model_weights, read_weights
+from share4v.model.weights_io import read_model_weights, read_weights, save_file, widen_safetensors_modes
 from share4v.train.fsdp import is_sharded, load_state
 
 logger = logging.getLogger(__name__)
@@ -100,6 +99,7 @@ def save_training_checkpoint(
         save_file(_cpu({k: v for k, v in plain_state.items() if k.startswith(keep)}), output_dir / PROJECTOR_FILE)
     else:
         model.save_pretrained(output_dir, state_dict=full_state)  # peft writes the adapter only
+        widen_safetensors_modes(output_dir)  # peft writes it owner-only (through safetensors)
         tower_ids = {id(p) for p in base.get_vision_tower().parameters()} if base.get_vision_tower() else set()
         trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
         trainable -= {n for n, p in model.named_parameters() if id(p) in tower_ids}

@@ -31,7 +31,7 @@ from share4v.convert.from_hf import import_from_hf
 from share4v.convert.to_hf import export_to_hf
 from share4v.mm_utils import process_images, tokenizer_image_token
 from share4v.model.builder import load_pretrained_model
-from tests.helpers import file_mode, folder_modes, random_image, umask
+from tests.helpers import file_modes, folder_modes, random_image, umask
 
 
 @pytest.fixture(scope="module")
@@ -489,12 +489,17 @@ def test_the_current_folder_or_a_relative_destination_is_its_absolute_path(
 
 
 def test_a_converted_checkpoint_gets_the_modes_of_plain_writes(tiny_ckpt, tmp_path):
-    """The staging folder renamed into place is no longer tempfile's owner-only 0o700: another user (a serving
-    process, a teammate) reads the whole checkpoint."""
+    """Neither the staging folder renamed into place (tempfile's owner-only 0o700) nor the weights (safetensors'
+    owner-only 0o600, safetensors/safetensors#782) keep another user (a serving process, a teammate) out."""
     with umask(0o022):
         exported = export_to_hf(tiny_ckpt, tmp_path / "out")
-    assert folder_modes(exported) == {0o755} and file_mode(exported / "config.json") == 0o644
-    # (the weights stay 0o600 while safetensors >= 0.8 writes them owner-only: safetensors/safetensors#782)
+        imported = import_from_hf(exported, tmp_path / "back")
+    for converted in (exported, imported):
+        assert folder_modes(converted) == {0o755} and file_modes(converted) == {0o644}, converted
+    assert len(list(imported.rglob("*.safetensors"))) == 2  # the LLM's and the vision tower's
+    with umask(0o077):
+        private = export_to_hf(tiny_ckpt, tmp_path / "private_export")
+    assert file_modes(private, "*.safetensors") == {0o600} and folder_modes(private) == {0o700}
     with umask(0o077), staged_folder(tmp_path / "private") as staging:
         assert re.fullmatch(rf"\.private\.staging-[A-Za-z0-9._]+-{os.getpid()}-[a-z0-9_]{{8}}", staging.name)
     assert folder_modes(tmp_path / "private") == {0o700}

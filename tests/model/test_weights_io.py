@@ -1,14 +1,20 @@
 """Weight files that cannot be read (a truncated `.bin` shard, an index that is not JSON or has no weight_map) are
-refused in one line naming the file, through `read_weights` / `read_model_weights` and the to_hf CLI (exit 2)."""
+refused in one line naming the file, through `read_weights` / `read_model_weights` and the to_hf CLI (exit 2).
+Written safetensors get the mode of a plain write, and the package writes them only through `weights_io.save_file`."""
 
+import ast
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from share4v.convert import to_hf
-from share4v.model.weights_io import read_model_weights, read_weights
+from share4v.model.weights_io import read_model_weights, read_weights, save_file
+from tests.helpers import file_mode, umask
+
+PACKAGE = Path(__file__).resolve().parents[2] / "share4v"
 
 
 @pytest.fixture(params=[0, 100, 0.5, -10], ids=["empty", "head-only", "half", "tail-cut"])
@@ -61,3 +67,25 @@ def test_to_hf_refuses_a_truncated_bin_checkpoint_in_one_line(tiny_ckpt, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {src / 'pytorch_model.bin'} is not a readable PyTorch weights file"), err
     assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600)], ids=["022", "077"])
+def test_save_file_gives_the_mode_of_a_plain_write(tmp_path, mask, mode):
+    """Not safetensors' owner-only 0o600 (safetensors/safetensors#782): other users read the weights."""
+    with umask(mask):
+        save_file({"a": torch.ones(2)}, tmp_path / "w.safetensors", metadata={"format": "pt"})
+    weights = tmp_path / "w.safetensors"
+    assert file_mode(weights) == mode and torch.equal(read_weights(weights)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_the_package_writes_safetensors_only_through_weights_io():
+    """A direct `safetensors.torch.save_file` (or `save_model`) would write an owner-only file again."""
+    direct = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).as_posix() == "model/weights_io.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
+                direct += [f"{path.relative_to(PACKAGE)}: {a.name}" for a in node.names if a.name.startswith("save")]
+    assert direct == []

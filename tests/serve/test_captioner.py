@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from share4v.inference.engine import GenerationParams, Share4VEngine
+from share4v.serve import captioner
 from share4v.serve.captioner import Outputs, caption_images, list_images, merge, shard, torchrun_device
 from tests.helpers import random_image, umask
 
@@ -151,3 +152,17 @@ def test_the_merged_captions_get_the_mode_of_a_plain_write(tmp_path):
         merged = merge(save)
     assert stat.S_IMODE(merged.stat().st_mode) == 0o644 and json.loads(merged.read_text()) == [{"0.png": "c"}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.json", "caps.json.jsonl"]
+
+
+def test_a_failed_merge_leaves_no_temporary(tmp_path, monkeypatch):
+    """A write that fails (a full disk) raises and leaves neither the final file nor a half-written `*.tmp`."""
+    save = tmp_path / "caps.json"
+    Outputs.for_shard(save, 1, 0).captions.write_text(json.dumps({"image": "0.png", "caption": "c"}) + "\n")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(captioner.json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        merge(save)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.json.jsonl"]

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
-from tests.helpers import file_mode, folder_modes, umask
+from tests.helpers import file_modes, folder_modes, umask
 
 
 def test_files_and_tensor_names(tiny_ckpt):
@@ -84,10 +84,12 @@ def test_cli(tmp_path):
         assert weights.get_tensor("lm_head.weight").shape == (512, 64)
 
 
-def test_the_checkpoint_gets_the_modes_of_plain_writes(tmp_path):
-    """The staging folder renamed into place is no longer tempfile's owner-only 0o700."""
-    with umask(0o022):
+@pytest.mark.parametrize(("mask", "file", "folder"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)], ids=["022", "077"])
+def test_the_checkpoint_gets_the_modes_of_plain_writes(tmp_path, mask, file, folder):
+    """Neither the staging folder renamed into place (tempfile's owner-only 0o700) nor the weights (safetensors'
+    owner-only 0o600, safetensors/safetensors#782) keep other users out; under umask 0o077 all stay private."""
+    with umask(mask):
         made = make_tiny_checkpoint(tmp_path / "tiny")
-    assert folder_modes(made) == {0o755} and file_mode(made / "config.json") == 0o644
-    # (the weights stay 0o600 while safetensors >= 0.8 writes them owner-only: safetensors/safetensors#782)
+    assert folder_modes(made) == {folder} and file_modes(made) == {file}
+    assert len(list(made.rglob("*.safetensors"))) == 2  # the LLM's and the vision tower's
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]

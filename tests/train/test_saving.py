@@ -1,5 +1,5 @@
 """Saving in the released layouts refuses to write a vision tower folder from incomplete weights; a projector-only
-checkpoint resumes with the input embeddings it trained."""
+checkpoint resumes with the input embeddings it trained; every layout's files get the mode of a plain write."""
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from share4v.model import builder
 from share4v.model.builder import load_pretrained_model
 from share4v.train.saving import EMBED_TOKENS_KEY, load_training_checkpoint, save_training_checkpoint
+from tests.helpers import file_modes, umask
 
 
 def test_incomplete_tower_weights_are_an_error_not_a_broken_folder(tiny_ckpt, tmp_path):
@@ -54,3 +55,26 @@ def test_embeddings_of_another_vocabulary_are_a_clear_error(tiny_ckpt, tmp_path)
     save_file(state, path)
     with pytest.raises(ValueError, match=r"mm_projector.safetensors: model.embed_tokens.weight has shape"):
         load_training_checkpoint(_projector_run_model(tiny_ckpt), tmp_path / "checkpoint-1")
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600)], ids=["022", "077"])
+@pytest.mark.parametrize("layout", ["full", "projector", "lora"])
+def test_saved_weights_get_the_mode_of_a_plain_write(tiny_ckpt, tmp_path, layout, mask, mode):
+    """Not safetensors' owner-only 0o600 (safetensors/safetensors#782), whoever writes them: transformers'
+    save_pretrained (full), our save_file (projector, non-LoRA weights, vision tower), peft (adapter)."""
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")
+    if layout == "projector":
+        model.config.tune_mm_mlp_adapter = True
+    elif layout == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    with umask(mask):
+        save_training_checkpoint(model, tmp_path / "out", save_vision_tower_folder=True)
+    weights = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.safetensors"))
+    assert weights == {
+        "full": ["model.safetensors"],
+        "projector": ["mm_projector.safetensors"],
+        "lora": ["adapter_model.safetensors", "non_lora_trainables.safetensors"],
+    }[layout] + ["vision_tower/model.safetensors"]
+    assert file_modes(tmp_path / "out") == {mode}
