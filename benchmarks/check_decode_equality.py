@@ -57,6 +57,7 @@ from results_file import results_path, write_results
 
 from share4v.inference.engine import GenerationParams, Share4VEngine
 from share4v.inference.fp8_cache import KV_CACHE_DTYPES
+from share4v.inference.fused_llama import PROMPT_GROUP_POSITIONS
 
 
 class ForceTokens(LogitsProcessor):
@@ -94,9 +95,12 @@ def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict:
     }
 
 
-def prompt_logits(engine: Share4VEngine, batch, fused: bool) -> torch.Tensor:
+def prompt_logits(
+    engine: Share4VEngine, batch, fused: bool, group_positions: int | None = PROMPT_GROUP_POSITIONS
+) -> torch.Tensor:
     """The last position's logits `[B, V]` of `batch`'s prompts: the greedy loop's prompt pass over the fused
-    layers (`fused`, compiled as the engine runs it) or the model's own forward."""
+    layers (`fused`, compiled as the engine runs it, in row groups of `group_positions`; None: the whole batch at
+    once) or the model's own forward."""
     model = engine.model
     with torch.inference_mode():
         embeds, mask = engine._prompt_embeddings(batch)
@@ -111,7 +115,10 @@ def prompt_logits(engine: Share4VEngine, batch, fused: bool) -> torch.Tensor:
         step.check_weights()
         cache = StaticCache(config=model.config, max_cache_len=mask.shape[1])
         engine._allocate_cache(cache, mask.shape[0])  # as the engine's loops do: the pass writes into its slots
-        return step.fused.prompt_logits(embeds, positions, mask, cache, step.prompt_layer).float().cpu()
+        logits = step.fused.prompt_logits(
+            embeds, positions, mask, cache, step.prompt_layer, group_positions=group_positions
+        )
+        return logits.float().cpu()
 
 
 def loop_logits(engine: Share4VEngine, batch, forced: torch.Tensor) -> torch.Tensor:
@@ -206,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         assert torch.equal(forced, tokens), "the forced path did not follow the given tokens"
         prompts = batch_of(fast, args.prompt_rows)
         fused_prompt, own_prompt = prompt_logits(fast, prompts, fused=True), prompt_logits(fast, prompts, fused=False)
+        grouped = prompts.input_ids.shape[0] * prompts.prompt_len > PROMPT_GROUP_POSITIONS  # the pass runs in row groups
+        whole_prompt = prompt_logits(fast, prompts, fused=True, group_positions=None) if grouped else None
         cache_shape = fast._cache_shape
         loops = {}
         if args.kv_cache_dtype == "fp8":  # the loop over each cache, fed the same tokens
@@ -235,6 +244,11 @@ def main(argv: list[str] | None = None) -> dict:
             "fused_vs_model": agreement(fused_prompt, own_prompt),
             "model_vs_fp32": agreement(own_prompt, prompt_reference),
             "fused_vs_fp32": agreement(fused_prompt, prompt_reference),
+            # a batch the pass runs in row groups: the same fused pass over the whole batch at once, for comparison
+            **({} if whole_prompt is None else {
+                "fused_one_group_vs_fp32": agreement(whole_prompt, prompt_reference),
+                "fused_vs_fused_one_group": agreement(fused_prompt, whole_prompt),
+            }),
             "logit_std": round(prompt_reference.std().item(), 4),
         }  # fmt: skip
         emit({"measurement": "prompt_pass", **results["prompt_pass"]})
