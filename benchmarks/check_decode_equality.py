@@ -13,7 +13,11 @@ and builders of `bench_generate.py`):
 - bf16, the prompt pass: the last position's logits of `--prompt-rows` prompts from the greedy loop's prompt pass
   (the fused layers, compiled for any batch and length: `fused_prompt`) and from the model's own forward, each
   compared with the model's fp32 forward; the fused pass passes when it stays as close to fp32 as the model's own
-  bf16 forward does (`--tolerance`).
+  bf16 forward does (`--tolerance`). Where the engine runs the pass in row groups (`fused_llama.
+  PROMPT_GROUP_POSITIONS`; and with `--smoke`), the same pass also runs over the whole batch at once with its keys
+  and values written by the cache's own `update`, as before the pass wrote its row groups' into the cache itself:
+  the logits are compared, and the caches by `cache_digest` (`cache_equal_to_one_group_update`; a failure where
+  the logits are equal bit for bit and the caches are not).
 - fp32, free-running: the greedy tokens of both paths for `--fp32-rows` prompts, which must be equal (the fast path
   here is the engine's own greedy loop, `share4v.inference.fast_greedy`, with its default fused q/k/v and gate/up
   step and fused prompt pass; `--unfused-projections`: with the model's own forward for both).
@@ -95,12 +99,38 @@ def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict:
     }
 
 
+def cache_digest(cache, length: int, rows_at_once: int = 16) -> list[int]:
+    """Two integer sums of the bytes of every layer's keys and values in slots `0..length-1` (one plain, one with
+    each byte weighted by its place): equal for equal caches, and a changed, missing or misplaced value changes
+    them (barring a collision). Computed a few rows at a time, so that a 128-row 7B cache needs no copy of it."""
+    digest = []
+    for layer in cache.layers:
+        for tensor in (layer.keys, layer.values):
+            plain = weighted = offset = 0
+            for start in range(0, tensor.shape[0], rows_at_once):
+                data = tensor[start : start + rows_at_once, :, :length].contiguous().view(torch.uint8).flatten()
+                data = data.to(torch.int64)
+                places = (torch.arange(data.numel(), device=data.device) + offset) % 65521 + 1
+                offset += data.numel()
+                plain += int(data.sum())
+                weighted += int((data * places).sum())
+            digest += [plain, weighted]
+    return digest
+
+
 def prompt_logits(
-    engine: Share4VEngine, batch, fused: bool, group_positions: int | None = PROMPT_GROUP_POSITIONS
+    engine: Share4VEngine,
+    batch,
+    fused: bool,
+    group_positions: int | None = PROMPT_GROUP_POSITIONS,
+    allocate: bool = True,
+    digests: list | None = None,
 ) -> torch.Tensor:
     """The last position's logits `[B, V]` of `batch`'s prompts: the greedy loop's prompt pass over the fused
     layers (`fused`, compiled as the engine runs it, in row groups of `group_positions`; None: the whole batch at
-    once) or the model's own forward."""
+    once) or the model's own forward. The fused pass writes into a static cache allocated first, as the engine's
+    loops run it (`allocate`; else the cache is allocated at its first `update`); `digests` gets that cache's
+    `cache_digest`."""
     model = engine.model
     with torch.inference_mode():
         embeds, mask = engine._prompt_embeddings(batch)
@@ -114,10 +144,13 @@ def prompt_logits(
         step = engine._greedy_step
         step.check_weights()
         cache = StaticCache(config=model.config, max_cache_len=mask.shape[1])
-        engine._allocate_cache(cache, mask.shape[0])  # as the engine's loops do: the pass writes into its slots
+        if allocate:  # as the engine's loops do: the pass writes into its slots itself
+            engine._allocate_cache(cache, mask.shape[0])
         logits = step.fused.prompt_logits(
             embeds, positions, mask, cache, step.prompt_layer, group_positions=group_positions
         )
+        if digests is not None:
+            digests.append(cache_digest(cache, mask.shape[1]))
         return logits.float().cpu()
 
 
@@ -212,9 +245,15 @@ def main(argv: list[str] | None = None) -> dict:
         forced, fast_logits = step_logits(fast, batch_of(fast, args.rows), new_tokens, forced=tokens)
         assert torch.equal(forced, tokens), "the forced path did not follow the given tokens"
         prompts = batch_of(fast, args.prompt_rows)
-        fused_prompt, own_prompt = prompt_logits(fast, prompts, fused=True), prompt_logits(fast, prompts, fused=False)
-        grouped = prompts.input_ids.shape[0] * prompts.prompt_len > PROMPT_GROUP_POSITIONS  # the pass runs in row groups
-        whole_prompt = prompt_logits(fast, prompts, fused=True, group_positions=None) if grouped else None
+        digests = []
+        fused_prompt = prompt_logits(fast, prompts, fused=True, digests=digests)
+        own_prompt = prompt_logits(fast, prompts, fused=False)
+        # the same fused pass over the whole batch at once, its keys and values written by the cache's own `update`
+        # (the engine's way before the pass wrote them itself): where the engine's pass runs in row groups, or --smoke
+        grouped = prompts.input_ids.shape[0] * prompts.prompt_len > PROMPT_GROUP_POSITIONS
+        whole_prompt = None
+        if grouped or args.smoke:
+            whole_prompt = prompt_logits(fast, prompts, True, group_positions=None, allocate=False, digests=digests)
         cache_shape = fast._cache_shape
         loops = {}
         if args.kv_cache_dtype == "fp8":  # the loop over each cache, fed the same tokens
@@ -244,10 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
             "fused_vs_model": agreement(fused_prompt, own_prompt),
             "model_vs_fp32": agreement(own_prompt, prompt_reference),
             "fused_vs_fp32": agreement(fused_prompt, prompt_reference),
-            # a batch the pass runs in row groups: the same fused pass over the whole batch at once, for comparison
             **({} if whole_prompt is None else {
                 "fused_one_group_vs_fp32": agreement(whole_prompt, prompt_reference),
                 "fused_vs_fused_one_group": agreement(fused_prompt, whole_prompt),
+                "cache_equal_to_one_group_update": digests[0] == digests[1],
             }),
             "logit_std": round(prompt_reference.std().item(), 4),
         }  # fmt: skip
@@ -268,6 +307,13 @@ def main(argv: list[str] | None = None) -> dict:
     own_top1 = results["prompt_pass"]["model_vs_fp32"]["top1_agreement"]
     if fused_top1 < own_top1 - args.tolerance:
         failures.append(f"fused prompt pass's top-1 agreement with fp32 {fused_top1} < the model's own {own_top1}")
+    one_group = results["prompt_pass"].get("fused_vs_fused_one_group")
+    if (
+        one_group
+        and one_group["max_abs_logit_difference"] == 0
+        and not results["prompt_pass"]["cache_equal_to_one_group_update"]
+    ):
+        failures.append("the fused prompt pass wrote other keys or values than the cache's own update, same logits")
     if free["rows_equal"] < free["rows"]:
         differing = free["rows"] - free["rows_equal"]
         failures.append(f"fp32 greedy tokens differ in {differing} of {free['rows']} rows")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig, StaticCache
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -22,6 +23,21 @@ def test_smoke_run_compares_fast_eager_and_fp32(tmp_path):
     for pair in ("fast_vs_eager", "eager_vs_fp32", "fast_vs_fp32"):  # fp32 on the CPU, compiled as eager graphs
         assert forced[pair]["top1_agreement"] == 1.0 and forced[pair]["max_abs_logit_difference"] < 1e-4
     assert results["free_running"]["rows_equal"] == 2 and results["free_running"]["common_prefix"] == [8, 8]
+    # the pass writing its keys and values into an allocated cache itself writes what the cache's `update` writes
+    assert results["prompt_pass"]["cache_equal_to_one_group_update"] is True
+
+
+def test_the_cache_digest_sees_a_changed_or_moved_value():
+    cache = StaticCache(config=LlamaConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8), max_cache_len=4)
+    keys = torch.randn(2, 2, 3, 4)
+    cache.update(keys, keys + 1, 0)
+    digest = check_decode_equality.cache_digest(cache, 3, rows_at_once=1)
+    assert check_decode_equality.cache_digest(cache, 3) == digest  # the same however many rows at once
+    cache.layers[0].values[1, 0, 2, 3] += 1  # one value changed
+    assert check_decode_equality.cache_digest(cache, 3) != digest
+    cache.layers[0].values[1, 0, 2, 3] -= 1
+    cache.layers[0].keys[[0, 1]] = cache.layers[0].keys[[1, 0]].clone()  # two rows swapped: the same bytes, moved
+    assert check_decode_equality.cache_digest(cache, 3) != digest
 
 
 def test_the_fp8_option_feeds_the_engines_loop_the_same_tokens(tmp_path):
