@@ -151,10 +151,13 @@ class FusedLlama:
         a GPU not bit for bit). None: the whole batch at once.
 
         Where `cache` is a static cache already allocated for this batch (`_static_slots`; the engine allocates its
-        cache before the pass), each group's keys and values are copied straight into the cache's slots. Otherwise
-        each layer's keys and values are gathered whole and written by `cache.update` (its `index_copy_`, which
-        allocates the cache at the first write); on an H200 at batch 128 that gathering and writing took 167 ms of
-        a 1.86 s pass (`benchmarks/results/2026-11-28-h200-decode-step-128/`)."""
+        cache before the pass), each group's keys and values are copied straight into the cache's slots 0..P-1 and
+        the layer's count of positions advanced by P, as `update` would from a reset cache (a cache not reset would
+        be overwritten from slot 0 and count 2P: the caller resets it, as said above). Otherwise each layer's keys
+        and values are gathered whole and written by `cache.update` (its `index_copy_`, which allocates the cache at
+        the first write). On an H200 at batch 128 that `index_copy_` took 87 ms of a 1.86 s pass; the copies of
+        each group's keys and values (69 ms), into the cache now, remain
+        (`benchmarks/results/2026-11-28-h200-decode-step-128/` and `2026-11-28-h200-prompt-direct-writes/`)."""
         llm, layer_pass = self.model.get_model(), layer_pass or prompt_layer
         cos, sin = llm.rotary_emb(embeds, position_ids)
         visible = None  # no padding: causal attention, which runs without a mask (flash attention on a GPU)

@@ -6,10 +6,11 @@ them out again when they are replaced, and leaves a model it cannot fuse to the 
 import pytest
 import torch
 from transformers import CompileConfig, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
-from share4v.inference.fused_llama import FusedLlama, prompt_layer
+from share4v.inference.fused_llama import FusedLlama, _static_slots, prompt_layer
 from share4v.model.builder import load_pretrained_model
 from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
 from tests.helpers import random_image
@@ -140,6 +141,66 @@ def test_the_fused_prompt_pass_gives_the_models_logits_and_cache(kv_heads, padde
             assert tensor[:, :, prompt:].abs().sum() == 0 and torch.isfinite(tensor).all()
             slots, expected_slots = (t[:, :, :prompt].transpose(1, 2) for t in (tensor, expected_tensor))
             torch.testing.assert_close(slots[written], expected_slots[written], rtol=1e-5, atol=1e-5)
+
+
+def _prompt_pass_into(model, cache, group_positions=9, kv_fp8=False) -> tuple[torch.Tensor, list[int]]:
+    """The fused prompt pass of `left_padded`'s prompts into `cache`: its logits and the layers `cache.update` wrote."""
+    embeds, mask = left_padded(model)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    updates = []
+    cache.update = lambda *args, **kwargs: updates.append(args[2]) or type(cache).update(cache, *args, **kwargs)
+    with torch.inference_mode():
+        logits = FusedLlama.of(model).prompt_logits(
+            embeds, positions, mask, cache, group_positions=group_positions, kv_fp8=kv_fp8
+        )
+    return logits, updates
+
+
+@pytest.mark.parametrize("group_positions", [None, 9], ids=["one-group", "rows-alone"])
+def test_the_prompt_pass_writes_e4m3_bytes_into_an_allocated_cache_as_update_does(group_positions):
+    model = text_model(2)
+    allocated, lazy = (StaticCache(config=model.config, max_cache_len=13) for _ in range(2))
+    allocated.early_initialization(3, 2, model.config.head_dim, torch.uint8, torch.device("cpu"))
+    logits, updates = _prompt_pass_into(model, allocated, group_positions, kv_fp8=True)
+    expected, lazy_updates = _prompt_pass_into(model, lazy, group_positions, kv_fp8=True)
+    assert updates == [] and lazy_updates == [0, 1]
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    for ours, theirs in zip(allocated.layers, lazy.layers, strict=True):
+        assert ours.keys.dtype == torch.uint8 and int(ours.get_seq_length()) == int(theirs.get_seq_length()) == 9
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+# the pass writes into a cache itself only where it is a static cache allocated for exactly this batch: rows,
+# at least its positions, the dtype it writes (e4m3 bytes with kv_fp8), its device, no offloading
+@pytest.mark.parametrize(
+    "allocation, writes_itself",
+    [
+        ((3, 13, torch.float32), True),
+        ((3, 9, torch.float32), True),
+        ((2, 13, torch.float32), False),
+        ((4, 13, torch.float32), False),
+        ((3, 8, torch.float32), False),
+        ((3, 13, torch.float64), False),
+        (None, False),
+        ("offloading", False),
+        ("subclass", False),
+    ],
+    ids=["fits", "exactly", "fewer-rows", "more-rows", "too-short", "other-dtype", "lazy", "offloading", "subclass"],
+)
+def test_the_pass_writes_only_into_a_static_cache_allocated_for_the_batch(allocation, writes_itself):
+    model = text_model(2)
+    rows, length, dtype = allocation if isinstance(allocation, tuple) else (3, 13, torch.float32)
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    if allocation is not None:
+        cache.early_initialization(rows, 2, model.config.head_dim, dtype, torch.device("cpu"))
+    if allocation == "offloading":
+        cache.offloading = True
+    if allocation == "subclass":  # another kind of layer may keep other state: not ours to write
+        cache.layers[0].__class__ = type("OtherStaticLayer", (StaticLayer,), {})
+    assert (_static_slots(cache, 0, 3, 9, torch.float32, torch.device("cpu")) is cache.layers[0]) == writes_itself
+    if writes_itself:  # and the bytes it would write with kv_fp8 are not this cache's dtype
+        assert _static_slots(cache, 0, 3, 9, torch.uint8, torch.device("cpu")) is None
+        assert _static_slots(cache, 0, 3, 9, torch.float32, torch.device("meta")) is None
 
 
 def test_one_compiled_graph_serves_every_layer_batch_size_and_prompt_length():
