@@ -66,6 +66,9 @@ def widen_to_default_mode(path: str | Path) -> None:
     0o600, safetensors/safetensors#782) is as readable as the user's other files. Bits are only ever added: a file
     already at least that open is left alone, and under umask 0o077 an owner-only file stays so.
 
+    Meant for a file just created: one written over keeps the mode it had, as with a plain write (weights_io's
+    `save_file` and `widened_new_safetensors` restore it instead of calling this).
+
     The default mode is read from a probe file created beside `path` and removed again: the kernel applies the
     umask (no thread-unsafe `os.umask` round trip) and the folder's default ACL, as it did for a plain write.
     """

@@ -39,6 +39,7 @@ from share4v.eval.report import build_report, find_score_files, write_report
 from share4v.eval.scores import write_scores
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
+from share4v.model.weights_io import widened_new_safetensors
 from share4v.testing.make_tiny_checkpoint import CLIP_MEAN, CLIP_STD, TinySpec, preprocessor_config_dict
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
 from share4v.train.train import train
@@ -224,7 +225,8 @@ def pretrain_llm(world: Path, out: Path, recipe: Recipe, seed: int, device: str 
         optimizer.zero_grad()
     logger.info("pre-trained LLM: final loss %.3f", loss.item())
     record_settings(out, recipe, LLM_SETTINGS)
-    model.save_pretrained(out)
+    with widened_new_safetensors(out):  # transformers writes the weights owner-only (through safetensors)
+        model.save_pretrained(out)
     return out
 
 
@@ -379,7 +381,8 @@ def pretrain_vision_tower(world: Path, out: Path, recipe: Recipe, seed: int, dev
         out.mkdir(parents=True, exist_ok=True)
         (out / "cell_accuracy.json").write_text(json.dumps(accuracy, indent=1) + "\n")
         logger.info("pre-trained ViT on the benchmark's cells: %s", {k: round(v, 3) for k, v in accuracy.items()})
-    tower.save_pretrained(out)
+    with widened_new_safetensors(out):
+        tower.save_pretrained(out)
     record_settings(out, recipe, TOWER_SETTINGS)
     spec = TinySpec(image_size=recipe.image_size, patch_size=recipe.patch_size)
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config_dict(spec)))

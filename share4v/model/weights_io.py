@@ -2,15 +2,20 @@
 
 Reading and writing weight files: one `.safetensors` / pickled `.bin` file (read with `weights_only=True`), a
 checkpoint folder's weights whether single or sharded with an index, and sharded safetensors with their index.
-Every `.safetensors` the package writes gets the mode of a plain write: through `save_file` here, or through
-`widen_safetensors_modes` after a transformers or peft `save_pretrained`.
+Every `.safetensors` the package writes gets the mode of a plain `open(path, "w")`: the default (0o666 less the
+umask) for a new file, the mode it had for a file written over. Through `save_file` here, or by running a transformers
+or peft `save_pretrained` inside `widened_new_safetensors(folder)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pickle
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save_file as _safetensors_save_file
 
 from share4v.temp_paths import widen_to_default_mode
+
+logger = logging.getLogger(__name__)
 
 
 def _first_line(err: Exception) -> str:
@@ -82,21 +89,60 @@ def read_model_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{folder} holds no model weights (model.safetensors, pytorch_model.bin or an index)")
 
 
+def _regular_file(path: str | os.PathLike) -> os.stat_result | None:
+    """`lstat(path)` when it is a regular file (not a symlink), else None."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
 def save_file(
     tensors: dict[str, torch.Tensor], filename: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> None:
-    """`safetensors.torch.save_file`, then the file gets the mode a plain `open(filename, "w")` gives (0o644 under
-    umask 0o022) instead of safetensors' owner-only 0o600 (safetensors/safetensors#782): teammates and serving
-    processes of other users read the weights as they read the config beside them."""
+    """`safetensors.torch.save_file`, then the file gets the mode a plain `open(filename, "w")` gives instead of
+    safetensors' owner-only 0o600 (safetensors/safetensors#782): a new file the default (0o644 under umask 0o022),
+    so that teammates and serving processes of other users read the weights as they read the config beside them; a
+    regular file written over keeps exactly the mode it had (one the user restricted stays restricted)."""
+    existing = _regular_file(filename)
     _safetensors_save_file(tensors, filename, metadata=metadata)
-    widen_to_default_mode(filename)
+    if existing is None:
+        widen_to_default_mode(filename)
+    elif stat.S_IMODE(os.stat(filename).st_mode) != stat.S_IMODE(existing.st_mode):
+        os.chmod(filename, stat.S_IMODE(existing.st_mode))
 
 
-def widen_safetensors_modes(folder: str | os.PathLike) -> None:
-    """After a `save_pretrained` of transformers or peft (which write through safetensors' `save_file`): every
-    `*.safetensors` directly in `folder` gets the mode of a plain write, as `save_file` above gives its file."""
-    for path in Path(folder).glob("*.safetensors"):
-        widen_to_default_mode(path)
+@contextlib.contextmanager
+def widened_new_safetensors(folder: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
+    """Run a `save_pretrained` of transformers or peft (which write through safetensors, owner-only) in this block:
+    afterwards each `*.safetensors` directly in `folder` that the block created gets the mode of a plain write, and
+    each one it replaced (a new inode) gets back the mode it had, as `save_file` above does for its file. Files the
+    block left as they were, symlinks and other non-regular files are not touched; a file whose mode cannot be set
+    is named in a warning, never raised (another process may have put it there). `enabled=False` (a process that does
+    not write, under distributed training) does nothing.
+    """
+    folder = Path(folder)
+    before = {}
+    if enabled and folder.is_dir():
+        before = {
+            p.name: (info.st_ino, info.st_mode) for p in folder.glob("*.safetensors") if (info := _regular_file(p))
+        }
+    yield
+    if not enabled:
+        return
+    for path in sorted(folder.glob("*.safetensors")):
+        info = _regular_file(path)
+        if info is None:
+            continue
+        inode, mode = before.get(path.name, (None, None))
+        try:
+            if inode is None:  # created by the block
+                widen_to_default_mode(path)
+            elif info.st_ino != inode and stat.S_IMODE(info.st_mode) != stat.S_IMODE(mode):  # replaced by it
+                os.chmod(path, stat.S_IMODE(mode))
+        except OSError as err:
+            logger.warning("cannot give %s the mode of a plain write: %s", path, err)
 
 
 def write_safetensors_shards(state: dict[str, torch.Tensor], folder: str | os.PathLike, max_shard_size: str = "5GB"):

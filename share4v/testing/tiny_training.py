@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from share4v.model import Share4VConfig, Share4VLlamaForCausalLM
-from share4v.model.weights_io import save_file, widen_safetensors_modes
+from share4v.model.weights_io import save_file, widened_new_safetensors
 from share4v.testing.make_tiny_checkpoint import TinySpec, llm_config_dict, write_vision_tower
 from share4v.testing.tiny_tokenizer import train_sentencepiece, write_llama_tokenizer
 
@@ -50,8 +50,8 @@ def make_tiny_base_llm(out_dir: str | Path, spec: TinySpec | None = None) -> Pat
         pad_token_id=0,
         tie_word_embeddings=False,
     )
-    LlamaForCausalLM(config).save_pretrained(out_dir)
-    widen_safetensors_modes(out_dir)
+    with widened_new_safetensors(out_dir):
+        LlamaForCausalLM(config).save_pretrained(out_dir)
     write_llama_tokenizer(out_dir, train_sentencepiece(spec.seed, spec.vocab_size))
     return out_dir
 

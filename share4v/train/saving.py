@@ -36,7 +36,7 @@ from share4v.model.vision_setup import (
     save_vision_tower,
     tower_state_from_model_state,
 )
-from share4v.model.weights_io import read_model_weights, read_weights, save_file, widen_safetensors_modes
+from share4v.model.weights_io import read_model_weights, read_weights, save_file, widened_new_safetensors
 from share4v.train.fsdp import is_sharded, load_state
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ def save_training_checkpoint(
         keep = ("model.mm_projector.",) + ((EMBED_TOKENS_KEY,) if base.config.mm_use_im_start_end else ())
         save_file(_cpu({k: v for k, v in plain_state.items() if k.startswith(keep)}), output_dir / PROJECTOR_FILE)
     else:
-        model.save_pretrained(output_dir, state_dict=full_state)  # peft writes the adapter only
-        widen_safetensors_modes(output_dir)  # peft writes it owner-only (through safetensors)
+        with widened_new_safetensors(output_dir):  # peft writes it owner-only (through safetensors)
+            model.save_pretrained(output_dir, state_dict=full_state)  # peft writes the adapter only
         tower_ids = {id(p) for p in base.get_vision_tower().parameters()} if base.get_vision_tower() else set()
         trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
         trainable -= {n for n, p in model.named_parameters() if id(p) in tower_ids}

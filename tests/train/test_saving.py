@@ -78,3 +78,25 @@ def test_saved_weights_get_the_mode_of_a_plain_write(tiny_ckpt, tmp_path, layout
         "lora": ["adapter_model.safetensors", "non_lora_trainables.safetensors"],
     }[layout] + ["vision_tower/model.safetensors"]
     assert file_modes(tmp_path / "out") == {mode}
+
+
+@pytest.mark.parametrize("layout", ["full", "projector", "lora"])
+def test_saving_over_a_restricted_checkpoint_keeps_its_modes(tiny_ckpt, tmp_path, layout):
+    """As a plain write over an existing file: weights the user made owner-only stay so when a save writes over them,
+    and a `*.safetensors` the save does not write (an earlier run's) keeps its mode; new files get the default."""
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")
+    if layout == "projector":
+        model.config.tune_mm_mlp_adapter = True
+    elif layout == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    out = tmp_path / "out"
+    with umask(0o022):
+        save_training_checkpoint(model, out, save_vision_tower_folder=True)
+        restricted = sorted(out.rglob("*.safetensors"))
+        save_file({"a": torch.ones(1)}, out / "stray.safetensors")  # safetensors' own: 0o600, not this save's
+        for path in restricted:
+            path.chmod(0o600)
+        save_training_checkpoint(model, out, save_vision_tower_folder=True)
+    assert file_modes(out, "*.safetensors") == {0o600} and file_modes(out, "*.json") == {0o644}

@@ -47,7 +47,7 @@ from share4v.model.vision_setup import (
     tower_state_from_model_state,
 )
 from share4v.model.vision_setup import save_vision_tower as write_vision_tower
-from share4v.model.weights_io import widen_safetensors_modes
+from share4v.model.weights_io import widened_new_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -212,12 +212,11 @@ class Share4VLlamaForCausalLM(LlamaForCausalLM):
             if kwargs.get("is_main_process", True):
                 write_vision_tower(tower, f"{save_directory}/{VISION_TOWER_FOLDER}", tower_state)
             self.config.mm_vision_tower = VISION_TOWER_FOLDER
-        try:
-            super().save_pretrained(save_directory, *args, state_dict=llm_state, **kwargs)
+        try:  # transformers writes the weights owner-only (through safetensors): widen those it writes
+            with widened_new_safetensors(save_directory, enabled=kwargs.get("is_main_process", True)):
+                super().save_pretrained(save_directory, *args, state_dict=llm_state, **kwargs)
         finally:
             self.config.mm_vision_tower = tower_name
-        if kwargs.get("is_main_process", True):
-            widen_safetensors_modes(save_directory)  # transformers writes them owner-only (through safetensors)
 
     def encode_images(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Pixel values `[N, 3, H, W]` (or a list of `[3, H, W]`) → projected features `[N, P, D]` (or a list)."""
