@@ -8,8 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +25,7 @@ from transformers import (
 
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.conversation import get_conv_template
-from share4v.convert import folders, from_hf, to_hf
+from share4v.convert import from_hf, to_hf
 from share4v.convert.folders import staged_folder
 from share4v.convert.from_hf import import_from_hf
 from share4v.convert.to_hf import export_to_hf
@@ -397,8 +395,8 @@ def test_a_source_that_is_not_a_folder_is_named_as_such(tmp_path, capsys):
 
 
 _KILLED_RUN = """
-import os, signal, sys
-from share4v.convert import folders, to_hf
+import os, shutil, signal, sys
+from share4v.convert import to_hf
 
 def kill(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -406,8 +404,8 @@ def kill(*args, **kwargs):
 if sys.argv[1] == "while-writing":
     to_hf.write_safetensors_shards = kill
 else:  # while removing the checkpoint it replaced, the new one already in place
-    remove = folders._remove_locked
-    folders._remove_locked = lambda path: kill() if ".replaced-" in path.name else remove(path)
+    rmtree = shutil.rmtree
+    shutil.rmtree = lambda path, *a, **k: kill() if ".replaced-" in str(path) else rmtree(path, *a, **k)
 to_hf.main(sys.argv[2:])
 """
 
@@ -505,122 +503,3 @@ def test_a_converted_checkpoint_gets_the_modes_of_plain_writes(tiny_ckpt, tmp_pa
     with umask(0o077), staged_folder(tmp_path / "private") as staging:
         assert re.fullmatch(rf"\.private\.staging-[A-Za-z0-9._]+-{os.getpid()}-[a-z0-9_]{{8}}", staging.name)
     assert folder_modes(tmp_path / "private") == {0o700}
-
-
-def _stale(parent, name, host=None, pid=None, lock=True):
-    """A staging folder as a killed conversion leaves it (the lock file unlocked), of a dead PID unless given."""
-    if pid is None:
-        dead = subprocess.Popen(["true"])
-        dead.wait()
-        pid = dead.pid
-    folder = parent / f".{name}.staging-{host or folders._host(parent / name)}-{pid}-{uuid.uuid4().hex[:8]}"
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(b"partial")
-    if lock:
-        (folder / folders._LOCK).touch()
-    return folder
-
-
-def test_a_live_writer_in_another_pid_namespace_keeps_its_staging(tmp_path, caplog):
-    """Same hostname, separate PID namespaces (docker --uts=host, k8s hostNetwork): the writer's PID is no process
-    here, yet its folder must stay. The writer's flock on its lock file says it lives; a folder without a lock file
-    (an older version's, or not a conversion's) is not provably stale either."""
-    import fcntl
-
-    live, unlocked = _stale(tmp_path, "out"), _stale(tmp_path, "out", lock=False)
-    dead = _stale(tmp_path, "out")
-    writer = os.open(live / folders._LOCK, os.O_RDWR)
-    fcntl.flock(writer, fcntl.LOCK_EX)  # another open file description: conflicts as another process's would
-    try:
-        with caplog.at_level(logging.WARNING, "share4v.convert"), staged_folder(tmp_path / "out") as staging:
-            # this conversion holds its own lock while it writes: a cleaner elsewhere cannot take it
-            assert (staging / folders._LOCK).is_file() and folders._lock(staging) is None
-            (staging / "config.json").write_text("{}")
-    finally:
-        os.close(writer)
-    assert live.is_dir() and unlocked.is_dir() and not dead.exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json"]  # no lock file in the checkpoint
-    assert f"removed {dead.name} in {tmp_path}" in caplog.text and live.name not in caplog.text
-
-
-def test_the_replaced_checkpoint_stays_locked_until_removed(tmp_path, monkeypatch):
-    """While the old checkpoint, moved aside, is being removed, the lock guards it; the new one holds no lock file."""
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "config.json").write_text("{}")
-    seen = []
-    remove = folders._remove_locked
-
-    def locked(path):  # the lock file is there and its flock is held
-        return (path / folders._LOCK).is_file() and folders._lock(path) is None
-
-    monkeypatch.setattr(folders, "_remove_locked", lambda path: seen.append(locked(path)) or remove(path))
-    with staged_folder(tmp_path / "out", overwrite=True) as staging:
-        (staging / "config.json").write_text('{"new": 1}')
-    assert seen == [True] and _hidden(tmp_path) == [] and os.listdir(tmp_path / "out") == ["config.json"]
-
-
-def test_without_fcntl_nothing_is_cleaned(tmp_path, monkeypatch):
-    """Off POSIX (no fcntl) nothing proves a writer gone: no lock, and no cleanup at all."""
-    stale = _stale(tmp_path, "out")
-    monkeypatch.setattr(folders, "fcntl", None)
-    with staged_folder(tmp_path / "out") as staging:
-        assert os.listdir(staging) == []
-    assert stale.is_dir() and (tmp_path / "out").is_dir()
-
-
-def test_odd_names_and_unreadable_folders_do_not_stop_a_conversion(tmp_path, monkeypatch, caplog):
-    """A PID os.kill cannot take (OverflowError) counts as alive; a longer one is no staging name; a parent that
-    cannot be listed, or a folder that cannot be removed, is one warning line, and the conversion goes on."""
-    host = folders._host(tmp_path / "out")
-    huge = _stale(tmp_path, "out", pid=9999999999)  # 10 digits: past a C int
-    longer = _stale(tmp_path, "out", pid=99999999999)  # 11 digits: not a staging name
-    with staged_folder(tmp_path / "out") as staging:
-        (staging / "config.json").write_text("{}")
-    assert huge.is_dir() and longer.is_dir() and host in huge.name
-    monkeypatch.setattr(folders, "_is_alive", lambda pid: False)
-    with staged_folder(tmp_path / "out", overwrite=True):
-        pass
-    assert longer.is_dir() and not huge.exists()  # even were every PID dead: 11 digits are no staging name
-
-    stuck = _stale(tmp_path, "out2")
-
-    def refuse(path):
-        raise PermissionError(13, "denied")
-
-    monkeypatch.setattr(folders, "_remove_locked", refuse)
-    with caplog.at_level(logging.WARNING, "share4v.convert"), staged_folder(tmp_path / "out2"):
-        pass
-    assert stuck.is_dir() and (tmp_path / "out2").is_dir()
-    assert f"kept {stuck.name} (denied) in {tmp_path}" in caplog.text
-
-    caplog.clear()
-    iterdir = Path.iterdir
-
-    def write_only(self):  # root ignores modes: a parent one may write but not list, as a non-root user sees it
-        if self == tmp_path:
-            raise PermissionError(13, "Permission denied", str(self))
-        return iterdir(self)
-
-    monkeypatch.setattr(Path, "iterdir", write_only)
-    with caplog.at_level(logging.WARNING, "share4v.convert"), staged_folder(tmp_path / "out3") as staging:
-        (staging / "config.json").write_text("{}")
-    assert (tmp_path / "out3" / "config.json").is_file()
-    assert len(caplog.records) == 1 and "cannot look for staging folders" in caplog.text
-
-
-def test_staging_names_fit_name_max_and_stay_parseable(tmp_path, monkeypatch, caplog):
-    """A long hostname and a long destination name: the host part is cut so that both staging and replaced names
-    fit in 255 bytes, and the next conversion still recognises what a killed one left."""
-    monkeypatch.setattr(folders.socket, "gethostname", lambda: "h" * 200)
-    name = "é" * 100  # 200 bytes in UTF-8
-    stale = _stale(tmp_path, name)
-    (tmp_path / name).mkdir()
-    (tmp_path / name / "config.json").write_text("{}")
-    with caplog.at_level(logging.WARNING, "share4v.convert"), staged_folder(tmp_path / name, overwrite=True) as staging:
-        assert len(os.fsencode(staging.name)) <= 255 and not stale.exists()
-        replaced = f".{name}.replaced-{staging.name.removeprefix(f'.{name}.staging-')}"
-        assert len(os.fsencode(replaced)) <= 255
-    assert f"removed {stale.name}" in caplog.text and _hidden(tmp_path) == []
-    with pytest.raises(ValueError, match="too long"):
-        with staged_folder(tmp_path / ("x" * 230)):
-            pass
