@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,12 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
 
 
+# a killed conversion's staging is removed only when nothing in it has changed for this long: a live writer keeps
+# writing its files, also one whose PID this process cannot see (a container with this machine's name but a PID
+# namespace of its own)
+STALE_AFTER_SECONDS = 3600
+
+
 def _is_alive(pid: int) -> bool:
     """Whether process `pid` exists on this machine (a zombie or another user's counts; off POSIX, always)."""
     if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows
@@ -95,16 +102,32 @@ def _is_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # PermissionError: it exists, under another user
+    except (OSError, OverflowError, ValueError):  # another user's (PermissionError), or no PID at all: leave it
         return True
     return True
 
 
+def _last_change(folder: Path) -> float:
+    """The latest modification time of `folder` and of everything in it (links not followed)."""
+    latest = folder.lstat().st_mtime
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+    return latest
+
+
 def _remove_stale_staging(destination: Path) -> None:
     """Remove what a killed conversion to `destination` on this machine left beside it (see `staged_folder`)."""
-    pattern = re.compile(rf"\.{re.escape(destination.name)}\.(staging|replaced)-([A-Za-z0-9._]+)-(\d+)-[a-z0-9_]+")
+    pattern = re.compile(
+        rf"\.{re.escape(destination.name)}\.(staging|replaced)-([A-Za-z0-9._]+)-(\d{{1,10}})-[a-z0-9_]+"
+    )
     removed, kept = [], []
-    for entry in sorted(destination.parent.iterdir()):
+    try:
+        entries = sorted(destination.parent.iterdir())
+    except OSError as err:  # a parent this process may write but not list: no cleanup, the conversion goes on
+        logger.warning("cannot look for a killed conversion's leftovers in %s: %s", destination.parent, err)
+        return
+    for entry in entries:
         match = pattern.fullmatch(entry.name)
         if not match or match[2] != _host() or _is_alive(int(match[3])) or entry.is_symlink() or not entry.is_dir():
             continue
@@ -112,6 +135,9 @@ def _remove_stale_staging(destination: Path) -> None:
             kept.append(f"{entry.name} (the earlier checkpoint, moved aside)")  # killed between the two renames
             continue
         try:
+            if time.time() - _last_change(entry) < STALE_AFTER_SECONDS:
+                kept.append(f"{entry.name} (changed in the last {STALE_AFTER_SECONDS // 60} minutes)")
+                continue
             shutil.rmtree(entry)
             removed.append(entry.name)
         except FileNotFoundError:  # another conversion removed it meanwhile
@@ -123,6 +149,20 @@ def _remove_stale_staging(destination: Path) -> None:
         logger.warning("%s in %s, left by a killed conversion", "; ".join(what), destination.parent)
 
 
+def _remove_replaced(old: Path) -> None:
+    """Remove `old`, the checkpoint a conversion replaced (the new one already in place): a symbolic link is removed
+    itself, its target left alone; what cannot be removed stays, with a warning (the next conversion removes it)."""
+    try:
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old)
+    except FileNotFoundError:  # a cleanup beside it got there first
+        pass
+    except OSError as err:
+        logger.warning("the new checkpoint is in place, but %s (the one it replaced) stays: %s", old, err)
+
+
 @contextlib.contextmanager
 def staged_folder(destination: str | Path, overwrite: bool = False, sources: tuple = ()) -> Iterator[Path]:
     """Yield an empty staging folder; on success it becomes `destination`, on failure it is removed.
@@ -130,11 +170,14 @@ def staged_folder(destination: str | Path, overwrite: bool = False, sources: tup
     The staging folder is `.NAME.staging-HOST-PID-RANDOM` beside `destination` (NAME its name, HOST and PID this
     process's); an existing checkpoint being replaced is first renamed `.NAME.replaced-HOST-PID-RANDOM`. A conversion
     killed outright leaves these behind. Before staging, a conversion removes those of its destination whose HOST is
-    this machine and whose PID is no running process: only their writer wrote them, and it is gone (a PID reused
-    since only delays the removal). Folders of other machines (a shared file system) or of live processes, other
-    names (those of older versions included) and symlinks are left alone. A `.replaced` folder is removed only while
-    `destination` exists; without it, it holds the only copy of the earlier checkpoint and is kept. One warning line
-    names what was removed (or kept).
+    this machine, whose PID is no running process and in which nothing changed for `STALE_AFTER_SECONDS` (an hour):
+    only their writer wrote them, and it is gone (a PID reused since only delays the removal; a writer alive in
+    another PID namespace under this machine's name keeps changing its files). Folders of other machines (a shared
+    file system) or of live processes, other names (those of older versions included) and symlinks are left alone.
+    A `.replaced` folder is removed only while `destination` exists; without it, it holds the only copy of the
+    earlier checkpoint and is kept. One warning line names what was removed (or kept). The new checkpoint in place,
+    a failure to remove the one it replaced is a warning, not an error (the next conversion removes it); a
+    destination that was a symbolic link loses the link only, not what it pointed to.
     """
     destination = Path(os.path.abspath(destination))
     check_destination(destination, overwrite, sources)
@@ -150,7 +193,7 @@ def staged_folder(destination: str | Path, overwrite: bool = False, sources: tup
             destination.rename(old)
         staging.rename(destination)
         if old is not None:
-            shutil.rmtree(old)
+            _remove_replaced(old)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

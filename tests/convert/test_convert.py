@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from transformers import (
 
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.conversation import get_conv_template
-from share4v.convert import from_hf, to_hf
+from share4v.convert import folders, from_hf, to_hf
 from share4v.convert.folders import staged_folder
 from share4v.convert.from_hf import import_from_hf
 from share4v.convert.to_hf import export_to_hf
@@ -420,9 +421,17 @@ def _killed_conversion(when, *args):
     assert run.returncode == -9, run.stderr
 
 
+def _age(folder, seconds):
+    """Set the modification times of `folder` and everything in it `seconds` back."""
+    when = time.time() - seconds
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (when, when), follow_symlinks=False)
+
+
 def test_the_next_conversion_removes_what_a_killed_one_left(tiny_ckpt, tmp_path, caplog):
     """`kill -9` leaves the staging folder (or the checkpoint being replaced) beside the destination; the next
-    conversion to it removes those of dead processes on this machine, and nothing that is not provably that."""
+    conversion to it removes those of dead processes on this machine unchanged for an hour, and nothing that is not
+    provably that."""
     dst = tmp_path / "out"
     _killed_conversion("while-writing", tiny_ckpt, dst)
     (stale,) = _hidden(tmp_path)
@@ -435,9 +444,20 @@ def test_the_next_conversion_removes_what_a_killed_one_left(tiny_ckpt, tmp_path,
         f".out.staging-another_host-{dead.pid}-abcd1234",  # another machine's, on a shared file system
         f".out2.staging-{host}-{dead.pid}-abcd1234",  # another destination's
         ".out.abcd1234",  # an older version's name: nothing tells whether its writer lives
+        f".out.staging-{host}-9999999999-abcd1234",  # a number no process can have (os.kill overflows): left alone
+        f".out.staging-{host}-99999999999-abcd1234",  # more digits than a PID: not this scheme's name
     ]
     for name in others:
         (tmp_path / name).mkdir()
+        _age(tmp_path / name, 2 * folders.STALE_AFTER_SECONDS)
+    # changed in the last hour: a writer in another PID namespace under this machine's name may still be at work
+    with caplog.at_level(logging.WARNING, "share4v.convert"):
+        assert to_hf.main([str(tiny_ckpt), str(dst)]) == 0
+    assert (dst / "config.json").is_file() and _hidden(tmp_path) == sorted([*others, stale])
+    assert f"kept {stale} (changed in the last 60 minutes)" in caplog.text
+    shutil.rmtree(dst)
+    _age(tmp_path / stale, folders.STALE_AFTER_SECONDS + 60)
+    caplog.clear()
     with caplog.at_level(logging.WARNING, "share4v.convert"):
         assert to_hf.main([str(tiny_ckpt), str(dst)]) == 0
     assert (dst / "config.json").is_file() and _hidden(tmp_path) == sorted(others)
@@ -448,6 +468,7 @@ def test_the_next_conversion_removes_what_a_killed_one_left(tiny_ckpt, tmp_path,
     _killed_conversion("while-replacing", tiny_ckpt, dst, "--overwrite")
     (moved_aside,) = _hidden(tmp_path)
     assert moved_aside.startswith(f".out.replaced-{host}-") and (dst / "config.json").is_file()
+    _age(tmp_path / moved_aside, folders.STALE_AFTER_SECONDS + 60)
     assert to_hf.main([str(tiny_ckpt), str(dst), "--overwrite"]) == 0
     assert _hidden(tmp_path) == []
     # killed between its two renames: the earlier checkpoint, moved aside, is the only one there is, and stays
@@ -457,6 +478,51 @@ def test_the_next_conversion_removes_what_a_killed_one_left(tiny_ckpt, tmp_path,
         assert to_hf.main([str(tiny_ckpt), str(dst)]) == 0
     assert (dst / "config.json").is_file() and _hidden(tmp_path) == [moved_aside]
     assert f"kept {moved_aside} (the earlier checkpoint, moved aside)" in caplog.text
+
+
+def test_a_parent_that_cannot_be_listed_or_a_replaced_checkpoint_that_stays_do_not_fail_the_conversion(
+    tiny_ckpt, tmp_path, monkeypatch, caplog
+):
+    dst = tmp_path / "out"
+    listing = type(tmp_path).iterdir
+
+    def unlistable(folder):  # as a parent this process may write into but not read (tests run as root)
+        if folder == tmp_path:
+            raise PermissionError(13, "Permission denied", str(folder))
+        return listing(folder)
+
+    monkeypatch.setattr(type(tmp_path), "iterdir", unlistable)
+    with caplog.at_level(logging.WARNING, "share4v.convert"):
+        assert to_hf.main([str(tiny_ckpt), str(dst)]) == 0
+    assert (dst / "config.json").is_file()
+    assert f"cannot look for a killed conversion's leftovers in {tmp_path}" in caplog.text
+    monkeypatch.undo()
+
+    rmtree = shutil.rmtree
+
+    def refusing(path, *args, **kwargs):  # the replaced checkpoint cannot be removed (another user's files, say)
+        if ".replaced-" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", refusing)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "share4v.convert"):
+        assert to_hf.main([str(tiny_ckpt), str(dst), "--overwrite"]) == 0  # the new checkpoint is in place
+    (left,) = _hidden(tmp_path)
+    assert (dst / "config.json").is_file() and left.startswith(".out.replaced-")
+    assert f"the new checkpoint is in place, but {tmp_path / left} (the one it replaced) stays" in caplog.text
+
+
+def test_a_destination_that_is_a_link_is_replaced_and_its_target_left_alone(tiny_ckpt, exported, tmp_path):
+    target = tmp_path / "team" / "checkpoint"
+    shutil.copytree(exported, target)
+    before = sorted(p.name for p in target.iterdir())
+    dst = tmp_path / "out"
+    dst.symlink_to(target, target_is_directory=True)
+    assert to_hf.main([str(tiny_ckpt), str(dst), "--overwrite"]) == 0
+    assert not dst.is_symlink() and (dst / "config.json").is_file()
+    assert sorted(p.name for p in target.iterdir()) == before and _hidden(tmp_path) == []
 
 
 @pytest.mark.parametrize(
