@@ -11,10 +11,11 @@ scorers' submission writer imports it on machines without torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet: names stay what they were
@@ -58,6 +59,20 @@ def new_temp_folder(directory: str | Path, prefix: str = "tmp", suffix: str = ""
     with the mode `os.mkdir(path)` gives, and return its path. The caller fills it, renames it and removes it on
     failure."""
     return _create(_make_folder, directory, prefix, suffix)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file beside `path` (`new_temp_file`: a plain write's mode); when the block ends without an
+    error it replaces `path`, otherwise (a full disk, an interrupt) it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = new_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def widen_to_default_mode(path: str | Path) -> None:

@@ -18,38 +18,21 @@ original's command lines over these functions; outputs are written atomically; b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from share4v.eval.jsonl import read_jsonl
 from share4v.eval.metrics import seed_scores, vqa_normalize
-from share4v.temp_paths import new_temp_file
+from share4v.temp_paths import atomic_output
 
 ANSWERS = "answers (JSON lines with question_id, text)"
 VQAV2_TEST_QUESTIONS = "llava_vqav2_mscoco_test2015.jsonl"  # the original's name (with llava_), all of test2015
 MMBENCH_DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 MMBENCH_PREDICTION_COLUMN = 6
 OPENPYXL_MISSING = "writing .xlsx needs openpyxl: pip install openpyxl (or pip install 'share4v[eval]')"
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path`, on failure it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = new_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode as a plain write's
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def write_text(text: str, path: str | Path) -> Path:

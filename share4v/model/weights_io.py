@@ -107,10 +107,19 @@ def save_file(
     regular file written over keeps exactly the mode it had (one the user restricted stays restricted)."""
     existing = _regular_file(filename)
     _safetensors_save_file(tensors, filename, metadata=metadata)
-    if existing is None:
-        widen_to_default_mode(filename)
-    elif stat.S_IMODE(os.stat(filename).st_mode) != stat.S_IMODE(existing.st_mode):
-        os.chmod(filename, stat.S_IMODE(existing.st_mode))
+    _give_plain_write_mode(filename, existing)
+
+
+def _give_plain_write_mode(path: str | os.PathLike, before: os.stat_result | None) -> None:
+    """Give `path`, just written through safetensors, the mode a plain write would have left: the default where no
+    regular file was there (`before` None), else the mode of the one it replaced (a file it left as it was, the same
+    inode, is not touched)."""
+    if before is None:
+        widen_to_default_mode(path)
+        return
+    now = os.stat(path)
+    if now.st_ino != before.st_ino and stat.S_IMODE(now.st_mode) != stat.S_IMODE(before.st_mode):
+        os.chmod(path, stat.S_IMODE(before.st_mode))
 
 
 @contextlib.contextmanager
@@ -125,22 +134,15 @@ def widened_new_safetensors(folder: str | os.PathLike, enabled: bool = True) -> 
     folder = Path(folder)
     before = {}
     if enabled and folder.is_dir():
-        before = {
-            p.name: (info.st_ino, info.st_mode) for p in folder.glob("*.safetensors") if (info := _regular_file(p))
-        }
+        before = {p.name: info for p in folder.glob("*.safetensors") if (info := _regular_file(p))}
     yield
     if not enabled:
         return
     for path in sorted(folder.glob("*.safetensors")):
-        info = _regular_file(path)
-        if info is None:
+        if _regular_file(path) is None:
             continue
-        inode, mode = before.get(path.name, (None, None))
         try:
-            if inode is None:  # created by the block
-                widen_to_default_mode(path)
-            elif info.st_ino != inode and stat.S_IMODE(info.st_mode) != stat.S_IMODE(mode):  # replaced by it
-                os.chmod(path, stat.S_IMODE(mode))
+            _give_plain_write_mode(path, before.get(path.name))
         except OSError as err:
             logger.warning("cannot give %s the mode of a plain write: %s", path, err)
 

@@ -33,7 +33,7 @@ from share4v.constants import MINIATURE_MODEL_PATH
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE
 from share4v.inference.requests import Request, RequestEncoder
-from share4v.temp_paths import new_temp_file
+from share4v.temp_paths import atomic_output
 from share4v.utils import dist_info
 
 DEFAULT_PROMPT = "Analyze the image in a comprehensive and detailed manner."
@@ -154,15 +154,8 @@ def merge(save_path: str | Path, num_chunks: int | None = None) -> Path:
         # a line torn by a kill is passed over; that image is captioned again on the next run
         rows += [{row["image"]: row["caption"]} for row in read_appended_jsonl(outputs.captions)]
     save_path = Path(save_path)
-    save_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = new_temp_file(save_path.parent, suffix=".tmp")  # mode as a plain write's
-    try:
-        with temporary.open("w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=4, ensure_ascii=False)
-        os.replace(temporary, save_path)
-    except BaseException:  # a full disk, an interrupt: no half-written temporary left beside the captions
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_output(save_path) as temporary, temporary.open("w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=4, ensure_ascii=False)
     return save_path
 
 
