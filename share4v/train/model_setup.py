@@ -306,7 +306,7 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         combined = {"DeepSpeed ZeRO-3": is_deepspeed_zero3_enabled(),
-                    "--gradient_checkpointing": training_args.gradient_checkpointing}  # fmt: skip
+                    "--gradient_checkpointing_layers": _checkpoints_some_layers(training_args)}  # fmt: skip
         untested = [name for name, on in combined.items() if on]
         if untested:
             logger.warning("--compile_decoder_layers with %s has not been measured or checked for equal losses; "
@@ -326,17 +326,24 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
     )
 
 
+def _checkpoints_some_layers(training_args: Any) -> bool:
+    """--gradient_checkpointing with --gradient_checkpointing_layers: compiled layers with only some layers
+    checkpointed were measured under DeepSpeed only (where they recompiled), every layer checkpointed under FSDP2."""
+    partial = getattr(training_args, "gradient_checkpointing_layers", None) is not None
+    return bool(getattr(training_args, "gradient_checkpointing", False)) and partial
+
+
 def compiles_decoder_layers(training_args: Any) -> bool:
     """--compile_decoder_layers when given; unset, on where compiled layers were measured (benchmarks/bench_train.py
-    on one GPU, FSDP2 on 2 and 4, equal losses): training on a CUDA GPU, alone or under FSDP, without DeepSpeed,
-    gradient checkpointing, LoRA or 4/8-bit weights. Under DeepSpeed ZeRO-3 compiled layers recompiled and lost their
-    gain; DDP and the others were not measured."""
+    on one GPU, FSDP2 on 1, 2 and 4, with and without checkpointing every layer, equal losses): training on a CUDA
+    GPU, alone or under FSDP, without DeepSpeed, --gradient_checkpointing_layers, LoRA or 4/8-bit weights. Under
+    DeepSpeed ZeRO-3 compiled layers recompiled and lost their gain; DDP and the others were not measured."""
     wanted = getattr(training_args, "compile_decoder_layers", None)
     if wanted is not None:
         return bool(wanted)
     measured = (
         not getattr(training_args, "deepspeed", None)
-        and not training_args.gradient_checkpointing
+        and not _checkpoints_some_layers(training_args)
         and not getattr(training_args, "lora_enable", False)
         and getattr(training_args, "bits", 16) == 16
         and (dist_info().world_size == 1 or bool(getattr(training_args, "fsdp", None)))

@@ -63,13 +63,16 @@ def model_recording_compiles(tiny_ckpt) -> tuple[torch.nn.Module, list]:
 
 
 def test_compiled_layers_warn_where_they_are_untested(tiny_ckpt, caplog):
-    """--compile_decoder_layers with gradient checkpointing (or ZeRO-3) has not been checked: the run says so."""
+    """--compile_decoder_layers with only some layers checkpointed (or ZeRO-3) has not been checked: the run says so;
+    with every layer checkpointed, or none, it has."""
     model, compiled = model_recording_compiles(tiny_ckpt)
     flags = dict(fused_cross_entropy=True, pack_sequences=False, compile_decoder_layers=True)
     configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=False))
-    assert "has not been measured" not in caplog.text and len(compiled) == len(model.get_model().layers)
     configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=True))
-    assert "--compile_decoder_layers with --gradient_checkpointing has not been measured" in caplog.text
+    assert "has not been measured" not in caplog.text and len(compiled) == 2 * len(model.get_model().layers)
+    partial = SimpleNamespace(**flags, gradient_checkpointing=True, gradient_checkpointing_layers=1)
+    configure_step_speedups(model, partial)
+    assert "--compile_decoder_layers with --gradient_checkpointing_layers has not been measured" in caplog.text
 
 
 CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
@@ -80,7 +83,9 @@ CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
     [
         (dict(device=CUDA), True),  # unset, training on a GPU: on
         (dict(device=torch.device("cpu")), False),
-        (dict(device=CUDA, gradient_checkpointing=True), False),  # the combinations not measured: off
+        (dict(device=CUDA, gradient_checkpointing=True), True),  # every layer checkpointed: measured (FSDP2)
+        (dict(device=CUDA, gradient_checkpointing=True, gradient_checkpointing_layers=16), False),  # not measured: off
+        (dict(device=CUDA, gradient_checkpointing_layers=16), True),  # without --gradient_checkpointing: no effect
         (dict(device=CUDA, deepspeed="scripts/zero3.json"), False),
         (dict(device=CUDA, lora_enable=True), False),
         (dict(device=CUDA, bits=4), False),
@@ -96,7 +101,7 @@ def test_decoder_layers_compile_by_default_where_measured(monkeypatch, given, ex
     given = dict(given)
     monkeypatch.setenv("WORLD_SIZE", str(given.pop("world_size", 1)))  # what torchrun sets
     defaults = dict(compile_decoder_layers=None, deepspeed=None, gradient_checkpointing=False, lora_enable=False,
-                    bits=16, fsdp="", torch_compile=False)  # fmt: skip
+                    bits=16, fsdp="", torch_compile=False, gradient_checkpointing_layers=None)  # fmt: skip
     assert compiles_decoder_layers(SimpleNamespace(**{**defaults, **given})) is expected
 
 
@@ -111,12 +116,16 @@ def test_the_run_says_when_it_compiles_by_default(tiny_ckpt, caplog):
     )
 
 
-def test_compiled_layers_train_as_the_eager_ones(world, runs, tmp_path):
-    """fp32 on the CPU (inductor's C++ kernels): the compiled step's losses and gradient norms are the eager one's."""
+@pytest.mark.parametrize("checkpointing", ["False", "True"])
+def test_compiled_layers_train_as_the_eager_ones(world, runs, tmp_path, checkpointing):
+    """fp32 on the CPU (inductor's C++ kernels): the compiled step's losses and gradient norms are the eager one's,
+    with every layer recomputing its activations in the backward pass (compiled code replayed) or none."""
     _, fast = runs
     assert all(layer._compiled_call_impl is None for layer in fast.model.get_model().layers)  # the CPU's default
-    compiled = run(world, tmp_path, "--compile_decoder_layers", "True")
-    assert all(layer._compiled_call_impl is not None for layer in compiled.model.get_model().layers)
+    compiled = run(world, tmp_path, "--compile_decoder_layers", "True", "--gradient_checkpointing", checkpointing)
+    layers = compiled.model.get_model().layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert all(layer.gradient_checkpointing == (checkpointing == "True") for layer in layers)
     for key in ("loss", "grad_norm"):
         expected, actual = logged(fast, key), logged(compiled, key)
         assert len(actual) == 4
