@@ -2,12 +2,16 @@
 answer, equal to the answer it gets alone (greedy)."""
 
 import threading
+import time
 
 import pytest
 
 from share4v.inference import Chat, GenerationParams, Share4VEngine
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=6)
+# A held run waits for the test to release it; this bound only ends a test that has already failed. It is long so
+# that a loaded machine (CI beside other test processes) never releases the model before the queue has filled.
+HOLD_SECONDS = 600
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +35,18 @@ def test_requests_waiting_for_the_model_run_as_one_batch_with_their_own_answers(
         sizes.append(len(batch.prompt_tokens))
         if len(sizes) == 1:
             entered.set()
-            release.wait(timeout=30)
+            release.wait(timeout=HOLD_SECONDS)
         return run(batch, params, streams)
 
     engine._run = held_run
     try:
         futures = [engine.submit(engine.encode(chats[0]), GREEDY)]
-        assert entered.wait(timeout=30)  # the model is busy with the first request...
+        assert entered.wait(timeout=HOLD_SECONDS)  # the model is busy with the first request...
         futures += [engine.submit(engine.encode(chat), GREEDY) for chat in chats[1:]]  # ...while five more arrive
         release.set()
         answers = [future.result(timeout=120) for future in futures]
     finally:
+        release.set()  # a failed assertion must not leave the model held
         del engine._run
     assert sizes == [1, 5]  # the first ran alone; the five that waited ran together
     assert [(a.text, a.token_ids, a.finish_reason) for a in answers] == [
@@ -77,7 +82,7 @@ def test_concurrent_streams_share_one_batch_and_stream_what_they_stream_alone(ti
         sizes.append(len(batch.prompt_tokens))
         if len(sizes) == 1:
             entered.set()
-            release.wait(timeout=30)
+            release.wait(timeout=HOLD_SECONDS)
         before = len(steps)
         try:
             return run(batch, params, streams)
@@ -97,19 +102,19 @@ def test_concurrent_streams_share_one_batch_and_stream_what_they_stream_alone(ti
 
     try:
         first = engine.submit(engine.encode(Chat.single("Hold on.", [])), params)
-        assert entered.wait(timeout=30)
+        assert entered.wait(timeout=HOLD_SECONDS)
         readers = [threading.Thread(target=read, args=(index,)) for index in range(len(chats))]
         for reader in readers:
             reader.start()
-        for _ in range(3000):  # until all eight wait in the queue
-            if len(engine._batcher.pending) == len(chats):
-                break
-            threading.Event().wait(0.01)
+        deadline = time.monotonic() + HOLD_SECONDS
+        while len(engine._batcher.pending) < len(chats) and time.monotonic() < deadline:  # all eight queued
+            time.sleep(0.01)
         release.set()
         for reader in readers:
             reader.join(timeout=120)
         first.result(timeout=120)
     finally:
+        release.set()  # a failed assertion must not leave the model held
         del engine._run
     assert sizes == [1, len(chats)]  # the eight streams ran as one batch
     assert streamed[1:] == alone[1:]
@@ -124,13 +129,13 @@ def test_a_request_cancelled_while_waiting_is_dropped_and_the_rest_are_served(ti
 
     def held_run(batch, params, streams=()):
         entered.set()
-        release.wait(timeout=30)
+        release.wait(timeout=HOLD_SECONDS)
         return run(batch, params, streams)
 
     engine._run = held_run
     try:
         first = engine.submit(engine.encode(Chat.single("Hold on.", [])), GREEDY)
-        assert entered.wait(timeout=30)
+        assert entered.wait(timeout=HOLD_SECONDS)
         dropped, kept = (engine.submit(engine.encode(Chat.single(q, [])), GREEDY) for q in ("Dropped?", "Kept?"))
         assert dropped.cancel()  # e.g. the server's task for it was cancelled
         release.set()
@@ -139,6 +144,7 @@ def test_a_request_cancelled_while_waiting_is_dropped_and_the_rest_are_served(ti
             and kept.result(timeout=120).text == engine.complete([Chat.single("Kept?", [])], GREEDY)[0].text
         )
     finally:
+        release.set()  # a failed assertion must not leave the model held
         del engine._run
     later = engine.submit(engine.encode(Chat.single("Still there?", [])), GREEDY)
     assert later.result(timeout=120).finish_reason in ("stop", "length")  # the batcher lives on
@@ -157,14 +163,14 @@ def test_threads_start_once_under_a_burst_and_the_batcher_ends_with_its_engine(t
     futures = [None] * 8
 
     def first_call(index):  # eight callers meet a fresh engine at once
-        start.wait(timeout=30)
+        start.wait(timeout=HOLD_SECONDS)
         futures[index] = held["engine"].submit(requests[index], GREEDY)
 
     callers = [threading.Thread(target=first_call, args=(index,)) for index in range(8)]
     for caller in callers:
         caller.start()
     for caller in callers:
-        caller.join(timeout=30)
+        caller.join(timeout=HOLD_SECONDS)
     assert all(future.result(timeout=120).text is not None for future in futures)
     (ours,) = set(batchers()) - before  # one batching thread for the engine, however many first callers
     held.clear()
