@@ -104,9 +104,19 @@ def save_file(
     """`safetensors.torch.save_file`, then the file gets the mode a plain `open(filename, "w")` gives instead of
     safetensors' owner-only 0o600 (safetensors/safetensors#782): a new file the default (0o644 under umask 0o022),
     so that teammates and serving processes of other users read the weights as they read the config beside them; a
-    regular file written over keeps exactly the mode it had (one the user restricted stays restricted)."""
+    regular file written over keeps exactly the mode it had (one the user restricted stays restricted). Also when the
+    write raises (a full disk, an interrupt): what it left gets that mode (a warning if not), the error propagates.
+    """
     existing = _regular_file(filename)
-    _safetensors_save_file(tensors, filename, metadata=metadata)
+    try:
+        _safetensors_save_file(tensors, filename, metadata=metadata)
+    except BaseException:
+        # kept, not removed: safetensors >= 0.8 renames a finished temporary into place (a file here is whole weights)
+        try:
+            _give_plain_write_mode_or_warn(filename, existing)
+        except Exception:
+            logger.exception("cannot give %s the mode of a plain write", filename)
+        raise
     _give_plain_write_mode(filename, existing)
 
 
@@ -122,6 +132,21 @@ def _give_plain_write_mode(path: str | os.PathLike, before: os.stat_result | Non
         os.chmod(path, stat.S_IMODE(before.st_mode))
 
 
+def _give_plain_write_mode_or_warn(path: str | os.PathLike, before: os.stat_result | None) -> None:
+    """`_give_plain_write_mode` when `path` is a regular file (not a symlink); an `OSError` is a warning naming it."""
+    try:
+        if _regular_file(path) is not None:
+            _give_plain_write_mode(path, before)
+    except OSError as err:
+        logger.warning("cannot give %s the mode of a plain write: %s", path, err)
+
+
+def _give_plain_write_modes(folder: Path, before: dict[str, os.stat_result]) -> None:
+    """`_give_plain_write_mode_or_warn` for each regular `*.safetensors` directly in `folder`."""
+    for path in sorted(folder.glob("*.safetensors")):
+        _give_plain_write_mode_or_warn(path, before.get(path.name))
+
+
 @contextlib.contextmanager
 def widened_new_safetensors(folder: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
     """Run a `save_pretrained` of transformers or peft (which write through safetensors, owner-only) in this block:
@@ -129,22 +154,25 @@ def widened_new_safetensors(folder: str | os.PathLike, enabled: bool = True) -> 
     each one it replaced (a new inode) gets back the mode it had, as `save_file` above does for its file. Files the
     block left as they were, symlinks and other non-regular files are not touched; a file whose mode cannot be set
     is named in a warning, never raised (another process may have put it there). `enabled=False` (a process that does
-    not write, under distributed training) does nothing.
+    not write, under distributed training) does nothing. When the block raises (a full disk after some shards, an
+    interrupt), the shards it wrote get their modes all the same and its exception propagates unchanged: an error
+    while giving them is logged, never raised in its place.
     """
     folder = Path(folder)
     before = {}
     if enabled and folder.is_dir():
         before = {p.name: info for p in folder.glob("*.safetensors") if (info := _regular_file(p))}
-    yield
-    if not enabled:
-        return
-    for path in sorted(folder.glob("*.safetensors")):
-        if _regular_file(path) is None:
-            continue
-        try:
-            _give_plain_write_mode(path, before.get(path.name))
-        except OSError as err:
-            logger.warning("cannot give %s the mode of a plain write: %s", path, err)
+    try:
+        yield
+    except BaseException:
+        if enabled:
+            try:
+                _give_plain_write_modes(folder, before)
+            except Exception:
+                logger.exception("cannot give the safetensors in %s the mode of a plain write", folder)
+        raise
+    if enabled:
+        _give_plain_write_modes(folder, before)
 
 
 def write_safetensors_shards(state: dict[str, torch.Tensor], folder: str | os.PathLike, max_shard_size: str = "5GB"):

@@ -145,6 +145,56 @@ def test_widened_new_safetensors_never_raises_for_a_mode_it_cannot_set(tmp_path,
     assert file_mode(tmp_path / "new" / "other_rank.safetensors") == 0o600
 
 
+def test_widened_new_safetensors_gives_the_modes_when_the_save_raises(tmp_path, monkeypatch, caplog):
+    """A save that fails halfway (a full disk after one shard, an interrupt): its exception propagates unchanged,
+    the shard it wrote gets the default mode and a file it replaced gets back its own mode. An error while giving
+    them is logged, never raised in the save's place."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "replaced.safetensors").write_bytes(b"x")
+    (folder / "replaced.safetensors").chmod(0o640)
+    disk_full = OSError(28, "No space left on device")
+    with umask(0o022), pytest.raises(OSError) as err, widened_new_safetensors(folder):
+        _save_pretrained_like(folder, ["model-00001-of-00002.safetensors"])
+        raise disk_full
+    assert err.value is disk_full and file_mode(folder / "model-00001-of-00002.safetensors") == 0o644
+    with umask(0o022), pytest.raises(KeyboardInterrupt), widened_new_safetensors(folder):
+        _save_pretrained_like(folder, ["replaced.safetensors"])
+        raise KeyboardInterrupt
+    assert file_mode(folder / "replaced.safetensors") == 0o640
+
+    def broken(path):
+        raise RuntimeError("not an OSError")
+
+    monkeypatch.setattr(weights_io, "widen_to_default_mode", broken)
+    with caplog.at_level(logging.ERROR, "share4v.model.weights_io"), pytest.raises(OSError) as err:
+        with widened_new_safetensors(folder):
+            _save_pretrained_like(folder, ["new.safetensors"])
+            raise disk_full
+    assert err.value is disk_full and "not an OSError" in caplog.text
+
+
+def test_save_file_gives_the_mode_when_the_write_raises(tmp_path, monkeypatch):
+    """An interrupt just after safetensors renamed its finished file into place: the file stays, with the default
+    mode; a write that fails before (a full disk) leaves no file. Either way the error propagates unchanged."""
+    interrupt, disk_full = KeyboardInterrupt(), OSError(28, "No space left on device")
+
+    def written_then(error):
+        def write(tensors, filename, metadata=None):
+            if error is interrupt:
+                owner_only_save_file(tensors, filename, metadata=metadata)
+            raise error
+
+        return write
+
+    for error, name in [(interrupt, "w.safetensors"), (disk_full, "none.safetensors")]:
+        monkeypatch.setattr(weights_io, "_safetensors_save_file", written_then(error))
+        with umask(0o022), pytest.raises(type(error)) as err:
+            save_file({"a": torch.ones(2)}, tmp_path / name)
+        assert err.value is error
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"] and file_mode(tmp_path / "w.safetensors") == 0o644
+
+
 def _outside_weights_io():
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.relative_to(PACKAGE).as_posix() != "model/weights_io.py":
