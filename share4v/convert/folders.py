@@ -12,6 +12,7 @@ file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +89,36 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
 
 
+# the bytes of a staging name besides NAME and HOST, with the longer `.replaced-` and a PID of the most digits
+_FIXED_BYTES = len(".") + len(".replaced-") + len("-") + 10 + len("-") + 8
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` if its file-system bytes (UTF-8) number at most `limit`, else a prefix of it cut at a character
+    boundary, `_` and 12 hex digits of its hash: `limit` bytes, and another text sharing the prefix differs."""
+    raw = os.fsencode(text)
+    if len(raw) <= limit:
+        return text
+    end = max(limit - 13, 0)
+    while end and (raw[end] & 0xC0) == 0x80:  # a UTF-8 continuation byte: the cut would split a character
+        end -= 1
+    return f"{os.fsdecode(raw[:end])}_{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def _staging_parts(destination: Path) -> tuple[str, str]:
+    """The NAME and HOST that `destination`'s staging names carry: its name and this machine's, or, where these
+    would make a name longer than the file system's limit, the name cut (`_cut`), and the host too if it is longer
+    than half of what is left."""
+    try:
+        name_max = os.pathconf(destination.parent, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no os.pathconf (Windows), or a file system that does not say
+        name_max = -1
+    budget = (name_max if name_max > 0 else 255) - _FIXED_BYTES
+    name, host = destination.name, _host()
+    host = _cut(host, max(budget - len(os.fsencode(name)), budget // 2))
+    return _cut(name, budget - len(host)), host
+
+
 # a killed conversion's staging is removed only when nothing in it has changed for this long: a live writer keeps
 # writing its files, also one whose PID this process cannot see (a container with this machine's name but a PID
 # namespace of its own)
@@ -118,9 +149,8 @@ def _last_change(folder: Path) -> float:
 
 def _remove_stale_staging(destination: Path) -> None:
     """Remove what a killed conversion to `destination` on this machine left beside it (see `staged_folder`)."""
-    pattern = re.compile(
-        rf"\.{re.escape(destination.name)}\.(staging|replaced)-([A-Za-z0-9._]+)-(\d{{1,10}})-[a-z0-9_]+"
-    )
+    name, host = _staging_parts(destination)
+    pattern = re.compile(rf"\.{re.escape(name)}\.(staging|replaced)-([A-Za-z0-9._]+)-(\d{{1,10}})-[a-z0-9_]+")
     removed, kept = [], []
     try:
         entries = sorted(destination.parent.iterdir())
@@ -129,7 +159,7 @@ def _remove_stale_staging(destination: Path) -> None:
         return
     for entry in entries:
         match = pattern.fullmatch(entry.name)
-        if not match or match[2] != _host() or _is_alive(int(match[3])) or entry.is_symlink() or not entry.is_dir():
+        if not match or match[2] != host or _is_alive(int(match[3])) or entry.is_symlink() or not entry.is_dir():
             continue
         if match[1] == "replaced" and not destination.exists():
             kept.append(f"{entry.name} (the earlier checkpoint, moved aside)")  # killed between the two renames
@@ -168,28 +198,31 @@ def staged_folder(destination: str | Path, overwrite: bool = False, sources: tup
     """Yield an empty staging folder; on success it becomes `destination`, on failure it is removed.
 
     The staging folder is `.NAME.staging-HOST-PID-RANDOM` beside `destination` (NAME its name, HOST and PID this
-    process's); an existing checkpoint being replaced is first renamed `.NAME.replaced-HOST-PID-RANDOM`. A conversion
-    killed outright leaves these behind. Before staging, a conversion removes those of its destination whose HOST is
-    this machine, whose PID is no running process and in which nothing changed for `STALE_AFTER_SECONDS` (an hour):
-    only their writer wrote them, and it is gone (a PID reused since only delays the removal; a writer alive in
-    another PID namespace under this machine's name keeps changing its files). Folders of other machines (a shared
-    file system) or of live processes, other names (those of older versions included) and symlinks are left alone.
-    A `.replaced` folder is removed only while `destination` exists; without it, it holds the only copy of the
-    earlier checkpoint and is kept. One warning line names what was removed (or kept). The new checkpoint in place,
-    a failure to remove the one it replaced is a warning, not an error (the next conversion removes it); a
-    destination that was a symbolic link loses the link only, not what it pointed to.
+    process's); an existing checkpoint being replaced is first renamed `.NAME.replaced-HOST-PID-RANDOM`. Where such a
+    name (with a 10-digit PID) would pass the file system's limit (PC_NAME_MAX bytes, 255 where it does not say), NAME
+    and if need be HOST are cut to a prefix and a hash of the whole (`_staging_parts`), the same in every conversion to
+    `destination`. A conversion killed outright leaves these behind. Before staging, a conversion removes those of
+    its destination whose HOST is this machine, whose PID is no running process and in which nothing changed for
+    `STALE_AFTER_SECONDS` (an hour): only their writer wrote them, and it is gone (a PID reused since only delays
+    the removal; a writer alive in another PID namespace under this machine's name keeps changing its files).
+    Folders of other machines (a shared file system) or of live processes, other names (those of older versions
+    included) and symlinks are left alone. A `.replaced` folder is removed only while `destination` exists; without
+    it, it holds the only copy of the earlier checkpoint and is kept. One warning line names what was removed (or
+    kept). The new checkpoint in place, a failure to remove the one it replaced is a warning, not an error (the next
+    conversion removes it); a destination that was a symbolic link loses the link only, not what it pointed to.
     """
     destination = Path(os.path.abspath(destination))
     check_destination(destination, overwrite, sources)
     destination.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(destination)
-    prefix = f".{destination.name}.staging-"
-    staging = new_temp_folder(destination.parent, prefix=f"{prefix}{_host()}-{os.getpid()}-")  # mode as os.mkdir's
+    name, host = _staging_parts(destination)
+    prefix = f".{name}.staging-"
+    staging = new_temp_folder(destination.parent, prefix=f"{prefix}{host}-{os.getpid()}-")  # mode as os.mkdir's
     try:
         yield staging
         old = None
         if destination.exists():  # move the old checkpoint aside first: a crash never leaves neither in place
-            old = destination.with_name(f".{destination.name}.replaced-{staging.name.removeprefix(prefix)}")
+            old = destination.with_name(f".{name}.replaced-{staging.name.removeprefix(prefix)}")
             destination.rename(old)
         staging.rename(destination)
         if old is not None:

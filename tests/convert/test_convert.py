@@ -480,6 +480,47 @@ def test_the_next_conversion_removes_what_a_killed_one_left(tiny_ckpt, tmp_path,
     assert f"kept {moved_aside} (the earlier checkpoint, moved aside)" in caplog.text
 
 
+@pytest.mark.parametrize("name", ["x" * 250, "é" * 125, "模型" * 41 + "v2"], ids=["ascii", "two-byte", "three-byte"])
+def test_a_destination_name_too_long_for_the_full_staging_name_stages_under_a_shortened_one(tmp_path, name):
+    """`.NAME.staging-HOST-PID-RANDOM` of a name of some 250 bytes is over the file system's 255 (mkdir failed with
+    "File name too long"): NAME is cut at a character boundary, with a hash of the whole, and the name fits."""
+    dst = tmp_path / name
+    assert len(os.fsencode(dst.name)) >= 248
+    for overwrite in (False, True):  # staging, then replacing (the checkpoint moved aside is named alike)
+        with staged_folder(dst, overwrite=overwrite) as staging:
+            assert len(staging.name.encode("utf-8")) <= 255  # encodes: no character split by the cut
+            fields = f".staging-{folders._host()}-{os.getpid()}-"
+            assert staging.name.startswith(f".{name[:40]}") and fields in staging.name
+            (staging / "config.json").write_text("{}")
+        assert (dst / "config.json").is_file() and _hidden(tmp_path) == []
+
+
+def test_a_killed_conversion_to_a_long_name_is_removed_by_the_next_to_that_name_only(tiny_ckpt, tmp_path, caplog):
+    """The shortened staging names of two long destinations that share a prefix differ (the hash of the whole name):
+    a conversion to one leaves the other's leftovers alone, and the next conversion to its own removes them."""
+    common = "checkpoint-" + "模型" * 40  # 251 bytes
+    dst, other = tmp_path / f"{common}-a", tmp_path / f"{common}-b"
+    _killed_conversion("while-writing", tiny_ckpt, dst)
+    (stale,) = _hidden(tmp_path)
+    assert len(os.fsencode(stale)) <= 255 and ".staging-" in stale
+    _age(tmp_path / stale, folders.STALE_AFTER_SECONDS + 60)
+    assert to_hf.main([str(tiny_ckpt), str(other)]) == 0
+    assert (other / "config.json").is_file() and _hidden(tmp_path) == [stale]
+    with caplog.at_level(logging.WARNING, "share4v.convert"):
+        assert to_hf.main([str(tiny_ckpt), str(dst)]) == 0
+    assert (dst / "config.json").is_file() and _hidden(tmp_path) == []
+    assert f"removed {stale} in {tmp_path}, left by a killed conversion" in caplog.text
+
+    _killed_conversion("while-replacing", tiny_ckpt, dst, "--overwrite")
+    (moved_aside,) = _hidden(tmp_path)
+    assert ".replaced-" in moved_aside and len(os.fsencode(moved_aside)) <= 255
+    _age(tmp_path / moved_aside, folders.STALE_AFTER_SECONDS + 60)
+    assert to_hf.main([str(tiny_ckpt), str(other), "--overwrite"]) == 0
+    assert _hidden(tmp_path) == [moved_aside]
+    assert to_hf.main([str(tiny_ckpt), str(dst), "--overwrite"]) == 0
+    assert (dst / "config.json").is_file() and _hidden(tmp_path) == []
+
+
 def test_a_parent_that_cannot_be_listed_or_a_replaced_checkpoint_that_stays_do_not_fail_the_conversion(
     tiny_ckpt, tmp_path, monkeypatch, caplog
 ):
