@@ -72,6 +72,9 @@ def _parse_json(text: str) -> tuple[Any, str | None]:
         return None, f"not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
 
 
+ANNOUNCED_FILE_BYTES = 100_000_000  # parsing one this large takes seconds (about 4 s here): the log says so first
+
+
 def read_rows(path: str | os.PathLike) -> tuple[list[tuple[str, Any]], list[BadRow]]:
     """All rows of a JSON list or JSONL file as `(where, row)`, and the JSONL lines that are not JSON.
 
@@ -86,6 +89,9 @@ def read_rows(path: str | os.PathLike) -> tuple[list[tuple[str, Any]], list[BadR
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data file not found: {path}")
+    size = path.stat().st_size
+    if size >= ANNOUNCED_FILE_BYTES and dist_info().rank == 0:  # one parse, no progress to show: say what it waits on
+        logger.info("reading %s (%.2f GB)", path, size / 1e9)
     if path.suffix == ".jsonl":
         with path.open("rb") as handle:
             return _jsonl_rows(path, handle)

@@ -140,6 +140,18 @@ def test_bad_samples_are_reported_and_skipped(tiny, world, tmp_path):
     assert "truncated away" in reasons["instruct-4"]
 
 
+def test_checking_many_rows_shows_progress(tiny, world, monkeypatch, capsys):
+    import share4v.train.data as data_module
+
+    tokenizer, args = tokenizer_with(tiny, 2048), data_args(world["instruct"].parent, tiny)
+    LazySupervisedDataset(str(world["instruct"]), tokenizer, args)
+    assert "checking" not in capsys.readouterr().err  # a short file: no bar
+    monkeypatch.setattr(data_module, "PROGRESS_FROM_ROWS", 2)
+    dataset = LazySupervisedDataset(str(world["instruct"]), tokenizer, args)
+    shown = capsys.readouterr().err
+    assert f"checking {world['instruct'].name}" in shown and f"{len(dataset)}/{len(dataset)}" in shown
+
+
 def test_strict_data_fails_on_the_first_bad_sample(tiny, world, tmp_path):
     tokenizer = tokenizer_with(tiny, 200)
     path = _broken_world(tmp_path, world)

@@ -79,3 +79,16 @@ def test_a_json_list_is_parsed_from_one_copy_of_its_text(tmp_path):
     finally:
         tracemalloc.stop()
     assert _ids(rows) == ["a"] and peak < 2.5 * path.stat().st_size
+
+
+def test_a_large_file_is_announced_before_it_is_parsed(tmp_path, monkeypatch, caplog):
+    import share4v.train.rows as rows_module
+
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(ROWS))
+    with caplog.at_level("INFO", logger="share4v.train.rows"):
+        read_rows(path)
+        assert "reading" not in caplog.text  # a small file: parsed at once, nothing to announce
+        monkeypatch.setattr(rows_module, "ANNOUNCED_FILE_BYTES", path.stat().st_size)
+        assert _ids(read_rows(path)[0]) == ["a", "b"]
+    assert f"reading {path} (0.00 GB)" in caplog.text
