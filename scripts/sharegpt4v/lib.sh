@@ -2,13 +2,16 @@
 #
 #   stage1_args SIZE / stage2_args SIZE       fill ARGS with a stage's flags (SIZE 7b or 13b; paths from the
 #                                             environment: DATA_ROOT, LLM, VISION_TOWER, PROJECTOR, STAGE1,
-#                                             SAVE_PATH, DEEPSPEED)
+#                                             SAVE_PATH, DEEPSPEED, SHARDING)
 #   launch_slurm GLOBAL_BATCH MICRO ARGS...   torchrun on every node of a SLURM allocation (c10d rendezvous)
 #   launch_local GLOBAL_BATCH MICRO ARGS...   torchrun on this node's GPUs
 #
 # Both keep the global batch whatever the GPU count: the gradient accumulation is GLOBAL_BATCH / (GPUs x MICRO),
 # printed; a global batch the GPUs cannot divide is an error.
 #
+# SHARDING: deepspeed (the default, as the original: DEEPSPEED names the config, ./scripts/zero3.json) or fsdp2
+# (PyTorch's FSDP2, which shards as ZeRO-3 does; at the recipe's micro-batch and checkpointing on 2 x H200 about 2x
+# DeepSpeed's per-GPU rate, measured on two machines: docs/Performance.md; full fine-tuning only, not LoRA).
 # DRY_RUN=1 prints the command, one argument per line, instead of running it.
 # REPORT_TO: where metrics go (default none; "wandb", "tensorboard" or "wandb tensorboard" when installed).
 
@@ -16,10 +19,26 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."  # the repository root: scripts/zero*.
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 read -r -a REPORT_TO_ARGS <<< "${REPORT_TO:-none}"
 
+# SHARDING's flags: DeepSpeed with DEEPSPEED's config, or FSDP2.
+sharding_args() {
+    case "${SHARDING:-deepspeed}" in
+        deepspeed) ARGS+=(--deepspeed "${DEEPSPEED:-./scripts/zero3.json}") ;;
+        fsdp2)
+            if [[ -n "${DEEPSPEED:-}" ]]; then
+                echo "error: DEEPSPEED=$DEEPSPEED with SHARDING=fsdp2: choose one (unset DEEPSPEED for FSDP2)" >&2
+                exit 2
+            fi
+            ARGS+=(--fsdp "full_shard auto_wrap" --fsdp_config ./scripts/fsdp2.json) ;;
+        *)
+            echo "error: SHARDING=$SHARDING: use deepspeed (the default) or fsdp2" >&2
+            exit 2 ;;
+    esac
+}
+
 # Flags both stages share (the original scripts' values; 4.31 flag names are mapped by the trainer).
 common_args() {
+    sharding_args
     ARGS+=(
-        --deepspeed "${DEEPSPEED:-./scripts/zero3.json}"
         --mm_projector_type mlp2x_gelu
         --mm_vision_select_layer -2
         --mm_use_im_start_end False

@@ -5,7 +5,8 @@
 #   MODEL_SIZE=7b NUM_GPUS=8 bash scripts/sharegpt4v/local_finetune.sh
 #
 # Environment: MODEL_SIZE (7b | 13b), NUM_GPUS (default: all), MICRO_BATCH (8), DATA_ROOT (data), STAGE1,
-# SAVE_PATH, DEEPSPEED (./scripts/zero3.json), REPORT_TO (none), DRY_RUN.
+# SAVE_PATH, DEEPSPEED (./scripts/zero3.json), SHARDING (deepspeed | fsdp2;
+# see lib.sh), REPORT_TO (none), DRY_RUN.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

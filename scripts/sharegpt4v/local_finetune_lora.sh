@@ -11,6 +11,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+if [[ "${SHARDING:-deepspeed}" != deepspeed ]]; then
+    echo "error: SHARDING=$SHARDING: LoRA runs under DeepSpeed here (LoRA under FSDP2 is not tested)" >&2
+    exit 2
+fi
 SAVE_PATH=${SAVE_PATH:-checkpoints/share4v-${MODEL_SIZE:-7b}-lora}
 stage2_args "${MODEL_SIZE:-7b}"
 launch_local 128 "${MICRO_BATCH:-16}" "${ARGS[@]}" \

@@ -7,7 +7,7 @@
 #
 # Submit from the repository root. Paths come from the environment (DATA_ROOT, LLM, VISION_TOWER, PROJECTOR,
 # SAVE_PATH; defaults: the original layout under data/ and checkpoints/); GPUS_PER_NODE (8), MICRO_BATCH (16),
-# REPORT_TO, MASTER_PORT, DRY_RUN=1.
+# REPORT_TO, MASTER_PORT, SHARDING (deepspeed | fsdp2, see lib.sh), DRY_RUN=1.
 #SBATCH --job-name=share4v-7b-pretrain
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1

@@ -187,6 +187,30 @@ def test_local_scripts_keep_the_global_batch(script, gpus, micro, accumulation, 
     assert f"x gradient accumulation {accumulation}" in stderr
 
 
+@pytest.mark.parametrize("script", ["local_pretrain.sh", "local_finetune.sh", "slurm_finetune_7b.sh"])
+def test_sharding_fsdp2_replaces_deepspeed(script):
+    _, args, _ = dry_run(script, NUM_GPUS="8", SHARDING="fsdp2")
+    assert args.deepspeed is None and args.fsdp == "full_shard auto_wrap"
+    assert args.fsdp_config == "./scripts/fsdp2.json" and (SCRIPTS.parents[1] / args.fsdp_config).is_file()
+    assert args.gradient_checkpointing and args.bf16  # the rest of the recipe as under DeepSpeed
+    _, args, _ = dry_run(script, NUM_GPUS="8", SHARDING="deepspeed", DEEPSPEED="./scripts/zero2.json")
+    assert args.deepspeed == "./scripts/zero2.json" and not args.fsdp
+
+
+@pytest.mark.parametrize(
+    ("script", "env", "error"),
+    [("local_finetune.sh", {"SHARDING": "fsdp"}, "SHARDING=fsdp: use deepspeed (the default) or fsdp2"),
+     ("local_finetune.sh", {"SHARDING": "fsdp2", "DEEPSPEED": "./scripts/zero2.json"}, "choose one"),
+     ("local_finetune_lora.sh", {"SHARDING": "fsdp2"}, "LoRA runs under DeepSpeed here")],
+)  # fmt: skip
+def test_sharding_refuses_what_it_cannot_do(script, env, error):
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / script)], env={**os.environ, "DRY_RUN": "1", "NUM_GPUS": "8", **env},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and error in result.stderr and "train_mem.py" not in result.stdout
+
+
 def test_lora_script_and_indivisible_batches():
     _, args, _ = dry_run("local_finetune_lora.sh", NUM_GPUS="8")
     assert args.lora_enable and (args.lora_r, args.lora_alpha, args.mm_projector_lr) == (128, 256, 2e-5)
