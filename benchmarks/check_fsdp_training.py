@@ -1,6 +1,6 @@
 """benchmarks/check_fsdp_training.py
 
-share4v's training entry under FSDP2 (`--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`) on two GPUs,
+share4v's training entry under FSDP2 (`--fsdp --fsdp_config scripts/fsdp2.json`) on two GPUs,
 against the same run under DDP, on a tiny model (transformers' Trainer runs FSDP on GPUs only, so CI checks the
 sharded model on the CPU without the Trainer: tests/train/test_fsdp.py). Stage-1 trainable set (LLM, projector, the
 tower's later layers), fp32, 4 steps with a checkpoint at step 2:
@@ -33,7 +33,7 @@ from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
 from share4v.testing.tiny_training import make_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-FSDP = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(REPO / "scripts" / "fsdp2.json")]
+FSDP = ["--fsdp", "--fsdp_config", str(REPO / "scripts" / "fsdp2.json")]
 
 
 def _train(root: Path, out: Path, *flags: str) -> list[float]:

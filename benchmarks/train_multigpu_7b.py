@@ -231,7 +231,7 @@ def run(
             raise SystemExit("--fsdp runs on GPUs only: transformers' Trainer does not shard on the CPU")
         if zero != 3 or deepspeed_config is not None:
             raise SystemExit("--fsdp shards as ZeRO-3 does, without DeepSpeed: drop --zero 2 and --deepspeed-config")
-        sharding = ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(fsdp_config)]
+        sharding = ["--fsdp", "--fsdp_config", str(fsdp_config)]
     else:
         deepspeed_config = deepspeed_config or repo / "scripts" / f"zero{zero}.json"
         zero_options = json.loads(deepspeed_config.read_text())["zero_optimization"]

@@ -28,7 +28,7 @@ sharding_args() {
                 echo "error: DEEPSPEED=$DEEPSPEED with SHARDING=fsdp2: choose one (unset DEEPSPEED for FSDP2)" >&2
                 exit 2
             fi
-            ARGS+=(--fsdp "full_shard auto_wrap" --fsdp_config ./scripts/fsdp2.json) ;;
+            ARGS+=(--fsdp --fsdp_config ./scripts/fsdp2.json) ;;
         *)
             echo "error: SHARDING=$SHARDING: use deepspeed (the default) or fsdp2" >&2
             exit 2 ;;

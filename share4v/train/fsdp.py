@@ -1,6 +1,6 @@
 """train/fsdp.py
 
-PyTorch FSDP2 (`--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`): the sharding of ZeRO-3 (weights,
+PyTorch FSDP2 (`--fsdp --fsdp_config scripts/fsdp2.json`): the sharding of ZeRO-3 (weights,
 gradients and optimizer state split over the GPUs) without DeepSpeed, through transformers' Trainer and accelerate.
 Two things share4v adds to what they do:
 

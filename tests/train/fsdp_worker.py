@@ -1,5 +1,5 @@
 """One rank of tests/train/test_fsdp.py (run by torch.distributed.run on the CPU, gloo): the tiny model sharded by FSDP2
-into the units accelerate makes for `--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`, against the same
+into the units accelerate makes for `--fsdp --fsdp_config scripts/fsdp2.json`, against the same
 model unsharded. Writes what it measured to OUT/rank{N}.json.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/train/fsdp_worker.py CKPT OUT

@@ -190,7 +190,7 @@ def test_local_scripts_keep_the_global_batch(script, gpus, micro, accumulation, 
 @pytest.mark.parametrize("script", ["local_pretrain.sh", "local_finetune.sh", "slurm_finetune_7b.sh"])
 def test_sharding_fsdp2_replaces_deepspeed(script):
     _, args, _ = dry_run(script, NUM_GPUS="8", SHARDING="fsdp2")
-    assert args.deepspeed is None and args.fsdp == "full_shard auto_wrap"
+    assert args.deepspeed is None and args.fsdp is True  # bare --fsdp: transformers deprecates the string form
     assert args.fsdp_config == "./scripts/fsdp2.json" and (SCRIPTS.parents[1] / args.fsdp_config).is_file()
     assert args.gradient_checkpointing and args.bf16  # the rest of the recipe as under DeepSpeed
     _, args, _ = dry_run(script, NUM_GPUS="8", SHARDING="deepspeed", DEEPSPEED="./scripts/zero2.json")

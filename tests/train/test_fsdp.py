@@ -1,4 +1,4 @@
-"""FSDP2 (`--fsdp "full_shard auto_wrap" --fsdp_config scripts/fsdp2.json`) on two CPU processes (gloo), the tiny
+"""FSDP2 (`--fsdp --fsdp_config scripts/fsdp2.json`) on two CPU processes (gloo), the tiny
 model sharded into accelerate's units:
 - it computes the unsharded model's loss and gradients;
 - it trains on steps where one rank's batch holds only text;

@@ -90,7 +90,7 @@ CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
         (dict(device=CUDA, lora_enable=True), False),
         (dict(device=CUDA, bits=4), False),
         (dict(device=CUDA, world_size=2), False),  # DDP: not measured
-        (dict(device=CUDA, world_size=2, fsdp="full_shard auto_wrap"), True),
+        (dict(device=CUDA, world_size=2, fsdp=True), True),  # bare --fsdp (the config file says how)
         (dict(device=CUDA, torch_compile=True), False),  # the Trainer compiles the whole model
         (dict(device=CUDA, compile_decoder_layers=False), False),  # given: as given
         (dict(device=torch.device("cpu"), compile_decoder_layers=True), True),
