@@ -10,7 +10,7 @@
 # printed; a global batch the GPUs cannot divide is an error.
 #
 # SHARDING: deepspeed (the default, as the original: DEEPSPEED names the config, ./scripts/zero3.json) or fsdp2
-# (PyTorch's FSDP2, which shards as ZeRO-3 does; at the recipe's micro-batch and checkpointing on 2 x H200 about 2x
+# (PyTorch's FSDP2, which shards as ZeRO-3 does; at the recipe's micro-batch and checkpointing on 2 H200s about 2x
 # DeepSpeed's per-GPU rate, measured on two machines: docs/Performance.md; full fine-tuning only, not LoRA).
 # DRY_RUN=1 prints the command, one argument per line, instead of running it.
 # REPORT_TO: where metrics go (default none; "wandb", "tensorboard" or "wandb tensorboard" when installed).

@@ -119,9 +119,9 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={
             "help": "compile each decoder layer with torch.compile (regional compilation: one compile serves all "
             "layers); fuses the element-wise work of the step, about 1.25x faster on an H100-class GPU. Default: on "
-            "where it was measured, training on a CUDA GPU, alone or under FSDP, with or without "
-            "--gradient_checkpointing, without DeepSpeed, --gradient_checkpointing_layers, LoRA or quantization; "
-            "else off"
+            "where it was measured, training on a CUDA GPU, alone or under FSDP, with every layer checkpointed or "
+            "none, without DeepSpeed, LoRA or quantization, and not with --gradient_checkpointing_layers "
+            "checkpointing only some layers; else off"
         },
     )
     gradient_checkpointing_layers: Optional[int] = field(

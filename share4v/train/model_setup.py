@@ -301,12 +301,13 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
             "sdpa or flash-attention run packed samples without one",
             model.config._attn_implementation,
         )
-    compiled = compiles_decoder_layers(training_args)
+    layers = len(model.get_model().layers)
+    compiled = compiles_decoder_layers(training_args, layers)
     if compiled:
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         combined = {"DeepSpeed ZeRO-3": is_deepspeed_zero3_enabled(),
-                    "--gradient_checkpointing_layers": _checkpoints_some_layers(training_args)}  # fmt: skip
+                    "--gradient_checkpointing_layers": _checkpoints_some_layers(training_args, layers)}  # fmt: skip
         untested = [name for name, on in combined.items() if on]
         if untested:
             logger.warning("--compile_decoder_layers with %s has not been measured or checked for equal losses; "
@@ -322,28 +323,32 @@ def configure_step_speedups(model: torch.nn.Module, training_args: Any) -> None:
         "without" if training_args.fused_cross_entropy else "with target-position",
         model.config._attn_implementation,
         compile_note,
-        _checkpointing_note(checkpointed, len(model.get_model().layers)),
+        _checkpointing_note(checkpointed, layers),
     )
 
 
-def _checkpoints_some_layers(training_args: Any) -> bool:
-    """--gradient_checkpointing with --gradient_checkpointing_layers: compiled layers with only some layers
-    checkpointed were measured under DeepSpeed only (where they recompiled), every layer checkpointed under FSDP2."""
-    partial = getattr(training_args, "gradient_checkpointing_layers", None) is not None
-    return bool(getattr(training_args, "gradient_checkpointing", False)) and partial
+def _checkpoints_some_layers(training_args: Any, layers: int | None = None) -> bool:
+    """Whether --gradient_checkpointing with --gradient_checkpointing_layers N checkpoints some of the `layers`
+    decoder layers but not all or none (any N when `layers` is not known): compiled layers with only some layers
+    checkpointed were measured under DeepSpeed only (where they recompiled), every layer or none under FSDP2."""
+    wanted = getattr(training_args, "gradient_checkpointing_layers", None)
+    if not getattr(training_args, "gradient_checkpointing", False) or wanted is None:
+        return False
+    return layers is None or 0 < wanted < layers
 
 
-def compiles_decoder_layers(training_args: Any) -> bool:
+def compiles_decoder_layers(training_args: Any, layers: int | None = None) -> bool:
     """--compile_decoder_layers when given; unset, on where compiled layers were measured (benchmarks/bench_train.py
-    on one GPU, FSDP2 on 1, 2 and 4, with and without checkpointing every layer, equal losses): training on a CUDA
-    GPU, alone or under FSDP, without DeepSpeed, --gradient_checkpointing_layers, LoRA or 4/8-bit weights. Under
-    DeepSpeed ZeRO-3 compiled layers recompiled and lost their gain; DDP and the others were not measured."""
+    on one GPU, FSDP2 on 1, 2 and 4, with every one of the model's `layers` decoder layers checkpointed or none,
+    equal losses): training on a CUDA GPU, alone or under FSDP, without DeepSpeed, LoRA or 4/8-bit weights, and
+    without --gradient_checkpointing_layers checkpointing only some layers. Under DeepSpeed ZeRO-3 compiled layers
+    recompiled and lost their gain; DDP and the others were not measured."""
     wanted = getattr(training_args, "compile_decoder_layers", None)
     if wanted is not None:
         return bool(wanted)
     measured = (
         not getattr(training_args, "deepspeed", None)
-        and not _checkpoints_some_layers(training_args)
+        and not _checkpoints_some_layers(training_args, layers)
         and not getattr(training_args, "lora_enable", False)
         and getattr(training_args, "bits", 16) == 16
         and (dist_info().world_size == 1 or bool(getattr(training_args, "fsdp", None)))

@@ -113,10 +113,15 @@ def test_several_reporters(tmp_path):
     assert parse_arguments(["--output_dir", str(tmp_path)])[2].report_to == []  # reports nowhere by default
 
 
+def script_env(**env):
+    """The environment of a dry run: this process's without the settings the scripts read (a developer's exported
+    SHARDING or DEEPSPEED would change what they print), then `env`."""
+    inherited = {k: v for k, v in os.environ.items() if k not in {"SHARDING", "DEEPSPEED", "MICRO_BATCH", "NUM_GPUS"}}
+    return {**inherited, "DRY_RUN": "1", **env}
+
+
 def dry_run(script, **env):
-    result = subprocess.run(
-        ["bash", str(SCRIPTS / script)], env={**os.environ, "DRY_RUN": "1", **env}, capture_output=True, text=True
-    )
+    result = subprocess.run(["bash", str(SCRIPTS / script)], env=script_env(**env), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     words = result.stdout.splitlines()
     entry = words.index("share4v/train/train_mem.py")
@@ -169,7 +174,7 @@ def test_slurm_scripts_keep_the_global_batch(script, nodes, gpus, micro, accumul
     assert f"x gradient accumulation {accumulation}" in stderr
     result = subprocess.run(
         ["bash", str(SCRIPTS / script)], capture_output=True, text=True,
-        env={**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "1", "GPUS_PER_NODE": "3"},
+        env=script_env(SLURM_NNODES="1", GPUS_PER_NODE="3"),
     )  # fmt: skip
     assert result.returncode == 2 and "not a multiple of 3 GPUs" in result.stderr
 
@@ -205,9 +210,8 @@ def test_sharding_fsdp2_replaces_deepspeed(script):
 )  # fmt: skip
 def test_sharding_refuses_what_it_cannot_do(script, env, error):
     result = subprocess.run(
-        ["bash", str(SCRIPTS / script)], env={**os.environ, "DRY_RUN": "1", "NUM_GPUS": "8", **env},
-        capture_output=True, text=True,
-    )  # fmt: skip
+        ["bash", str(SCRIPTS / script)], env=script_env(NUM_GPUS="8", **env), capture_output=True, text=True
+    )
     assert result.returncode == 2 and error in result.stderr and "train_mem.py" not in result.stdout
 
 
@@ -217,7 +221,7 @@ def test_lora_script_and_indivisible_batches():
     assert args.learning_rate == 2e-4 and args.output_dir == "checkpoints/share4v-7b-lora"
     assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128
     result = subprocess.run(
-        ["bash", str(SCRIPTS / "local_finetune.sh")], env={**os.environ, "DRY_RUN": "1", "NUM_GPUS": "3"},
+        ["bash", str(SCRIPTS / "local_finetune.sh")], env=script_env(NUM_GPUS="3"),
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "not a multiple of 3 GPUs" in result.stderr

@@ -70,6 +70,10 @@ def test_compiled_layers_warn_where_they_are_untested(tiny_ckpt, caplog):
     configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=False))
     configure_step_speedups(model, SimpleNamespace(**flags, gradient_checkpointing=True))
     assert "has not been measured" not in caplog.text and len(compiled) == 2 * len(model.get_model().layers)
+    total = len(model.get_model().layers)  # N = all of them: every layer, as --gradient_checkpointing alone
+    every = SimpleNamespace(**flags, gradient_checkpointing=True, gradient_checkpointing_layers=total)
+    configure_step_speedups(model, every)
+    assert "has not been measured" not in caplog.text
     partial = SimpleNamespace(**flags, gradient_checkpointing=True, gradient_checkpointing_layers=1)
     configure_step_speedups(model, partial)
     assert "--compile_decoder_layers with --gradient_checkpointing_layers has not been measured" in caplog.text
@@ -85,6 +89,9 @@ CUDA = torch.device("cuda")  # a device object only: nothing is allocated on it
         (dict(device=torch.device("cpu")), False),
         (dict(device=CUDA, gradient_checkpointing=True), True),  # every layer checkpointed: measured (FSDP2)
         (dict(device=CUDA, gradient_checkpointing=True, gradient_checkpointing_layers=16), False),  # not measured: off
+        (dict(device=CUDA, gradient_checkpointing=True, gradient_checkpointing_layers=16, layers=32), False),
+        (dict(device=CUDA, gradient_checkpointing=True, gradient_checkpointing_layers=32, layers=32), True),  # all
+        (dict(device=CUDA, gradient_checkpointing=True, gradient_checkpointing_layers=0, layers=32), True),  # none
         (dict(device=CUDA, gradient_checkpointing_layers=16), True),  # without --gradient_checkpointing: no effect
         (dict(device=CUDA, deepspeed="scripts/zero3.json"), False),
         (dict(device=CUDA, lora_enable=True), False),
@@ -102,7 +109,8 @@ def test_decoder_layers_compile_by_default_where_measured(monkeypatch, given, ex
     monkeypatch.setenv("WORLD_SIZE", str(given.pop("world_size", 1)))  # what torchrun sets
     defaults = dict(compile_decoder_layers=None, deepspeed=None, gradient_checkpointing=False, lora_enable=False,
                     bits=16, fsdp="", torch_compile=False, gradient_checkpointing_layers=None)  # fmt: skip
-    assert compiles_decoder_layers(SimpleNamespace(**{**defaults, **given})) is expected
+    layers = given.pop("layers", None)  # the model's decoder layers, where known
+    assert compiles_decoder_layers(SimpleNamespace(**{**defaults, **given}), layers) is expected
 
 
 def test_the_run_says_when_it_compiles_by_default(tiny_ckpt, caplog):
