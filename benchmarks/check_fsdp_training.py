@@ -44,7 +44,9 @@ def _train(root: Path, out: Path, *flags: str) -> list[float]:
         "--mm_vision_select_layer", "-2", "--mm_use_im_patch_token", "False", "--tune_entire_model", "True",
         "--tune_vit_from_layer", "1", "--max_steps", "4", "--per_device_train_batch_size", "2",
         "--learning_rate", "1e-3", "--save_steps", "2", "--report_to", "none", "--logging_steps", "1",
-        "--dataloader_num_workers", "0", "--seed", "0", "--ddp_timeout", "120", "--output_dir", str(out), *flags,
+        "--dataloader_num_workers", "0", "--seed", "0", "--ddp_timeout", "120", "--output_dir", str(out),
+        "--compile_decoder_layers", "False",  # the trainer compiles under FSDP by default, not under DDP: compare
+        *flags,                               # the sharding alone (compiled layers are checked on their own)
     ]  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     # not TORCH_DISTRIBUTED_DEBUG=DETAIL: its wrapped process group lacks the coalesced all-gather that gathering a
