@@ -225,4 +225,19 @@ def parse_arguments(
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.report_to = [name for entry in training_args.report_to for name in entry.split(",") if name]
+    _refuse_untested_sharding(training_args)
     return model_args, data_args, training_args
+
+
+def _refuse_untested_sharding(training_args: TrainingArguments) -> None:
+    """LoRA and 4/8-bit weights run under DeepSpeed (as the original) or unsharded; under FSDP neither the adapters'
+    saving and resuming nor quantized shards were ever run, so they are an error rather than an untried path."""
+    if not training_args.fsdp:
+        return
+    if training_args.lora_enable:
+        raise ValueError(
+            "--lora_enable with --fsdp: LoRA under FSDP is not supported; use DeepSpeed "
+            "(--deepspeed ./scripts/zero3.json, as scripts/sharegpt4v/local_finetune_lora.sh) or one GPU"
+        )
+    if training_args.bits in (4, 8):
+        raise ValueError(f"--bits {training_args.bits} with --fsdp: 4/8-bit weights under FSDP are not supported")

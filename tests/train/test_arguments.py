@@ -106,6 +106,20 @@ def test_values_transformers_5_cannot_express_are_one_line_errors(argv, message,
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--lora_enable", "True"], "--lora_enable with --fsdp: LoRA under FSDP is not supported"),
+     (["--bits", "4"], "--bits 4 with --fsdp: 4/8-bit weights under FSDP are not supported")],
+)  # fmt: skip
+def test_what_fsdp_never_ran_is_a_one_line_error(argv, message, tmp_path):
+    fsdp = ["--fsdp", "--fsdp_config", str(REPO / "scripts" / "fsdp2.json")]
+    with pytest.raises(ValueError, match=f"^{message}") as err:
+        parse_arguments([*fsdp, *argv, "--output_dir", str(tmp_path)])
+    assert "\n" not in str(err.value)
+    _, _, without_fsdp = parse_arguments([*argv, "--output_dir", str(tmp_path)])  # the same flags alone are fine
+    assert not without_fsdp.fsdp
+
+
 def test_several_reporters(tmp_path):
     argv = ["--report_to", "tensorboard", "wandb", "--output_dir", str(tmp_path)]
     assert translate_legacy_flags(argv)[:2] == ["--report_to", "tensorboard,wandb"]
