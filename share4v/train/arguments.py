@@ -8,7 +8,7 @@ lets the original shell scripts run unchanged on transformers 5 (flags it rename
 import logging
 import sys
 from argparse import ArgumentTypeError
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 import transformers
@@ -217,11 +217,31 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
     return out
 
 
+# The names transformers 5.2x gives the original's checkpointing flags (a FutureWarning at the old ones; both set the
+# same setting, and `gradient_checkpointing*` keeps mirroring it); transformers 5.17 has only the old names.
+CHECKPOINTING_RENAMES = {
+    "--gradient_checkpointing": "--activation_checkpointing",
+    "--gradient_checkpointing_kwargs": "--activation_checkpointing_kwargs",
+}
+
+
+def current_checkpointing_names(argv: list[str]) -> list[str]:
+    """`--gradient_checkpointing[_kwargs]` → `--activation_checkpointing[_kwargs]`, silently, where the installed
+    transformers has the new names."""
+    names = {f.name for f in fields(TrainingArguments)}
+    renames = {old: new for old, new in CHECKPOINTING_RENAMES.items() if new.removeprefix("--") in names}
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(renames[name] + eq + value if name in renames else arg)
+    return out
+
+
 def parse_arguments(
     argv: Optional[list[str]] = None,
 ) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse the command line (default `sys.argv[1:]`) into the three dataclasses."""
-    argv = translate_legacy_flags(list(sys.argv[1:] if argv is None else argv))
+    argv = current_checkpointing_names(translate_legacy_flags(list(sys.argv[1:] if argv is None else argv)))
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.report_to = [name for entry in training_args.report_to for name in entry.split(",") if name]

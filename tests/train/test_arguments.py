@@ -4,6 +4,7 @@ command lines parsed by the real parser with the recipe's hyper-parameters."""
 import logging
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,19 @@ def test_what_fsdp_never_ran_is_a_one_line_error(argv, message, tmp_path):
     assert "\n" not in str(err.value)
     _, _, without_fsdp = parse_arguments([*argv, "--output_dir", str(tmp_path)])  # the same flags alone are fine
     assert not without_fsdp.fsdp
+
+
+def test_checkpointing_flags_of_the_original_without_a_deprecation_warning(tmp_path):
+    # transformers 5.2x renamed them (activation_checkpointing*) and warns at the old names; 5.17 has only those
+    argv = ["--gradient_checkpointing", "True", "--gradient_checkpointing_kwargs", '{"use_reentrant": false}']
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, _, args = parse_arguments([*argv, "--gradient_checkpointing_layers", "3", "--output_dir", str(tmp_path)])
+    assert args.gradient_checkpointing is True
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert args.gradient_checkpointing_layers == 3
+    _, _, off = parse_arguments(["--gradient_checkpointing=False", "--output_dir", str(tmp_path)])
+    assert off.gradient_checkpointing is False
 
 
 def test_several_reporters(tmp_path):
