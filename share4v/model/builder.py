@@ -34,7 +34,11 @@ from share4v.model.checkpoint_checks import (
     pickle_error,
     read_config,
 )
-from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
+from share4v.model.language_model.share4v_llama import (
+    UNQUANTIZED_MODULES,
+    Share4VConfig,
+    Share4VLlamaForCausalLM,
+)
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.multimodal_encoder.clip_encoder import check_select_layer
 from share4v.model.weights_io import read_weights
@@ -85,10 +89,6 @@ def _load_weights_file(folder: Path, stem: str) -> dict[str, torch.Tensor] | Non
     return None
 
 
-# The projector stays in full precision (its weights may be loaded after quantization), as does the output layer.
-_NOT_QUANTIZED = ["mm_projector", "lm_head"]
-
-
 def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     if not (load_8bit or load_4bit):
         return {}
@@ -97,12 +97,12 @@ def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: torch.device,
     if device.type != "cuda":
         raise ValueError("load_8bit/load_4bit need a CUDA device (bitsandbytes quantization)")
     if load_8bit:
-        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_NOT_QUANTIZED)}
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_MODULES)}
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=_NOT_QUANTIZED,
+            llm_int8_skip_modules=UNQUANTIZED_MODULES,
             bnb_4bit_use_double_quant=True,
             bnb_4bit_quant_type="nf4",
         )

@@ -16,7 +16,11 @@ from transformers import AutoTokenizer, BitsAndBytesConfig
 
 from share4v.mm_utils import IMAGE_ASPECT_RATIOS
 from share4v.model.checkpoint_checks import looks_local
-from share4v.model.language_model.share4v_llama import Share4VConfig, Share4VLlamaForCausalLM
+from share4v.model.language_model.share4v_llama import (
+    UNQUANTIZED_MODULES,
+    Share4VConfig,
+    Share4VLlamaForCausalLM,
+)
 from share4v.model.multimodal_encoder.builder import resolve_vision_tower_path
 from share4v.model.packed_attention import PACKED_ATTENTION, PACKING_AWARE
 from share4v.model.vision_setup import (
@@ -47,7 +51,7 @@ def _quantization(training_args: Any) -> dict[str, Any]:
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=training_args.bits == 4,
             load_in_8bit=training_args.bits == 8,
-            llm_int8_skip_modules=["mm_projector", "lm_head"],
+            llm_int8_skip_modules=UNQUANTIZED_MODULES,
             llm_int8_threshold=6.0,
             bnb_4bit_compute_dtype=compute_dtype(training_args),
             bnb_4bit_use_double_quant=training_args.double_quant,

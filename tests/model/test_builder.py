@@ -156,3 +156,19 @@ def test_clear_errors(tiny_ckpt, tmp_path, base_llm):
 def test_quantized_loading_without_bitsandbytes(tiny_ckpt, flag):
     with pytest.raises(ImportError, match=r"need bitsandbytes: pip install 'share4v\[quant\]'"):
         load_pretrained_model(str(tiny_ckpt), None, None, device="cpu", **{flag: True})
+
+
+def test_quantization_converts_the_decoder_layers_only(tiny):
+    # the rule transformers' bitsandbytes loading applies to each linear layer's name (no GPU needed to ask it);
+    # the real loads ran on a GPU: benchmarks/check_quantized.py
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from share4v.model.language_model.share4v_llama import UNQUANTIZED_MODULES
+
+    _, model, _, _ = tiny
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    assert any(".mm_projector." in name for name in linears) and "lm_head" in linears
+    assert any(name.startswith("model.vision_tower.") for name in linears)
+    converted = [name for name in linears if should_convert_module(name, UNQUANTIZED_MODULES)]
+    assert converted == [name for name in linears if name.startswith("model.layers.")]
+    assert len(converted) == 7 * model.config.num_hidden_layers

@@ -57,6 +57,11 @@ _CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward)
 
 VISION_TOWER_FOLDER = "vision_tower"  # where save_pretrained writes the tower, relative to the checkpoint
 
+# What 4/8-bit loading leaves in full precision (bitsandbytes' `llm_int8_skip_modules`): the vision side, whose
+# weights may be loaded after quantization, and the output layer. Full module paths: transformers 5 matches a name
+# from its start (or as a suffix), so the original's bare "mm_projector" no longer matches "model.mm_projector.0".
+UNQUANTIZED_MODULES = ["model.vision_tower", "model.mm_projector", "lm_head"]
+
 
 @strict
 class Share4VConfig(LlamaConfig):
