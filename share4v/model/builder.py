@@ -243,6 +243,10 @@ def load_pretrained_model(
     tokenizer = _load_tokenizer(base_dir or model_dir)
     if kind == "full":
         check_shapes(model_dir, config)
+    if base_dir is not None and config.__dict__.pop("quantization_config", None) is not None:
+        # written by a 4/8-bit (QLoRA) run before share4v left it out: it describes that run's loading, not the base
+        # weights loaded here (load_8bit/load_4bit decide that)
+        logger.info("ignoring the quantization_config of %s: the weights come from %s", model_dir, base_dir)
     model = _from_pretrained(Share4VLlamaForCausalLM, base_dir or model_dir, config=config, **load_kwargs)
     if kind == "lora":
         _load_non_lora_trainables(model, model_dir)

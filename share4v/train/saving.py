@@ -116,10 +116,15 @@ def save_training_checkpoint(
             )
         save_vision_tower(tower, output_dir / VISION_TOWER_FOLDER, tower_state)
         base.config.mm_vision_tower = VISION_TOWER_FOLDER
+    # a 4/8-bit run (QLoRA) quantized its frozen LLM on loading; the weights saved here are not quantized, and a
+    # `quantization_config` in config.json would make loaders read the base model as pre-quantized weights
+    quantization = base.config.__dict__.pop("quantization_config", None)
     try:
         base.config.save_pretrained(output_dir)
     finally:
         base.config.mm_vision_tower = tower_name
+        if quantization is not None:
+            base.config.quantization_config = quantization
 
 
 def load_training_checkpoint(model: nn.Module, checkpoint_dir: str | Path) -> None:

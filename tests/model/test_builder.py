@@ -123,6 +123,11 @@ def test_lora_checkpoint_is_merged(tiny_ckpt, tiny, base_llm, tmp_path):
     assert type(loaded[1]).__name__ == "Share4VLlamaForCausalLM"
     assert torch.allclose(_logits(loaded), expected, atol=1e-5)
     assert not torch.allclose(_logits(loaded), _logits(tiny), atol=1e-3)  # the adapter did change the model
+    # the config a QLoRA run wrote before share4v left its loading out: the base's weights load as they are
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert torch.allclose(_logits(_load(folder, base_llm)), expected, atol=1e-5)
 
 
 def test_clear_errors(tiny_ckpt, tmp_path, base_llm):

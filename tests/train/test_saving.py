@@ -1,6 +1,8 @@
 """Saving in the released layouts refuses to write a vision tower folder from incomplete weights; a projector-only
 checkpoint resumes with the input embeddings it trained; every layout's files get the mode of a plain write."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -100,3 +102,16 @@ def test_saving_over_a_restricted_checkpoint_keeps_its_modes(tiny_ckpt, tmp_path
             path.chmod(0o600)
         save_training_checkpoint(model, out, save_vision_tower_folder=True)
     assert file_modes(out, "*.safetensors") == {0o600} and file_modes(out, "*.json") == {0o644}
+
+
+def test_a_quantized_runs_loading_stays_out_of_the_saved_config(tiny_ckpt, tmp_path):
+    # a 4/8-bit run (QLoRA) saves unquantized adapters and projector: a quantization_config in config.json would
+    # make loaders read the base weights as pre-quantized ones (the merge script failed so on a GPU)
+    from transformers import BitsAndBytesConfig
+
+    model = _projector_run_model(tiny_ckpt)
+    model.config.quantization_config = BitsAndBytesConfig(load_in_4bit=True)  # what transformers sets when loading
+    save_training_checkpoint(model, tmp_path / "checkpoint-2")
+    saved = json.loads((tmp_path / "checkpoint-2" / "config.json").read_text())
+    assert "quantization_config" not in saved and saved["tune_mm_mlp_adapter"] is True
+    assert model.config.quantization_config.load_in_4bit  # the running model keeps it
