@@ -47,17 +47,28 @@ def training_flops(config: Any, lengths: Sequence[int]) -> float:
 
 
 def measure_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
-    """bf16 matmul FLOP/s measured on `device` (CUDA): the ceiling MFU is reported against."""
-    a = torch.randn((size, size), device=device, dtype=torch.bfloat16)
-    b = torch.randn((size, size), device=device, dtype=torch.bfloat16)
+    """bf16 matmul FLOP/s measured on `device` (CUDA): the ceiling MFU is reported against.
+
+    Its random operands come from a generator of its own: the trainer measures at its first step, which on a resumed
+    run comes after the checkpoint's RNG states are restored, and drawing from the device's default generator then
+    would change every later dropout mask."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((size, size), device=device, dtype=torch.bfloat16, generator=generator)
+    b = torch.randn((size, size), device=device, dtype=torch.bfloat16, generator=generator)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize(device)
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    torch.cuda.synchronize(device)
+    _synchronize(device)
     return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class ThroughputMeter:
