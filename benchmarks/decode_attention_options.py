@@ -154,7 +154,9 @@ def run_layers(attention: Attention, query, caches, visible, cache_position, sca
     return out
 
 
-def measure(name: str, rows: int, shape: dict, device: torch.device, dtype, repeats: int) -> dict:
+def measure(
+    name: str, rows: int, shape: dict, device: torch.device, dtype, repeats: int, compile_layers: bool = True
+) -> dict:
     query, caches, visible = inputs(rows, **shape, device=device, dtype=dtype)
     if name.startswith("fp8"):  # the cache as e4m3 bytes; the reference below still reads the bf16 values
         stored = [fp8_cache.to_bytes(cache) for cache in caches]
@@ -167,7 +169,7 @@ def measure(name: str, rows: int, shape: dict, device: torch.device, dtype, repe
         for key, value in zip(caches[0::2], caches[1::2], strict=True):
             reference = _sdpa(reference, key.float(), value.float(), visible, at, scale)
     mode = "reduce-overhead" if device.type == "cuda" else None
-    compiled = torch.compile(run_layers, mode=mode)
+    compiled = torch.compile(run_layers, mode=mode) if compile_layers else run_layers
 
     def call() -> torch.Tensor:
         if device.type == "cuda":
@@ -207,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of 20 calls (default: %(default)s)")
     parser.add_argument("--slots", type=int, default=768, help="cache slots (default: %(default)s)")
     parser.add_argument("--written", type=int, help="slots written (default: 680 of 768, scaled to --slots)")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, on the CPU: checks the script")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shapes, fp32, on the CPU, uncompiled: checks what each one computes"
+    )
     parser.add_argument("--out", type=Path, help="results JSON, or a folder for DATE-GPU-decode-attention.json")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     for rows in (int(size) for size in args.batch_sizes.split(",")):
         for name in args.formulations:
             try:
-                record = measure(name, rows, shape, device, dtype, 2 if args.smoke else args.repeats)
+                # the smoke run checks what each formulation computes; compiling them on the CPU took a minute
+                record = measure(name, rows, shape, device, dtype, 2 if args.smoke else args.repeats, not args.smoke)
             except Exception as err:  # a backend this device lacks: recorded, the others go on
                 error = {"formulation": name, "rows": rows, "error": f"{type(err).__name__}: {err}"[:300]}
                 results["errors"].append(error)
