@@ -11,7 +11,6 @@ batched, one at a time and streamed, equal those of the same model on one GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import report_checks
 
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 from share4v.model.builder import load_pretrained_model
@@ -85,11 +87,7 @@ def main() -> None:
         "answers_equal_one_gpu": all(result["split"][key] == reference["batched"] for key in result["split"]),
         "one_gpu_batch_equals_single": reference["batched"] == reference["one_at_a_time"] == reference["streamed"],
     }
-    print(json.dumps(result, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if not all(result["checks"].values()):
-        raise SystemExit(f"failed: {[name for name, ok in result['checks'].items() if not ok]}")
+    report_checks(args.out, result)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ tower's later layers), fp32, 4 steps with a checkpoint at step 2:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,11 +26,14 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import report_checks
+from training_check import REPO, run_training
 
 from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
 from share4v.testing.tiny_training import make_tiny_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 FSDP = ["--fsdp", "--fsdp_config", str(REPO / "scripts" / "fsdp2.json")]
 
 
@@ -52,14 +53,7 @@ def _train(root: Path, out: Path, *flags: str) -> list[float]:
     # not TORCH_DISTRIBUTED_DEBUG=DETAIL: its wrapped process group lacks the coalesced all-gather that gathering a
     # sharded state dict for saving needs; a hang ends at --ddp_timeout instead
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHARE4V_CACHE": str(root / "cache")}
-    log = out.parent / f"{out.name}.log"
-    with log.open("w") as stream:
-        done = subprocess.run([*command, "-m", "share4v.train.train", *args], cwd=REPO, env=env, stdout=stream,
-                              stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"{out.name} failed (exit {done.returncode}):\n{log.read_text()[-3000:]}")
-    state = json.loads((out / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    return run_training([*command, "-m", "share4v.train.train", *args], out, env)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -121,11 +115,7 @@ def main() -> None:
         "fsdp_checkpoint_2_equals_ddp": result["fsdp_checkpoint_2_vs_ddp"] <= 1e-5,
         "all_load": all(result["loadable"].values()),
     }
-    print(json.dumps(result, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if not all(result["checks"].values()):
-        raise SystemExit(f"failed: {[name for name, ok in result['checks'].items() if not ok]}")
+    report_checks(args.out, result)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ small random model (Llama hidden 256, 2 layers; the tiny CLIP tower), on one GPU
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -32,11 +31,14 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import report_checks
+from training_check import REPO, run_training
 
 from share4v.testing.make_tiny_checkpoint import TinySpec, make_tiny_checkpoint
 from share4v.testing.tiny_training import make_tiny_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = TinySpec(hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4, initializer_range=0.02)
 STEPS = 6
 LORA_FILES = {"adapter_config.json", "adapter_model.safetensors", "non_lora_trainables.safetensors"}
@@ -107,14 +109,7 @@ def _train(root: Path, out: Path, bits: int, bf16: bool, *extra: str) -> list[fl
         "--seed", "0", "--gradient_checkpointing", "True", "--output_dir", str(out), *extra,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHARE4V_CACHE": str(root / "cache")}
-    log = out.parent / f"{out.name}.log"
-    with log.open("w") as stream:
-        done = subprocess.run([sys.executable, "-m", "share4v.train.train", *args], cwd=REPO, env=env,
-                              stdout=stream, stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"{out.name} failed (exit {done.returncode}):\n{log.read_text()[-3000:]}")
-    state = json.loads((out / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    return run_training([sys.executable, "-m", "share4v.train.train", *args], out, env)
 
 
 def _adapter_difference(a: Path, b: Path) -> float:
@@ -216,11 +211,7 @@ def main() -> None:
             for key in ("merged_caption", "merged_caption_4bit")
         )
     result["checks"] = checks
-    print(json.dumps(result, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if not all(checks.values()):
-        raise SystemExit(f"failed: {[name for name, ok in checks.items() if not ok]}")
+    report_checks(args.out, result)
 
 
 if __name__ == "__main__":

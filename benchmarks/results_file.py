@@ -34,3 +34,13 @@ def write_results(out: Path | None, results: dict) -> None:
     partial = out.with_suffix(".json.part")
     partial.write_text(json.dumps(results, indent=1) + "\n")
     partial.replace(out)
+
+
+def report_checks(out: Path, results: dict) -> None:
+    """Print `results`, write them to `out` (see `write_results`) and exit with the names of the failed entries of
+    `results["checks"]` (name → passed), if any: the ending of every `check_*.py` script."""
+    print(json.dumps(results, indent=1))
+    write_results(out, results)
+    failed = [name for name, passed in results["checks"].items() if not passed]
+    if failed:
+        raise SystemExit(f"failed: {failed}")
