@@ -1,16 +1,23 @@
 """benchmarks/check_fsdp_training.py
 
-share4v's training entry under FSDP2 (`--fsdp --fsdp_config scripts/fsdp2.json`) on two GPUs,
-against the same run under DDP, on a tiny model (transformers' Trainer runs FSDP on GPUs only, so CI checks the
-sharded model on the CPU without the Trainer: tests/train/test_fsdp.py). Stage-1 trainable set (LLM, projector, the
-tower's later layers), fp32, 4 steps with a checkpoint at step 2:
+share4v's training entry sharded over two GPUs, under FSDP2 (`--fsdp --fsdp_config scripts/fsdp2.json`, the default)
+or DeepSpeed (`--sharding zero3` / `zero2`: `--deepspeed scripts/zero3.json`, the recipe's default), against the
+same run under DDP, on a tiny model. CI cannot: transformers' Trainer runs FSDP on GPUs only (CI checks the sharded
+model on the CPU without the Trainer: tests/train/test_fsdp.py), and DeepSpeed on the CPU in one process, where
+ZeRO-3 partitions nothing (tests/train/test_deepspeed.py). Stage-1 trainable set (LLM, projector, the tower's later
+layers), fp32, 4 steps with a checkpoint at step 2:
 
-- the FSDP run's losses and final weights equal the DDP run's;
-- a run resumed from the FSDP run's step-2 checkpoint ends with the same weights as the uninterrupted one;
+- the sharded run's losses and final weights equal the DDP run's;
+- a run resumed from the sharded run's step-2 checkpoint ends with the same weights as the uninterrupted one;
 - every output folder is in the released layout (the tower's folder included) and loads through the builder;
-- a bf16 run trains (finite losses) and saves a loadable checkpoint.
+- a bf16 run trains (finite losses) and saves a loadable checkpoint;
+- a run started from a projector file (`--pretrain_mm_mlp_adapter`, learning rate 0) saves that projector: every
+  rank loaded it (under ZeRO-3, rank 0 loads it into the gathered weights and the others receive it);
+- DeepSpeed only (LoRA under FSDP is refused): a LoRA run's losses equal DDP's, and the adapter merges through
+  `scripts/merge_lora_weights.py` into a checkpoint that loads.
 
     python benchmarks/check_fsdp_training.py --out results.json
+    python benchmarks/check_fsdp_training.py --sharding zero3 --out results.json   # needs deepspeed
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ import argparse
 import math
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,7 +42,12 @@ from training_check import REPO, run_training
 from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
 from share4v.testing.tiny_training import make_tiny_dataset
 
-FSDP = ["--fsdp", "--fsdp_config", str(REPO / "scripts" / "fsdp2.json")]
+SHARDING = {
+    "fsdp2": ["--fsdp", "--fsdp_config", str(REPO / "scripts" / "fsdp2.json")],
+    "zero3": ["--deepspeed", str(REPO / "scripts" / "zero3.json")],
+    "zero2": ["--deepspeed", str(REPO / "scripts" / "zero2.json")],
+}
+LORA = ["--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16"]
 
 
 def _train(root: Path, out: Path, *flags: str) -> list[float]:
@@ -75,46 +88,79 @@ def _loads(folder: Path) -> bool:
     return model.config.mm_vision_tower == "vision_tower"
 
 
+def _projector_file(root: Path) -> Path:
+    """The tiny checkpoint's projector, moved by 0.1 so that it differs from the one the run would start from."""
+    weights = {k: v + 0.1 for k, v in load_file(root / "ckpt" / "model.safetensors").items() if "mm_projector." in k}
+    save_file(weights, root / "projector.safetensors")
+    return root / "projector.safetensors"
+
+
+def _saved_projector_difference(run: Path, projector: Path) -> float:
+    saved, expected = load_file(run / "model.safetensors"), load_file(projector)
+    return max((saved[k].float() - v.float()).abs().max().item() for k, v in expected.items())
+
+
+def _merges(root: Path, run: Path) -> bool:
+    command = [sys.executable, "scripts/merge_lora_weights.py", "--model-path", str(run), "--model-base",
+               str(root / "ckpt"), "--save-model-path", str(root / f"{run.name}-merged")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=600).returncode == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--root", type=Path, default=Path("/tmp/share4v-fsdp-check"))
+    parser.add_argument("--sharding", choices=list(SHARDING), default="fsdp2")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/share4v-sharded-check"))
     args = parser.parse_args()
-    root = args.root
+    root, sharding = args.root, SHARDING[args.sharding]
     shutil.rmtree(root, ignore_errors=True)
     make_tiny_checkpoint(root / "ckpt")
     make_tiny_dataset(root / "data", "instruct", num_samples=24)
+    projector = _projector_file(root)
 
     ddp_losses = _train(root, root / "ddp")
-    fsdp_losses = _train(root, root / "fsdp", *FSDP)
+    sharded_losses = _train(root, root / "sharded", *sharding)
     (root / "resumed").mkdir()
-    shutil.copytree(root / "fsdp" / "checkpoint-2", root / "resumed" / "checkpoint-2")
-    resumed_losses = _train(root, root / "resumed", *FSDP)
-    bf16_losses = _train(root, root / "fsdp-bf16", *FSDP, "--bf16", "True")
+    shutil.copytree(root / "sharded" / "checkpoint-2", root / "resumed" / "checkpoint-2")
+    resumed_losses = _train(root, root / "resumed", *sharding)
+    bf16_losses = _train(root, root / "sharded-bf16", *sharding, "--bf16", "True")
+    adapter_flags = ["--pretrain_mm_mlp_adapter", str(projector), "--learning_rate", "0", "--max_steps", "1"]
+    _train(root, root / "from-projector", *sharding, *adapter_flags)
+    outputs = ["ddp", "sharded", "resumed", "sharded-bf16", "sharded/checkpoint-2", "from-projector"]
     result = {
-        "gpu": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "accelerate": __import__("accelerate").__version__,
-        "losses": {"ddp": ddp_losses, "fsdp": fsdp_losses, "fsdp_resumed_from_2": resumed_losses,
-                   "fsdp_bf16": bf16_losses},
-        "fsdp_vs_ddp_largest_weight_difference": _largest_difference(root / "ddp", root / "fsdp"),
-        "resumed_vs_uninterrupted_largest_weight_difference": _largest_difference(root / "fsdp", root / "resumed"),
-        "fsdp_checkpoint_2_vs_ddp": _largest_difference(root / "ddp" / "checkpoint-2", root / "fsdp" / "checkpoint-2"),
-        "loadable": {name: _loads(root / name) for name in ("ddp", "fsdp", "resumed", "fsdp-bf16",
-                                                            "fsdp/checkpoint-2")},
+        "sharding": args.sharding, "gpu": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(),
+        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+        "accelerate": __import__("accelerate").__version__,
+        "losses": {"ddp": ddp_losses, "sharded": sharded_losses, "sharded_resumed_from_2": resumed_losses,
+                   "sharded_bf16": bf16_losses},
+        "sharded_vs_ddp_largest_weight_difference": _largest_difference(root / "ddp", root / "sharded"),
+        "resumed_vs_uninterrupted_largest_weight_difference": _largest_difference(root / "sharded", root / "resumed"),
+        "sharded_checkpoint_2_vs_ddp": _largest_difference(root / "ddp" / "checkpoint-2",
+                                                           root / "sharded" / "checkpoint-2"),
+        "saved_projector_vs_the_file": _saved_projector_difference(root / "from-projector", projector),
     }  # fmt: skip
 
     def same(a: list[float], b: list[float]) -> bool:
         return len(a) == len(b) and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b, strict=True))
 
-    result["checks"] = {
-        "fsdp_losses_equal_ddp": same(ddp_losses, fsdp_losses),
-        "fsdp_weights_equal_ddp": result["fsdp_vs_ddp_largest_weight_difference"] <= 1e-5,
+    checks = {
+        "sharded_losses_equal_ddp": same(ddp_losses, sharded_losses),
+        "sharded_weights_equal_ddp": result["sharded_vs_ddp_largest_weight_difference"] <= 1e-5,
         "resume_restores_the_run": result["resumed_vs_uninterrupted_largest_weight_difference"] <= 1e-5
-        and same(resumed_losses[-2:], fsdp_losses[-2:]),
+        and same(resumed_losses[-2:], sharded_losses[-2:]),
         "bf16_losses_finite": all(math.isfinite(loss) for loss in bf16_losses),
-        "fsdp_checkpoint_2_equals_ddp": result["fsdp_checkpoint_2_vs_ddp"] <= 1e-5,
-        "all_load": all(result["loadable"].values()),
+        "sharded_checkpoint_2_equals_ddp": result["sharded_checkpoint_2_vs_ddp"] <= 1e-5,
+        "the_projector_file_reached_every_rank": result["saved_projector_vs_the_file"] == 0.0,
     }
+    if args.sharding != "fsdp2":  # LoRA under FSDP is refused (untested)
+        ddp_lora, sharded_lora = _train(root, root / "ddp-lora", *LORA), _train(root, root / "lora", *sharding, *LORA)
+        result["losses"] |= {"ddp_lora": ddp_lora, "sharded_lora": sharded_lora}
+        checks["lora_losses_equal_ddp"] = same(ddp_lora, sharded_lora)
+        checks["lora_merges"] = _merges(root, root / "lora")  # the merge script loads its output and checks it
+    result["loadable"] = {name: _loads(root / name) for name in outputs}
+    checks["all_load"] = all(result["loadable"].values())
+    result["checks"] = checks
     report_checks(args.out, result)
 
 
