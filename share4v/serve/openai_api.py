@@ -138,12 +138,28 @@ def _parse_body(body: bytes) -> dict:
     return payload
 
 
+# OpenAI settings the engine does not honour: refused unless neutral, rather than answered as if they held. `seed`
+# too: a request's draws come from the engine's shared random state (sampled requests are batched together).
+_SETTINGS_NOT_HONOURED = {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "seed": (),
+}
+
+
 def _params(payload: dict, limits: Limits) -> GenerationParams:
     """Decoding settings of the request (`temperature`, `top_p`, `max_tokens` / `max_completion_tokens`, `stop`:
     a string or up to 4)."""
     payload = {key: value for key, value in payload.items() if value is not None}  # null means "not given"
     if payload.get("n", 1) != 1:
         raise RequestError(400, "only n=1 is supported")
+    for name, neutral in _SETTINGS_NOT_HONOURED.items():  # clients send their neutral values by default
+        if name in payload and payload[name] not in neutral:
+            allowed = f" (only {json.dumps(neutral[0])})" if neutral else ""
+            raise RequestError(400, f"{name} is not supported by this server{allowed}")
     default = min(limits.default_max_tokens, limits.max_tokens)
     max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens", default))
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:

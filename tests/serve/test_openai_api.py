@@ -250,7 +250,21 @@ def refused_requests(allowed_dir, outside_file, max_body_bytes: int) -> list[tup
         ("image marker in an assistant turn", {**request_body("Hi"), "messages": [
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "An <image> here."},
             {"role": "user", "content": "And?"}]}, 400, "an assistant turn holds <image>"),
+        ("log-probabilities", {**request_body("Hi"), "logprobs": True}, 400,
+         "logprobs is not supported by this server (only false)"),
+        ("a presence penalty", {**request_body("Hi"), "presence_penalty": 0.5}, 400,
+         "presence_penalty is not supported by this server (only 0)"),
+        ("a seed", {**request_body("Hi"), "seed": 7}, 400, "seed is not supported by this server"),
     ]  # fmt: skip
+
+
+def test_neutral_values_of_the_settings_the_server_does_not_honour_are_accepted(engine):
+    # what OpenAI clients send by default (null means "not given")
+    neutral = {"logprobs": False, "top_logprobs": 0, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
+               "seed": None, "n": 1}  # fmt: skip
+    with client(engine) as http:
+        response = http.post("/v1/chat/completions", json={**request_body("Hi", max_tokens=2), **neutral})
+    assert response.status_code == 200, response.text
 
 
 def test_each_refusal_is_a_4xx_with_a_clear_message_and_the_server_keeps_serving(engine, tmp_path):
