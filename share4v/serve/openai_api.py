@@ -138,15 +138,13 @@ def _parse_body(body: bytes) -> dict:
     return payload
 
 
-# OpenAI settings the engine does not honour: refused unless neutral, rather than answered as if they held. `seed`
-# too: a request's draws come from the engine's shared random state (sampled requests are batched together).
+# OpenAI settings the engine does not honour: refused unless neutral, rather than answered as if they held
 _SETTINGS_NOT_HONOURED = {
     "logprobs": (False,),
     "top_logprobs": (0,),
     "frequency_penalty": (0, 0.0),
     "presence_penalty": (0, 0.0),
     "logit_bias": ({},),
-    "seed": (),
 }
 
 
@@ -171,7 +169,7 @@ def _params(payload: dict, limits: Limits) -> GenerationParams:
         raise RequestError(400, f"stop takes at most 4 strings, not {len(stop)}")
     defaults = GenerationParams()
     try:
-        return GenerationParams(
+        params = GenerationParams(
             temperature=payload.get("temperature", defaults.temperature),
             top_p=payload.get("top_p", defaults.top_p),
             max_new_tokens=max_tokens,
@@ -179,6 +177,9 @@ def _params(payload: dict, limits: Limits) -> GenerationParams:
         )
     except (TypeError, ValueError) as err:
         raise RequestError(400, str(err)) from None
+    if "seed" in payload and params.sampling:  # greedy answers need none (evaluation harnesses send one anyway)
+        raise RequestError(400, "seed is not supported for sampled requests: they share the engine's random state")
+    return params
 
 
 class _EventStream:

@@ -254,14 +254,15 @@ def refused_requests(allowed_dir, outside_file, max_body_bytes: int) -> list[tup
          "logprobs is not supported by this server (only false)"),
         ("a presence penalty", {**request_body("Hi"), "presence_penalty": 0.5}, 400,
          "presence_penalty is not supported by this server (only 0)"),
-        ("a seed", {**request_body("Hi"), "seed": 7}, 400, "seed is not supported by this server"),
+        ("a seed for a sampled request", {**request_body("Hi"), "seed": 7, "temperature": 0.7}, 400,
+         "seed is not supported for sampled requests"),
     ]  # fmt: skip
 
 
 def test_neutral_values_of_the_settings_the_server_does_not_honour_are_accepted(engine):
-    # what OpenAI clients send by default (null means "not given")
+    # what OpenAI clients send by default (null means "not given"); a seed means nothing to a greedy request
     neutral = {"logprobs": False, "top_logprobs": 0, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
-               "seed": None, "n": 1}  # fmt: skip
+               "n": 1, "seed": 1234}  # fmt: skip
     with client(engine) as http:
         response = http.post("/v1/chat/completions", json={**request_body("Hi", max_tokens=2), **neutral})
     assert response.status_code == 200, response.text
