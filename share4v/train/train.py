@@ -54,6 +54,26 @@ def _resume_point(training_args: TrainingArguments) -> str | bool | None:
     return None
 
 
+def _seed(training_args: TrainingArguments) -> None:
+    if training_args.full_determinism:
+        enable_full_determinism(training_args.seed)
+    else:
+        set_seed(training_args.seed)
+
+
+def _start_deepspeed_on_cpu(training_args: TrainingArguments) -> None:
+    """DeepSpeed over several CPU processes (`--use_cpu`, gloo): transformers starts DeepSpeed's communication only
+    on accelerators, and ZeRO-3's partitioned loading would otherwise count one process where torch has several."""
+    if not (training_args.deepspeed and training_args.use_cpu):
+        return
+    import torch.distributed
+
+    if torch.distributed.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
 def build_trainer(
     attn_implementation: str | None = None, argv: list[str] | None = None, callbacks: list | None = None
 ) -> Share4VTrainer:
@@ -67,13 +87,13 @@ def build_trainer(
             f"--nproc_per_node {training_args.n_gpu} (or deepspeed), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)"
         )
     data_args.conv_mode = conv_mode_for_version(model_args.version)
-    # before the model: `--seed` decides the weights made new here (LoRA adapters, a projector trained from scratch),
-    # whatever ran in this process before (the Trainer seeds again for the training itself)
-    if training_args.full_determinism:
-        enable_full_determinism(training_args.seed)
-    else:
-        set_seed(training_args.seed)
+    _start_deepspeed_on_cpu(training_args)
+    # `--seed` decides the weights made new here (LoRA adapters, a projector trained from scratch), whatever ran in
+    # this process before and however much randomness loading drew (DeepSpeed ZeRO-3's partitioned loading draws
+    # other amounts than a plain one); the Trainer seeds again for the training itself
+    _seed(training_args)
     model = load_model(model_args, training_args, attn_implementation)
+    _seed(training_args)
     tokenizer = load_tokenizer(model_args, training_args, model)
     setup_vision(model, tokenizer, model_args, data_args, training_args)
     if training_args.lora_enable:

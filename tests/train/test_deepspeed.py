@@ -1,7 +1,10 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 on the CPU (gloo, one process): the same weights as a plain run, and loadable
-checkpoints in the released layout. The first DeepSpeed start compiles a small op (~1 min, cached afterwards)."""
+checkpoints in the released layout; ZeRO-3 over two processes, where it partitions the weights: DDP's weights, an
+exact resume, the projector file on every rank. The first DeepSpeed start compiles a small op (~1 min, cached
+afterwards)."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from share4v.model.builder import load_pretrained_model
 from share4v.train.train import train
@@ -83,4 +86,40 @@ def test_lora_under_zero3_writes_the_whole_trained_tower(world, tiny_ckpt, tmp_p
     assert len(tower) == len(load_file(tiny_ckpt / "vision_tower" / "model.safetensors"))
     assert all(v.numel() > 0 for v in tower.values())
     _, model, _, _ = load_pretrained_model(str(out), str(tiny_ckpt), None, device="cpu")
+    assert model.config.mm_vision_tower == "vision_tower"
+
+
+def _two_processes(args, tmp_path, *flags):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "share4v.train.train", *args, "--seed", "0", *flags]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SHARE4V_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_zero3_over_two_processes_equals_ddp_resumes_and_hands_the_projector_file_to_every_rank(
+    world, tiny_ckpt, tmp_path
+):
+    # the recipe's default sharding where ZeRO-3 partitions the weights (two gloo processes): each rank holds half of
+    # every weight, rank 0 loads the projector file into the gathered projector, saving gathers the whole model
+    projector = tmp_path / "projector.safetensors"
+    own = {k: v for k, v in load_file(tiny_ckpt / "model.safetensors").items() if "mm_projector." in k}
+    moved = {k: v + 0.1 for k, v in own.items()}
+    save_file(moved, projector)
+    start = ["--pretrain_mm_mlp_adapter", str(projector)]
+    zero3 = ["--deepspeed", str(REPO / "scripts" / "zero3.json")]
+    _two_processes(_args(world, tiny_ckpt, tmp_path / "ddp"), tmp_path, *start)
+    _two_processes(_args(world, tiny_ckpt, tmp_path / "zero3"), tmp_path, *start, *zero3)
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "zero3" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    _two_processes(_args(world, tiny_ckpt, tmp_path / "resumed"), tmp_path, *start, *zero3)
+
+    ddp, sharded, resumed = (_weights(tmp_path / name) for name in ("ddp", "zero3", "resumed"))
+    assert ddp.keys() == sharded.keys() == resumed.keys()
+    assert max((ddp[k] - sharded[k]).abs().max().item() for k in ddp) < 1e-5
+    assert all(torch.equal(sharded[k], resumed[k]) for k in sharded)
+    first_step = load_file(tmp_path / "zero3" / "checkpoint-2" / "model.safetensors")
+    for key in moved:  # two steps from the file's projector, not from the checkpoint's own
+        assert (first_step[key] - moved[key]).abs().max() < (first_step[key] - own[key]).abs().max()
+    _, model, _, _ = load_pretrained_model(str(tmp_path / "zero3"), None, None, device="cpu")
     assert model.config.mm_vision_tower == "vision_tower"

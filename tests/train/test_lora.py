@@ -10,6 +10,7 @@ import torch
 
 from share4v.model.builder import load_pretrained_model
 from share4v.model.merge_lora import probe_logits
+from share4v.train import train as train_module
 from share4v.train.train import build_trainer, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,3 +86,13 @@ def test_seed_decides_the_new_adapters(world, tiny_ckpt, tmp_path):
     assert first and first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[name], again[name]) for name in first)
     assert not any(torch.equal(first[name], other[name]) for name in first)
+
+
+def test_the_adapters_do_not_depend_on_what_loading_drew(world, tiny_ckpt, tmp_path, monkeypatch):
+    # DeepSpeed ZeRO-3's partitioned loading draws other amounts of randomness than a plain one: a LoRA run under
+    # ZeRO-3 started from other adapters than the same run under DDP, with the same --seed
+    plain = adapters(build_trainer(argv=lora_argv(world, tiny_ckpt, tmp_path / "a", "--seed", "3")))
+    load_model = train_module.load_model
+    monkeypatch.setattr(train_module, "load_model", lambda *args: (torch.rand(1000), load_model(*args))[1])
+    drawing = adapters(build_trainer(argv=lora_argv(world, tiny_ckpt, tmp_path / "b", "--seed", "3")))
+    assert plain and all(torch.equal(plain[name], drawing[name]) for name in plain)
