@@ -6,6 +6,7 @@ lets the original shell scripts run unchanged on transformers 5 (flags it rename
 """
 
 import logging
+import os
 import sys
 from argparse import ArgumentTypeError
 from dataclasses import dataclass, field, fields
@@ -220,16 +221,21 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
 # The names transformers 5.2x gives the original's checkpointing flags (a FutureWarning at the old ones; both set the
 # same setting, and `gradient_checkpointing*` keeps mirroring it); transformers 5.17 has only the old names.
 CHECKPOINTING_RENAMES = {
-    "--gradient_checkpointing": "--activation_checkpointing",
-    "--gradient_checkpointing_kwargs": "--activation_checkpointing_kwargs",
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
 }
 
 
 def current_checkpointing_names(argv: list[str]) -> list[str]:
-    """`--gradient_checkpointing[_kwargs]` → `--activation_checkpointing[_kwargs]`, silently, where the installed
-    transformers has the new names."""
+    """`--gradient_checkpointing[_kwargs]` (or `--gradient-checkpointing[-kwargs]`) → `--activation_checkpointing
+    [_kwargs]`, silently, where the installed transformers has the new names and the command line does not give them
+    itself (transformers lets the new name win over the old)."""
     names = {f.name for f in fields(TrainingArguments)}
-    renames = {old: new for old, new in CHECKPOINTING_RENAMES.items() if new.removeprefix("--") in names}
+    renames = {}
+    for old, new in CHECKPOINTING_RENAMES.items():
+        given = {f"--{new}", f"--{new.replace('_', '-')}"}
+        if new in names and not any(arg.partition("=")[0] in given for arg in argv):
+            renames |= {f"--{old}": f"--{new}", f"--{old.replace('_', '-')}": f"--{new}"}
     out = []
     for arg in argv:
         name, eq, value = arg.partition("=")
@@ -252,12 +258,12 @@ def parse_arguments(
 def _refuse_untested_sharding(training_args: TrainingArguments) -> None:
     """LoRA and 4/8-bit weights run under DeepSpeed (as the original) or unsharded; under FSDP neither the adapters'
     saving and resuming nor quantized shards were ever run, so they are an error rather than an untried path."""
-    if not training_args.fsdp:
+    if not (training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")):
         return
     if training_args.lora_enable:
         raise ValueError(
-            "--lora_enable with --fsdp: LoRA under FSDP is not supported; use DeepSpeed "
+            "--lora_enable with FSDP: LoRA under FSDP is not supported; use DeepSpeed "
             "(--deepspeed ./scripts/zero3.json, as scripts/sharegpt4v/local_finetune_lora.sh) or one GPU"
         )
     if training_args.bits in (4, 8):
-        raise ValueError(f"--bits {training_args.bits} with --fsdp: 4/8-bit weights under FSDP are not supported")
+        raise ValueError(f"--bits {training_args.bits} with FSDP: 4/8-bit weights under FSDP are not supported")

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 PROJECTOR_FILE = "mm_projector.safetensors"
 NON_LORA_FILE = "non_lora_trainables.safetensors"
 _PEFT_PREFIX = "base_model.model."
+_ABSENT = object()
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -118,12 +119,12 @@ def save_training_checkpoint(
         base.config.mm_vision_tower = VISION_TOWER_FOLDER
     # a 4/8-bit run (QLoRA) quantized its frozen LLM on loading; the weights saved here are not quantized, and a
     # `quantization_config` in config.json would make loaders read the base model as pre-quantized weights
-    quantization = base.config.__dict__.pop("quantization_config", None)
+    quantization = base.config.__dict__.pop("quantization_config", _ABSENT)
     try:
         base.config.save_pretrained(output_dir)
     finally:
         base.config.mm_vision_tower = tower_name
-        if quantization is not None:
+        if quantization is not _ABSENT:
             base.config.quantization_config = quantization
 
 

@@ -109,16 +109,20 @@ def test_values_transformers_5_cannot_express_are_one_line_errors(argv, message,
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--lora_enable", "True"], "--lora_enable with --fsdp: LoRA under FSDP is not supported"),
-     (["--bits", "4"], "--bits 4 with --fsdp: 4/8-bit weights under FSDP are not supported")],
+    [(["--lora_enable", "True"], "--lora_enable with FSDP: LoRA under FSDP is not supported"),
+     (["--bits", "4"], "--bits 4 with FSDP: 4/8-bit weights under FSDP are not supported")],
 )  # fmt: skip
-def test_what_fsdp_never_ran_is_a_one_line_error(argv, message, tmp_path):
+def test_what_fsdp_never_ran_is_a_one_line_error(argv, message, tmp_path, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     fsdp = ["--fsdp", "--fsdp_config", str(REPO / "scripts" / "fsdp2.json")]
     with pytest.raises(ValueError, match=f"^{message}") as err:
         parse_arguments([*fsdp, *argv, "--output_dir", str(tmp_path)])
     assert "\n" not in str(err.value)
     _, _, without_fsdp = parse_arguments([*argv, "--output_dir", str(tmp_path)])  # the same flags alone are fine
     assert not without_fsdp.fsdp
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # FSDP from an accelerate config (accelerate launch)
+    with pytest.raises(ValueError, match=f"^{message}"):
+        parse_arguments([*argv, "--output_dir", str(tmp_path)])
 
 
 def test_checkpointing_flags_of_the_original_without_a_deprecation_warning(tmp_path):
@@ -132,6 +136,20 @@ def test_checkpointing_flags_of_the_original_without_a_deprecation_warning(tmp_p
     assert args.gradient_checkpointing_layers == 3
     _, _, off = parse_arguments(["--gradient_checkpointing=False", "--output_dir", str(tmp_path)])
     assert off.gradient_checkpointing is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, _, dashed = parse_arguments(["--gradient-checkpointing", "True", "--output_dir", str(tmp_path)])
+    assert dashed.gradient_checkpointing is True
+
+
+def test_the_new_checkpointing_name_wins_over_the_old_as_in_transformers(tmp_path):
+    if "activation_checkpointing" not in TrainingArguments.__dataclass_fields__:
+        pytest.skip("this transformers has no activation_checkpointing (5.17)")
+    argv = ["--activation_checkpointing", "False", "--gradient_checkpointing", "True", "--output_dir", str(tmp_path)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old name, given beside the new one, warns as before
+        _, _, args = parse_arguments(argv)
+    assert args.gradient_checkpointing is False
 
 
 def test_several_reporters(tmp_path):
