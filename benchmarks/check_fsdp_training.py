@@ -2,10 +2,10 @@
 
 share4v's training entry sharded over two GPUs, under FSDP2 (`--fsdp --fsdp_config scripts/fsdp2.json`, the default)
 or DeepSpeed (`--sharding zero3` / `zero2`: `--deepspeed scripts/zero3.json`, the recipe's default), against the
-same run under DDP, on a tiny model. CI cannot: transformers' Trainer runs FSDP on GPUs only (CI checks the sharded
-model on the CPU without the Trainer: tests/train/test_fsdp.py), and DeepSpeed on the CPU in one process, where
-ZeRO-3 partitions nothing (tests/train/test_deepspeed.py). Stage-1 trainable set (LLM, projector, the tower's later
-layers), fp32, 4 steps with a checkpoint at step 2:
+same run under DDP, on a tiny model. transformers' Trainer runs FSDP on GPUs only (CI checks the sharded model on
+the CPU without the Trainer: tests/train/test_fsdp.py); CI runs DeepSpeed on the CPU (tests/train/test_deepspeed.py,
+ZeRO-3 over two gloo processes too), not with NCCL. Stage-1 trainable set (LLM, projector, the tower's later layers),
+fp32, 4 steps with a checkpoint at step 2:
 
 - the sharded run's losses and final weights equal the DDP run's;
 - a run resumed from the sharded run's step-2 checkpoint ends with the same weights as the uninterrupted one;
