@@ -26,7 +26,6 @@ import argparse
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_file import report_checks
-from training_check import REPO, run_training
+from training_check import REPO, merge_lora, run_training
 
 from share4v.testing.make_tiny_checkpoint import make_tiny_checkpoint
 from share4v.testing.tiny_training import make_tiny_dataset
@@ -100,13 +99,6 @@ def _saved_projector_difference(run: Path, projector: Path) -> float:
     return max((saved[k].float() - v.float()).abs().max().item() for k, v in expected.items())
 
 
-def _merges(root: Path, run: Path) -> bool:
-    command = [sys.executable, "scripts/merge_lora_weights.py", "--model-path", str(run), "--model-base",
-               str(root / "ckpt"), "--save-model-path", str(root / f"{run.name}-merged")]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=600).returncode == 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", type=Path, required=True)
@@ -157,7 +149,7 @@ def main() -> None:
         ddp_lora, sharded_lora = _train(root, root / "ddp-lora", *LORA), _train(root, root / "lora", *sharding, *LORA)
         result["losses"] |= {"ddp_lora": ddp_lora, "sharded_lora": sharded_lora}
         checks["lora_losses_equal_ddp"] = same(ddp_lora, sharded_lora)
-        checks["lora_merges"] = _merges(root, root / "lora")  # the merge script loads its output and checks it
+        checks["lora_merges"] = merge_lora(root / "lora", root / "ckpt")[0] == 0  # the script checks what it wrote
     result["loadable"] = {name: _loads(root / name) for name in outputs}
     checks["all_load"] = all(result["loadable"].values())
     result["checks"] = checks

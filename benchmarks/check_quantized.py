@@ -23,7 +23,6 @@ import argparse
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_file import report_checks
-from training_check import REPO, run_training
+from training_check import merge_lora, run_training
 
 from share4v.testing.make_tiny_checkpoint import TinySpec, make_tiny_checkpoint
 from share4v.testing.tiny_training import make_tiny_dataset
@@ -119,16 +118,6 @@ def _adapter_difference(a: Path, b: Path) -> float:
     return max((first[k].float() - second[k].float()).abs().max().item() for k in first)
 
 
-def _merge(root: Path, run: Path) -> tuple[int, str]:
-    merged = root / f"{run.name}-merged"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "scripts/merge_lora_weights.py", "--model-path", str(run), "--model-base",
-                           str(root / "ckpt"), "--save-model-path", str(merged), "--device", "cuda", "--dtype",
-                           "bfloat16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    report = done.stdout.strip().splitlines() or done.stderr.strip().splitlines() or [""]
-    return done.returncode, report[-1]
-
-
 def _caption(folder: Path, image: Path, **load: bool) -> dict:
     from share4v.inference.engine import Chat, GenerationParams, Share4VEngine
 
@@ -151,7 +140,7 @@ def check_qlora(root: Path, bits: int, image: Path) -> dict:
     resumed_losses = _train(root, resumed, bits, bf16=False)
     saved = sorted(p.name for p in run.iterdir() if p.is_file())
     trainables = load_file(run / "non_lora_trainables.safetensors")
-    merge_status, merge_line = _merge(root, run)
+    merge_status, merge_line = merge_lora(run, root / "ckpt", "--device", "cuda", "--dtype", "bfloat16")
     merged = root / f"{run.name}-merged"
     return {
         "losses": losses,
