@@ -73,11 +73,26 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
             for key, value in load_file(folder / name).items()}  # fmt: skip
 
 
-def _largest_difference(a: Path, b: Path) -> float:
+def _differences(a: Path, b: Path) -> dict[str, float]:
     first, second = _weights(a), _weights(b)
     if first.keys() != second.keys():
         raise SystemExit(f"{a} and {b} hold different tensors")
-    return max((first[k] - second[k]).abs().max().item() for k in first)
+    return {key: (first[key] - second[key]).abs().max().item() for key in first}
+
+
+def _largest_difference(a: Path, b: Path) -> float:
+    return max(_differences(a, b).values())
+
+
+def _where_they_differ(ddp: Path, sharded: Path, initial: Path, count: int = 3) -> list[dict]:
+    """The tensors where the sharded run's weights differ most from DDP's, with how far DDP's training moved each
+    (Adam moves every weight by about the learning rate a step, whatever its gradient, so reduction-order noise in
+    a near-zero gradient shows up as a difference of that order)."""
+    differences, trained, start = _differences(ddp, sharded), _weights(ddp), _weights(initial)
+    largest = sorted(differences, key=differences.get, reverse=True)[:count]
+    return [{"tensor": key, "difference": differences[key],
+             "ddp_moved_it_by": (trained[key] - start[key]).abs().max().item() if key in start else None}
+            for key in largest]  # fmt: skip
 
 
 def _loads(folder: Path) -> bool:
@@ -131,6 +146,7 @@ def main() -> None:
         "sharded_checkpoint_2_vs_ddp": _largest_difference(root / "ddp" / "checkpoint-2",
                                                            root / "sharded" / "checkpoint-2"),
         "saved_projector_vs_the_file": _saved_projector_difference(root / "from-projector", projector),
+        "largest_differences_to_ddp": _where_they_differ(root / "ddp", root / "sharded", root / "ckpt"),
     }  # fmt: skip
 
     def same(a: list[float], b: list[float]) -> bool:

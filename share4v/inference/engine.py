@@ -302,7 +302,14 @@ class Share4VEngine:
         kv_cache_dtype: str = DEFAULT_KV_CACHE_DTYPE,
         **load_kwargs: Any,
     ) -> Share4VEngine:
-        """Load with `load_pretrained_model` (same keyword arguments) and wrap."""
+        """Load with `load_pretrained_model` (same keyword arguments) and wrap.
+
+        On CUDA without a `device_map`, the model fills the first GPU before it takes the next ("sequential"), where
+        the builder's default (the original's "auto") spreads even a small model evenly over every visible GPU: the
+        engine then decodes on one GPU, compiled (a model spread over several runs uncompiled), and a model too
+        large for one GPU still loads across them. One process per GPU: give each its `device` (the captioner does
+        under torchrun)."""
+        load_kwargs.setdefault("device_map", "sequential")
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path, model_base, model_name, device=device or "auto", **load_kwargs
         )
@@ -900,7 +907,10 @@ WARM_UP_SHAPES = ((1, 2, False), (1, 300, False), (2, 2, False), (3, 300, True))
 def _check_fp8_cache(model: torch.nn.Module, compile_decode: Any) -> None:
     """Refuse `kv_cache_dtype='fp8'` where the engine's loops would not use it or could not read it fast."""
     if not compile_decode:
-        raise ValueError("kv_cache_dtype='fp8' needs compiled decoding (compile_decode), whose loops read it")
+        devices = sorted({str(parameter.device) for parameter in model.parameters()})
+        why = (f": it is off by default for a model spread over {', '.join(devices)} (put it on one, e.g. device "
+               f"'{devices[0]}')" if len(devices) > 1 else "")  # fmt: skip
+        raise ValueError(f"kv_cache_dtype='fp8' needs compiled decoding (compile_decode), whose loops read it{why}")
     if not FusedLlama.can_fuse(model):
         raise ValueError(
             "kv_cache_dtype='fp8' needs the fused step, which takes transformers' Llama layers with plain nn.Linear "

@@ -5,6 +5,7 @@ import torch
 
 from share4v.constants import IMAGE_TOKEN_INDEX
 from share4v.inference.engine import Chat, GenerationParams, Share4VEngine, _stop_at
+from share4v.model.builder import load_pretrained_model
 from tests.helpers import plain_llama_like, random_image
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=12)
@@ -93,6 +94,23 @@ def test_stream_errors_reach_the_caller(engine, monkeypatch):
     monkeypatch.setattr(engine.model, "generate", broken_generate)
     with pytest.raises(RuntimeError, match="simulated"):
         list(engine.stream(Chat.single("hi")))
+
+
+def test_the_engine_fills_one_gpu_before_the_next_unless_told(tiny_ckpt, monkeypatch):
+    """The builder's default device_map ("auto", the original's) spreads a model over every visible GPU, which
+    turns compiled decoding off; the engine asks for "sequential" instead, and passes a given map through."""
+    from share4v.inference import engine as engine_module
+
+    asked = []
+
+    def load(*args, **kwargs):
+        asked.append(kwargs.get("device_map"))
+        return load_pretrained_model(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "load_pretrained_model", load)
+    Share4VEngine.from_pretrained(str(tiny_ckpt), device="cpu")
+    Share4VEngine.from_pretrained(str(tiny_ckpt), device="cpu", device_map="auto")
+    assert asked == ["sequential", "auto"]
 
 
 def test_default_conv_mode_from_name(tiny_ckpt):

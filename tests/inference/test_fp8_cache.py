@@ -136,8 +136,17 @@ def test_an_fp8_cache_needs_the_fused_loops(tiny):
         Share4VEngine(*tiny, compile_decode=EAGER, kv_cache_dtype="int4")
     with pytest.raises(ValueError, match="fused_projections and fused_prompt"):
         Share4VEngine(*tiny, compile_decode=EAGER, fused_prompt=False, kv_cache_dtype="fp8")
-    with pytest.raises(ValueError, match="compiled decoding"):
+    with pytest.raises(ValueError, match="compiled decoding") as refused:
         Share4VEngine(*tiny, compile_decode=False, kv_cache_dtype="fp8")
+    assert "spread over" not in str(refused.value)
+
+
+def test_the_fp8_refusal_names_the_devices_of_a_spread_model(tiny_ckpt):
+    """Compiled decoding is off by default for a model over several devices: the refusal says so and where."""
+    tokenizer, model, processor, context_len = load_pretrained_model(str(tiny_ckpt), None, None, device="cpu")
+    model.lm_head.to("meta")  # a second device, as a device_map over two GPUs would give
+    with pytest.raises(ValueError, match=r"spread over cpu, meta \(put it on one, e.g. device 'cpu'\)"):
+        Share4VEngine(tokenizer, model, processor, context_len, kv_cache_dtype="fp8")
 
 
 def test_the_command_line_flag_reaches_the_engine(tiny_ckpt):
