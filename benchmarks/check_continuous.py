@@ -47,6 +47,7 @@ import torch
 from PIL import Image
 from transformers import CompileConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_file import results_path, write_results

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from transformers import CompileConfig, LogitsProcessor, StaticCache
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import (

@@ -47,6 +47,12 @@ SHARDING = {
     "zero2": ["--deepspeed", str(REPO / "scripts" / "zero2.json")],
 }
 LORA = ["--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16"]
+LEARNING_RATE = 1e-3
+# How far the sharded run's weights may end from DDP's: 2 % of one AdamW step (about the learning rate per weight).
+# Adam divides each gradient by its own running size, so the reduction-order noise of a gradient near zero becomes a
+# move of that order: on 2 x H200 under ZeRO-3 (2026-11-28) the vision tower's key bias, whose true gradient is zero,
+# was moved 4.1e-6 by DDP and ended 6.5e-6 from that under ZeRO-3, and one MLP weight 1.5e-5 from DDP's (1.5 %).
+WEIGHT_TOLERANCE = 0.02 * LEARNING_RATE
 
 
 def _train(root: Path, out: Path, *flags: str) -> list[float]:
@@ -56,7 +62,7 @@ def _train(root: Path, out: Path, *flags: str) -> list[float]:
         "--image_folder", str(data.parent), "--image_aspect_ratio", "pad", "--mm_projector_type", "mlp2x_gelu",
         "--mm_vision_select_layer", "-2", "--mm_use_im_patch_token", "False", "--tune_entire_model", "True",
         "--tune_vit_from_layer", "1", "--max_steps", "4", "--per_device_train_batch_size", "2",
-        "--learning_rate", "1e-3", "--save_steps", "2", "--report_to", "none", "--logging_steps", "1",
+        "--learning_rate", str(LEARNING_RATE), "--save_steps", "2", "--report_to", "none", "--logging_steps", "1",
         "--dataloader_num_workers", "0", "--seed", "0", "--ddp_timeout", "120", "--output_dir", str(out),
         "--compile_decoder_layers", "False",  # the trainer compiles under FSDP by default, not under DDP: compare
         *flags,                               # the sharding alone (compiled layers are checked on their own)
@@ -154,11 +160,11 @@ def main() -> None:
 
     checks = {
         "sharded_losses_equal_ddp": same(ddp_losses, sharded_losses),
-        "sharded_weights_equal_ddp": result["sharded_vs_ddp_largest_weight_difference"] <= 1e-5,
+        "sharded_weights_equal_ddp": result["sharded_vs_ddp_largest_weight_difference"] <= WEIGHT_TOLERANCE,
         "resume_restores_the_run": result["resumed_vs_uninterrupted_largest_weight_difference"] <= 1e-5
         and same(resumed_losses[-2:], sharded_losses[-2:]),
         "bf16_losses_finite": all(math.isfinite(loss) for loss in bf16_losses),
-        "sharded_checkpoint_2_equals_ddp": result["sharded_checkpoint_2_vs_ddp"] <= 1e-5,
+        "sharded_checkpoint_2_equals_ddp": result["sharded_checkpoint_2_vs_ddp"] <= WEIGHT_TOLERANCE,
         "the_projector_file_reached_every_rank": result["saved_projector_vs_the_file"] == 0.0,
     }
     if args.sharding != "fsdp2":  # LoRA under FSDP is refused (untested)
