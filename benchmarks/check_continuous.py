@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="write the results here (JSON)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
+    device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda:0"  # one GPU, not spread over several
     importlib.import_module("torch._inductor.cudagraph_trees")  # torch < 2.13: CUDA-graph state for this thread
     rng = random.Random(0)
     chats, budgets = [], []
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     equal = [(a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
              for a, b in zip(answers, alone, strict=True)]  # fmt: skip
     results = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if device == "cuda:0" else "cpu",
         "requests": args.requests,
         "budgets": budgets,
         "answers_equal": sum(equal),

@@ -49,9 +49,9 @@ SHARDING = {
 LORA = ["--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16"]
 LEARNING_RATE = 1e-3
 # How far the sharded run's weights may end from DDP's: 2 % of one AdamW step (about the learning rate per weight).
-# Adam divides each gradient by its own running size, so the reduction-order noise of a gradient near zero becomes a
-# move of that order: on 2 x H200 under ZeRO-3 (2026-11-28) the vision tower's key bias, whose true gradient is zero,
-# was moved 4.1e-6 by DDP and ended 6.5e-6 from that under ZeRO-3, and one MLP weight 1.5e-5 from DDP's (1.5 %).
+# Adam divides each gradient by its own running size, so the reduction-order noise of a gradient near zero (but not
+# zero) becomes a move of that order: on 2 x H200 under ZeRO-3 (2026-11-28) the vision tower's key bias, whose true
+# gradient is zero, was moved 4.1e-6 by DDP and ended 6.5e-6 from that, and one MLP weight 1.5e-5 from DDP's.
 WEIGHT_TOLERANCE = 0.02 * LEARNING_RATE
 
 
@@ -91,14 +91,19 @@ def _largest_difference(a: Path, b: Path) -> float:
 
 
 def _where_they_differ(ddp: Path, sharded: Path, initial: Path, count: int = 3) -> list[dict]:
-    """The tensors where the sharded run's weights differ most from DDP's, with how far DDP's training moved each
-    (Adam moves every weight by about the learning rate a step, whatever its gradient, so reduction-order noise in
-    a near-zero gradient shows up as a difference of that order)."""
-    differences, trained, start = _differences(ddp, sharded), _weights(ddp), _weights(initial)
-    largest = sorted(differences, key=differences.get, reverse=True)[:count]
-    return [{"tensor": key, "difference": differences[key],
-             "ddp_moved_it_by": (trained[key] - start[key]).abs().max().item() if key in start else None}
-            for key in largest]  # fmt: skip
+    """The tensors where the sharded run's weights differ most from DDP's: the element, and how far DDP's training
+    moved that element and the whole tensor at most (see WEIGHT_TOLERANCE)."""
+    differences, trained, other, start = _differences(ddp, sharded), _weights(ddp), _weights(sharded), _weights(initial)
+    rows = []
+    for key in sorted(differences, key=differences.get, reverse=True)[:count]:
+        element = int((trained[key] - other[key]).abs().argmax())
+        moved = (trained[key] - start[key]).flatten() if key in start else None
+        row = {"tensor": key, "difference": differences[key], "element": element}
+        if moved is not None:
+            row |= {"ddp_moved_the_element_by": moved[element].abs().item(),
+                    "ddp_moved_the_tensor_by_at_most": moved.abs().max().item()}  # fmt: skip
+        rows.append(row)
+    return rows
 
 
 def _loads(folder: Path) -> bool:

@@ -97,6 +97,7 @@ from share4v.inference.continuous import JOIN_ROOM, Seat, decode_continuously
 from share4v.inference.fast_greedy import GreedyStep, greedy_decode
 from share4v.inference.fp8_cache import DEFAULT_KV_CACHE_DTYPE, KV_CACHE_DTYPES
 from share4v.inference.fused_llama import FusedLlama
+from share4v.inference.placement import default_device_map
 from share4v.inference.requests import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -304,12 +305,12 @@ class Share4VEngine:
     ) -> Share4VEngine:
         """Load with `load_pretrained_model` (same keyword arguments) and wrap.
 
-        On CUDA without a `device_map`, the model fills the first GPU before it takes the next ("sequential"), where
-        the builder's default (the original's "auto") spreads even a small model evenly over every visible GPU: the
-        engine then decodes on one GPU, compiled (a model spread over several runs uncompiled), and a model too
-        large for one GPU still loads across them. One process per GPU: give each its `device` (the captioner does
-        under torchrun)."""
-        load_kwargs.setdefault("device_map", "sequential")
+        On CUDA without a `device_map`, a model that fits the current GPU stays on it, where the builder's default
+        (the original's "auto") spreads even a small model over every visible GPU and a spread model decodes
+        uncompiled; a larger one is spread as before (`share4v.inference.placement`). One process per GPU: give
+        each its `device` (the captioner does under torchrun)."""
+        if "device_map" not in load_kwargs and torch.cuda.is_available() and str(device or "auto") in ("auto", "cuda"):
+            load_kwargs["device_map"] = default_device_map(model_path, load_kwargs)
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path, model_base, model_name, device=device or "auto", **load_kwargs
         )
@@ -907,9 +908,11 @@ WARM_UP_SHAPES = ((1, 2, False), (1, 300, False), (2, 2, False), (3, 300, True))
 def _check_fp8_cache(model: torch.nn.Module, compile_decode: Any) -> None:
     """Refuse `kv_cache_dtype='fp8'` where the engine's loops would not use it or could not read it fast."""
     if not compile_decode:
-        devices = sorted({str(parameter.device) for parameter in model.parameters()})
-        why = (f": it is off by default for a model spread over {', '.join(devices)} (put it on one, e.g. device "
-               f"'{devices[0]}')" if len(devices) > 1 else "")  # fmt: skip
+        devices = {parameter.device for parameter in model.parameters()}
+        gpus = sorted(device.index or 0 for device in devices if device.type == "cuda")
+        where = f"device 'cuda:{gpus[0]}'" if gpus else "one device"
+        names = ", ".join(sorted(str(device) for device in devices))
+        why = f"; the model is spread over {names}: load it onto {where}" if len(devices) > 1 else ""
         raise ValueError(f"kv_cache_dtype='fp8' needs compiled decoding (compile_decode), whose loops read it{why}")
     if not FusedLlama.can_fuse(model):
         raise ValueError(

@@ -96,21 +96,25 @@ def test_stream_errors_reach_the_caller(engine, monkeypatch):
         list(engine.stream(Chat.single("hi")))
 
 
-def test_the_engine_fills_one_gpu_before_the_next_unless_told(tiny_ckpt, monkeypatch):
-    """The builder's default device_map ("auto", the original's) spreads a model over every visible GPU, which
-    turns compiled decoding off; the engine asks for "sequential" instead, and passes a given map through."""
+def test_the_engine_chooses_the_placement_on_cuda_unless_told(tiny_ckpt, monkeypatch):
+    """Without a device_map, loading onto "cuda" takes `placement.default_device_map`'s; a given map, or another
+    device, passes through as it is."""
     from share4v.inference import engine as engine_module
 
     asked = []
 
     def load(*args, **kwargs):
-        asked.append(kwargs.get("device_map"))
-        return load_pretrained_model(*args, **kwargs)
+        asked.append((kwargs["device"], kwargs.get("device_map")))
+        return load_pretrained_model(*args, **{**kwargs, "device": "cpu"})
 
     monkeypatch.setattr(engine_module, "load_pretrained_model", load)
-    Share4VEngine.from_pretrained(str(tiny_ckpt), device="cpu")
-    Share4VEngine.from_pretrained(str(tiny_ckpt), device="cpu", device_map="auto")
-    assert asked == ["sequential", "auto"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engine_module, "default_device_map", lambda path, kwargs: {"": "chosen"})
+    Share4VEngine.from_pretrained(str(tiny_ckpt), device="cuda")
+    Share4VEngine.from_pretrained(str(tiny_ckpt))
+    Share4VEngine.from_pretrained(str(tiny_ckpt), device="cuda", device_map="balanced")
+    Share4VEngine.from_pretrained(str(tiny_ckpt), device="cuda:1")
+    assert asked == [("cuda", {"": "chosen"}), ("auto", {"": "chosen"}), ("cuda", "balanced"), ("cuda:1", None)]
 
 
 def test_default_conv_mode_from_name(tiny_ckpt):
