@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 
-from share4v.model.checkpoint_checks import read_config
+from share4v.model.checkpoint_checks import looks_local, read_config
+from share4v.model.multimodal_projector.builder import projector_linear_layers
 from share4v.utils import resolve_dtype
 
 SHARE_OF_FREE_MEMORY = 0.75
@@ -29,14 +32,20 @@ def estimated_parameters(config: dict[str, Any]) -> int:
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or hidden // heads
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
-    layer = attention + 3 * hidden * config["intermediate_size"] + 2 * hidden
+    projections = (heads + 2 * kv_heads) * head_dim
+    attention = hidden * projections + heads * head_dim * hidden
+    if config.get("attention_bias"):
+        attention += projections + hidden
+    intermediate = config["intermediate_size"]
+    mlp = 3 * hidden * intermediate + ((2 * intermediate + hidden) if config.get("mlp_bias") else 0)
+    layer = attention + mlp + 2 * hidden  # + the two norms
     total = (1 if config.get("tie_word_embeddings") else 2) * vocab * hidden + config["num_hidden_layers"] * layer
     total += hidden  # the final norm
     if config.get("mm_vision_tower"):
-        vision = config.get("mm_hidden_size") or hidden
-        two_layers = str(config.get("mm_projector_type", "linear")).startswith("mlp2x")
-        total += vision * hidden + hidden + ((hidden * hidden + hidden) if two_layers else 0)
+        layers = projector_linear_layers(config.get("mm_projector_type") or "linear")
+        if layers:  # the first from the tower's width, the others hidden to hidden, each with a bias
+            first = (config.get("mm_hidden_size") or hidden) * hidden + hidden
+            total += first + (layers - 1) * (hidden * hidden + hidden)
         total += CLIP_L_336_PARAMETERS
     return total
 
@@ -57,16 +66,12 @@ def fits_one_gpu(weight_bytes: float, free_bytes: int) -> bool:
 
 def default_device_map(model_path: str, load_kwargs: dict[str, Any]) -> str | dict[str, torch.device]:
     """The `device_map` for a model loaded onto "cuda" without one: the current GPU alone where it fits (see the
-    module docstring), else "auto". A config that cannot be read here (a hub id) leaves "auto"."""
+    module docstring), else "auto". A config that cannot be read (or a hub id not at hand) leaves "auto"."""
     if torch.cuda.device_count() < 2:
         return "auto"  # one GPU: "auto" puts everything on it
     try:
-        config = read_config(Path(model_path).expanduser())
-    except (OSError, ValueError):
-        return "auto"
-    try:
-        parameters = estimated_parameters(config)
-    except (KeyError, TypeError):
+        parameters = estimated_parameters(_config(model_path))
+    except (OSError, ValueError, EntryNotFoundError, KeyError, TypeError):  # no config here, or not a Llama's
         return "auto"
     weight_bytes = parameters * bytes_per_weight(
         load_kwargs.get("dtype", load_kwargs.get("torch_dtype")), load_kwargs.get("load_8bit", False),
@@ -75,3 +80,11 @@ def default_device_map(model_path: str, load_kwargs: dict[str, Any]) -> str | di
     current = torch.device("cuda", torch.cuda.current_device())
     free_bytes, _ = torch.cuda.mem_get_info(current)
     return {"": current} if fits_one_gpu(weight_bytes, free_bytes) else "auto"
+
+
+def _config(model_path: str) -> dict[str, Any]:
+    """config.json of a local folder, or of a hub id (from the cache, or fetched as the builder would fetch it)."""
+    local = Path(model_path).expanduser()
+    if local.is_dir() or looks_local(model_path):
+        return read_config(local)
+    return read_config(Path(hf_hub_download(model_path, "config.json")).parent)

@@ -10,7 +10,7 @@ from share4v.model.checkpoint_checks import read_config
 from share4v.testing.make_tiny_checkpoint import TinySpec, make_tiny_checkpoint
 
 
-@pytest.mark.parametrize("projector_type", ["mlp2x_gelu", "linear"])
+@pytest.mark.parametrize("projector_type", ["mlp2x_gelu", "linear", "mlp3x_gelu"])
 def test_the_estimate_counts_the_language_model_and_projector_exactly(tmp_path, projector_type):
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", TinySpec(projector_type=projector_type))
     _, model, _, _ = load_pretrained_model(str(checkpoint), None, None, device="cpu")
@@ -49,7 +49,8 @@ def test_a_model_that_fits_stays_on_the_current_gpu_and_a_larger_one_is_spread(t
 
 def test_one_gpu_or_an_unreadable_config_keeps_the_builders_default(tiny_ckpt, tmp_path, monkeypatch):
     FakeGPUs(monkeypatch, free=10**12)
-    assert placement.default_device_map(str(tmp_path / "missing"), {}) == "auto"  # a hub id, say
+    assert placement.default_device_map(str(tmp_path / "missing"), {}) == "auto"
+    assert placement.default_device_map("no-such-owner/no-such-model", {}) == "auto"  # offline: not in the cache
     (tmp_path / "config.json").write_text('{"model_type": "share4v"}')
     assert placement.default_device_map(str(tmp_path), {}) == "auto"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -30,23 +30,33 @@ def is_known_projector_type(projector_type: str) -> bool:
     return projector_type in ("linear", "identity") or _MLP_GELU.match(projector_type) is not None
 
 
+def projector_linear_layers(projector_type: str) -> int:
+    """How many linear layers a projector of this type has (0 for `identity`).
+
+    Raises:
+        ValueError: for an unknown projector type.
+    """
+    if projector_type in ("linear", "identity"):
+        return int(projector_type == "linear")
+    match = _MLP_GELU.match(projector_type)
+    if match is None:
+        raise ValueError(
+            f"unknown mm_projector_type {projector_type!r}; expected one of {', '.join(KNOWN_PROJECTOR_TYPES)}"
+        )
+    return int(match.group(1))
+
+
 def build_vision_projector(config: Any) -> nn.Module:
     """Build the projector named by `config.mm_projector_type` from `mm_hidden_size` to `hidden_size`.
 
     Raises:
         ValueError: for an unknown projector type.
     """
-    projector_type = config.mm_projector_type
-    if projector_type == "linear":
-        return nn.Linear(config.mm_hidden_size, config.hidden_size)
-    if projector_type == "identity":
+    depth = projector_linear_layers(config.mm_projector_type)
+    if depth == 0:
         return IdentityMap()
-    match = _MLP_GELU.match(projector_type)
-    if match is None:
-        raise ValueError(
-            f"unknown mm_projector_type {projector_type!r}; expected one of {', '.join(KNOWN_PROJECTOR_TYPES)}"
-        )
-    depth = int(match.group(1))
+    if config.mm_projector_type == "linear":
+        return nn.Linear(config.mm_hidden_size, config.hidden_size)
     layers: list[nn.Module] = [nn.Linear(config.mm_hidden_size, config.hidden_size)]
     for _ in range(1, depth):
         layers += [nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)]
