@@ -246,7 +246,7 @@ def run(
         "--vision_tower", str(root / "vision_tower"), "--mm_projector_type", "mlp2x_gelu",
         "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
         "--image_aspect_ratio", "pad", "--group_by_modality_length", "True", *precision,
-        "--output_dir", "/tmp/bench-out", "--max_steps", str(warmup + steps),
+        "--output_dir", str(root / "bench-out"), "--max_steps", str(warmup + steps),
         "--per_device_train_batch_size", str(micro_batch), "--gradient_accumulation_steps", str(accumulation),
         "--save_strategy", "no", "--learning_rate", "2e-5", "--weight_decay", "0.", "--warmup_steps", "0.03",
         "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--model_max_length", "2048",
