@@ -27,7 +27,7 @@ CLIP_L_336_PARAMETERS = 303_507_456  # the vision tower of every released checkp
 
 def estimated_parameters(config: dict[str, Any]) -> int:
     """Parameters of a (multimodal) Llama checkpoint from its config.json: embeddings, lm_head, decoder layers, final
-    norm, the projector (a linear layer, or the two of `mlp2x_gelu`), and a CLIP ViT-L/336 tower if it has one."""
+    norm and, with a vision tower, the projector's linear layers and the tower, taken to be CLIP ViT-L/336."""
     hidden, vocab = config["hidden_size"], config["vocab_size"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
